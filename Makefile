@@ -1,0 +1,58 @@
+# kpbench: `make bench SERVICES=50000` and `make test` are the two commands that matter.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+KPBENCH := $(VENV)/bin/kpbench
+APT_PACKAGES := iptables nftables ipset ipvsadm user-mode-linux nginx-light kmod iproute2 conntrack procps
+STAMP := $(VENV)/.installed
+
+SCENARIO ?= default
+SERVICES ?=
+MODES ?=
+REPS ?=
+TARGET ?=
+OUT ?=
+KERNEL ?=
+KUBE_VERSION ?= v1.34.3
+
+BENCH_ARGS := $(SCENARIO) \
+  $(if $(SERVICES),--services $(SERVICES)) $(if $(MODES),--modes $(MODES)) \
+  $(if $(REPS),--reps $(REPS)) $(if $(TARGET),--target $(TARGET)) \
+  $(if $(OUT),--out $(OUT)) $(if $(KERNEL),--kernel $(KERNEL))
+
+.PHONY: setup apt bench test test-fast report kube clean
+
+setup: apt $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $@
+
+bench: setup
+	$(KPBENCH) run $(BENCH_ARGS)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q -ra tests
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -ra -m "not slow and not uml" tests
+
+report: setup
+	@test -n "$(RUN)" || { echo "make report RUN=results/<run folder> [RUN=...]"; exit 2; }
+	$(KPBENCH) report $(RUN)
+
+kube:
+	bash kube/build.sh $(KUBE_VERSION)
+
+clean:
+	@if [ -x $(KPBENCH) ]; then $(KPBENCH) clean; fi
+	rm -rf build *.egg-info .pytest_cache

@@ -1,0 +1,417 @@
+"""The probe agent: a long-lived process inside the client namespace, and its client handle.
+
+Started as ``ip netns exec NS <python> -m harness.measure.agent``. It imports the standard library
+only (it may run inside a UML guest, where imports are slow) and speaks JSON lines: one command
+object per line on stdin, one reply object per line on stdout. Every reply has ``ok`` (bool) and,
+when ``ok`` is false, ``error``.
+
+Commands (``{"cmd": NAME, ...}``):
+
+``ping``
+    -> ``{"ok": true, "pid": ..., "t_ns": perf_counter_ns()}``.
+``connect`` ``targets=[[ip, port, tag], ...]``, ``samples`` (attempts per target, default 1),
+``timeout`` (s)
+    For each round, for each target: a new socket (SO_LINGER 0, so close sends RST and no
+    TIME_WAIT piles up; SO_SNDTIMEO = timeout, so the *blocking* connect gives up in time), then
+    ``perf_counter_ns`` around the blocking ``connect()``. -> ``{"ok": true, "results": [[i, us,
+    err], ...]}`` in attempt order, ``i`` the target index, ``us`` the handshake time in
+    microseconds (float), ``err`` "" or "timeout" / "refused" / "unreachable" / errno name. A
+    failed or timed-out attempt is reported with its elapsed time, never dropped.
+``poll`` ``ip``, ``port``, ``expect`` ("served" | "gone" | "backend:X,Y,..."), ``interval`` (s,
+<= 0.001), ``timeout`` (s), ``attempt_timeout`` (s, default 0.2)
+    Replies twice: first ``{"ok": true, "event": "polling", "t_ns": ...}`` as soon as polling
+    starts (the caller then changes the dataplane), then, when done, ``{"ok": true, "event":
+    "result", "satisfied": bool, "timed_out": bool, "t_ns": start of the first attempt that
+    satisfied the expectation, "t_done_ns": when that attempt completed, "attempts": n,
+    "t_first_ns": start of the first attempt, "detail": ...}``.
+    One attempt is started every ``interval`` on a *new* socket (a new source port, so a
+    conntrack entry made before the rule existed is never reused); attempts overlap and are
+    resolved with poll(2). "served": the TCP connect succeeds. "gone": the connect is refused,
+    unreachable, or not answered within ``attempt_timeout``. "backend:X": an HTTP GET / is
+    answered and the body's first line (``"<podname> <ip>:<port>"``) has a token equal to an
+    element of X, or a pod name that starts with one. The reported attempt is the earliest
+    started one that satisfied the expectation (attempts started earlier are waited for).
+    Timestamps are ``time.perf_counter_ns()`` = CLOCK_MONOTONIC, comparable across processes of
+    one kernel.
+``http_get`` ``ip``, ``port``, ``path`` (default "/"), ``timeout``
+    One request on a new connection (``Connection: close``) -> ``{"ok": true, "status": int,
+    "body": str, "us": float}`` (or ok false with error).
+``quit``
+    -> ``{"ok": true}``, then the agent exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+_pc = time.perf_counter_ns
+_LINGER0 = struct.pack("ii", 1, 0)
+_SOL, _LINGER, _SNDTIMEO = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_SNDTIMEO
+_AF, _ST = socket.AF_INET, socket.SOCK_STREAM
+MAX_INTERVAL = 0.001
+
+
+def _timeval(seconds: float) -> bytes:
+    sec = int(seconds)
+    return struct.pack("ll", sec, int((seconds - sec) * 1e6))
+
+
+def _errname(code: int) -> str:
+    if code in (errno.ECONNREFUSED,):
+        return "refused"
+    if code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "unreachable"
+    if code in (errno.EINPROGRESS, errno.EAGAIN, errno.ETIMEDOUT):
+        return "timeout"
+    return errno.errorcode.get(code, str(code))
+
+
+# ---------------------------------------------------------------- connect
+
+def cmd_connect(req: dict) -> dict:
+    targets = [(str(t[0]), int(t[1])) for t in req["targets"]]
+    rounds = int(req.get("samples", 1))
+    tv = _timeval(float(req.get("timeout", 1.0)))
+    out = []
+    append = out.append
+    for _ in range(rounds):
+        for i, addr in enumerate(targets):
+            s = socket.socket(_AF, _ST)
+            s.setsockopt(_SOL, _LINGER, _LINGER0)
+            s.setsockopt(_SOL, _SNDTIMEO, tv)
+            err = ""
+            t0 = _pc()
+            try:
+                s.connect(addr)
+            except OSError as e:  # blocking connect past SO_SNDTIMEO raises EINPROGRESS
+                t1 = _pc()
+                err = _errname(e.errno or 0) if not isinstance(e, TimeoutError) else "timeout"
+            else:
+                t1 = _pc()
+            s.close()
+            append([i, (t1 - t0) / 1000.0, err])
+    return {"ok": True, "results": out}
+
+
+# ---------------------------------------------------------------- poll
+
+class _Attempt:
+    __slots__ = ("sock", "t0", "state", "buf")
+
+    def __init__(self, sock, t0):
+        self.sock, self.t0, self.state, self.buf = sock, t0, "connecting", b""
+
+
+def _backend_match(body: bytes, names: frozenset) -> bool:
+    line = body.split(b"\n", 1)[0].decode(errors="replace").strip()
+    toks = line.split()
+    if not toks:
+        return False
+    if any(t in names for t in toks):
+        return True
+    return any(toks[0].startswith(n) for n in names)
+
+
+def _poll_loop(ip: str, port: int, expect: str, interval: float, timeout: float,
+               attempt_timeout: float) -> dict:
+    """Start an attempt every `interval`; see the module docstring."""
+    http = expect.startswith("backend:")
+    names = frozenset(x for x in expect[len("backend:"):].split(",") if x) if http else frozenset()
+    if expect not in ("served", "gone") and not http:
+        return {"ok": False, "error": f"unknown expect {expect!r}"}
+    interval_ns = int(min(interval, MAX_INTERVAL) * 1e9)
+    att_ns = int(attempt_timeout * 1e9)
+    poller = select.poll()
+    live: dict[int, _Attempt] = {}
+    request = f"GET / HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n".encode()
+    t_begin = _pc()
+    deadline = t_begin + int(timeout * 1e9)
+    next_start = t_begin
+    attempts = 0
+    best_t0 = None  # start of earliest satisfying attempt
+    best_done = None
+    detail = ""
+
+    def finish(a: _Attempt, ok: bool, now: int, why: str):
+        nonlocal best_t0, best_done, detail
+        fd = a.sock.fileno()
+        try:
+            poller.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        live.pop(fd, None)
+        a.sock.close()
+        if ok and (best_t0 is None or a.t0 < best_t0):
+            best_t0, best_done, detail = a.t0, now, why
+
+    while True:
+        now = _pc()
+        if best_t0 is not None:
+            # done once no attempt started before the best one is still pending
+            if not any(a.t0 < best_t0 for a in live.values()):
+                break
+        elif now >= deadline:
+            break
+        if best_t0 is None and now >= next_start:
+            s = socket.socket(_AF, _ST)
+            s.setsockopt(_SOL, _LINGER, _LINGER0)
+            s.setblocking(False)
+            t0 = _pc()
+            code = s.connect_ex((ip, port))
+            attempts += 1
+            a = _Attempt(s, t0)
+            if code == 0 or code == errno.EINPROGRESS:
+                live[s.fileno()] = a
+                poller.register(s.fileno(), select.POLLOUT)
+                if code == 0:
+                    pass  # resolved by the POLLOUT event below
+            else:  # immediate failure (unreachable, ...)
+                live[s.fileno()] = a
+                finish(a, expect == "gone", _pc(), _errname(code))
+            next_start += interval_ns
+            if next_start < now:  # fell behind: do not burst
+                next_start = now + interval_ns
+        # expire attempts
+        now = _pc()
+        for a in [a for a in live.values() if now - a.t0 >= att_ns]:
+            finish(a, expect == "gone", now, "no answer")
+        # wait for events until the next start (or a short while)
+        wait_ns = (next_start - now) if best_t0 is None else 1_000_000
+        ms = max(0, wait_ns) / 1e6
+        for fd, ev in poller.poll(ms):
+            a = live.get(fd)
+            if a is None:
+                continue
+            now = _pc()
+            if a.state == "connecting":
+                code = a.sock.getsockopt(_SOL, socket.SO_ERROR)
+                if code:
+                    finish(a, expect == "gone", now, _errname(code))
+                elif not http:
+                    finish(a, expect == "served", now, "connected")
+                else:
+                    try:
+                        a.sock.send(request)
+                    except OSError as e:
+                        finish(a, False, now, _errname(e.errno or 0))
+                        continue
+                    a.state = "reading"
+                    poller.modify(fd, select.POLLIN)
+            else:
+                try:
+                    chunk = a.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    finish(a, False, now, _errname(e.errno or 0))
+                    continue
+                if chunk:
+                    a.buf += chunk
+                    if len(a.buf) < 65536:
+                        continue
+                head, _, body = a.buf.partition(b"\r\n\r\n")
+                ok = head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n", 1)[0] + b" " \
+                    and _backend_match(body, names)
+                finish(a, ok, now, body.split(b"\n", 1)[0].decode(errors="replace").strip())
+    for a in list(live.values()):
+        finish(a, False, _pc(), "")
+    satisfied = best_t0 is not None
+    return {"ok": True, "event": "result", "satisfied": satisfied, "timed_out": not satisfied,
+            "t_ns": best_t0, "t_done_ns": best_done, "t_first_ns": t_begin, "attempts": attempts,
+            "detail": detail}
+
+
+def cmd_poll(req: dict, send) -> dict:
+    interval = float(req.get("interval", MAX_INTERVAL))
+    if interval > MAX_INTERVAL or interval <= 0:
+        return {"ok": False, "error": f"interval must be in (0, {MAX_INTERVAL}] s, got {interval}"}
+    send({"ok": True, "event": "polling", "t_ns": _pc()})
+    return _poll_loop(str(req["ip"]), int(req["port"]), str(req["expect"]), interval,
+                      float(req.get("timeout", 10.0)), float(req.get("attempt_timeout", 0.2)))
+
+
+# ---------------------------------------------------------------- http_get
+
+def http_get(ip: str, port: int, path: str = "/", timeout: float = 2.0) -> dict:
+    s = socket.socket(_AF, _ST)
+    s.settimeout(timeout)
+    t0 = _pc()
+    try:
+        s.connect((ip, port))
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n".encode())
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except OSError as e:
+        us = (_pc() - t0) / 1000.0
+        err = "timeout" if isinstance(e, TimeoutError) else _errname(e.errno or 0)
+        return {"ok": False, "error": err, "us": us}
+    finally:
+        s.close()
+    us = (_pc() - t0) / 1000.0
+    head, _, body = buf.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b"\r\n", 1)[0].split()[1])
+    except (IndexError, ValueError):
+        return {"ok": False, "error": "bad response", "us": us}
+    return {"ok": True, "status": status, "body": body.decode(errors="replace"), "us": us}
+
+
+# ---------------------------------------------------------------- main loop
+
+def main() -> int:
+    out = sys.stdout
+
+    def send(obj):
+        out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        out.flush()
+
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            req = json.loads(line)
+            cmd = req.get("cmd")
+            if cmd == "ping":
+                rep = {"ok": True, "pid": os.getpid(), "t_ns": _pc()}
+            elif cmd == "connect":
+                rep = cmd_connect(req)
+            elif cmd == "poll":
+                rep = cmd_poll(req, send)
+            elif cmd == "http_get":
+                rep = http_get(str(req["ip"]), int(req["port"]), str(req.get("path", "/")),
+                               float(req.get("timeout", 2.0)))
+            elif cmd == "quit":
+                send({"ok": True})
+                return 0
+            else:
+                rep = {"ok": False, "error": f"unknown command {cmd!r}"}
+        except Exception as e:  # keep serving: report, never die on one bad command
+            rep = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        send(rep)
+    return 0
+
+
+# ---------------------------------------------------------------- client handle (caller side)
+
+class AgentError(RuntimeError):
+    pass
+
+
+class Agent:
+    """Starts the agent inside namespace `ns` (None: here) and sends it commands.
+
+    Use as a context manager, or call close(). `python` defaults to this interpreter.
+    """
+
+    def __init__(self, ns: str | None, python: str | None = None, *, start_timeout: float = 30.0):
+        self.ns = ns
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + \
+            [python or sys.executable, "-u", "-m", "harness.measure.agent"]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+        self._polling = False
+        try:
+            self.pid = self.ping()["pid"]
+        except Exception:
+            self.close()
+            raise
+
+    # -- plumbing
+    def _send(self, obj: dict) -> None:
+        if self.proc.poll() is not None:
+            raise AgentError(f"agent exited ({self.proc.returncode}): {self.proc.stderr.read()[-2000:]}")
+        self.proc.stdin.write(json.dumps(obj) + "\n")
+        self.proc.stdin.flush()
+
+    def _recv(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=5)
+            raise AgentError(f"agent exited ({self.proc.returncode}): {self.proc.stderr.read()[-2000:]}")
+        rep = json.loads(line)
+        if not rep.get("ok"):
+            raise AgentError(rep.get("error", "agent error"))
+        return rep
+
+    def request(self, obj: dict) -> dict:
+        if self._polling:
+            raise AgentError("a poll is running: call poll_result() first")
+        self._send(obj)
+        return self._recv()
+
+    # -- commands
+    def ping(self) -> dict:
+        return self.request({"cmd": "ping"})
+
+    def connect(self, targets, samples: int = 1, timeout: float = 1.0) -> list[list]:
+        """targets: [(ip, port, tag), ...] -> [[target_index, us, err], ...] in attempt order."""
+        t = [[ip, int(port), tag] for ip, port, tag in targets]
+        return self.request({"cmd": "connect", "targets": t, "samples": samples, "timeout": timeout})["results"]
+
+    def poll_start(self, ip: str, port: int, expect: str, *, interval: float = MAX_INTERVAL,
+                   timeout: float = 10.0, attempt_timeout: float = 0.2) -> int:
+        """Start polling; returns once the agent polls (its perf_counter_ns). Then poll_result()."""
+        rep = self.request({"cmd": "poll", "ip": ip, "port": port, "expect": expect,
+                            "interval": interval, "timeout": timeout,
+                            "attempt_timeout": attempt_timeout})
+        self._polling = True
+        return rep["t_ns"]
+
+    def poll_result(self) -> dict:
+        if not self._polling:
+            raise AgentError("no poll running")
+        try:
+            return self._recv()
+        finally:
+            self._polling = False
+
+    def poll(self, ip: str, port: int, expect: str, **kw) -> dict:
+        self.poll_start(ip, port, expect, **kw)
+        return self.poll_result()
+
+    def http_get(self, ip: str, port: int, path: str = "/", timeout: float = 2.0) -> dict:
+        """-> {"status", "body", "us"}; raises AgentError when no answer."""
+        return self.request({"cmd": "http_get", "ip": ip, "port": port, "path": path, "timeout": timeout})
+
+    def close(self) -> None:
+        p = self.proc
+        if p.poll() is None:
+            try:
+                if self._polling:
+                    self.poll_result()
+                self._send({"cmd": "quit"})
+                p.wait(timeout=5)
+            except Exception:
+                p.kill()
+                p.wait()
+        for f in (p.stdin, p.stdout, p.stderr):
+            try:
+                f.close()
+            except Exception:
+                pass
+
+    def __enter__(self) -> "Agent":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

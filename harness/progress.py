@@ -1,0 +1,53 @@
+"""Terminal progress for a run: the current step, elapsed time and an ETA (rich)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class ProgressView:
+    """Turns worker events into one progress bar over the run's points, plus one line per point."""
+
+    def __init__(self, run_dir: Path, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.run_dir = run_dir
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+        self.task = None
+        self.current = ""
+
+    def __enter__(self):
+        self.console.print(f"run folder: {self.run_dir}")
+        self.progress.start()
+        self.task = self.progress.add_task("planning", total=None)
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+    def on_event(self, ev: dict) -> None:
+        kind = ev.get("event")
+        if kind == "plan":
+            self.progress.update(self.task, total=ev["total"], completed=ev.get("done", 0))
+        elif kind == "point_start":
+            self.current = f"{ev['kernel']} {ev['mode']} n={ev['n_services']} rep {ev['rep']}"
+            self.progress.update(self.task, description=self.current)
+        elif kind == "phase":
+            self.progress.update(self.task, description=f"{self.current}: {ev['phase']}")
+        elif kind == "point_done":
+            self.progress.advance(self.task)
+            style = {"ok": "green", "invalid": "yellow"}.get(ev["status"], "red")
+            extra = f" ({ev['error']})" if ev.get("error") else ""
+            self.console.print(f"[{style}]{ev['status']:>7}[/] {ev['point_id']} "
+                               f"in {ev.get('seconds', 0):.1f} s{extra}")
+        elif kind == "log":
+            self.console.print(f"  {ev['message']}")
+        elif kind == "validation_table":
+            self.console.print(ev["text"])

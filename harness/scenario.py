@@ -1,0 +1,218 @@
+"""Scenario files: YAML validated by a strict schema, resolved into the points of a sweep."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MODES = ("iptables", "ipvs", "nftables")
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+class ScenarioError(ValueError):
+    """A scenario is invalid; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ServicesSpec(_Strict):
+    """Either an explicit list of counts, or a maximum that expands to a 1-2-5 log-spaced sweep."""
+
+    counts: list[int] | None = None
+    max: int | None = Field(default=None, ge=1)
+    min: int = Field(default=1000, ge=1)
+
+    @field_validator("counts")
+    @classmethod
+    def _positive(cls, v):
+        if v is not None:
+            if not v:
+                raise ValueError("counts must not be empty")
+            if any(c < 1 for c in v):
+                raise ValueError("every Service count must be >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.counts is None) == (self.max is None):
+            raise ValueError("give either services.counts or services.max")
+        return self
+
+    def expand(self) -> list[int]:
+        if self.counts is not None:
+            return sorted(set(self.counts))
+        return log_sweep(self.min, self.max)
+
+
+def log_sweep(lo: int, hi: int) -> list[int]:
+    """1-2-5 series from min(lo, hi) up to hi, always ending at hi: 1k, 2k, 5k, 10k, 20k, 50k."""
+    lo = min(lo, hi)
+    out, decade = [], 1
+    while decade <= hi:
+        for m in (1, 2, 5):
+            v = m * decade
+            if lo <= v < hi:
+                out.append(v)
+        decade *= 10
+    return out + [hi]
+
+
+class LabSpec(_Strict):
+    pods_per_node: int = Field(default=2, ge=1, le=32)
+    service_cidr: str = "10.96.0.0/12"
+    pod_cidr: str = "10.244.0.0/16"
+    uml_mem: str = Field(default="4G", pattern=r"^\d+[MG]$")
+
+
+class ModelOptions(_Strict):
+    endpoints: int = Field(default=1, ge=0, le=1000)
+    ports_per_service: int = Field(default=1, ge=1, le=16)
+    node_ports: int = Field(default=0, ge=0)
+    affinity: int = Field(default=0, ge=0)
+
+
+class ConnectSpec(_Strict):
+    samples: int = Field(default=2000, ge=1)
+    edge_samples: int = Field(default=300, ge=0)
+    direct_samples: int = Field(default=500, ge=0)
+    timeout_ms: float = Field(default=1000, gt=0)
+
+
+class SyncSpec(_Strict):
+    samples: int = Field(default=21, ge=1)
+    kinds: list[Literal["add", "update", "delete"]] = ["add", "update", "delete"]
+    poll_interval_ms: float = Field(default=1.0, gt=0, le=1.0)
+    timeout_s: float = Field(default=30, gt=0)
+
+
+class LoadSpec(_Strict):
+    enabled: bool = True
+    users: int = Field(default=8, ge=1)
+    rate: float = Field(default=200, gt=0, description="target requests per second, all users")
+    duration_s: float = Field(default=10, gt=0)
+    keepalive: list[bool] = [False, True]
+    timeout_s: float = Field(default=2, gt=0)
+
+
+class MeasureSpec(_Strict):
+    connect: ConnectSpec = ConnectSpec()
+    sync: SyncSpec = SyncSpec()
+    load: LoadSpec = LoadSpec()
+
+
+class IPVSSpec(_Strict):
+    scheduler: str = Field(default="rr", pattern=r"^[a-z]{1,8}$")
+
+
+class Scenario(_Strict):
+    name: str = "unnamed"
+    description: str = ""
+    target: Literal["lab", "local", "cluster"] = "lab"
+    modes: list[Literal["iptables", "ipvs", "nftables"]] = list(MODES)
+    services: ServicesSpec = ServicesSpec(max=1000)
+    model: ModelOptions = ModelOptions()
+    repetitions: int = Field(default=1, ge=1, le=100)
+    kernel: Literal["auto", "host", "uml"] = "auto"
+    iptables_backend: Literal["legacy", "nft"] = "legacy"
+    seed: int = 1
+    validate_first: bool = Field(default=True, alias="validate")
+    lab: LabSpec = LabSpec()
+    ipvs: IPVSSpec = IPVSSpec()
+    measure: MeasureSpec = MeasureSpec()
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, v):
+        if not v:
+            raise ValueError("at least one mode is needed")
+        if len(set(v)) != len(v):
+            raise ValueError("a mode is listed twice")
+        return v
+
+    def counts(self) -> list[int]:
+        return self.services.expand()
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully expanded scenario, as saved beside the results."""
+        d = self.model_dump(by_alias=True)
+        d["services"] = {"counts": self.counts()}
+        return d
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{extra}"
+
+
+def find_scenario(name_or_path: str | None) -> Path:
+    """A path, or a name of a file under scenarios/ ("quick" -> scenarios/quick.yaml)."""
+    if not name_or_path:
+        name_or_path = "default"
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    for cand in (SCENARIO_DIR / name_or_path, SCENARIO_DIR / f"{name_or_path}.yaml"):
+        if cand.exists():
+            return cand
+    known = ", ".join(sorted(q.stem for q in SCENARIO_DIR.glob("*.yaml")))
+    raise ScenarioError(f"scenario {name_or_path!r} not found: give a path or one of {known}")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'measure.load.rate=500' -> (['measure','load','rate'], 500), the value parsed as YAML."""
+    if "=" not in item:
+        raise ScenarioError(f"--set {item!r}: expected key=value, e.g. --set measure.load.rate=500")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ScenarioError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[tuple[list[str], Any]]) -> dict:
+    data = copy.deepcopy(data)
+    for path, value in overrides:
+        node = data
+        for p in path[:-1]:
+            if not isinstance(node.get(p, {}), dict):
+                raise ScenarioError(f"--set {'.'.join(path)}: {p} is not a section")
+            node = node.setdefault(p, {})
+        node[path[-1]] = value
+    return data
+
+
+def load_scenario(name_or_path: str | None = None, overrides: list[tuple[list[str], Any]] = (),
+                  source: str | None = None, data: dict | None = None) -> Scenario:
+    """Read, override and validate a scenario; errors name the file and the field."""
+    if data is None:
+        path = find_scenario(name_or_path)
+        source = source or str(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ScenarioError(f"{source}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
+    source = source or "scenario"
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: expected a mapping of keys at the top level")
+    data = apply_overrides(data, list(overrides))
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        raise ScenarioError(_format_error(source, e)) from None
