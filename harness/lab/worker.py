@@ -1,0 +1,236 @@
+"""The worker: measures a list of points inside one kernel (the host's, or a UML guest's).
+
+    python -m harness.lab.worker JOB.json
+
+It builds the lab topology in network namespaces of the kernel it runs on, and for every point
+programs the mode's dataplane from empty (timed), validates it once per mode, measures, and
+writes RUN/points/<point_id>.jsonl (samples) and RUN/points/<point_id>.json (status). Events go to
+stdout as JSON lines. Only the standard library, pyroute2 and light harness modules are
+imported: inside UML every import is slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from harness.dataplane import make_dataplane
+from harness.dataplane.base import DataplaneSettings
+from harness.lab.netns import LabError
+from harness.model import ModelSpec, build_model
+from harness.samples import PointContext, SampleWriter
+
+_out = sys.stdout
+
+
+def emit(event: str, **fields: Any) -> None:
+    _out.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+    _out.flush()
+
+
+def model_spec(scenario: dict, n_services: int) -> ModelSpec:
+    m, lab = scenario["model"], scenario["lab"]
+    return ModelSpec(
+        n_services=n_services, endpoints=m["endpoints"], ports_per_service=m["ports_per_service"],
+        service_cidr=lab["service_cidr"], pod_cidr=lab["pod_cidr"], pods_per_node=lab["pods_per_node"],
+        node_ports=min(m["node_ports"], n_services), affinity=min(m["affinity"], n_services),
+        seed=scenario["seed"],
+    )
+
+
+def kernel_label(kernel: str) -> str:
+    return f"{kernel}-{platform.release()}"
+
+
+class Worker:
+    def __init__(self, job: dict):
+        self.job = job
+        self.scenario = job["scenario"]
+        self.run_dir = Path(job["run_dir"])
+        self.kernel = kernel_label(job["kernel"])
+        n_max = max(p["n_services"] for p in job["points"])
+        self.model = build_model(model_spec(self.scenario, n_max))
+        self.lab = None
+        self.agent = None
+        self.dataplanes: dict[str, Any] = {}
+        self.validated: dict[str, dict] = {}
+
+    # -- lab lifetime -------------------------------------------------------------------------
+    def start(self) -> None:
+        from harness.lab.topology import Lab
+        from harness.measure.agent import Agent
+
+        emit("kernel", name=self.kernel, kind=self.job["kernel"], release=platform.release())
+        emit("log", message=f"{self.kernel}: building the lab ({len(self.model.pods)} pods, 2 nodes)")
+        t0 = time.monotonic()
+        self.lab = Lab(self.model, tag=self.job["tag"])
+        self.lab.up()
+        self.agent = Agent(self.lab.client_ns)
+        emit("log", message=f"{self.kernel}: lab up in {time.monotonic() - t0:.1f} s")
+        self.settings = DataplaneSettings(
+            cluster_cidr=self.scenario["lab"]["pod_cidr"], service_cidr=self.scenario["lab"]["service_cidr"],
+            node_ips=tuple(self.lab.node_ip(n) for n in self.model.spec.nodes),
+            iptables_backend=self.scenario["iptables_backend"], scheduler=self.scenario["ipvs"]["scheduler"],
+        )
+
+    def stop(self) -> None:
+        for dp in self.dataplanes.values():
+            try:
+                dp.cleanup()
+            except Exception:
+                pass
+        self.dataplanes = {}
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None
+        if self.lab is not None:
+            self.lab.down()
+            self.lab = None
+
+    def use_mode(self, mode: str) -> dict[str, Any]:
+        """Dataplanes of `mode` on every node, with any other mode's state removed first."""
+        if self.dataplanes and next(iter(self.dataplanes.values())).mode != mode:
+            for dp in self.dataplanes.values():
+                dp.cleanup()
+            self.dataplanes = {}
+        if not self.dataplanes:
+            self.dataplanes = {n: make_dataplane(mode, self.lab.node_ns(n), self.settings)
+                               for n in self.model.spec.nodes}
+        return self.dataplanes
+
+    # -- one point ----------------------------------------------------------------------------
+    def run_point(self, p: dict) -> dict:
+        from harness.measure import connect, load, sync
+
+        sc, ms = self.scenario, self.scenario["measure"]
+        ctx = PointContext(run_id=self.job["run_id"], point_id=p["point_id"], target="lab", kernel=self.kernel,
+                           mode=p["mode"], iptables_backend=sc["iptables_backend"] if p["mode"] != "nftables" else "",
+                           n_services=p["n_services"], endpoints=sc["model"]["endpoints"], rep=p["rep"])
+        status: dict[str, Any] = {"point_id": p["point_id"], "kernel": self.kernel, "status": "ok",
+                                  "error": None, "flags": {}, "phases": {}}
+        services = self.model.services[: p["n_services"]]
+        rows_path = self.run_dir / "points" / f"{p['point_id']}.jsonl"
+        with rows_path.open("w") as fh:
+            out = SampleWriter(fh)
+
+            def phase(name: str) -> float:
+                emit("phase", point_id=p["point_id"], phase=name)
+                return time.monotonic()
+
+            if sc.get("validate", True) and p["mode"] not in self.validated:
+                t = phase("validate")
+                self.validated[p["mode"]] = self.validate(p["mode"])
+                status["phases"]["validate_s"] = round(time.monotonic() - t, 2)
+            val = self.validated.get(p["mode"])
+            if val is not None:
+                status["validation"] = {"passed": val["passed"], "failed_cells": val["failed_cells"]}
+                if not val["passed"]:
+                    status["status"] = "invalid"
+
+            dps = self.use_mode(p["mode"])
+            t = phase("sync_full")
+            for node, dp in dps.items():
+                dp.cleanup()
+            out.extend(sync.measure_sync_full(dps["a"], services, ctx))
+            for node, dp in dps.items():
+                if node != "a":
+                    dp.full_sync(services)
+            status["counts"] = dps["a"].counts()
+            status["phases"]["sync_full_s"] = round(time.monotonic() - t, 2)
+
+            t = phase("connect")
+            c = ms["connect"]
+            out.extend(connect.measure_connect(
+                self.agent, ctx, services, self.model.pods, samples=c["samples"], edge_samples=c["edge_samples"],
+                direct_samples=c["direct_samples"], timeout_s=c["timeout_ms"] / 1000, seed=sc["seed"] + p["rep"]))
+            status["phases"]["connect_s"] = round(time.monotonic() - t, 2)
+
+            t = phase("sync_one")
+            s = ms["sync"]
+            out.extend(sync.measure_sync_one(
+                self.agent, dps["a"], services, self.model, ctx, samples=s["samples"], kinds=tuple(s["kinds"]),
+                timeout_s=s["timeout_s"], interval_s=s["poll_interval_ms"] / 1000))
+            status["phases"]["sync_one_s"] = round(time.monotonic() - t, 2)
+
+            if ms["load"]["enabled"]:
+                L = ms["load"]
+                for keepalive in L["keepalive"]:
+                    t = phase(f"load keepalive={str(keepalive).lower()}")
+                    rows, summary = load.run_load(
+                        self.lab.client_ns, ctx, services, users=L["users"], rate=L["rate"],
+                        duration_s=L["duration_s"], keepalive=keepalive, timeout_s=L["timeout_s"],
+                        seed=sc["seed"] + p["rep"])
+                    out.extend(rows)
+                    if summary.get("saturated"):
+                        status["flags"].setdefault("saturated", {})[f"keepalive={str(keepalive).lower()}"] = summary
+                    status["phases"][f"load_keepalive_{str(keepalive).lower()}_s"] = round(time.monotonic() - t, 2)
+            status["samples"] = out.count
+        return status
+
+    def validate(self, mode: str) -> dict:
+        try:
+            from harness.validate import validate_mode
+        except ImportError:
+            return None
+        dps = self.use_mode(mode)
+        res = validate_mode(self.lab, self.agent, dps, self.model, self.settings)
+        for dp in dps.values():
+            dp.cleanup()
+        emit("validation", key=f"{self.kernel}/{mode}", result=res)
+        return res
+
+    def run(self) -> int:
+        points = self.job["points"]
+        self.start()
+        for p in points:
+            emit("point_start", **p, kernel=self.kernel)
+            t0 = time.monotonic()
+            try:
+                status = self.run_point(p)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:
+                status = {"point_id": p["point_id"], "kernel": self.kernel, "status": "failed",
+                          "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
+                          "traceback": traceback.format_exc(limit=8)}
+            status["seconds"] = round(time.monotonic() - t0, 2)
+            status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            path = self.run_dir / "points" / f"{p['point_id']}.json"
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(status, indent=1, default=str))
+            os.replace(tmp, path)
+            emit("point_done", point_id=p["point_id"], status=status["status"], error=status.get("error"),
+                 seconds=status["seconds"])
+        return 0
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(argv[0]).read_text())
+    signal.signal(signal.SIGTERM, _terminate)
+    w = Worker(job)
+    try:
+        return w.run()
+    except KeyboardInterrupt:
+        emit("log", message="worker interrupted; cleaning up")
+        return 130
+    except LabError as e:
+        emit("fatal", error=str(e))
+        return 3
+    finally:
+        w.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""The lab target: kube-proxy's dataplane reproduced in network namespaces of a real kernel.
+
+Points are grouped by kernel; each group is handed to one worker (harness.lab.worker), run as a
+host subprocess or inside a UML guest. A worker that dies is recorded against the point it was
+measuring and a new one continues with the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from harness.lab import caps
+from harness.lab.netns import LabError
+from harness.model import ModelError, ModelSpec, build_model
+
+MAX_RESTARTS = 2
+
+
+class LabTarget:
+    name = "lab"
+
+    def __init__(self):
+        self._plan: dict[str, list[str]] | None = None
+
+    def preflight(self, scenario) -> None:
+        for tool in ("ip", "nginx"):
+            if not shutil.which(tool):
+                raise LabError(f"{tool} not found: run `make setup` (installs iproute2, nginx-light ...)")
+        self._plan = caps.plan_kernels(scenario.modes, scenario.iptables_backend, scenario.kernel)
+        spec = ModelSpec(n_services=0, service_cidr=scenario.lab.service_cidr, pod_cidr=scenario.lab.pod_cidr,
+                         pods_per_node=scenario.lab.pods_per_node, endpoints=scenario.model.endpoints)
+        model = build_model(spec)
+        # the sync measurements add Services beyond the largest count
+        need = max(scenario.counts()) + scenario.measure.sync.samples + 1
+        if need > model._ips.size:
+            raise ModelError(f"{max(scenario.counts())} Services do not fit in service CIDR "
+                             f"{scenario.lab.service_cidr} ({model._ips.size} usable addresses): "
+                             "use a larger lab.service_cidr or fewer Services")
+
+    def plan(self, scenario) -> dict[str, list[str]]:
+        if self._plan is None:
+            self.preflight(scenario)
+        return self._plan
+
+    def environment(self, kernel_plan) -> dict:
+        return {"kernels": [], "tools": caps.tool_versions()}
+
+    def run_points(self, run, points, sink) -> None:
+        by_kernel: dict[str, list] = {}
+        for p in points:
+            by_kernel.setdefault(p.kernel, []).append(p)
+        sink({"event": "plan", "total": len(run.meta["points"]),
+              "done": len(run.meta["points"]) - len(points)})
+        for kernel, pts in by_kernel.items():
+            self._run_group(run, kernel, pts, sink)
+
+    def _run_group(self, run, kernel: str, pts: list, sink) -> None:
+        todo = list(pts)
+        restarts = 0
+        while todo:
+            in_flight: dict = {}
+            finished: set[str] = set()
+
+            def on_line(line: str) -> None:
+                try:
+                    ev = json.loads(line)
+                except json.JSONDecodeError:
+                    return
+                if ev.get("event") == "point_start":
+                    in_flight["point"] = ev["point_id"]
+                elif ev.get("event") == "point_done":
+                    finished.add(ev["point_id"])
+                    in_flight.pop("point", None)
+                elif ev.get("event") == "fatal":
+                    in_flight["fatal"] = ev["error"]
+                sink(ev)
+
+            rc = self._run_worker(run, kernel, todo, on_line)
+            todo = [p for p in todo if p.point_id not in finished]
+            if rc == 0 or not todo:
+                return
+            if "fatal" in in_flight:
+                raise LabError(f"{kernel} worker: {in_flight['fatal']}")
+            if rc == 130:
+                raise KeyboardInterrupt
+            crashed = in_flight.get("point") or todo[0].point_id
+            log_tail = _tail(run.dir / f"worker-{kernel}.log")
+            _write_failed(run.dir, crashed, kernel, f"worker exited with status {rc} while measuring; {log_tail}")
+            sink({"event": "point_done", "point_id": crashed, "status": "failed",
+                  "error": f"worker exited with status {rc}", "seconds": 0})
+            todo = [p for p in todo if p.point_id != crashed]
+            restarts += 1
+            if restarts > MAX_RESTARTS:
+                raise LabError(f"the {kernel} worker died {restarts} times; see {run.dir}/worker-{kernel}.log")
+
+    def _run_worker(self, run, kernel: str, pts: list, on_line) -> int:
+        job = {
+            "run_id": run.meta["run_id"], "run_dir": str(run.dir), "kernel": kernel,
+            "tag": secrets.token_hex(2), "scenario": run.meta["scenario"], "target": "lab",
+            "points": [asdict(p) for p in pts],
+        }
+        jobs = run.dir / ".jobs"
+        jobs.mkdir(exist_ok=True)
+        job_path = jobs / f"{kernel}.json"
+        job_path.write_text(json.dumps(job, indent=1))
+        argv = [sys.executable, "-m", "harness.lab.worker", str(job_path)]
+        log_path = run.dir / f"worker-{kernel}.log"
+        if kernel == "host":
+            return _run_host_worker(argv, log_path, on_line, job["tag"])
+        from harness.lab import uml
+
+        return uml.run_guest(argv, rw_dirs=[run.dir], mem=run.scenario.lab.uml_mem, on_line=on_line,
+                             log_path=log_path)
+
+
+def _run_host_worker(argv, log_path: Path, on_line, tag: str) -> int:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with log_path.open("a") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                                start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]))
+        try:
+            for line in proc.stdout:
+                on_line(line)
+            return proc.wait()
+        except KeyboardInterrupt:
+            _stop_group(proc)
+            raise
+        finally:
+            if proc.poll() is None:
+                _stop_group(proc)
+            from harness.lab.cleanup import cleanup_tag
+
+            cleanup_tag(tag)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _tail(path: Path, n: int = 3) -> str:
+    try:
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "no worker log"
+    return "last log lines: " + " | ".join(lines[-n:])[-600:]
+
+
+def _write_failed(run_dir: Path, point_id: str, kernel: str, error: str) -> None:
+    path = run_dir / "points" / f"{point_id}.json"
+    path.write_text(json.dumps({"point_id": point_id, "kernel": kernel, "status": "failed", "error": error}))
+
+
+def host_kernel_label() -> str:
+    return f"host-{platform.release()}"
