@@ -83,6 +83,10 @@ def cmd_run(args) -> int:
     scenario = run.scenario if run else scenario
     if scenario.target == "lab":
         _require_root("kpbench run --target lab")
+    if scenario.target == "lab":
+        from harness.lab.cleanup import cleanup_leftovers
+
+        cleanup_leftovers(lambda msg: print(f"cleaning up after an earlier run: {msg}", file=sys.stderr))
     target = make_target(scenario, args)
     target.preflight(scenario)
     if run is None:
@@ -142,8 +146,8 @@ def cmd_clean(args) -> int:
     from harness.lab.cleanup import cleanup_leftovers
 
     _require_root("kpbench clean")
-    n = cleanup_leftovers(print)
-    print(f"clean: removed {n} leftover item(s)" if n else "clean: nothing left over")
+    removed = cleanup_leftovers(print)
+    print(f"clean: removed {len(removed)} leftover item(s)" if removed else "clean: nothing left over")
     return 0
 
 

@@ -45,7 +45,8 @@ def plan_points(scenario: Scenario, kernel_plan: dict[str, list[str]]) -> list[P
     background load) from looking like a mode effect.
     """
     points: list[Point] = []
-    modes = list(scenario.modes)
+    # a kernel plan may add a mode (iptables, measured on every kernel as the bridge between them)
+    modes = list(scenario.modes) + [m for m in kernel_plan if m not in scenario.modes]
     for n in scenario.counts():
         for rep in range(1, scenario.repetitions + 1):
             shift = (rep - 1) % len(modes)

@@ -31,9 +31,13 @@ COLUMNS: tuple[str, ...] = (
     "change",
     "path",
     "timed_out",
+    "error",
 )
 
-TAGS = ("position", "keepalive", "change", "path")
+# error: "" for a good sample; otherwise why it failed ("timeout", "refused", "unreachable", an
+# errno name, an HTTP status ...). A failed sample keeps its row with value = the timeout
+# (censored: "not served within the timeout") and timed_out = true.
+TAGS = ("position", "keepalive", "change", "path", "error")
 
 
 @dataclass

@@ -6,9 +6,16 @@ recognised by the prefix and removed by the next run (or `kpbench clean`).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
-from typing import Sequence
+import threading
+from typing import Any, Callable, Sequence, TypeVar
+
+from harness.lab import registry
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
 
 PREFIX = "kpb-"
 NETNS_DIR = "/run/netns"
@@ -32,6 +39,7 @@ def list_namespaces(prefix: str = PREFIX) -> list[str]:
 def create(name: str) -> None:
     """Create a namespace with loopback up."""
     _ip(["netns", "add", name])
+    registry.register("netns", name, name=name)
     run(name, ["ip", "link", "set", "lo", "up"])
 
 
@@ -43,6 +51,7 @@ def delete(name: str) -> None:
         except ProcessLookupError:
             pass
     subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    registry.unregister("netns", name)
 
 
 def pids(name: str) -> list[int]:
@@ -72,3 +81,60 @@ def _ip(args: Sequence[str]) -> None:
     p = subprocess.run(["ip", *args], capture_output=True, text=True)
     if p.returncode != 0:
         raise LabError(f"ip {' '.join(args)} failed: {p.stderr.strip()}")
+
+
+_libc = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def call_in(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run fn(*args, **kwargs) in a fresh thread that has entered namespace `name`; return its result.
+
+    A network namespace is per thread: sockets fn creates belong to `name` (and stay there after
+    the thread ends), writes to /proc/sys/net/... set `name`'s sysctls. No fork, no exec.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            box["err"] = LabError(f"network namespace {name} does not exist")
+            return
+        try:
+            _setns(fd)
+            box["ok"] = fn(*args, **kwargs)
+        except BaseException as e:  # re-raised in the caller's thread
+            box["err"] = e
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=target, name=f"netns-{name}", daemon=True)
+    t.start()
+    t.join()
+    if "err" in box:
+        raise box["err"]
+    return box["ok"]
+
+
+def sysctl(name: str, settings: dict[str, str | int]) -> None:
+    """Write sysctls (dotted keys, e.g. "net.ipv4.ip_forward") inside namespace `name`."""
+
+    def write() -> None:
+        for key, value in settings.items():
+            path = "/proc/sys/" + key.replace(".", "/")
+            with open(path, "w") as f:
+                f.write(str(value))
+
+    try:
+        call_in(name, write)
+    except OSError as e:
+        raise LabError(f"sysctl in {name} failed: {e}") from None

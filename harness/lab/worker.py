@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import signal
 import sys
 import time
@@ -148,28 +149,33 @@ class Worker:
             t = phase("connect")
             c = ms["connect"]
             out.extend(connect.measure_connect(
-                self.agent, ctx, services, self.model.pods, samples=c["samples"], edge_samples=c["edge_samples"],
-                direct_samples=c["direct_samples"], timeout_s=c["timeout_ms"] / 1000, seed=sc["seed"] + p["rep"]))
+                self.agent, ctx, services, len(services), samples=c["samples"],
+                rng=random.Random(sc["seed"] * 1000 + p["rep"]), timeout=c["timeout_ms"] / 1000,
+                edge_samples=c["edge_samples"], direct_samples=c["direct_samples"]))
             status["phases"]["connect_s"] = round(time.monotonic() - t, 2)
 
             t = phase("sync_one")
             s = ms["sync"]
+            kinds = tuple(s["kinds"])
+            per_kind = -(-s["samples"] // len(kinds))  # scenario gives samples per point, spread over kinds
             out.extend(sync.measure_sync_one(
-                self.agent, dps["a"], services, self.model, ctx, samples=s["samples"], kinds=tuple(s["kinds"]),
-                timeout_s=s["timeout_s"], interval_s=s["poll_interval_ms"] / 1000))
+                self.agent, dps["a"], services, self.model, ctx, samples=per_kind, kinds=kinds,
+                timeout=s["timeout_s"], interval=s["poll_interval_ms"] / 1000))
             status["phases"]["sync_one_s"] = round(time.monotonic() - t, 2)
 
             if ms["load"]["enabled"]:
                 L = ms["load"]
                 for keepalive in L["keepalive"]:
                     t = phase(f"load keepalive={str(keepalive).lower()}")
-                    rows, summary = load.run_load(
+                    res = load.measure_load(
                         self.lab.client_ns, ctx, services, users=L["users"], rate=L["rate"],
-                        duration_s=L["duration_s"], keepalive=keepalive, timeout_s=L["timeout_s"],
-                        seed=sc["seed"] + p["rep"])
-                    out.extend(rows)
-                    if summary.get("saturated"):
-                        status["flags"].setdefault("saturated", {})[f"keepalive={str(keepalive).lower()}"] = summary
+                        duration=L["duration_s"], keepalive=keepalive, timeout=L["timeout_s"],
+                        seed=sc["seed"] * 1000 + p["rep"])
+                    out.extend(res.rows)
+                    if res.saturated:
+                        status["flags"].setdefault("saturated", {})[f"keepalive={str(keepalive).lower()}"] = {
+                            "reasons": res.reasons, **{k: v for k, v in res.summary.items()
+                                                       if isinstance(v, (int, float, str))}}
                     status["phases"][f"load_keepalive_{str(keepalive).lower()}_s"] = round(time.monotonic() - t, 2)
             status["samples"] = out.count
         return status
@@ -211,6 +217,37 @@ class Worker:
         return 0
 
 
+# -- validate only (`kpbench validate`) ----------------------------------------------------------
+def run_validate_only(w: Worker) -> int:
+    """Job flag "validate_only": build the lab and run the validation matrix once per mode of the
+    job's points (no measurements). Each result is emitted as a "validation" event (by
+    Worker.validate) and all are written to RUN/validation-<kernel>.json."""
+    modes = list(dict.fromkeys(p["mode"] for p in w.job["points"]))
+    w.start()
+    results: dict[str, Any] = {}
+    for mode in modes:
+        emit("phase", point_id=f"validate-{mode}", phase="validate")
+        key = f"{w.kernel}/{mode}"
+        try:
+            res = w.validate(mode)
+            if res is None:
+                raise RuntimeError("harness.validate could not be imported")
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            res = {"mode": mode, "passed": False, "failed_cells": ["validation crashed"], "cells": [],
+                   "no_endpoints_behaviour": None,
+                   "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
+                   "traceback": traceback.format_exc(limit=8)}
+            emit("validation", key=key, result=res)
+        results[key] = res
+    path = w.run_dir / f"validation-{w.job['kernel']}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    os.replace(tmp, path)
+    return 0
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
@@ -221,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     w = Worker(job)
     try:
-        return w.run()
+        return run_validate_only(w) if job.get("validate_only") else w.run()
     except KeyboardInterrupt:
         emit("log", message="worker interrupted; cleaning up")
         return 130

@@ -53,6 +53,7 @@ import sys
 import time
 
 _pc = time.perf_counter_ns
+_sleep = time.sleep
 _LINGER0 = struct.pack("ii", 1, 0)
 _SOL, _LINGER, _SNDTIMEO = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_SNDTIMEO
 _AF, _ST = socket.AF_INET, socket.SOCK_STREAM
@@ -183,10 +184,19 @@ def _poll_loop(ip: str, port: int, expect: str, interval: float, timeout: float,
         now = _pc()
         for a in [a for a in live.values() if now - a.t0 >= att_ns]:
             finish(a, expect == "gone", now, "no answer")
-        # wait for events until the next start (or a short while)
-        wait_ns = (next_start - now) if best_t0 is None else 1_000_000
-        ms = max(0, wait_ns) / 1e6
-        for fd, ev in poller.poll(ms):
+        # collect what happened, then sleep until the next start: poll(2) rounds its timeout
+        # up to whole milliseconds, clock_nanosleep (time.sleep) does not. An attempt's result is
+        # then seen up to one interval late, but its start time (what is reported) is exact.
+        if best_t0 is None:
+            events = poller.poll(0)
+            if not events:
+                wait_ns = next_start - _pc()
+                if wait_ns > 0:
+                    _sleep(wait_ns / 1e9)
+                events = poller.poll(0)
+        else:
+            events = poller.poll(1)
+        for fd, ev in events:
             a = live.get(fd)
             if a is None:
                 continue
@@ -316,7 +326,7 @@ class Agent:
     Use as a context manager, or call close(). `python` defaults to this interpreter.
     """
 
-    def __init__(self, ns: str | None, python: str | None = None, *, start_timeout: float = 30.0):
+    def __init__(self, ns: str | None, python: str | None = None):
         self.ns = ns
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)

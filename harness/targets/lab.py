@@ -118,8 +118,14 @@ class LabTarget:
             return _run_host_worker(argv, log_path, on_line, job["tag"])
         from harness.lab import uml
 
-        return uml.run_guest(argv, rw_dirs=[run.dir], mem=run.scenario.lab.uml_mem, on_line=on_line,
-                             log_path=log_path)
+        res = uml.run_guest(run.dir, argv, on_line=on_line, mem=run.scenario.lab.uml_mem, timeout=None,
+                            name=kernel)
+        with log_path.open("a") as log:
+            log.write(f"guest exit {res.status} after {res.elapsed_s:.1f} s (boot {res.boot_s} s)\n")
+            if res.modules_missing:
+                log.write(f"modules missing: {' '.join(res.modules_missing)}\n")
+            log.write(f"--- guest stderr ---\n{res.stderr_tail}\n--- guest console ---\n{res.console_tail}\n")
+        return res.status
 
 
 def _run_host_worker(argv, log_path: Path, on_line, tag: str) -> int:
@@ -137,9 +143,15 @@ def _run_host_worker(argv, log_path: Path, on_line, tag: str) -> int:
         finally:
             if proc.poll() is None:
                 _stop_group(proc)
-            from harness.lab.cleanup import cleanup_tag
+            _remove_namespaces(tag)
 
-            cleanup_tag(tag)
+
+def _remove_namespaces(tag: str) -> None:
+    """What a worker killed hard could not remove itself: its namespaces (and their processes)."""
+    from harness.lab import netns
+
+    for name in netns.list_namespaces(f"{netns.PREFIX}{tag}-"):
+        netns.delete(name)
 
 
 def _stop_group(proc: subprocess.Popen) -> None:

@@ -1,0 +1,324 @@
+"""The load generator process: locust as a library, open-loop, raw per-request timings.
+
+    ip netns exec NS <python> -m harness.measure.load_worker --users U --rate R --duration D \
+        --timeout T --keepalive true|false [--seed S] [--keepalive-targets K] < targets.json
+
+stdin: a JSON list of [ip, port] targets (the ClusterIPs of the N Services). stdout: JSON lines,
+``{"t": "req", "r": [seq, user, intended_ns, start_ns, end_ns, ok, err, new_conn]}`` per request
+(perf_counter_ns; err "" when ok) and one final ``{"t": "summary", ...}``.
+
+Why its own process: ``import locust`` monkey-patches the whole process with gevent.
+
+Schedule (open loop, so coordinated omission is visible): request g (g = 0, 1, ...) is intended to
+start at t_start + g / rate and belongs to user g mod U; each user waits for its next intended
+start (or starts at once when it is late) and never skips one. A user stops when the phase
+(duration) is over; requests intended but not started by then are counted as ``missed``. Latency
+is kept per request as perf_counter floats (locust's own statistics round to whole ms: unused).
+The events.request hook receives every request (response_time in float ms) with its timestamps in
+``context``; that listener is what records the rows.
+
+keepalive=false: every request opens a new TCP connection, sends ``Connection: close`` and reads
+to EOF; the server closes first. keepalive=true: each user opens one persistent HTTP/1.1
+connection to each of its K targets (drawn at random from the N) before the phase; requests pick
+one of them at random. A connection the server closed is reopened (and counted).
+"""
+
+from __future__ import annotations
+
+import locust  # noqa: F401  (first: gevent monkey-patching)
+import gevent
+from gevent.event import Event
+from locust import User, task
+from locust.env import Environment
+from locust.exception import StopUser
+
+import argparse
+import json
+import os
+import random
+import socket
+import sys
+import time
+
+from harness.measure.cpu import snapshot
+
+_pc = time.perf_counter_ns
+
+
+class _State:
+    users = 1
+    rate = 1.0
+    duration = 1.0
+    timeout = 1.0
+    keepalive = False
+    ka_targets = 1
+    seed = 0
+    targets: list = []
+    t_start_ns = 0
+    t_end_ns = 0
+    go = Event()
+    ready = 0
+    done = 0
+    all_done = Event()
+    next_index = 0
+    records: list = []
+    connections = 0
+    missed = 0
+    n_slots = 0
+
+
+S = _State()
+
+
+def _errname(e: BaseException) -> str:
+    if isinstance(e, (socket.timeout, TimeoutError, gevent.Timeout)):
+        return "timeout"
+    if isinstance(e, ConnectionRefusedError):
+        return "refused"
+    if isinstance(e, ConnectionResetError):
+        return "reset"
+    if isinstance(e, OSError) and e.errno is not None:
+        import errno
+        return errno.errorcode.get(e.errno, str(e.errno))
+    return type(e).__name__ if not str(e) else str(e)[:80]
+
+
+class HttpError(Exception):
+    pass
+
+
+def _read_response(sock: socket.socket, to_eof: bool) -> tuple[int, int, bool]:
+    """-> (status, body length, server wants close). Raises on a malformed or cut response."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise HttpError("closed before headers" if not buf else "truncated headers")
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = None
+    close = False
+    for ln in lines[1:]:
+        k, _, v = ln.partition(b":")
+        k = k.strip().lower()
+        if k == b"content-length":
+            length = int(v.strip())
+        elif k == b"connection" and v.strip().lower() == b"close":
+            close = True
+    if length is None or to_eof:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return status, len(body), True
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise HttpError("truncated body")
+        body += chunk
+    return status, len(body), close
+
+
+def _open(addr, timeout: float) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.connect(addr)
+    S.connections += 1
+    return s
+
+
+class ProbeUser(User):
+    """One open-loop request stream (see the module docstring)."""
+
+    def on_start(self):
+        self.idx = S.next_index
+        S.next_index += 1
+        self.rng = random.Random(S.seed * 1000003 + self.idx)
+        self.conns: dict = {}
+        if S.keepalive:
+            k = min(S.ka_targets, len(S.targets))
+            self.mine = self.rng.sample(S.targets, k)
+            for t in self.mine:
+                try:
+                    self.conns[t] = _open(t, S.timeout)
+                except OSError:
+                    pass  # reopened (and timed) at first use
+        S.ready += 1
+
+    def _request(self, addr) -> tuple[int, bool]:
+        """One GET /; returns (response length, whether a new connection was opened)."""
+        ip = addr[0]
+        if not S.keepalive:
+            s = _open(addr, S.timeout)
+            try:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % ip.encode())
+                status, n, _ = _read_response(s, to_eof=True)
+            finally:
+                s.close()
+            if status != 200:
+                raise HttpError(f"http {status}")
+            return n, True
+        req = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % ip.encode()
+        new = False
+        s = self.conns.get(addr)
+        if s is None:
+            s, new = _open(addr, S.timeout), True
+            self.conns[addr] = s
+        try:
+            s.sendall(req)
+            status, n, close = _read_response(s, to_eof=False)
+        except (HttpError, ConnectionResetError, BrokenPipeError) as e:
+            s.close()
+            self.conns.pop(addr, None)
+            if new or (isinstance(e, HttpError) and str(e) != "closed before headers"):
+                raise
+            # the server closed an idle kept-alive connection: retry once on a new one
+            s, new = _open(addr, S.timeout), True
+            self.conns[addr] = s
+            s.sendall(req)
+            status, n, close = _read_response(s, to_eof=False)
+        if close:
+            s.close()
+            self.conns.pop(addr, None)
+        if status != 200:
+            raise HttpError(f"http {status}")
+        return n, new
+
+    @task
+    def stream(self):
+        S.go.wait()
+        period = 1e9 / S.rate
+        g = self.idx
+        fire = self.environment.events.request.fire
+        try:
+            while True:
+                if g >= S.n_slots:
+                    break
+                intended = S.t_start_ns + int(g * period)
+                now = _pc()
+                if now >= S.t_end_ns:  # behind schedule at the end of the phase
+                    S.missed += len(range(g, S.n_slots, S.users))
+                    break
+                if intended > now:
+                    gevent.sleep((intended - now) / 1e9)
+                addr = self.rng.choice(self.mine) if S.keepalive else self.rng.choice(S.targets)
+                start = _pc()
+                exc = None
+                n = 0
+                new = False
+                try:
+                    with gevent.Timeout(S.timeout):
+                        n, new = self._request(addr)
+                except BaseException as e:  # noqa: BLE001 - every failure is a sample
+                    if isinstance(e, gevent.GreenletExit):
+                        raise
+                    exc = e
+                    new = not S.keepalive
+                    if S.keepalive:
+                        s = self.conns.pop(addr, None)
+                        if s is not None:
+                            s.close()
+                end = _pc()
+                fire(request_type="GET", name=f"{addr[0]}:{addr[1]}", response_time=(end - start) / 1e6,
+                     response_length=n, exception=exc,
+                     context={"seq": g, "user": self.idx, "intended_ns": intended, "start_ns": start,
+                              "end_ns": end, "new_conn": new})
+                g += S.users
+        finally:
+            for s in self.conns.values():
+                s.close()
+            self.conns.clear()
+            S.done += 1
+            if S.done >= S.users:
+                S.all_done.set()
+        raise StopUser()
+
+
+def on_request(request_type, name, response_time, response_length, exception, context, **kw):
+    c = context
+    S.records.append([c["seq"], c["user"], c["intended_ns"], c["start_ns"], c["end_ns"],
+                      0 if exception else 1, _errname(exception) if exception else "",
+                      1 if c["new_conn"] else 0])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="load_worker")
+    ap.add_argument("--users", type=int, required=True)
+    ap.add_argument("--rate", type=float, required=True, help="target requests per second (all users)")
+    ap.add_argument("--duration", type=float, required=True, help="phase length, seconds")
+    ap.add_argument("--timeout", type=float, default=1.0, help="per request, seconds")
+    ap.add_argument("--keepalive", choices=("true", "false"), required=True)
+    ap.add_argument("--keepalive-targets", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--targets-file", default="-")
+    a = ap.parse_args(argv)
+    if a.users < 1 or a.rate <= 0 or a.duration <= 0:
+        ap.error("users >= 1, rate > 0, duration > 0")
+    raw = sys.stdin.read() if a.targets_file == "-" else open(a.targets_file).read()
+    S.targets = [(str(ip), int(port)) for ip, port in json.loads(raw)]
+    if not S.targets:
+        ap.error("no targets")
+    S.users, S.rate, S.duration, S.timeout = a.users, a.rate, a.duration, a.timeout
+    S.keepalive, S.ka_targets, S.seed = a.keepalive == "true", max(1, a.keepalive_targets), a.seed
+    try:  # one fd per connection: raise the soft limit
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+
+    env = Environment(user_classes=[ProbeUser])
+    env.events.request.add_listener(on_request)
+    runner = env.create_local_runner()
+    runner.start(a.users, spawn_rate=a.users)
+    deadline = time.monotonic() + 30 + a.users * 0.05
+    while S.ready < a.users:
+        if time.monotonic() > deadline:
+            print(json.dumps({"t": "error", "error": f"only {S.ready}/{a.users} users started"}), flush=True)
+            runner.quit()
+            return 2
+        gevent.sleep(0.005)
+    conns_setup = S.connections
+    cpu0 = snapshot()
+    t0 = os.times()
+    S.t_start_ns = _pc() + 20_000_000
+    S.t_end_ns = S.t_start_ns + int(a.duration * 1e9)
+    period = 1e9 / a.rate
+    S.n_slots = int(a.duration * 1e9 / period) + 1
+    while S.n_slots > 0 and int((S.n_slots - 1) * period) >= S.t_end_ns - S.t_start_ns:
+        S.n_slots -= 1
+    S.go.set()
+    S.all_done.wait(timeout=a.duration + a.timeout + 30)
+    t_stop = _pc()
+    t1 = os.times()
+    cpu1 = snapshot()
+    runner.quit()
+    wall = (t_stop - S.t_start_ns) / 1e9
+    cpu_s = (t1.user - t0.user) + (t1.system - t0.system)
+    out = sys.stdout
+    for r in S.records:
+        out.write('{"t":"req","r":' + json.dumps(r, separators=(",", ":")) + "}\n")
+    issued = len(S.records)
+    summary = {
+        "t": "summary", "users": a.users, "target_rps": a.rate, "duration_s": a.duration,
+        "wall_s": wall, "requests": issued,
+        "failures": sum(1 for r in S.records if not r[5]),
+        "achieved_rps": issued / a.duration, "missed": S.missed, "scheduled": S.n_slots,
+        "connections": S.connections, "connections_setup": conns_setup,
+        "cpu_s": cpu_s, "client_cpu_pct": 100.0 * cpu_s / wall if wall > 0 else 0.0,
+        "t_start_ns": S.t_start_ns, "t_end_ns": S.t_end_ns,
+        "finished": S.all_done.is_set(),
+        "proc_stat": [list(cpu0.__dict__.values()), list(cpu1.__dict__.values())],
+        "pid": os.getpid(),
+    }
+    out.write(json.dumps(summary) + "\n")
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Sync latency: how long until one changed Service is (no longer) served, and the full sync.
+
+``measure_sync_one``: with N Services programmed, one change per sample. The agent starts
+polling first (a new connection attempt every <= 1 ms), then ``t0 = perf_counter_ns()``,
+``dataplane.apply(services_after, Change(kind, svc))``, ``t_apply``. The agent reports the start
+time of the first attempt that saw the new state (``t_served``; CLOCK_MONOTONIC, the same clock
+in both processes). Rows (unit "s", tag change=add|update|delete, position = the changed
+Service's index in the list handed to the dataplane):
+
+- ``sync_one_s`` = t_served - t0 (the programming latency as a client sees it); a sample whose
+  state never came within ``timeout`` is a row with value = timeout and timed_out=True;
+- ``sync_apply_s`` = t_apply - t0 (the apply call's own time).
+
+add: a new Service (``model.service(i)`` with i >= N, inserted at the sample's position) must
+become served (TCP connect succeeds). update: the Service's endpoints move to other pods; done
+when a GET / is answered by one of the new backends. delete: the Service must be gone (refused,
+unreachable, or unanswered within ``attempt_timeout``). After each sample the original set is
+restored (not measured) and checked, so N stays constant.
+
+``measure_sync_full``: ``sync_full_s``, the time of one ``full_sync`` of the whole set.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from harness.dataplane.base import Change, Dataplane
+from harness.measure.agent import Agent
+from harness.model import Endpoint, Model, Service
+from harness.samples import PointContext
+
+
+class SyncError(RuntimeError):
+    """The sync measurement could not be made (state wrong before or after a change)."""
+
+
+def positions(n: int, samples: int) -> list[int]:
+    """`samples` indices spread evenly over 0..n-1 (repeating only when samples > n)."""
+    if n <= 0:
+        return []
+    return [min(n - 1, int((j + 0.5) * n / samples)) for j in range(samples)]
+
+
+def other_endpoints(svc: Service, model: Model, shift: int = 0) -> tuple[Endpoint, ...]:
+    """As many endpoints as `svc` has (at least one), on other pods where possible."""
+    spec = model.spec
+    current = {(e.ip, e.port) for e in svc.endpoints}
+    current_ips = {e.ip for e in svc.endpoints}
+    cands = [Endpoint(p.ip, port, p.node) for p in model.pods for port in p.ports
+             if (port - spec.target_port) % spec.ports_per_service == 0]
+    cands = [e for e in cands if (e.ip, e.port) not in current]
+    other_pods = [e for e in cands if e.ip not in current_ips]
+    pool = other_pods or cands
+    if not pool:
+        raise SyncError(f"{svc.name}: no other endpoint to move to (every pod port is in use)")
+    k = min(max(1, len(svc.endpoints)), len(pool))
+    start = shift % len(pool)
+    return tuple((pool[start:] + pool[:start])[:k])
+
+
+def _backend_expect(eps: Sequence[Endpoint]) -> str:
+    return "backend:" + ",".join(e.addr for e in eps)
+
+
+def _addr(svc: Service) -> tuple[str, int]:
+    return svc.cluster_ip, svc.ports[0].port
+
+
+def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Service], model: Model,
+                     ctx: PointContext, samples: int, kinds: Sequence[str] = ("add", "update", "delete"),
+                     timeout: float = 10.0, *, interval: float = 0.001, attempt_timeout: float = 0.2,
+                     verify_restore: bool = True) -> list[dict[str, Any]]:
+    """Rows sync_one_s and sync_apply_s, `samples` per kind, kinds interleaved sample by sample.
+
+    `services` is the programmed set (N = len(services)); it is programmed again after each
+    sample. Raises SyncError when the restored state cannot be confirmed, or when the
+    expectation held before the change was applied (a broken lab, not a latency).
+    """
+    services = list(services)
+    n = len(services)
+    if n == 0 and any(k != "add" for k in kinds):
+        kinds = [k for k in kinds if k == "add"]
+    rows: list[dict[str, Any]] = []
+    pos = {"add": positions(n + 1, samples), "update": positions(n, samples),
+           "delete": positions(n, samples)}
+    for j in range(samples):
+        for kind in kinds:
+            p = pos[kind][j]
+            if kind == "add":
+                svc = model.service(n + j)
+                after = services[:p] + [svc] + services[p:]
+                change, undo = Change("add", svc), Change("delete", svc)
+                expect, restore_expect = "served", "gone"
+            elif kind == "update":
+                old = services[p]
+                svc = old.with_endpoints(other_endpoints(old, model, shift=j))
+                after = services[:p] + [svc] + services[p + 1:]
+                change, undo = Change("update", svc), Change("update", old)
+                expect, restore_expect = _backend_expect(svc.endpoints), _backend_expect(old.endpoints)
+            elif kind == "delete":
+                svc = services[p]
+                after = services[:p] + services[p + 1:]
+                change, undo = Change("delete", svc), Change("add", svc)
+                expect, restore_expect = "gone", "served"
+            else:
+                raise ValueError(f"unknown change kind {kind!r}")
+            ip, port = _addr(svc)
+
+            agent.poll_start(ip, port, expect, interval=interval, timeout=timeout + 0.05,
+                             attempt_timeout=attempt_timeout)
+            t0 = time.perf_counter_ns()
+            try:
+                dataplane.apply(after, change)
+                t_apply = time.perf_counter_ns()
+            finally:
+                res = agent.poll_result()
+            if res["satisfied"] and res["t_ns"] < t0:
+                raise SyncError(f"{kind} {svc.name} ({ip}:{port}): '{expect}' held before the change "
+                                f"was applied ({(t0 - res['t_ns']) / 1e6:.3f} ms early): {res['detail']}")
+            lat = (res["t_ns"] - t0) / 1e9 if res["satisfied"] else timeout
+            timed_out = (not res["satisfied"]) or lat > timeout
+            if timed_out:
+                lat = timeout
+            rows.append(ctx.row("sync_one_s", lat, "s", seq=j, timed_out=timed_out, change=kind,
+                                error="timeout" if timed_out else "",
+                                position=str(p)))
+            rows.append(ctx.row("sync_apply_s", (t_apply - t0) / 1e9, "s", seq=j, change=kind,
+                                position=str(p)))
+
+            dataplane.apply(services, undo)
+            if verify_restore:
+                back = agent.poll(ip, port, restore_expect, interval=interval,
+                                  timeout=max(timeout, 1.0), attempt_timeout=attempt_timeout)
+                if not back["satisfied"]:
+                    raise SyncError(f"after undoing {kind} {svc.name}: '{restore_expect}' not seen "
+                                    f"within {max(timeout, 1.0)} s")
+    return rows
+
+
+def measure_sync_full(dataplane: Dataplane, services: Sequence[Service],
+                      ctx: PointContext) -> list[dict[str, Any]]:
+    """One full sync of `services`, timed: row sync_full_s."""
+    t0 = time.perf_counter_ns()
+    dataplane.full_sync(services)
+    t1 = time.perf_counter_ns()
+    return [ctx.row("sync_full_s", (t1 - t0) / 1e9, "s")]
