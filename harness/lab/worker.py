@@ -196,7 +196,7 @@ class Worker:
         points = self.job["points"]
         self.start()
         for p in points:
-            emit("point_start", **p, kernel=self.kernel)
+            emit("point_start", **{**p, "kernel_kind": p["kernel"], "kernel": self.kernel})
             t0 = time.monotonic()
             try:
                 status = self.run_point(p)
@@ -220,8 +220,8 @@ class Worker:
 # -- validate only (`kpbench validate`) ----------------------------------------------------------
 def run_validate_only(w: Worker) -> int:
     """Job flag "validate_only": build the lab and run the validation matrix once per mode of the
-    job's points (no measurements). Each result is emitted as a "validation" event (by
-    Worker.validate) and all are written to RUN/validation-<kernel>.json."""
+    job's points (no measurements). Each result is emitted as a "validation" event and all are
+    written to RUN/validation-<kernel>.json."""
     modes = list(dict.fromkeys(p["mode"] for p in w.job["points"]))
     w.start()
     results: dict[str, Any] = {}
@@ -229,9 +229,16 @@ def run_validate_only(w: Worker) -> int:
         emit("phase", point_id=f"validate-{mode}", phase="validate")
         key = f"{w.kernel}/{mode}"
         try:
-            res = w.validate(mode)
-            if res is None:
-                raise RuntimeError("harness.validate could not be imported")
+            from harness.validate import validate_mode
+
+            dps = w.use_mode(mode)
+            res = validate_mode(w.lab, w.agent, dps, w.model, w.settings)
+            emit("validation", key=key, result=res)
+            for dp in dps.values():  # a failing cleanup must not hide the matrix: recorded beside it
+                try:
+                    dp.cleanup()
+                except Exception as e:
+                    res.setdefault("cleanup_errors", []).append(f"{type(e).__name__}: {e}"[:300])
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:

@@ -4,8 +4,8 @@
 polling first (a new connection attempt every <= 1 ms), then ``t0 = perf_counter_ns()``,
 ``dataplane.apply(services_after, Change(kind, svc))``, ``t_apply``. The agent reports the start
 time of the first attempt that saw the new state (``t_served``; CLOCK_MONOTONIC, the same clock
-in both processes). Rows (unit "s", tag change=add|update|delete, position = the changed
-Service's index in the list handed to the dataplane):
+in both processes). Rows (unit "s", tag change=add|update|delete; sample seq j was
+made at index positions(N, samples)[j] of the list handed to the dataplane):
 
 - ``sync_one_s`` = t_served - t0 (the programming latency as a client sees it); a sample whose
   state never came within ``timeout`` is a row with value = timeout and timed_out=True;
@@ -36,7 +36,11 @@ class SyncError(RuntimeError):
 
 
 def positions(n: int, samples: int) -> list[int]:
-    """`samples` indices spread evenly over 0..n-1 (repeating only when samples > n)."""
+    """`samples` indices spread evenly over 0..n-1 (repeating only when samples > n).
+
+    Sample `seq` j of every change kind is made at index positions(N, samples)[j] of the ruleset;
+    the rows do not repeat it as a tag, so quantiles group by change kind only.
+    """
     if n <= 0:
         return []
     return [min(n - 1, int((j + 0.5) * n / samples)) for j in range(samples)]
@@ -123,10 +127,8 @@ def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Serv
             if timed_out:
                 lat = timeout
             rows.append(ctx.row("sync_one_s", lat, "s", seq=j, timed_out=timed_out, change=kind,
-                                error="timeout" if timed_out else "",
-                                position=str(p)))
-            rows.append(ctx.row("sync_apply_s", (t_apply - t0) / 1e9, "s", seq=j, change=kind,
-                                position=str(p)))
+                                error="timeout" if timed_out else ""))
+            rows.append(ctx.row("sync_apply_s", (t_apply - t0) / 1e9, "s", seq=j, change=kind))
 
             dataplane.apply(services, undo)
             if verify_restore:

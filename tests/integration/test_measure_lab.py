@@ -17,7 +17,7 @@ from harness.measure.agent import Agent
 from harness.measure.connect import measure_connect
 from harness.measure.load import measure_load
 from harness.measure.minilab import MiniLab, DnatDataplane
-from harness.measure.sync import measure_sync_full, measure_sync_one
+from harness.measure.sync import positions, measure_sync_full, measure_sync_one
 from harness.model import Endpoint, ModelSpec, build_model
 from harness.samples import PointContext
 
@@ -129,7 +129,8 @@ def test_sync_one_and_full(lab):
     for r in one:
         assert not r["timed_out"], r
         assert 0 < r["value"] < 2.0
-    assert len({r["position"] for r in one if r["change"] == "update"}) == 2  # spread, not repeated
+    assert sorted(r["seq"] for r in one if r["change"] == "update") == [0, 1]
+    assert len(set(positions(len(services), 2))) == 2  # the two samples are at different positions
     assert counts["rules"] == len(services)  # restored: N unchanged
     full = measure_sync_full(dp, services, CTX)
     assert full[0]["metric"] == "sync_full_s" and 0 < full[0]["value"] < 5

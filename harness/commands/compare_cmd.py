@@ -1,0 +1,66 @@
+"""compare two runs point by point (ratio of medians, bootstrap CI, Mann-Whitney U)
+
+    kpbench compare RUN_A RUN_B [--metric M ...] [--all] [--format text|md|csv]
+
+"1.8x slower" means RUN_B's median is 1.8 times RUN_A's. Runs must match on schema_version,
+target and kernels; otherwise exit status 2 with a one-line error naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_a", metavar="RUN_A", help="baseline run folder")
+    parser.add_argument("run_b", metavar="RUN_B", help="run folder compared with the baseline")
+    parser.add_argument("--metric", action="append", metavar="METRIC",
+                        help="only this metric (repeatable; default: all)")
+    parser.add_argument("--all", action="store_true", help="also list points with no significant difference")
+    parser.add_argument("--format", choices=["text", "md", "csv"], default="text")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    parser.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples")
+
+
+def _tags(r) -> str:
+    from harness.analysis import TAG_KEYS
+
+    return " ".join(f"{t}={r[t]}" for t in TAG_KEYS if r.get(t))
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness import analysis, results
+    from harness.report import fmt
+
+    try:
+        a, b = results.resolve_runs([args.run_a])[0], results.resolve_runs([args.run_b])[0]
+        if not (0 < args.alpha < 1) or args.bootstrap < 100:
+            print("kpbench compare: error: --alpha must be in (0, 1) and --bootstrap >= 100", file=sys.stderr)
+            return 2
+        c = analysis.compare(a, b, metrics=args.metric, alpha=args.alpha, n_boot=args.bootstrap)
+    except results.ResultsError as e:
+        print(f"kpbench compare: error: {e}", file=sys.stderr)
+        return 2
+    if c.empty:
+        print(f"kpbench compare: error: {a} and {b} have no point in common"
+              + (f" for metric(s) {', '.join(args.metric)}" if args.metric else ""), file=sys.stderr)
+        return 2
+    shown = c if args.all else c[c["significant"]]
+    if args.format == "csv":
+        shown.to_csv(sys.stdout, index=False)
+        return 0
+    lines = []
+    for _, r in shown.iterrows():
+        what = f"{r['metric']} {_tags(r)}".strip()
+        detail = (f"median {fmt(r['median_a'])} -> {fmt(r['median_b'])} {r['unit']}, ratio {fmt(r['ratio'])} "
+                  f"[95% CI {fmt(r['ci_lo'])}-{fmt(r['ci_hi'])}], p={r['p_value']:.2g}")
+        if args.format == "md":
+            lines.append(f"| {r['kernel']} | {r['mode']} | {r['n_services']:,} | {what} | {r['verdict']} | {detail} |")
+        else:
+            lines.append(f"{r['kernel']} {r['mode']} N={r['n_services']:,} {what}: {r['verdict']} ({detail})")
+    if args.format == "md":
+        lines = ["| kernel | mode | Services | metric | verdict | detail |", "|---|---|---|---|---|---|"] + lines
+    print(f"# {b.name} relative to {a.name}: {int(c['significant'].sum())} of {len(c)} points differ significantly")
+    print("\n".join(lines) if lines else "no significant difference at any point")
+    return 0

@@ -1,0 +1,40 @@
+"""build the static HTML (and Markdown) report of one or more runs
+
+    kpbench report RUN [RUN ...] [--out DIR] [--merge]
+
+Exit status 2 with a one-line error when a folder is missing, is not a run folder, or the runs'
+must-match metadata (schema_version, target) differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) or glob(s), e.g. results/2025*")
+    parser.add_argument("-o", "--out", metavar="DIR",
+                        help="output folder (default: RUN/report for one run, reports/<last run id> for several)")
+    parser.add_argument("--merge", action="store_true",
+                        help="first merge finished points/*.jsonl into samples.parquet (idempotent)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness import report, results
+
+    try:
+        dirs = results.resolve_runs(args.runs)
+        if args.merge:
+            for d in dirs:
+                results.merge_points(d)
+        out = Path(args.out) if args.out else (dirs[0] / "report" if len(dirs) == 1
+                                                else Path("reports") / dirs[-1].name)
+        path = report.build_report(dirs, out)
+    except results.ResultsError as e:
+        print(f"kpbench report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    print(f"markdown: {path.with_suffix('.md')}")
+    return 0

@@ -1,0 +1,275 @@
+"""Static report: one self-contained HTML file (inline SVG figures, inline CSS, no external assets)
+and a Markdown twin (figures as PNG files beside it), built only from library functions
+(harness.results, harness.analysis, harness.plots) so the notebook can reproduce every part.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import pandas as pd
+import yaml
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+
+from harness import analysis, plots, results
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+FIT_METRICS = ["connect_us", "connect_direct_us", "request_us", "request_corrected_us",
+               "sync_one_s", "sync_full_s", "sync_apply_s", "cpu_busy_pct", "cpu_softirq_s"]
+TABLE_METRICS = ["connect_us", "request_us", "request_corrected_us", "sync_one_s", "sync_full_s",
+                 "cpu_busy_pct", "load_achieved_rps"]
+COMPARE_METRICS = ["connect_us", "request_us", "sync_one_s", "sync_full_s", "cpu_busy_pct"]
+
+FIGURE_TITLES = {
+    "connect_latency": "Connect latency (p50, p99) vs Service count",
+    "sync_latency": "Programming time: one change and full sync vs Service count",
+    "request_cdf": "Request latency CDF at the largest Service count",
+    "request_cdf_corrected": "Request latency CDF, corrected for coordinated omission",
+    "cpu_usage": "CPU under load vs Service count",
+    "iptables_position": "iptables: first vs last rule position",
+}
+
+CAVEATS = [
+    "Compare modes within one kernel only: every figure and table is split by kernel, and modes "
+    "measured on different kernels are not compared with each other.",
+    "User-Mode Linux (uml-* kernels) runs the kernel as a user process: absolute latencies are "
+    "inflated several-fold; read UML results for trends with the Service count, not absolute values.",
+    "Timed-out samples are kept at their timeout value and counted (column 'timed out'); tails "
+    "that include them are upper bounds of what clients saw, not dropped samples.",
+    "Bands and scaling fits use one value per repetition (the per-repetition p50): with few "
+    "repetitions the confidence intervals are wide and verdicts are cautious.",
+    "Saturated points (the load generator could not keep its target rate) measure the load "
+    "generator as much as the dataplane. Failed points have no samples; invalid points (validation "
+    "failed) keep their samples in the tables. All of them are listed below so they can be discounted.",
+]
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    """Numbers with `digits` significant digits and thousands separators; '' for NaN."""
+    if v is None:
+        return ""
+    if isinstance(v, (bool,)):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if math.isnan(x):
+        return ""
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(x)))
+    if mag >= digits - 1:
+        return f"{x:,.0f}"
+    dec = digits - 1 - mag
+    if dec > 6:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:,.{dec}f}"
+
+
+def _tags(r: pd.Series | dict) -> str:
+    return " ".join(f"{t}={r[t]}" for t in analysis.TAG_KEYS if t in r and r[t] not in ("", None))
+
+
+def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> dict:
+    return {"columns": list(columns), "rows": [[c if isinstance(c, str) else fmt(c) for c in r] for r in rows]}
+
+
+def environment_info(metas: Sequence[dict]) -> list[dict]:
+    out = []
+    for m in metas:
+        out.append({
+            "run_id": m.get("run_id"), "dir": m.get("_dir"), "status": m.get("status", "?"),
+            "started": m.get("started"), "ended": m.get("ended"), "target": m.get("target"),
+            "schema_version": m.get("schema_version"), "harness": results.harness_version(m),
+            "kernels": results.kernel_labels(m), "synthetic": bool(m.get("synthetic")),
+            "tools": {str(k): str(v) for k, v in (m.get("tools") or {}).items()},
+            "machine": {str(k): str(v) for k, v in (m.get("machine") or {}).items()},
+            "scenario": yaml.safe_dump(m.get("scenario") or {}, sort_keys=False).strip(),
+        })
+    return out
+
+
+def fits_table(df: pd.DataFrame) -> dict:
+    f = analysis.scaling_fits(df, [m for m in FIT_METRICS if (df["metric"] == m).any()])
+    rows = []
+    for _, r in f.iterrows():
+        rows.append([r["kernel"], r["mode"], r["metric"], _tags(r), r["slope"],
+                     f"[{fmt(r['slope_lo'])}, {fmt(r['slope_hi'])}]", r["per_1k"],
+                     f"[{fmt(r['per_1k_lo'])}, {fmt(r['per_1k_hi'])}]", r["per_1k_unit"], int(r["n_obs"]),
+                     r["verdict"]])
+    return _table(["kernel", "mode", "metric", "tags", "log-log slope", "95% CI", "per 1,000 Services",
+                   "95% CI", "unit", "obs", "verdict"], rows)
+
+
+def quantile_tables(df: pd.DataFrame) -> list[dict]:
+    q = analysis.pooled_quantiles(df[df["metric"].isin(TABLE_METRICS)])
+    out = []
+    for metric in TABLE_METRICS:
+        g = q[q["metric"] == metric]
+        if g.empty:
+            continue
+        rows = [[r["kernel"], r["mode"], int(r["n_services"]), _tags(r), int(r["reps"]), int(r["count"]),
+                 int(r["timed_out"]), r["p50"], r["p90"], r["p99"], r["p999"], r["mean"]]
+                for _, r in g.iterrows()]
+        t = _table(["kernel", "mode", "Services", "tags", "reps", "samples", "timed out", "p50", "p90", "p99",
+                    "p999", "mean"], rows)
+        t["metric"], t["unit"] = metric, str(g["unit"].iloc[0])
+        out.append(t)
+    return out
+
+
+def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
+    c = analysis.compare_modes(df, baseline, metrics=[m for m in COMPARE_METRICS if (df["metric"] == m).any()],
+                               n_services=-1, n_boot=500)
+    rows = [[r["kernel"], f"{r['mode']} vs {r['baseline']}", int(r["n_services"]), r["metric"], _tags(r),
+             r["median_a"], r["median_b"], r["ratio"], f"[{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]", r["p_value"],
+             r["verdict"]] for _, r in c.iterrows()]
+    return _table(["kernel", "comparison", "Services", "metric", "tags", "median (baseline)", "median (mode)",
+                   "ratio", "95% CI", "p (Mann-Whitney)", "verdict"], rows)
+
+
+def quality_table(df: pd.DataFrame, points: pd.DataFrame) -> tuple[dict, dict]:
+    """(points called out: failed/invalid/pending/saturated, sample issues: unstable/timed out/...)"""
+    dq = analysis.data_quality(df, points)
+    pts = dq[dq["kind"].isin(["failed", "invalid", "pending", "saturated", "unknown"])]
+    rest = dq[~dq.index.isin(pts.index) & (dq["kind"] != "single_rep")]
+    p_tab = _table(["kind", "kernel", "mode", "Services", "rep", "detail"],
+                   [[r["kind"], r["kernel"], r["mode"], int(r["n_services"]), int(r["rep"]), r["detail"]]
+                    for _, r in pts.iterrows()])
+    s_tab = _table(["kind", "kernel", "mode", "Services", "rep", "metric", "tags", "detail"],
+                   [[r["kind"], r["kernel"], r["mode"], int(r["n_services"]),
+                     "all" if int(r["rep"]) < 0 else int(r["rep"]), r["metric"], r["tags"], r["detail"]]
+                    for _, r in rest.iterrows()])
+    return p_tab, s_tab
+
+
+def _checks(v: Any) -> dict[str, Any]:
+    """Normalise a validation result to {check: value}."""
+    if isinstance(v, dict):
+        if isinstance(v.get("checks"), dict):
+            return v["checks"]
+        if isinstance(v.get("checks"), list):
+            v = v["checks"]
+        else:
+            return {str(k): x for k, x in v.items() if not isinstance(x, (dict, list))}
+    if isinstance(v, list):
+        return {str(c.get("name", i)): c.get("ok", c.get("result")) for i, c in enumerate(v) if isinstance(c, dict)}
+    if isinstance(v, bool):
+        return {"ok": v}
+    return {}
+
+
+def _cell(x: Any) -> str:
+    if x is True:
+        return "pass"
+    if x is False:
+        return "FAIL"
+    return "" if x is None else str(x)
+
+
+def validation_matrix(metas: Sequence[dict], points: pd.DataFrame) -> dict | None:
+    """Run-level validation (metadata["validation"]: key -> checks) and per-point validation
+    aggregated per (kernel, mode) as passes/total. None when no run recorded any."""
+    rows: list[tuple[str, dict[str, str]]] = []
+    for m in metas:
+        for key, v in (m.get("validation") or {}).items():
+            c = _checks(v)
+            if c:
+                rows.append((str(key), {k: _cell(x) for k, x in c.items()}))
+    if points is not None and not points.empty:
+        agg: dict[str, dict[str, list[int]]] = {}
+        for _, p in points.iterrows():
+            c = _checks(p["validation"])
+            for k, x in c.items():
+                cnt = agg.setdefault(f"points {p['kernel']}/{p['mode']}", {}).setdefault(k, [0, 0])
+                cnt[1] += 1
+                cnt[0] += x is True or x == "ok" or x == "pass"
+        for key, c in sorted(agg.items()):
+            rows.append((key, {k: f"{a}/{b} pass" for k, (a, b) in c.items()}))
+    if not rows:
+        return None
+    cols: list[str] = []
+    for _, c in rows:
+        cols += [k for k in c if k not in cols]
+    return _table(["kernel/mode"] + cols, [[k] + [c.get(col, "") for col in cols] for k, c in rows])
+
+
+def render_figures(df: pd.DataFrame, fig_dir: Path) -> list[dict]:
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, fig in plots.figures(df).items():
+        plots.freeze_layout(fig)
+        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name}):
+            svg = plots.to_svg(fig)
+        (fig_dir / f"{name}.svg").write_text(svg)
+        fig.savefig(fig_dir / f"{name}.png", format="png", dpi=100)
+        out.append({"name": name, "title": FIGURE_TITLES.get(name, name), "svg": Markup(svg),
+                    "png": f"{fig_dir.name}/{name}.png", "doc": (plots.FIGURES[name].__doc__ or "").strip()})
+    return out
+
+
+def report_context(run_dirs, fig_dir: Path | None) -> dict:
+    """Everything the templates show; `fig_dir=None` skips rendering figures (the slow part)."""
+    rs = results.load_runs(run_dirs)
+    df, metas = rs.samples, rs.metas
+    warns = list(rs.warnings)
+    for m in metas:
+        if m.get("status") != "complete":
+            warns.append(f"run {m.get('run_id')} is {m.get('status', 'of unknown status')}: some points are missing")
+    pts_tab, samples_tab = quality_table(df, rs.points)
+    n_points = len(rs.points)
+    return {
+        "title": "kpbench report: " + ", ".join(str(m.get("run_id")) for m in metas),
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "synthetic": any(bool(m.get("synthetic")) for m in metas),
+        "runs": environment_info(metas),
+        "kernels": sorted(map(str, df["kernel"].unique())),
+        "modes": sorted(map(str, df["mode"].unique())),
+        "counts": sorted(int(n) for n in df["n_services"].unique()),
+        "n_samples": len(df), "n_points": n_points,
+        "n_ok": int((rs.points["status"] == "ok").sum()) if n_points else 0,
+        "warnings": warns, "caveats": CAVEATS,
+        "figures": render_figures(df, fig_dir) if len(df) and fig_dir is not None else [],
+        "fits": fits_table(df),
+        "comparison": mode_comparison_table(df),
+        "quantiles": quantile_tables(df),
+        "points_quality": pts_tab, "samples_quality": samples_tab,
+        "validation": validation_matrix(metas, rs.points),
+    }
+
+
+def _env(autoescape: bool) -> Environment:
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)),
+                      autoescape=select_autoescape(["html"]) if autoescape else False,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["md"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
+    env.filters["tojson"] = lambda v: json.dumps(v, indent=2, default=str)
+    return env
+
+
+def build_report(run_dirs, out_dir) -> Path:
+    """Write out_dir/report.html (self-contained) and out_dir/report.md (+ out_dir/figures/);
+    returns the HTML path. Raises results.ResultsError for missing, unreadable or
+    non-comparable runs."""
+    dirs = results.resolve_runs(run_dirs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = report_context(dirs, out / "figures")
+    html = _env(True).get_template("report.html.j2").render(**ctx)
+    (out / "report.html").write_text(html)
+    md = _env(False).get_template("report.md.j2").render(**ctx)
+    (out / "report.md").write_text(md)
+    return out / "report.html"

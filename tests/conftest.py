@@ -1,0 +1,40 @@
+"""Shared test settings: kernel tests need root; every test leaves the machine as it found it."""
+
+import os
+import subprocess
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root: creates network namespaces")
+    for item in items:
+        if "kernel" in item.keywords or "uml" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def root_namespace_untouched():
+    """The whole suite must not change the host's root network namespace."""
+    def snapshot():
+        out = {}
+        for name, argv in (("iptables-legacy", ["iptables-legacy-save"]), ("iptables-nft", ["iptables-nft-save"]),
+                           ("nft", ["nft", "list", "ruleset"]), ("addr", ["ip", "-o", "addr"]),
+                           ("route", ["ip", "route"])):
+            try:
+                p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+                out[name] = "\n".join(l for l in p.stdout.splitlines() if not l.startswith("#"))
+            except (OSError, subprocess.SubprocessError):
+                out[name] = None
+        return out
+
+    if os.geteuid() != 0:
+        yield
+        return
+    before = snapshot()
+    yield
+    after = snapshot()
+    changed = [k for k in before if before[k] != after[k]]
+    assert not changed, f"the test suite changed the root network namespace: {changed}"
