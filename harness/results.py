@@ -148,7 +148,7 @@ def kernel_labels(meta: Mapping[str, Any]) -> list[str]:
     for k in meta.get("kernels") or []:
         if isinstance(k, Mapping):
             name, rel = k.get("name"), k.get("release")
-            out.add(f"{name}-{rel}" if name and rel else str(name or rel))
+            out.add(k.get("label") or (f"{name}-{rel}" if name and rel else str(name or rel)))
         else:
             out.add(str(k))
     if not out and meta.get("kernel"):

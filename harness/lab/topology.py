@@ -5,8 +5,9 @@
 
 - node-a / node-b: underlay veth `eth0` 10.255.0.1/24 <-> 10.255.0.2/24, a bridge `cbr0` holding
   the node's pod gateway (model.node_pod_cidr(node), .1), the other node's pod subnet routed via
-  its underlay address (host-gw style), and a default route via the other node so that traffic
-  to a Service address that nothing DNATs has a route (as on a real node);
+  its underlay address (host-gw style), and a default route via an underlay gateway that nobody
+  answers for (a static neighbour entry), so traffic to a Service address that nothing DNATs has a
+  route but goes nowhere, as upstream of a real node;
 - one namespace per model.Pod (`eth0` on its node's bridge, default route via the gateway), plus
   the client pod (model.client_ip) on node a.
 
@@ -33,6 +34,8 @@ from harness.model import Model, Pod
 UNDERLAY_CIDR = "10.255.0.0/24"
 BRIDGE = "cbr0"
 UNDERLAY_IF = "eth0"
+BLACKHOLE_GW = "10.255.0.254"  # in UNDERLAY_CIDR, answered by nobody
+BLACKHOLE_MAC = "02:00:00:00:00:fe"
 POD_IF = "eth0"
 
 # What a kube-proxy node has (kube-proxy itself or the node's setup sets these).
@@ -270,9 +273,16 @@ class Lab:
                     ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": POD_IF, "net_ns_fd": fd})
                     i = _idx(ipr, host_if)
                     ipr.link("set", index=i, master=br)
+                    # hairpin, as Kubernetes' bridge plugins set it: a pod reaching a Service whose
+                    # endpoint is itself has its DNATed packet sent back out the port it came in on
+                    ipr.brport("set", index=i, mode=1)
                     ipr.link("set", index=i, state="up")
                 ipr.route("add", dst=self.model.node_pod_cidr(other), gateway=self.node_ip(other))
-                ipr.route("add", dst="0.0.0.0/0", gateway=self.node_ip(other))
+                # default route to a gateway nobody answers for: un-DNATed Service traffic leaves
+                # the node and is lost (as it would be upstream of a real node); pointing it at the
+                # other node would let that node's rules hide this node's missing ones
+                ipr.neigh("replace", dst=BLACKHOLE_GW, lladdr=BLACKHOLE_MAC, ifindex=u, state=0x80)
+                ipr.route("add", dst="0.0.0.0/0", gateway=BLACKHOLE_GW)
         except LabError:
             raise
         except Exception as e:

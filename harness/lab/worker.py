@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,8 @@ class Worker:
         from harness.lab.topology import Lab
         from harness.measure.agent import Agent
 
-        emit("kernel", name=self.kernel, kind=self.job["kernel"], release=platform.release())
+        emit("kernel", name=self.job["kernel"], label=self.kernel, release=platform.release(),
+             machine=platform.machine())
         emit("log", message=f"{self.kernel}: building the lab ({len(self.model.pods)} pods, 2 nodes)")
         t0 = time.monotonic()
         self.lab = Lab(self.model, tag=self.job["tag"])
@@ -102,7 +104,9 @@ class Worker:
                 dp.cleanup()
             self.dataplanes = {}
         if not self.dataplanes:
-            self.dataplanes = {n: make_dataplane(mode, self.lab.node_ns(n), self.settings)
+            # each node serves NodePorts on its own address only, as kube-proxy does
+            self.dataplanes = {n: make_dataplane(mode, self.lab.node_ns(n),
+                                                 replace(self.settings, node_ips=(self.lab.node_ip(n),)))
                                for n in self.model.spec.nodes}
         return self.dataplanes
 
