@@ -110,6 +110,37 @@ class IPVSSpec(_Strict):
     scheduler: str = Field(default="rr", pattern=r"^[a-z]{1,8}$")
 
 
+class ClusterSpec(_Strict):
+    """Options of the cluster target (an existing cluster through a kubeconfig)."""
+
+    endpoints_via: Literal["slices", "selector"] = "slices"
+    qps: float = Field(default=20.0, gt=0)
+    burst: int = Field(default=40, ge=1)
+    create_workers: int = Field(default=8, ge=1)
+    image: str | None = None
+    probe_nodes: list[str] = []
+    probe_count: int = Field(default=1, ge=1)
+    backend_replicas: int = Field(default=0, ge=0)
+    locust_workers: int = Field(default=2, ge=1)
+    min_sync_period: str | None = "0s"
+    sync_period: str | None = None
+    metrics_bind_address: str | None = "0.0.0.0:10249"
+    rollout_timeout_s: float = Field(default=600, gt=0)
+    cleanup_timeout_s: float = Field(default=300, gt=0)
+    ready_timeout_s: float = Field(default=300, gt=0)
+    namespace_wait_s: float = Field(default=120, gt=0)
+
+
+class LocalSpec(_Strict):
+    """Options of the local target (etcd + kube-apiserver + kube-proxy built by `make kube`)."""
+
+    kube_version: str = "v1.34.3"
+    create_qps: float = Field(default=2000, gt=0)
+    create_concurrency: int = Field(default=16, ge=1)
+    min_sync_period: str = "0s"
+    sync_period: str = "30s"
+
+
 class Scenario(_Strict):
     name: str = "unnamed"
     description: str = ""
@@ -125,6 +156,8 @@ class Scenario(_Strict):
     lab: LabSpec = LabSpec()
     ipvs: IPVSSpec = IPVSSpec()
     measure: MeasureSpec = MeasureSpec()
+    local: LocalSpec = LocalSpec()
+    cluster: ClusterSpec = ClusterSpec()
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @field_validator("modes")

@@ -1,0 +1,208 @@
+"""Connecting to the cluster: kubeconfig loading and API reachability, with one-line errors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.cluster import ClusterError
+
+REQUEST_TIMEOUT = (5, 30)  # (connect, read) seconds for ordinary calls
+
+
+@dataclass
+class Connection:
+    api: Any  # kubernetes.client.ApiClient
+    kubeconfig: str
+    context: str
+    server: str
+    version: str = ""
+
+    def where(self) -> str:
+        return f"context {self.context!r} of {self.kubeconfig} (server {self.server})"
+
+
+def default_kubeconfig() -> str:
+    env = os.environ.get("KUBECONFIG", "")
+    first = next((p for p in env.split(os.pathsep) if p), "")
+    return first or str(Path.home() / ".kube" / "config")
+
+
+def read_kubeconfig(path: str | None) -> tuple[str, dict]:
+    """-> (path, parsed kubeconfig); a ClusterError saying what was found otherwise."""
+    p = Path(path or default_kubeconfig()).expanduser()
+    how = "--kubeconfig" if path else ("$KUBECONFIG" if os.environ.get("KUBECONFIG") else "the default path")
+    if not p.exists():
+        raise ClusterError(f"kubeconfig {p} (from {how}) does not exist: pass --kubeconfig FILE pointing at "
+                           "your test cluster's kubeconfig")
+    if p.is_dir():
+        raise ClusterError(f"kubeconfig {p} is a directory: pass --kubeconfig FILE")
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ClusterError(f"kubeconfig {p} cannot be read ({e.strerror}): fix its permissions or pass "
+                           "another --kubeconfig") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ClusterError(f"kubeconfig {p} is not valid YAML ({getattr(e, 'problem', e)}): pass a kubeconfig "
+                           "file such as the one `kubeadm init` writes to /etc/kubernetes/admin.conf") from None
+    if not isinstance(doc, dict) or not doc.get("clusters") or not doc.get("contexts"):
+        raise ClusterError(f"kubeconfig {p} has no clusters or contexts: it is not a usable kubeconfig; "
+                           "pass the one of your test cluster")
+    return str(p), doc
+
+
+def resolve_context(doc: dict, context: str | None, path: str) -> tuple[str, str]:
+    """-> (context name, server URL) after checking the context and its cluster exist."""
+    names = [c.get("name") for c in doc.get("contexts") or [] if isinstance(c, dict)]
+    ctx = context or doc.get("current-context")
+    if not ctx:
+        raise ClusterError(f"kubeconfig {path} has no current-context: pass --context, one of {', '.join(names)}")
+    entry = next((c for c in doc["contexts"] if isinstance(c, dict) and c.get("name") == ctx), None)
+    if entry is None:
+        raise ClusterError(f"context {ctx!r} not found in {path}: pass --context, one of {', '.join(map(str, names))}")
+    cluster_name = (entry.get("context") or {}).get("cluster")
+    cluster = next((c for c in doc.get("clusters") or [] if isinstance(c, dict) and c.get("name") == cluster_name),
+                   None)
+    if cluster is None:
+        raise ClusterError(f"context {ctx!r} in {path} names cluster {cluster_name!r}, which the kubeconfig "
+                           "does not define: fix the kubeconfig")
+    server = (cluster.get("cluster") or {}).get("server") or ""
+    if not server:
+        raise ClusterError(f"cluster {cluster_name!r} in {path} has no server address: fix the kubeconfig")
+    return ctx, server
+
+
+def connect(kubeconfig: str | None, context: str | None, *, timeout: float = 5.0) -> Connection:
+    """Load the kubeconfig and check the API server answers /version; one-line errors."""
+    path, doc = read_kubeconfig(kubeconfig)
+    ctx, server = resolve_context(doc, context, path)
+    from kubernetes import config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        api = config.new_client_from_config(config_file=path, context=ctx)
+    except ConfigException as e:
+        raise ClusterError(f"kubeconfig {path} context {ctx!r} cannot be used: {str(e).splitlines()[0]}; "
+                           "fix the kubeconfig's credentials") from None
+    except (OSError, ValueError) as e:
+        raise ClusterError(f"kubeconfig {path} context {ctx!r} cannot be used ({e}): fix the kubeconfig") from None
+    conn = Connection(api=api, kubeconfig=path, context=ctx, server=server)
+    conn.version = check_reachable(conn, timeout=timeout)["git_version"]
+    return conn
+
+
+def check_reachable(conn: Connection, timeout: float = 5.0) -> dict:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        v = Rest(conn.api).get("/version", timeout=(timeout, timeout))
+    except ApiException as e:
+        if e.status in (401, 403):
+            raise ClusterError(f"the API server at {conn.server} refused the credentials of {conn.where()} "
+                               f"(HTTP {e.status}): refresh the kubeconfig's credentials") from None
+        raise ClusterError(f"the API server at {conn.server} answered /version with HTTP {e.status}: "
+                           f"check {conn.where()} points at a Kubernetes API server") from None
+    except Exception as e:  # urllib3 errors: refused, timeout, TLS, name resolution
+        raise ClusterError(f"cannot reach the API server at {conn.server} ({_short(e)}) using {conn.where()}: "
+                           "check the cluster is up and the kubeconfig's server address, or pass another "
+                           "--context") from None
+    if not isinstance(v, dict) or "gitVersion" not in v:
+        raise ClusterError(f"{conn.server}/version did not answer like a Kubernetes API server: check "
+                           f"{conn.where()}")
+    return {"git_version": v["gitVersion"], "platform": v.get("platform", "")}
+
+
+def _short(e: BaseException) -> str:
+    text = str(e)
+    for needle, short in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                          ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted"),
+                          ("Name or service not known", "host name not resolved"),
+                          ("No route to host", "no route to host")):
+        if needle in text:
+            return short
+    return type(e).__name__ + (": " + text.splitlines()[0][:120] if text else "")
+
+
+def api_error(e: Exception) -> str:
+    """A short description of an ApiException (status, reason, message)."""
+    status = getattr(e, "status", None)
+    body = getattr(e, "body", None)
+    msg = ""
+    if body:
+        try:
+            import json
+
+            msg = json.loads(body).get("message", "")
+        except (ValueError, AttributeError, TypeError):
+            msg = str(body)[:200]
+    return f"HTTP {status}" + (f": {msg}" if msg else "") if status else _short(e)
+
+
+class Rest:
+    """JSON in, JSON out over the official client's ApiClient (auth, TLS and proxies as configured
+    by the kubeconfig), without the generated models: manifests stay plain dicts."""
+
+    def __init__(self, api: Any, timeout: Any = REQUEST_TIMEOUT):
+        self.api = api
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None, *, query: dict | None = None,
+                content_type: str = "application/json", timeout: Any = None, raw: bool = False) -> Any:
+        import json
+
+        from kubernetes.client.rest import ApiException
+
+        headers = {"Accept": "application/json, */*", "Content-Type": content_type}
+        q = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()
+             if v is not None]
+        method, url, headers, body, _ = self.api.param_serialize(
+            method=method, resource_path=path, query_params=q or None, header_params=headers, body=body,
+            auth_settings=["BearerToken"])
+        resp = self.api.call_api(method, url, header_params=headers, body=body,
+                                 _request_timeout=timeout or self.timeout)
+        data = resp.read()
+        if not 200 <= resp.status <= 299:
+            raise ApiException(status=resp.status, reason=resp.reason,
+                               body=data.decode("utf-8", "replace") if data else None)
+        text = data.decode("utf-8", "replace") if data else ""
+        if raw:
+            return text
+        return json.loads(text) if text else {}
+
+    def get(self, path: str, **kw) -> Any:
+        return self.request("GET", path, **kw)
+
+    def create(self, path: str, body: dict, **kw) -> Any:
+        return self.request("POST", path, body, **kw)
+
+    def put(self, path: str, body: dict, **kw) -> Any:
+        return self.request("PUT", path, body, **kw)
+
+    def merge_patch(self, path: str, body: dict, **kw) -> Any:
+        return self.request("PATCH", path, body, content_type="application/merge-patch+json", **kw)
+
+    def delete(self, path: str, *, query: dict | None = None, missing_ok: bool = True, **kw) -> Any:
+        try:
+            return self.request("DELETE", path, {"propagationPolicy": "Background"}, query=query, **kw)
+        except Exception as e:
+            if missing_ok and getattr(e, "status", None) == 404:
+                return None
+            raise
+
+    def get_or_none(self, path: str, **kw) -> Any:
+        try:
+            return self.get(path, **kw)
+        except Exception as e:
+            if getattr(e, "status", None) == 404:
+                return None
+            raise
+
+
+def is_status(e: BaseException, *codes: int) -> bool:
+    return getattr(e, "status", None) in codes

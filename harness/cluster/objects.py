@@ -1,0 +1,210 @@
+"""Creating the run's objects at a bounded rate, and deleting them by label.
+
+Services (and, for selector-less Services, their EndpointSlices) are created by a few threads that
+share one token bucket (`qps` tokens per second, at most `burst` saved up), like client-go's
+rate limiter: the API server sees at most `burst` requests at once and `qps` on average.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from harness.cluster import LABEL_ROLE, LABEL_RUN, run_label_value
+from harness.cluster import manifests
+from harness.cluster.kube import Rest, is_status
+
+
+class TokenBucket:
+    def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        if qps <= 0 or burst < 1:
+            raise ValueError("qps must be > 0 and burst >= 1")
+        self.qps, self.burst, self.clock, self.sleep = qps, burst, clock, sleep
+        self.tokens = float(burst)
+        self.t = clock()
+        self.lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self.lock:
+                now = self.clock()
+                self.tokens = min(self.burst, self.tokens + (now - self.t) * self.qps)
+                self.t = now
+                if self.tokens >= 1 - 1e-9:  # float slack: a refill of exactly one token may land just below 1
+                    self.tokens = max(0.0, self.tokens - 1)
+                    return
+                wait = max((1 - self.tokens) / self.qps, 1e-6)
+            self.sleep(wait)
+
+
+@dataclass
+class CreatedService:
+    name: str
+    cluster_ip: str
+    port: int
+
+
+@dataclass
+class CreateStats:
+    objects: int = 0
+    seconds: float = 0.0
+    errors: list = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.objects / self.seconds if self.seconds else 0.0
+
+
+def service_name(i: int) -> str:
+    return f"kpb-svc-{i:06d}"
+
+
+class ObjectStore:
+    """The run's namespace and what is in it."""
+
+    def __init__(self, rest: Rest, namespace: str, run_id: str, *, qps: float = 20, burst: int = 40,
+                 workers: int = 8):
+        self.rest, self.ns, self.run_id = rest, namespace, run_id
+        self.bucket = TokenBucket(qps, burst)
+        self.workers = max(1, workers)
+        self.services: list[CreatedService] = []
+        self.selector = f"{LABEL_RUN}={run_label_value(run_id)}"
+
+    def _create(self, path: str, body: dict) -> dict:
+        self.bucket.acquire()
+        for attempt in range(5):
+            try:
+                return self.rest.create(path, body)
+            except Exception as e:
+                if is_status(e, 409):  # already there (a retried request that did land): use it
+                    name = body["metadata"]["name"]
+                    return self.rest.get(f"{path}/{name}")
+                if is_status(e, 429, 500, 503, 504) and attempt < 4:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                raise
+
+    def ensure_namespace(self) -> None:
+        try:
+            self.rest.create("/api/v1/namespaces", manifests.namespace(self.ns, self.run_id))
+        except Exception as e:
+            if not is_status(e, 409):
+                raise
+
+    def create_backend(self, image: str, replicas: int) -> dict:
+        return self._create(f"/apis/apps/v1/namespaces/{self.ns}/deployments",
+                            manifests.backend_deployment(self.ns, self.run_id, image, replicas))
+
+    def backend_endpoints(self) -> list[tuple[str, str | None]]:
+        sel = ",".join(f"{k}={v}" for k, v in manifests.backend_selector(self.run_id).items())
+        pods = self.rest.get(f"/api/v1/namespaces/{self.ns}/pods", query={"labelSelector": sel})["items"]
+        out = []
+        for p in pods:
+            st = p.get("status") or {}
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+            if ready and st.get("podIP"):
+                out.append((st["podIP"], (p.get("spec") or {}).get("nodeName")))
+        return sorted(out)
+
+    def create_services(self, start: int, stop: int, *, selector: bool,
+                        endpoints: Sequence[tuple[str, str | None]] = (), per_service: int = 1,
+                        on_progress: Callable[[int], None] | None = None) -> CreateStats:
+        """Services start..stop-1 (and their EndpointSlices unless `selector`)."""
+        stats = CreateStats()
+        t0 = time.monotonic()
+        lock = threading.Lock()
+        if not selector and endpoints and per_service > len(endpoints):
+            raise ValueError(f"{per_service} endpoints per Service but only {len(endpoints)} backend pods")
+
+        def one(i: int) -> CreatedService:
+            name = service_name(i)
+            svc = self._create(f"/api/v1/namespaces/{self.ns}/services",
+                               manifests.service(self.ns, self.run_id, name, selector=selector))
+            n = 1
+            if not selector and endpoints:
+                k = len(endpoints)
+                eps = [endpoints[(i + j) % k] for j in range(per_service)]
+                for sl in manifests.endpoint_slices(self.ns, self.run_id, name, eps):
+                    self._create(f"/apis/discovery.k8s.io/v1/namespaces/{self.ns}/endpointslices", sl)
+                    n += 1
+            with lock:
+                stats.objects += n
+                if on_progress and stats.objects % 500 < n:
+                    on_progress(stats.objects)
+            return CreatedService(name, (svc.get("spec") or {}).get("clusterIP", ""), manifests.SERVICE_PORT)
+
+        with ThreadPoolExecutor(max_workers=self.workers) as ex:
+            created = list(ex.map(one, range(start, stop)))
+        self.services.extend(created)
+        stats.seconds = time.monotonic() - t0
+        return stats
+
+    def delete_services(self, names: Sequence[str]) -> None:
+        for name in names:
+            self.bucket.acquire()
+            self.rest.delete(f"/api/v1/namespaces/{self.ns}/services/{name}")
+            self.rest.delete(f"/apis/discovery.k8s.io/v1/namespaces/{self.ns}/endpointslices",
+                             query={"labelSelector": f"kubernetes.io/service-name={name}"})
+        gone = set(names)
+        self.services = [s for s in self.services if s.name not in gone]
+
+    # -- deletion by label ---------------------------------------------------------------------
+    COLLECTIONS = (
+        "/api/v1/namespaces/{ns}/services",
+        "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+        "/apis/apps/v1/namespaces/{ns}/deployments",
+        "/apis/batch/v1/namespaces/{ns}/jobs",
+        "/api/v1/namespaces/{ns}/pods",
+        "/api/v1/namespaces/{ns}/configmaps",
+    )
+
+    def delete_by_label(self) -> dict[str, int]:
+        """Delete every object labelled with the run in its namespace, kind by kind; -> counts."""
+        counts: dict[str, int] = {}
+        for tmpl in self.COLLECTIONS:
+            path = tmpl.format(ns=self.ns)
+            kind = path.rsplit("/", 1)[1]
+            try:
+                items = self.rest.get(path, query={"labelSelector": self.selector})["items"]
+            except Exception as e:
+                if is_status(e, 404):
+                    continue
+                raise
+            counts[kind] = len(items)
+            if not items:
+                continue
+            try:
+                self.rest.delete(path, query={"labelSelector": self.selector})
+            except Exception as e:
+                if not is_status(e, 405):  # no deletecollection for this kind: one by one
+                    raise
+                for it in items:
+                    self.rest.delete(f"{path}/{it['metadata']['name']}")
+        return counts
+
+    def remaining(self) -> dict[str, int]:
+        out = {}
+        for tmpl in self.COLLECTIONS:
+            path = tmpl.format(ns=self.ns)
+            try:
+                items = self.rest.get(path, query={"labelSelector": self.selector})["items"]
+            except Exception as e:
+                if is_status(e, 404):
+                    continue
+                raise
+            # pods/jobs being deleted still list until their finalizers run
+            live = [i for i in items if not (i.get("metadata") or {}).get("deletionTimestamp")]
+            if live:
+                out[path.rsplit("/", 1)[1]] = len(live)
+        return out
+
+
+def role_selector(run_id: str, role: str) -> str:
+    return f"{LABEL_RUN}={run_label_value(run_id)},{LABEL_ROLE}={role}"
+
+
+__all__ = ["TokenBucket", "ObjectStore", "CreateStats", "CreatedService", "service_name", "role_selector"]

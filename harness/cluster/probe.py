@@ -1,0 +1,166 @@
+"""The probe agent inside the cluster, and kube-proxy's metrics through the API server.
+
+`RemoteAgent` starts `python -m harness.measure.agent` in a probe pod through pods/exec (a
+websocket stream: JSON lines on stdin/stdout, exactly the protocol of harness.measure.agent) and
+offers the same methods as harness.measure.agent.Agent, so harness.measure.connect and the sync
+poller work unchanged.
+
+kube-proxy metrics: kubeadm's kube-proxy binds metrics to 127.0.0.1:10249, which the API server's
+node proxy cannot reach (it connects to the node's InternalIP). The run therefore sets
+metricsBindAddress to 0.0.0.0:10249 in the config.conf it writes (restored at the end) and
+scrapes GET /api/v1/nodes/<node>:10249/proxy/metrics (and /proxyMode), which needs only
+`get nodes/proxy`. When the node proxy still cannot reach the port (firewall), `scrape_via_probe`
+reads http://127.0.0.1:10249/metrics from inside the host-network probe pod on that node instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from harness.cluster.kube import Rest, api_error
+from harness.cluster.manifests import AGENT_COMMAND
+from harness.cluster.preflight import node_proxy_path
+
+SYNC_HISTOGRAM = "kubeproxy_sync_proxy_rules_duration_seconds"
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEInfa]+)")
+
+
+class RemoteAgentError(RuntimeError):
+    pass
+
+
+class RemoteAgent:
+    def __init__(self, api: Any, namespace: str, pod: str, container: str = "probe", *,
+                 start_timeout: float = 60.0):
+        from kubernetes import client
+        from kubernetes.stream import stream
+
+        self.pod = pod
+        self._buf = ""
+        self._polling = False
+        self.ws = stream(client.CoreV1Api(api).connect_get_namespaced_pod_exec, pod, namespace,
+                         container=container, command=AGENT_COMMAND,
+                         stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+        self.start_timeout = start_timeout
+        self.pid = self.request({"cmd": "ping"}, timeout=start_timeout)["pid"]
+
+    def _send(self, obj: dict) -> None:
+        if not self.ws.is_open():
+            raise RemoteAgentError(f"agent in pod {self.pod} exited: {self.ws.read_stderr()[-1000:]}")
+        self.ws.write_stdin(json.dumps(obj) + "\n")
+
+    def _recv(self, timeout: float = 600.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while "\n" not in self._buf:
+            if not self.ws.is_open():
+                raise RemoteAgentError(f"agent in pod {self.pod} exited")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RemoteAgentError(f"agent in pod {self.pod}: no answer within {timeout:.0f}s")
+            self.ws.update(timeout=min(1.0, left))
+            if self.ws.peek_stdout():
+                self._buf += self.ws.read_stdout()
+        line, self._buf = self._buf.split("\n", 1)
+        rep = json.loads(line)
+        if not rep.get("ok"):
+            raise RemoteAgentError(rep.get("error", "agent error"))
+        return rep
+
+    def request(self, obj: dict, timeout: float = 600.0) -> dict:
+        if self._polling:
+            raise RemoteAgentError("a poll is running: call poll_result() first")
+        self._send(obj)
+        return self._recv(timeout)
+
+    def ping(self) -> dict:
+        return self.request({"cmd": "ping"})
+
+    def connect(self, targets, samples: int = 1, timeout: float = 1.0) -> list[list]:
+        t = [[ip, int(port), tag] for ip, port, tag in targets]
+        return self.request({"cmd": "connect", "targets": t, "samples": samples, "timeout": timeout})["results"]
+
+    def poll_start(self, ip: str, port: int, expect: str, *, interval: float = 0.001, timeout: float = 10.0,
+                   attempt_timeout: float = 0.2) -> int:
+        rep = self.request({"cmd": "poll", "ip": ip, "port": port, "expect": expect, "interval": interval,
+                            "timeout": timeout, "attempt_timeout": attempt_timeout})
+        self._polling = True
+        return rep["t_ns"]
+
+    def poll_result(self) -> dict:
+        try:
+            return self._recv()
+        finally:
+            self._polling = False
+
+    def poll(self, ip: str, port: int, expect: str, **kw) -> dict:
+        self.poll_start(ip, port, expect, **kw)
+        return self.poll_result()
+
+    def http_get(self, ip: str, port: int, path: str = "/", timeout: float = 2.0) -> dict:
+        return self.request({"cmd": "http_get", "ip": ip, "port": port, "path": path, "timeout": timeout})
+
+    def close(self) -> None:
+        try:
+            if self._polling:
+                self.poll_result()
+            self._send({"cmd": "quit"})
+        except Exception:
+            pass
+        try:
+            self.ws.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "RemoteAgent":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {"name{labels}": value} (comments skipped)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if m:
+            try:
+                out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+            except ValueError:
+                pass
+    return out
+
+
+def scrape_node(rest: Rest, node: str, port: int = 10249, timeout: float = 5.0) -> dict[str, float]:
+    """kube-proxy's /metrics on `node` through the API server's node proxy."""
+    text = rest.get(node_proxy_path(node, port, "metrics"), raw=True, timeout=(timeout, timeout))
+    return parse_metrics(text)
+
+
+def scrape_via_probe(api: Any, namespace: str, pod: str, port: int = 10249) -> dict[str, float]:
+    """Fallback: read 127.0.0.1:<port>/metrics from inside the host-network probe pod (pods/exec)."""
+    from kubernetes import client
+    from kubernetes.stream import stream
+
+    code = f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics',timeout=5).read().decode())"
+    out = stream(client.CoreV1Api(api).connect_get_namespaced_pod_exec, pod, namespace, container="probe",
+                 command=["python", "-c", code], stdin=False, stdout=True, stderr=True, tty=False)
+    return parse_metrics(out)
+
+
+def sync_delta_us(before: dict[str, float], after: dict[str, float]) -> tuple[float, int] | None:
+    """Mean kube-proxy sync duration (us) and sync count between two scrapes; None if no sync ran."""
+    s0, s1 = before.get(f"{SYNC_HISTOGRAM}_sum", 0.0), after.get(f"{SYNC_HISTOGRAM}_sum")
+    c0, c1 = before.get(f"{SYNC_HISTOGRAM}_count", 0.0), after.get(f"{SYNC_HISTOGRAM}_count")
+    if s1 is None or c1 is None or c1 <= c0:
+        return None
+    return (s1 - s0) / (c1 - c0) * 1e6, int(c1 - c0)
+
+
+def scrape_error(e: Exception) -> str:
+    return api_error(e)

@@ -1,0 +1,377 @@
+"""The cluster target: the same scenarios on an existing (kubeadm-style) test cluster.
+
+Preflight reads only (permissions, kube-proxy's DaemonSet and ConfigMap, current mode, nodes) and
+prints what the run will change; without --yes it stops there (exit 2, nothing changed). A run:
+
+1. saves the original ConfigMap and mode to RUN/cluster-restore.json, before any change;
+2. creates namespace kpbench-<run id> (label kpbench.io/run=<id>), a backend Deployment and a probe
+   pod on each selected node;
+3. per point: switches kube-proxy's mode when needed (harness.cluster.switch), grows or shrinks the
+   Service set to N at the configured QPS/burst, then measures from the probe: connect latency
+   (connect_us / connect_direct_us as on the lab), rule-present latency of one added Service
+   (sync_one_s change=add) and kube-proxy's own sync time from its metrics (program_us);
+4. always (also on failure and Ctrl-C, with Ctrl-C deferred while it runs) restores kube-proxy
+   to the original config.conf and mode and deletes everything labelled with the run.
+
+See harness/cluster/* for the pieces; `kpbench restore RUN_DIR` finishes step 4 after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Callable
+
+from harness.cluster import ClusterError, namespace_for
+from harness.cluster import kubeproxy_config as kpc
+from harness.cluster import manifests
+from harness.cluster.kube import Connection, Rest, connect
+from harness.cluster.options import ClusterOptions, options_from
+from harness.cluster.preflight import PreflightReport, planned_changes, run_preflight
+from harness.cluster.restore import restore_cluster, restore_path, save_initial, state_from_cluster
+from harness.cluster.switch import CM_PATH, KubeProxyController, Waits
+from harness.samples import PointContext, SampleWriter
+
+log = logging.getLogger("kpbench")
+KERNEL = "cluster"
+NFTABLES_MIN_KERNEL = (5, 13)
+
+
+def _kernel_tuple(version: str) -> tuple[int, int]:
+    try:
+        major, minor = version.split(".")[:2]
+        return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
+@contextmanager
+def deferred_interrupts(say: Callable[[str], None]):
+    """Ctrl-C / SIGTERM while restoring are noted and re-raised after the restore finished."""
+    got: list[int] = []
+
+    def handler(signum, frame):
+        got.append(signum)
+        say("kpbench: restoring kube-proxy first; it finishes on its own (`kpbench restore RUN` if killed)")
+
+    try:
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals cannot be handled here anyway
+        old = {}
+    try:
+        yield got
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class ClusterTarget:
+    name = "cluster"
+
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None, yes: bool = False, *,
+                 options: ClusterOptions | None = None, out: Callable[[str], None] | None = None,
+                 waits: Callable[[Rest], Waits] | None = None):
+        self.kubeconfig, self.context, self.yes = kubeconfig, context, yes
+        self.options = options
+        self.out = out or (lambda s: print(s, file=sys.stderr))
+        self._waits = waits
+        self.conn: Connection | None = None
+        self.report: PreflightReport | None = None
+        self.server_version = ""
+
+    # ---------------------------------------------------------------------------------- preflight
+    def preflight(self, scenario) -> None:
+        opts = self.options = self.options or options_from(scenario)
+        self.conn = connect(self.kubeconfig, self.context)
+        self.server_version = self.conn.version
+        self.report = rep = run_preflight(self.conn, server_version=self.server_version)
+        probe_nodes = opts.probe_nodes_for(rep.nodes)
+        if "nftables" in scenario.modes:
+            old = [n for n in rep.nodes if n.kernel and _kernel_tuple(n.kernel) < NFTABLES_MIN_KERNEL]
+            if old:
+                raise ClusterError(f"nftables mode needs kernel >= 5.13 but {', '.join(n.name + ' ' + n.kernel for n in old[:4])}"
+                                   " run older ones: drop nftables from --modes")
+        if opts.endpoints_via == "slices" and scenario.model.endpoints > opts.backend_replicas_for(scenario.model.endpoints):
+            raise ClusterError(f"{scenario.model.endpoints} endpoints per Service need as many backend pods: "
+                               "raise the cluster option backend_replicas")
+        for line in rep.lines():
+            self.out(line)
+        self.out("the run will:")
+        from harness.runner import plan_points
+
+        order = [p.mode for p in plan_points(scenario, self.plan(scenario))]
+        for line in planned_changes(rep, order, scenario.counts(), opts):
+            self.out(f"  - {line}")
+        self.out(f"  probe nodes: {', '.join(probe_nodes)}")
+        if not self.yes:
+            raise ClusterError("refusing to change the cluster without --yes: the run would edit kube-proxy's "
+                               "ConfigMap and restart it as listed above; re-run with --yes to allow it "
+                               "(nothing was changed)")
+
+    def plan(self, scenario) -> dict[str, list[str]]:
+        return {m: [KERNEL] for m in scenario.modes}
+
+    def environment(self, kernel_plan) -> dict:
+        rep = self.report
+        nodes = [{"name": n.name, "kernel": n.kernel, "kubelet": n.kubelet, "os": n.os_image}
+                 for n in (rep.nodes if rep else [])]
+        return {"kernels": [{"name": KERNEL, "nodes": nodes,
+                             "release": sorted({n["kernel"] for n in nodes})}],
+                "tools": {"kubernetes": self.server_version,
+                          "kube-proxy-image": rep.kube_proxy.image if rep else "",
+                          "kpbench-image": self.options.image if self.options else ""}}
+
+    # ----------------------------------------------------------------------------------- the run
+    def run_points(self, run, points, sink) -> None:
+        if self.conn is None or self.report is None:
+            self.preflight(run.scenario)
+        conn, rep, opts = self.conn, self.report, self.options
+        rest = Rest(conn.api)
+        run_id = run.meta.get("run_id") or run.dir.name
+        ns = namespace_for(run_id)
+        path = restore_path(run.dir)
+        cm = rest.get(CM_PATH)
+        state = save_initial(path, state_from_cluster(run_id, ns, conn, cm, rep.kube_proxy, rep.node_modes()))
+        waits = self._waits(rest) if self._waits else Waits(rest, self.out, rollout_timeout_s=opts.rollout_timeout_s,
+                                                             cleanup_timeout_s=opts.cleanup_timeout_s)
+        ctl = KubeProxyController(rest, state, path, waits=waits, log=self.out, sync=opts.sync(),
+                                  namespace_wait_s=opts.namespace_wait_s)
+        sink({"event": "plan", "total": len(run.meta.get("points", [])),
+              "done": len(run.meta.get("points", [])) - len(points)})
+        old_term = None
+        try:
+            old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        except ValueError:
+            pass
+        failure: BaseException | None = None
+        try:
+            _Session(self, run, rest, ctl, state, ns, sink).run(points)
+        except BaseException as e:
+            failure = e
+            raise
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
+            with deferred_interrupts(self.out) as got:
+                try:
+                    restore_cluster(ctl, state, path, log=self.out)
+                    self.out(f"kube-proxy restored to {state.original_mode}; run objects deleted")
+                except BaseException as e:
+                    self.out(f"kpbench: RESTORE FAILED ({type(e).__name__}: {e}); finish it with "
+                             f"`kpbench restore {run.dir}`")
+                    if failure is None:
+                        raise
+            if got and failure is None:
+                raise KeyboardInterrupt
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class _Session:
+    """One run's objects and measurements (everything between save and restore)."""
+
+    def __init__(self, target: ClusterTarget, run, rest: Rest, ctl: KubeProxyController, state, ns: str, sink):
+        from harness.cluster.objects import ObjectStore
+
+        self.t, self.rundata, self.rest, self.ctl, self.state, self.ns, self.sink = target, run, rest, ctl, state, ns, sink
+        self.opts: ClusterOptions = target.options
+        self.sc = run.scenario
+        self.store = ObjectStore(rest, ns, state.run_id, qps=self.opts.qps, burst=self.opts.burst,
+                                 workers=self.opts.create_workers)
+        self.mode: str | None = None  # None: kube-proxy still runs the original config (not ours yet)
+        self.agents: dict[str, Any] = {}
+        self.endpoints: list[tuple[str, str | None]] = []
+        self.next_index = 0
+
+    def setup(self) -> None:
+        opts, sc = self.opts, self.sc
+        self.store.ensure_namespace()
+        replicas = opts.backend_replicas_for(sc.model.endpoints)
+        self.store.create_backend(opts.image, replicas)
+        for node in opts.probe_nodes_for(self.t.report.nodes):
+            self.store._create(f"/api/v1/namespaces/{self.ns}/pods",
+                               manifests.probe_pod(self.ns, self.state.run_id, node, opts.image))
+        self._wait_ready(replicas)
+
+    def _wait_ready(self, replicas: int) -> None:
+        deadline = time.monotonic() + self.opts.ready_timeout_s
+        while True:
+            self.endpoints = self.store.backend_endpoints()
+            probes = self._ready_probes()
+            if len(self.endpoints) >= replicas and len(probes) == len(self.opts.probe_nodes_for(self.t.report.nodes)):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"backend/probe pods not ready after {self.opts.ready_timeout_s:.0f}s "
+                                   f"({len(self.endpoints)}/{replicas} backends, {len(probes)} probes): is image "
+                                   f"{self.opts.image} pullable on the nodes? (docker build -t kpbench . and push)")
+            time.sleep(2)
+
+    def _ready_probes(self) -> dict[str, str]:
+        from harness.cluster.objects import role_selector
+
+        pods = self.rest.get(f"/api/v1/namespaces/{self.ns}/pods",
+                             query={"labelSelector": role_selector(self.state.run_id, "probe")})["items"]
+        return {p["spec"]["nodeName"]: p["metadata"]["name"] for p in pods
+                if (p.get("status") or {}).get("phase") == "Running"}
+
+    def agent(self):
+        from harness.cluster.probe import RemoteAgent
+
+        node, pod = sorted(self._ready_probes().items())[0]
+        if node not in self.agents:
+            self.agents[node] = RemoteAgent(self.t.conn.api, self.ns, pod)
+        return node, pod, self.agents[node]
+
+    def ensure_services(self, n: int) -> None:
+        have = len(self.store.services)
+        if n > have:
+            st = self.store.create_services(self.next_index, self.next_index + n - have,
+                                            selector=self.opts.endpoints_via == "selector",
+                                            endpoints=self.endpoints, per_service=max(1, self.sc.model.endpoints))
+            self.next_index += n - have
+            self.sink({"event": "log", "message": f"created {st.objects} objects in {st.seconds:.0f}s "
+                                                  f"({st.rate:.1f}/s)"})
+        elif n < have:
+            self.store.delete_services([s.name for s in self.store.services[n:]])
+
+    def run(self, points) -> None:
+        self.setup()
+        try:
+            for p in points:
+                self.sink({"event": "point_start", "point_id": p.point_id, "kernel": p.kernel, "mode": p.mode,
+                           "n_services": p.n_services, "rep": p.rep})
+                t0 = time.monotonic()
+                try:
+                    status = self.point(p)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as e:
+                    status = {"point_id": p.point_id, "kernel": KERNEL, "status": "failed",
+                              "error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
+                status["seconds"] = round(time.monotonic() - t0, 2)
+                out = self.rundata.dir / "points" / f"{p.point_id}.json"
+                tmp = out.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(status, indent=1, default=str))
+                os.replace(tmp, out)
+                self.sink({"event": "point_done", "point_id": p.point_id, "status": status["status"],
+                           "error": status.get("error"), "seconds": status["seconds"]})
+        finally:
+            for a in self.agents.values():
+                a.close()
+
+    def point(self, p) -> dict:
+        from harness.cluster.probe import scrape_node, scrape_via_probe, sync_delta_us
+        from harness.measure.connect import run_plan
+
+        sc, ms = self.sc, self.sc.measure
+        status: dict[str, Any] = {"point_id": p.point_id, "kernel": KERNEL, "status": "ok", "error": None,
+                                  "flags": {}, "phases": {}}
+        if p.mode != self.mode:
+            t = time.monotonic()
+            running = self.mode or self.state.original_mode
+            status["node_modes"] = self.ctl.switch(running, p.mode, sc.ipvs.scheduler if p.mode == "ipvs" else None)
+            self.mode = p.mode
+            status["phases"]["mode_switch_s"] = round(time.monotonic() - t, 2)
+        t = time.monotonic()
+        self.ensure_services(p.n_services)
+        status["phases"]["create_s"] = round(time.monotonic() - t, 2)
+        ctx = PointContext(run_id=self.state.run_id, point_id=p.point_id, target="cluster", kernel=KERNEL,
+                           mode=p.mode, iptables_backend="", n_services=p.n_services,
+                           endpoints=sc.model.endpoints, rep=p.rep)
+        node, pod, agent = self.agent()
+        status["probe_node"] = node
+        svcs = self.store.services
+        last = svcs[-1]
+        # every Service programmed: the last one created answers
+        res = agent.poll(last.cluster_ip, last.port, "served", timeout=ms.sync.timeout_s * 10)
+        if not res.get("satisfied"):
+            raise RuntimeError(f"the last Service {last.name} was not served within {ms.sync.timeout_s * 10:.0f}s")
+        port = kpc.metrics_port(kpc.with_mode({}, p.mode, self.opts.sync()))
+
+        def scrape() -> dict:
+            try:
+                return scrape_node(self.rest, node, port)
+            except Exception:  # the node proxy cannot reach the port: read it from the probe pod
+                return scrape_via_probe(self.t.conn.api, self.ns, pod, port)
+
+        try:
+            before = scrape()
+        except Exception:
+            before = {}
+        rows_path = self.rundata.dir / "points" / f"{p.point_id}.jsonl"
+        rng = random.Random(sc.seed + p.rep)
+        with rows_path.open("w") as fh:
+            w = SampleWriter(fh)
+            c = ms.connect
+            plan = [(*_addr(rng.choice(svcs)), "random") for _ in range(c.samples)]
+            plan += [x for _ in range(c.edge_samples) for x in ((*_addr(svcs[0]), "first"), (*_addr(svcs[-1]), "last"))]
+            plan += [(ip, manifests.BACKEND_PORT, "direct") for ip, _ in
+                     (rng.choice(self.endpoints) for _ in range(c.direct_samples if self.endpoints else 0))]
+            rng.shuffle(plan)
+            timeout = c.timeout_ms / 1000
+            seq: dict[str, int] = {}
+            for (ip, prt, kind), (us, err) in zip(plan, run_plan(agent, plan, timeout)):
+                k = seq.get(kind, 0)
+                seq[kind] = k + 1
+                v = timeout * 1e6 if err else us
+                if kind == "direct":
+                    w.write(ctx.row("connect_direct_us", v, "us", seq=k, timed_out=bool(err), path="pod"))
+                else:
+                    w.write(ctx.row("connect_us", v, "us", seq=k, timed_out=bool(err), position=kind,
+                                    path="clusterip"))
+            fh.flush()
+            # rule-present latency: one added Service, from the create request to the first connect
+            for j in range(ms.sync.samples if "add" in ms.sync.kinds else 0):
+                w.write(self._sync_add(agent, ctx, j, ms.sync.timeout_s))
+            fh.flush()
+            try:
+                after = scrape()
+                d = sync_delta_us(before, after)
+                if d:
+                    w.write(ctx.row("program_us", d[0], "us", seq=d[1], path="kube-proxy-metrics"))
+            except Exception as e:
+                status["flags"]["metrics"] = f"kube-proxy metrics not scraped: {e}"[:200]
+            status["samples"] = w.count
+        return status
+
+    def _sync_add(self, agent, ctx: PointContext, j: int, timeout_s: float) -> dict:
+        """One added Service: created without endpoints (not served), the probe starts polling its
+        ClusterIP, then its endpoints are added (EndpointSlice, or the selector). The value is the
+        probe's own clock from polling start to the first successful connect: it includes the
+        exec stream's one-way latency and the API request (both small next to kube-proxy's sync)."""
+        from harness.cluster.objects import service_name
+
+        i = self.next_index
+        self.next_index += 1
+        name = service_name(i)
+        svc = self.store._create(f"/api/v1/namespaces/{self.ns}/services",
+                                 manifests.service(self.ns, self.state.run_id, name, selector=False))
+        ip = svc["spec"]["clusterIP"]
+        t_poll = agent.poll_start(ip, manifests.SERVICE_PORT, "served", timeout=timeout_s)
+        try:
+            if self.opts.endpoints_via == "selector":
+                self.rest.merge_patch(f"/api/v1/namespaces/{self.ns}/services/{name}",
+                                      {"spec": {"selector": manifests.backend_selector(self.state.run_id)}})
+            else:
+                k = len(self.endpoints)
+                eps = [self.endpoints[(i + m) % k] for m in range(max(1, self.sc.model.endpoints))]
+                for sl in manifests.endpoint_slices(self.ns, self.state.run_id, name, eps):
+                    self.store._create(f"/apis/discovery.k8s.io/v1/namespaces/{self.ns}/endpointslices", sl)
+        finally:
+            res = agent.poll_result()
+            self.store.delete_services([name])
+        if not res.get("satisfied"):
+            return ctx.row("sync_one_s", timeout_s, "s", seq=j, timed_out=True, change="add", path="clusterip")
+        return ctx.row("sync_one_s", (res["t_ns"] - t_poll) / 1e9, "s", seq=j, change="add", path="clusterip")
+
+
+def _addr(s) -> tuple[str, int]:
+    return s.cluster_ip, s.port
