@@ -10,6 +10,7 @@ linux.uml file's mtime and size. plan_kernels() applies ARCHITECTURE.md's rule.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -192,7 +193,7 @@ def uml_caps(verify: bool = True, *, refresh: bool = False, timeout: float = 300
     if not verify:
         return json.loads(json.dumps(KNOWN_UML_CAPS))
     key = _uml_key()
-    cache = _cache_dir() / "uml-caps.json"
+    cache = _cache_dir() / f"uml-caps-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"  # one per kernel
     if not refresh:
         try:
             data = json.loads(cache.read_text())
@@ -364,6 +365,7 @@ def tool_versions() -> dict[str, str | None]:
         except (OSError, subprocess.TimeoutExpired):
             out[name] = None
     out["linux.uml"] = uml.uml_version() if os.access(uml.LINUX_UML, os.X_OK) else None
+    out["uml kernel"] = uml.LINUX_UML
     try:
         p = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "user-mode-linux"], capture_output=True,
                            text=True, timeout=10)

@@ -15,6 +15,7 @@ timeout, on any exception (KeyboardInterrupt included) and by `cleanup_leftovers
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import select
@@ -32,8 +33,45 @@ from typing import Callable, Iterator, Mapping, Sequence
 from harness.lab import registry
 from harness.lab.netns import LabError
 
-LINUX_UML = os.environ.get("KPBENCH_LINUX_UML", "/usr/bin/linux.uml")
+DEBIAN_UML = "/usr/bin/linux.uml"
 UML_MODULES_DIR = Path("/usr/lib/uml/modules")
+KERNEL_FRAGMENT = Path(__file__).with_name("uml-kernel.config")
+
+
+def kpbench_kernel() -> str | None:
+    """The UML kernel built by `make uml-kernel` for the current config fragment, if any.
+
+    Debian's UML kernel lacks nftables NAT; this one has IPVS and nftables NAT built in, so all
+    three proxy modes run on one kernel. KPBENCH_UML_KERNEL names another binary.
+    """
+    env = os.environ.get("KPBENCH_UML_KERNEL")
+    if env:
+        return env if os.access(env, os.X_OK) else None
+    cache = Path(os.environ.get("KPBENCH_UML_CACHE")
+                 or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kpbench" / "uml")
+    try:
+        h = hashlib.sha256(KERNEL_FRAGMENT.read_bytes()).hexdigest()[:10]
+    except OSError:
+        return None
+    found = sorted(cache.glob(f"*-kpbench{h}/linux"), key=lambda p: p.stat().st_mtime)
+    return str(found[-1]) if found and os.access(found[-1], os.X_OK) else None
+
+
+def default_linux() -> str:
+    """KPBENCH_LINUX_UML, else the kpbench-built kernel, else Debian's linux.uml."""
+    return os.environ.get("KPBENCH_LINUX_UML") or kpbench_kernel() or DEBIAN_UML
+
+
+def has_modules(linux: str) -> bool:
+    """False for a kernel built without module support (its config beside it says so)."""
+    cfg = Path(linux).with_name("config")
+    try:
+        return "# CONFIG_MODULES is not set" not in cfg.read_text()
+    except OSError:
+        return True
+
+
+LINUX_UML = default_linux()
 INIT_SCRIPT = Path(__file__).with_name("uml_init.sh")
 REPO = Path(__file__).resolve().parents[2]
 TMP_PREFIX = "kpbench-uml-"
@@ -81,6 +119,8 @@ def available(linux: str = LINUX_UML) -> tuple[bool, str]:
     v = uml_version(linux)
     if not v:
         return False, f"{linux} --version failed"
+    if not has_modules(linux):
+        return True, ""
     if not (UML_MODULES_DIR / v).is_dir():
         return False, f"no modules for the UML kernel {v} in {UML_MODULES_DIR}"
     if not shutil.which("modprobe"):
@@ -122,7 +162,7 @@ class Guest:
         self.mem = mem
         self.timeout = timeout
         self.mounts = [self.run_dir] + [Path(m).resolve() for m in mounts]
-        self.modules = list(modules)
+        self.modules = list(modules) if has_modules(linux) else []  # built in
         self.cwd = Path(cwd).resolve() if cwd else REPO
         self.linux = linux
         self.name = name

@@ -23,16 +23,18 @@ mount -t tmpfs -o mode=755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm 2>/dev/null
 mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null
 
-mkdir -p /tmp/mods/lib/modules
-ln -s "/usr/lib/uml/modules/$(uname -r)" "/tmp/mods/lib/modules/$(uname -r)"
-# the kernel's own module autoloading (IPVS schedulers, xt matches, nft expressions, ipset types,
-# link kinds) and iptables' userspace loading both run /proc/sys/kernel/modprobe: point it there
-printf '#!/bin/sh\nexec /sbin/modprobe -d /tmp/mods "$@"\n' >/tmp/mods/modprobe
-chmod 755 /tmp/mods/modprobe
-echo /tmp/mods/modprobe >/proc/sys/kernel/modprobe
 mods=$(echo "$KPBENCH_MODULES" | tr ',' ' ')
-# shellcheck disable=SC2086
-[ -n "$mods" ] && modprobe -a -d /tmp/mods $mods 2>/tmp/modprobe.err
+if [ -e /proc/modules ]; then  # a kernel with loadable modules (Debian's); kpbench's has them built in
+    mkdir -p /tmp/mods/lib/modules
+    ln -s "/usr/lib/uml/modules/$(uname -r)" "/tmp/mods/lib/modules/$(uname -r)"
+    # the kernel's own module autoloading (IPVS schedulers, xt matches, nft expressions, ipset types,
+    # link kinds) and iptables' userspace loading both run /proc/sys/kernel/modprobe: point it there
+    printf '#!/bin/sh\nexec /sbin/modprobe -d /tmp/mods "$@"\n' >/tmp/mods/modprobe
+    chmod 755 /tmp/mods/modprobe
+    echo /tmp/mods/modprobe >/proc/sys/kernel/modprobe
+    # shellcheck disable=SC2086
+    [ -n "$mods" ] && modprobe -a -d /tmp/mods $mods 2>/tmp/modprobe.err
+fi
 
 IFS_SAVE=$IFS; IFS=:
 for d in $KPBENCH_MOUNTS; do
