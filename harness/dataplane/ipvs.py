@@ -1,0 +1,719 @@
+"""ipvs mode: kube-ipvs0 + IPVS virtual/real servers (netlink, pyroute2) + ipsets + a small iptables set.
+
+Reference section B. What a full sync programs inside namespace `ns`:
+- sysctls of B.3 (net.ipv4.vs.conntrack, expire_nodest_conn, expire_quiescent_template, ip_forward);
+- the KUBE-* ipsets (B.1 table) with `ipset -exist restore` (create + members);
+- the fixed iptables ruleset of B.2 with one iptables-legacy-restore --noflush;
+- dummy `kube-ipvs0` (down, NOARP) with every ClusterIP / external IP bound as /32;
+- one IPVS virtual server per (ClusterIP | externalIP | node IP x NodePort, protocol, port), scheduler
+  from settings (ClientIP affinity: persistent flag + timeout), Masq real servers of weight 1.
+
+Addresses and IPVS objects go through netlink: messages are encoded with pyroute2's ifaddrmsg and
+ipvsmsg classes (one template per message shape, then only address, port and sequence number are
+patched), sent many per sendto() without per-message acknowledgements, and a final acknowledged
+message closes each batch; every error the kernel reports is collected and raised. The kernel
+refuses a real server with EINVAL unless its address is routable in the namespace: the lab (or a
+test) installs the pod routes first.
+
+render() prints ipvsadm-restore lines, then `ipset restore` lines, then the iptables payload, each
+section introduced by a `#` comment line. Standard library + pyroute2 only (no pandas: UML).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import select
+import socket
+import struct
+import threading
+from typing import Iterable, Sequence
+
+from harness.dataplane.base import Change, DataplaneSettings
+from harness.dataplane._tool import stream
+from harness.lab.netns import LabError, NETNS_DIR, run
+from harness.model import Service
+
+IFNAME = "kube-ipvs0"
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+F_REQUEST, F_ACK, F_EXCL, F_CREATE = 1, 4, 0x200, 0x400
+IP_VS_SVC_F_PERSISTENT = 0x1
+PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132}
+IPVSADM_PROTO = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
+SYSCTLS = ("net.ipv4.vs.conntrack=1", "net.ipv4.vs.expire_nodest_conn=1",
+           "net.ipv4.vs.expire_quiescent_template=1", "net.ipv4.ip_forward=1")
+
+# kube-proxy's ipsetInfo: name, type (all created on every sync)
+IPSETS = (
+    ("KUBE-LOOP-BACK", "hash:ip,port,ip"),
+    ("KUBE-CLUSTER-IP", "hash:ip,port"),
+    ("KUBE-EXTERNAL-IP", "hash:ip,port"),
+    ("KUBE-EXTERNAL-IP-LOCAL", "hash:ip,port"),
+    ("KUBE-LOAD-BALANCER", "hash:ip,port"),
+    ("KUBE-LOAD-BALANCER-FW", "hash:ip,port"),
+    ("KUBE-LOAD-BALANCER-LOCAL", "hash:ip,port"),
+    ("KUBE-LOAD-BALANCER-SOURCE-IP", "hash:ip,port,ip"),
+    ("KUBE-LOAD-BALANCER-SOURCE-CIDR", "hash:ip,port,net"),
+    ("KUBE-NODE-PORT-TCP", "bitmap:port"),
+    ("KUBE-NODE-PORT-LOCAL-TCP", "bitmap:port"),
+    ("KUBE-NODE-PORT-UDP", "bitmap:port"),
+    ("KUBE-NODE-PORT-LOCAL-UDP", "bitmap:port"),
+    ("KUBE-NODE-PORT-SCTP-HASH", "hash:ip,port"),
+    ("KUBE-NODE-PORT-LOCAL-SCTP-HASH", "hash:ip,port"),
+    ("KUBE-HEALTH-CHECK-NODE-PORT", "bitmap:port"),
+    ("KUBE-IPVS-IPS", "hash:ip"),
+)
+IPSET_NAMES = tuple(n for n, _t in IPSETS)
+
+
+def _key(svc: Service) -> tuple[str, str]:
+    return (svc.namespace, svc.name)
+
+
+# ---------------------------------------------------------------------- netlink plumbing
+_libc = None
+
+
+def _setns(path: str) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            e = ctypes.get_errno()
+            raise OSError(e, f"setns({path}): {os.strerror(e)}")
+    finally:
+        os.close(fd)
+
+
+def netlink_socket(ns: str | None, proto: int) -> socket.socket:
+    """A raw netlink socket that lives in namespace `ns` (made by a thread that entered it)."""
+    if ns is None:
+        return _open_nl(proto)
+    box: dict = {}
+
+    def worker():
+        try:
+            _setns(os.path.join(NETNS_DIR, ns))
+            box["sock"] = _open_nl(proto)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+            box["err"] = e
+
+    t = threading.Thread(target=worker, name=f"netns-{ns}")
+    t.start()
+    t.join()
+    if "err" in box:
+        raise LabError(f"cannot open a netlink socket in namespace {ns}: {box['err']}")
+    return box["sock"]
+
+
+def _open_nl(proto: int) -> socket.socket:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, proto)
+    for opt, force in ((socket.SO_SNDBUF, 32), (socket.SO_RCVBUF, 33)):  # SO_*BUFFORCE as root
+        try:
+            s.setsockopt(socket.SOL_SOCKET, force, 8 << 20)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+    s.bind((0, 0))
+    return s
+
+
+class NetlinkBatch:
+    """Send many pre-encoded requests per sendto(); only errors (and the final ack) come back."""
+
+    MAX_SEND = 60000  # bytes per sendto
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.seq = 1
+        self.replied = 0  # highest sequence number an error/ack message arrived for
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def run(self, messages: Iterable[bytearray], what: str, ignore: tuple[int, ...] = ()) -> int:
+        """messages: encoded requests whose seq field (bytes 8..12) this method fills in.
+
+        Returns the number sent; raises LabError listing the kernel's errors (except `ignore`d errnos).
+        """
+        errors: dict[int, int] = {}
+        names: dict[int, str] = {}
+        buf: list[bytes] = []
+        size = n = 0
+        last = None
+        first_seq = self.seq + 1
+        for m in messages:
+            seq = self.next_seq()
+            struct.pack_into("=I", m, 8, seq)
+            last = m
+            buf.append(m)
+            size += len(m)
+            n += 1
+            if size >= self.MAX_SEND and len(buf) > 1:
+                # keep the newest message back: it may be the last one, which must carry the ack flag
+                self._send(buf[:-1], errors)
+                buf = buf[-1:]
+                size = len(m)
+        if last is None:
+            return 0
+        # the last message asks for an ack: when it arrives every earlier error has arrived too
+        flags = struct.unpack_from("=H", last, 6)[0]
+        struct.pack_into("=H", last, 6, flags | F_ACK)
+        self._send(buf, errors)
+        self._drain(errors, until=self.seq)
+        bad = {s: e for s, e in errors.items() if -e not in ignore and first_seq <= s <= self.seq}
+        if bad:
+            codes: dict[int, int] = {}
+            for e in bad.values():
+                codes[-e] = codes.get(-e, 0) + 1
+            summary = ", ".join(f"{errno.errorcode.get(c, c)} x{k}" for c, k in codes.items())
+            raise LabError(f"{what}: the kernel refused {len(bad)} of {n} requests ({summary}); "
+                           f"first failing request #{min(bad) - first_seq + 1}")
+        return n
+
+    def _send(self, buf: list[bytes], errors: dict[int, int]) -> None:
+        if not buf:
+            return
+        data = b"".join(buf)
+        view = memoryview(data)
+        while view:
+            # netlink processes one sendto synchronously; a message never straddles two sends
+            k = self.sock.send(view)
+            view = view[k:]
+        self._drain(errors, until=None)
+
+    def _drain(self, errors: dict[int, int], until: int | None) -> None:
+        sock = self.sock
+        while True:
+            if until is not None:
+                if self.replied >= until:
+                    return
+                if not select.select([sock], [], [], 60)[0]:
+                    raise LabError("netlink: no acknowledgement from the kernel within 60 s")
+            try:
+                data = sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if until is None:
+                    return
+                continue
+            off = 0
+            while off + 16 <= len(data):
+                length, typ, _flags, seq = struct.unpack_from("=IHHI", data, off)
+                if typ == NLMSG_ERROR:
+                    code = struct.unpack_from("=i", data, off + 16)[0]
+                    if code:
+                        errors[seq] = code
+                    if seq > self.replied:
+                        self.replied = seq
+                off += (length + 3) & ~3 if length else len(data)
+
+
+def _genl_family_id(sock: socket.socket, name: str) -> int:
+    """CTRL_CMD_GETFAMILY for `name` (generic netlink family ids are global, any netns)."""
+    attr_name = name.encode() + b"\0"
+    nla = struct.pack("=HH", 4 + len(attr_name), 2) + attr_name  # CTRL_ATTR_FAMILY_NAME
+    nla += b"\0" * ((4 - len(nla) % 4) % 4)
+    body = struct.pack("=BBH", 3, 1, 0) + nla  # CTRL_CMD_GETFAMILY, version 1
+    msg = struct.pack("=IHHII", 16 + len(body), 16, F_REQUEST, 1, 0) + body  # GENL_ID_CTRL = 16
+    sock.send(msg)
+    data = sock.recv(65536)
+    length, typ = struct.unpack_from("=IH", data, 0)
+    if typ == NLMSG_ERROR:
+        code = struct.unpack_from("=i", data, 16)[0]
+        raise LabError(f"generic netlink family {name} is not available ({os.strerror(-code)}): "
+                       f"this kernel has no IPVS (CONFIG_IP_VS); run ipvs mode in the UML guest")
+    off = 20
+    while off + 4 <= length:
+        alen, atype = struct.unpack_from("=HH", data, off)
+        if atype == 1:  # CTRL_ATTR_FAMILY_ID
+            return struct.unpack_from("=H", data, off + 4)[0]
+        off += (alen + 3) & ~3
+    raise LabError(f"no family id in the reply for {name}")
+
+
+# ---------------------------------------------------------------------- message templates
+class _Templates:
+    """Encode one message per shape with pyroute2, then patch address / port bytes per object."""
+
+    SVC_IP, SVC_PORT = "203.0.113.91", 0xFEDC
+    DST_IP, DST_PORT = "198.51.100.77", 0xFEDB
+
+    def __init__(self, family_id: int, scheduler: str):
+        self.family_id = family_id
+        self.scheduler = scheduler
+        self._cache: dict = {}
+
+    def _encode_ipvs(self, cmd: int, flags: int, svc_attrs: list, dest_attrs: list | None) -> bytearray:
+        from pyroute2.netlink.generic.ipvs import ipvsmsg
+
+        msg = ipvsmsg()
+        msg["cmd"] = cmd
+        msg["version"] = 1
+        msg["attrs"] = [("IPVS_CMD_ATTR_SERVICE", {"attrs": svc_attrs})]
+        if dest_attrs is not None:
+            msg["attrs"].append(("IPVS_CMD_ATTR_DEST", {"attrs": dest_attrs}))
+        msg["header"]["type"] = self.family_id
+        msg["header"]["flags"] = flags
+        msg["header"]["sequence_number"] = 0
+        msg.encode()
+        return bytearray(msg.data)
+
+    def _svc_key_attrs(self, proto: int) -> list:
+        return [("IPVS_SVC_ATTR_AF", socket.AF_INET), ("IPVS_SVC_ATTR_PROTOCOL", proto),
+                ("IPVS_SVC_ATTR_ADDR", self.SVC_IP), ("IPVS_SVC_ATTR_PORT", self.SVC_PORT)]
+
+    def _offsets(self, data: bytearray, ip: str, port: int) -> tuple[int, int]:
+        a = data.find(socket.inet_aton(ip))
+        p = data.find(struct.pack(">H", port))
+        if a < 0 or p < 0:
+            raise RuntimeError("cannot locate the template fields in the encoded message")
+        return a, p
+
+    def service(self, cmd: int, flags: int, proto: int, timeout: int | None):
+        k = ("svc", cmd, flags, proto, timeout)
+        t = self._cache.get(k)
+        if t is None:
+            attrs = self._svc_key_attrs(proto)
+            if cmd != 3:  # not DEL: full description
+                pflags = IP_VS_SVC_F_PERSISTENT if timeout else 0
+                attrs += [("IPVS_SVC_ATTR_SCHED_NAME", self.scheduler),
+                          ("IPVS_SVC_ATTR_FLAGS", {"flags": pflags, "mask": 0xFFFFFFFF}),
+                          ("IPVS_SVC_ATTR_TIMEOUT", timeout or 0),
+                          ("IPVS_SVC_ATTR_NETMASK", "255.255.255.255")]
+            data = self._encode_ipvs(cmd, flags, attrs, None)
+            t = self._cache[k] = (data, *self._offsets(data, self.SVC_IP, self.SVC_PORT))
+        return t
+
+    def dest(self, cmd: int, flags: int, proto: int):
+        k = ("dst", cmd, flags, proto)
+        t = self._cache.get(k)
+        if t is None:
+            dattrs = [("IPVS_DEST_ATTR_ADDR_FAMILY", socket.AF_INET), ("IPVS_DEST_ATTR_ADDR", self.DST_IP),
+                      ("IPVS_DEST_ATTR_PORT", self.DST_PORT)]
+            if cmd != 7:  # not DEL
+                dattrs += [("IPVS_DEST_ATTR_FWD_METHOD", 0), ("IPVS_DEST_ATTR_WEIGHT", 1),
+                           ("IPVS_DEST_ATTR_U_THRESH", 0), ("IPVS_DEST_ATTR_L_THRESH", 0)]
+            data = self._encode_ipvs(cmd, flags, self._svc_key_attrs(proto), dattrs)
+            sa, sp = self._offsets(data, self.SVC_IP, self.SVC_PORT)
+            da, dp = self._offsets(data, self.DST_IP, self.DST_PORT)
+            t = self._cache[k] = (data, sa, sp, da, dp)
+        return t
+
+    def addr(self, msg_type: int, flags: int, ifindex: int):
+        k = ("addr", msg_type, flags, ifindex)
+        t = self._cache.get(k)
+        if t is None:
+            from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+            msg = ifaddrmsg()
+            msg["family"] = socket.AF_INET
+            msg["prefixlen"] = 32
+            msg["index"] = ifindex
+            msg["attrs"] = [("IFA_LOCAL", self.SVC_IP), ("IFA_ADDRESS", self.SVC_IP)]
+            msg["header"]["type"] = msg_type
+            msg["header"]["flags"] = flags
+            msg.encode()
+            data = bytearray(msg.data)
+            packed = socket.inet_aton(self.SVC_IP)
+            a1 = data.find(packed)
+            a2 = data.find(packed, a1 + 4)
+            t = self._cache[k] = (data, a1, a2)
+        return t
+
+
+# ---------------------------------------------------------------------- the dataplane
+class IpvsDataplane:
+    mode = "ipvs"
+
+    def __init__(self, ns: str | None, settings: DataplaneSettings | None = None, node: str | None = None):
+        """node: this node's name (model Endpoint.node) for KUBE-LOOP-BACK; None counts every
+        endpoint as local (hairpin SNAT then works for all pods of a single-node test)."""
+        self.ns = ns
+        self.settings = settings or DataplaneSettings()
+        self.node = node
+        self.scheduler = self.settings.scheduler or "rr"
+        self.mark = "%#010x" % (1 << self.settings.masquerade_bit)
+        self._state: dict[tuple[str, str], Service] = {}
+        self._members: dict[tuple[str, str], int] = {}  # ipset member -> how many Services need it
+        self._ipvs_sock: socket.socket | None = None
+        self._rt_sock: socket.socket | None = None
+        self._tpl: _Templates | None = None
+
+    # ------------------------------------------------------------- model -> objects
+    def virtual_servers(self, svc: Service) -> list[tuple[str, str, int, list[tuple[str, int]]]]:
+        """[(proto, vip, port, [(rs_ip, rs_port)])] of one Service."""
+        out = []
+        for port in svc.ports:
+            rs = [(e.ip, e.port) for e in svc.endpoints_for(port)]
+            proto = port.protocol
+            out.append((proto, svc.cluster_ip, port.port, rs))
+            for eip in svc.external_ips:
+                out.append((proto, eip, port.port, rs))
+            if port.node_port:
+                for nip in self.settings.node_ips:
+                    out.append((proto, nip, port.node_port, rs))
+        return out
+
+    def bound_addresses(self, svc: Service) -> list[str]:
+        return [svc.cluster_ip, *svc.external_ips]
+
+    def ipset_members(self, svc: Service) -> list[tuple[str, str]]:
+        out = []
+        for port in svc.ports:
+            proto = port.protocol
+            out.append(("KUBE-CLUSTER-IP", f"{svc.cluster_ip},{proto}:{port.port}"))
+            for eip in svc.external_ips:
+                out.append(("KUBE-EXTERNAL-IP", f"{eip},{proto}:{port.port}"))
+            if port.node_port:
+                if proto == "sctp":
+                    for nip in self.settings.node_ips:
+                        out.append(("KUBE-NODE-PORT-SCTP-HASH", f"{nip},sctp:{port.node_port}"))
+                else:
+                    out.append((f"KUBE-NODE-PORT-{proto.upper()}", str(port.node_port)))
+            for e in svc.endpoints_for(port):
+                if self.node is None or e.node == self.node:
+                    out.append(("KUBE-LOOP-BACK", f"{e.ip},{proto}:{e.port},{e.ip}"))
+        for a in self.bound_addresses(svc):
+            out.append(("KUBE-IPVS-IPS", a))
+        return out
+
+    # ------------------------------------------------------------- text
+    def ipvsadm_lines(self, services: Sequence[Service]) -> Iterable[str]:
+        sched = self.scheduler
+        for svc in services:
+            pers = f" -p {svc.affinity_timeout}" if svc.affinity_timeout else ""
+            buf = []
+            for proto, vip, port, rs in self.virtual_servers(svc):
+                f = IPVSADM_PROTO[proto]
+                buf.append(f"-A {f} {vip}:{port} -s {sched}{pers}\n")
+                for ip, p in rs:
+                    buf.append(f"-a {f} {vip}:{port} -r {ip}:{p} -m -w 1\n")
+            yield "".join(buf)
+
+    def ipset_text(self, services: Sequence[Service]) -> str:
+        members = list(dict.fromkeys(m for svc in services for m in self.ipset_members(svc)))  # unique
+        sizes: dict[str, int] = {}
+        for s, _m in members:
+            sizes[s] = sizes.get(s, 0) + 1
+        out = []
+        for name, typ in IPSETS:
+            if typ == "bitmap:port":
+                out.append(f"create {name} {typ} range 0-65535\n")
+            else:
+                maxelem = max(65536, 2 * sizes.get(name, 0))
+                out.append(f"create {name} {typ} family inet hashsize 1024 maxelem {maxelem}\n")
+        # grouped by set: ipset restore packs consecutive adds to one set into one netlink message
+        by_set: dict[str, list[str]] = {name: [] for name in IPSET_NAMES}
+        for s, m in members:
+            by_set[s].append(f"add {s} {m}\n")
+        for name in IPSET_NAMES:
+            out += by_set[name]
+        return "".join(out)
+
+    def iptables_text(self, services: Sequence[Service], full: bool = True) -> str:
+        """The small fixed ruleset of B.2 (rules on empty sets are left out, as kube-proxy does)."""
+        m = self.mark
+        has = {"KUBE-CLUSTER-IP": False, "KUBE-EXTERNAL-IP": False, "KUBE-NODE-PORT-TCP": False,
+               "KUBE-NODE-PORT-UDP": False, "KUBE-LOOP-BACK": False}
+        for svc in services:
+            has["KUBE-CLUSTER-IP"] = True
+            if svc.external_ips:
+                has["KUBE-EXTERNAL-IP"] = True
+            for port in svc.ports:
+                if port.node_port:
+                    has[f"KUBE-NODE-PORT-{port.protocol.upper()}"] = True
+                if self.node is None or any(e.node == self.node for e in svc.endpoints):
+                    has["KUBE-LOOP-BACK"] = has["KUBE-LOOP-BACK"] or bool(svc.endpoints)
+        cidr = self.settings.cluster_cidr
+        nat = ["*nat\n"] + [f":{c} - [0:0]\n" for c in
+                            ("KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-NODE-PORT", "KUBE-LOAD-BALANCER",
+                             "KUBE-MARK-MASQ")]
+        if full:
+            nat += ['-I OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES\n',
+                    '-I PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES\n',
+                    '-I POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING\n']
+        if has["KUBE-LOOP-BACK"]:
+            nat.append('-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip for '
+                       'solving hairpin purpose" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE\n')
+        nat += [f"-A KUBE-POSTROUTING -m mark ! --mark {m}/{m} -j RETURN\n",
+                f"-A KUBE-POSTROUTING -j MARK --xor-mark {m}\n",
+                '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
+                "-j MASQUERADE --random-fully\n",
+                f"-A KUBE-MARK-MASQ -j MARK --or-mark {m}\n"]
+        if has["KUBE-NODE-PORT-TCP"]:
+            nat.append('-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port for masquerade '
+                       'purpose" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ\n')
+        if has["KUBE-NODE-PORT-UDP"]:
+            nat.append('-A KUBE-NODE-PORT -p udp -m comment --comment "Kubernetes nodeport UDP port for masquerade '
+                       'purpose" -m set --match-set KUBE-NODE-PORT-UDP dst -j KUBE-MARK-MASQ\n')
+        if has["KUBE-CLUSTER-IP"]:
+            src = f"! -s {cidr} " if cidr else ""
+            nat.append(f'-A KUBE-SERVICES {src}-m comment --comment "Kubernetes service cluster ip + port for '
+                       'masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ\n')
+        if has["KUBE-EXTERNAL-IP"]:
+            c = '-m comment --comment "Kubernetes service external ip + port for masquerade and filter purpose"'
+            nat += [f"-A KUBE-SERVICES {c} -m set --match-set KUBE-EXTERNAL-IP dst,dst -j KUBE-MARK-MASQ\n",
+                    f"-A KUBE-SERVICES {c} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m physdev ! --physdev-is-in "
+                    "-m addrtype ! --src-type LOCAL -j ACCEPT\n",
+                    f"-A KUBE-SERVICES {c} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m addrtype --dst-type LOCAL "
+                    "-j ACCEPT\n"]
+        nat.append("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT\n")
+        if has["KUBE-CLUSTER-IP"]:
+            nat.append("-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT\n")
+        nat.append("COMMIT\n")
+        filt = ["*filter\n"] + [f":{c} - [0:0]\n" for c in
+                                ("KUBE-FORWARD", "KUBE-NODE-PORT", "KUBE-PROXY-FIREWALL",
+                                 "KUBE-SOURCE-RANGES-FIREWALL", "KUBE-IPVS-FILTER", "KUBE-IPVS-OUT-FILTER")]
+        if full:
+            filt += ['-I FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD\n',
+                     '-I INPUT -m comment --comment "kubernetes health check rules" -j KUBE-NODE-PORT\n',
+                     '-I INPUT -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL\n',
+                     '-I FORWARD -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL\n',
+                     '-I INPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-FILTER\n',
+                     '-I OUTPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-OUT-FILTER\n']
+        filt += [
+            f'-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark {m}/{m} -j ACCEPT\n',
+            '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate '
+            "RELATED,ESTABLISHED -j ACCEPT\n",
+            '-A KUBE-NODE-PORT -m comment --comment "Kubernetes health check node port" -m set --match-set '
+            "KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT\n",
+            '-A KUBE-PROXY-FIREWALL -m comment --comment "Kubernetes service load balancer ip + port for load '
+            'balancer with sourceRange" -m set --match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL\n',
+            "-A KUBE-SOURCE-RANGES-FIREWALL -j DROP\n",
+            "-A KUBE-IPVS-FILTER -m set --match-set KUBE-LOAD-BALANCER dst,dst -j RETURN\n",
+            "-A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN\n",
+            "-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP dst,dst -j RETURN\n",
+            "-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP-LOCAL dst,dst -j RETURN\n",
+            "-A KUBE-IPVS-FILTER -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j RETURN\n",
+            "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT\n",
+            "COMMIT\n",
+        ]
+        return "".join(nat + filt)
+
+    def render(self, services: Sequence[Service]) -> str:
+        return ("# ipvsadm-restore\n" + "".join(self.ipvsadm_lines(services))
+                + "# ipset restore\n" + self.ipset_text(services)
+                + "# iptables-legacy-restore --noflush\n" + self.iptables_text(services))
+
+    # ------------------------------------------------------------- netlink helpers
+    def _socks(self) -> tuple[NetlinkBatch, NetlinkBatch]:
+        if self._ipvs_sock is None:
+            self._ipvs_sock = netlink_socket(self.ns, 16)  # NETLINK_GENERIC
+            fam = _genl_family_id(self._ipvs_sock, "IPVS")
+            self._tpl = _Templates(fam, self.scheduler)
+            self._ipvs = NetlinkBatch(self._ipvs_sock)
+            self._rt_sock = netlink_socket(self.ns, 0)  # NETLINK_ROUTE
+            self._rt = NetlinkBatch(self._rt_sock)
+        return self._ipvs, self._rt
+
+    def close(self) -> None:
+        for s in (self._ipvs_sock, self._rt_sock):
+            if s is not None:
+                s.close()
+        self._ipvs_sock = self._rt_sock = None
+
+    def _svc_msgs(self, vss, cmd: int, flags: int, timeout: int | None) -> Iterable[bytearray]:
+        tpl = self._tpl
+        aton = socket.inet_aton
+        for proto, vip, port, _rs in vss:
+            data, a, p = tpl.service(cmd, flags, PROTO[proto], timeout)
+            m = bytearray(data)
+            m[a:a + 4] = aton(vip)
+            m[p:p + 2] = port.to_bytes(2, "big")
+            yield m
+
+    def _dest_msgs(self, items, cmd: int, flags: int) -> Iterable[bytearray]:
+        """items: (proto, vip, port, rs_ip, rs_port)."""
+        tpl = self._tpl
+        aton = socket.inet_aton
+        for proto, vip, port, ip, rport in items:
+            data, sa, sp, da, dp = tpl.dest(cmd, flags, PROTO[proto])
+            m = bytearray(data)
+            m[sa:sa + 4] = aton(vip)
+            m[sp:sp + 2] = port.to_bytes(2, "big")
+            m[da:da + 4] = aton(ip)
+            m[dp:dp + 2] = rport.to_bytes(2, "big")
+            yield m
+
+    def _addr_msgs(self, addrs: Iterable[str], msg_type: int, flags: int, ifindex: int) -> Iterable[bytearray]:
+        data, a1, a2 = self._tpl.addr(msg_type, flags, ifindex)
+        aton = socket.inet_aton
+        for ip in addrs:
+            m = bytearray(data)
+            b = aton(ip)
+            m[a1:a1 + 4] = b
+            m[a2:a2 + 4] = b
+            yield m
+
+    def _ifindex(self, create: bool) -> int:
+        p = run(self.ns, ["cat", f"/sys/class/net/{IFNAME}/ifindex"], check=False)
+        if p.returncode == 0:
+            return int(p.stdout)
+        if not create:
+            return 0
+        # one `ip -batch` (netlink underneath): cheaper than importing pyroute2's IPRoute in UML
+        p = run(self.ns, ["ip", "-batch", "-"], check=False,
+                input=f"link add {IFNAME} type dummy\nlink set {IFNAME} arp off\n")
+        if p.returncode != 0:
+            raise LabError(f"cannot create dummy {IFNAME} in {self.ns}: {p.stderr.strip()} "
+                           "(the host kernel has no dummy device: run ipvs mode in the UML guest)")
+        return int(run(self.ns, ["cat", f"/sys/class/net/{IFNAME}/ifindex"]).stdout)
+
+    # ------------------------------------------------------------- protocol
+    def full_sync(self, services: Sequence[Service]) -> None:
+        self.cleanup()
+        ipvs, rt = self._socks()
+        run(self.ns, ["sysctl", "-q", "-w", *SYSCTLS])
+        run(self.ns, ["ipset", "-exist", "restore"], input=self.ipset_text(services))
+        stream(self.ns, ["iptables-legacy-restore", "--noflush", "-w", "5"], [self.iptables_text(services)])
+        idx = self._ifindex(create=True)
+        addrs = [a for svc in services for a in self.bound_addresses(svc)]
+        rt.run(self._addr_msgs(addrs, 20, F_REQUEST | F_CREATE | F_EXCL, idx), f"bind addresses to {IFNAME}",
+               ignore=(errno.EEXIST,))
+        ipvs.run(self._all_ipvs_msgs(services), "program IPVS virtual and real servers")
+        self._state = {_key(s): s for s in services}
+        members: dict[tuple[str, str], int] = {}
+        for s in services:
+            for mem in self.ipset_members(s):
+                members[mem] = members.get(mem, 0) + 1
+        self._members = members
+
+    def _all_ipvs_msgs(self, services: Sequence[Service]) -> Iterable[bytearray]:
+        svc_msgs, dest_msgs = self._svc_msgs, self._dest_msgs
+        new = F_REQUEST | F_CREATE | F_EXCL
+        for svc in services:
+            vss = self.virtual_servers(svc)
+            yield from svc_msgs(vss, 1, new, svc.affinity_timeout)  # IPVS_CMD_NEW_SERVICE
+            yield from dest_msgs([(pr, v, p, ip, rp) for pr, v, p, rs in vss for ip, rp in rs], 5, new)
+
+    def apply(self, services: Sequence[Service], change: Change) -> None:
+        ipvs, rt = self._socks()
+        svc = change.service
+        key = _key(svc)
+        old = self._state.get(key)
+        new = None if change.kind == "delete" else svc
+        new_flag = F_REQUEST | F_CREATE | F_EXCL
+        idx = self._ifindex(create=True)
+        old_vs = {(p, v, po): rs for p, v, po, rs in self.virtual_servers(old)} if old else {}
+        if old is None and change.kind != "add":
+            old_vs = self._kernel_vs_of(svc)
+        new_vs = {(p, v, po): rs for p, v, po, rs in self.virtual_servers(new)} if new else {}
+        msgs: list[bytearray] = []
+        # 1. virtual servers (create new ones, update the flags of kept ones), bind addresses
+        add_vs = [(p, v, po, rs) for (p, v, po), rs in new_vs.items() if (p, v, po) not in old_vs]
+        keep_vs = [(p, v, po, rs) for (p, v, po), rs in new_vs.items() if (p, v, po) in old_vs]
+        msgs += self._svc_msgs(add_vs, 1, new_flag, new.affinity_timeout if new else None)
+        msgs += self._svc_msgs(keep_vs, 2, F_REQUEST, new.affinity_timeout if new else None)  # SET_SERVICE
+        # 2. real servers: add new, delete gone (kube-proxy drains TCP ones first; here at once)
+        for (p, v, po), rs in new_vs.items():
+            have = set(old_vs.get((p, v, po), []))
+            msgs += self._dest_msgs([(p, v, po, ip, rp) for ip, rp in rs if (ip, rp) not in have], 5, new_flag)
+            want = set(rs)
+            msgs += self._dest_msgs([(p, v, po, ip, rp) for ip, rp in have if (ip, rp) not in want], 7, F_REQUEST)
+        # 3. stale virtual servers (their real servers go with them)
+        gone_vs = [(p, v, po, []) for (p, v, po) in old_vs if (p, v, po) not in new_vs]
+        msgs += self._svc_msgs(gone_vs, 3, F_REQUEST, None)
+        old_addrs = set(self.bound_addresses(old)) if old else ({svc.cluster_ip, *svc.external_ips}
+                                                                  if change.kind != "add" else set())
+        new_addrs = set(self.bound_addresses(new)) if new else set()
+        rt.run(self._addr_msgs(sorted(new_addrs - old_addrs), 20, F_REQUEST | F_CREATE | F_EXCL, idx),
+               f"bind addresses to {IFNAME}", ignore=(errno.EEXIST,))
+        ipvs.run(msgs, f"{change.kind} IPVS objects of {svc.namespace}/{svc.name}")
+        rt.run(self._addr_msgs(sorted(old_addrs - new_addrs), 21, F_REQUEST, idx),  # RTM_DELADDR
+               f"unbind addresses from {IFNAME}", ignore=(errno.EADDRNOTAVAIL,))
+        # 4. ipset members, then the (small) iptables ruleset, as every kube-proxy ipvs sync does
+        # members are reference counted: two Services may share an endpoint (KUBE-LOOP-BACK)
+        refs = self._members
+        lines = []
+        for mem in self.ipset_members(new) if new else []:
+            refs[mem] = refs.get(mem, 0) + 1
+            if refs[mem] == 1:
+                lines.append(f"add {mem[0]} {mem[1]}\n")
+        for mem in self.ipset_members(old) if old else []:
+            n = refs.get(mem, 1) - 1
+            if n <= 0:
+                refs.pop(mem, None)
+                lines.append(f"del {mem[0]} {mem[1]}\n")
+            else:
+                refs[mem] = n
+        if lines:
+            run(self.ns, ["ipset", "-exist", "restore"], input="".join(lines))
+        stream(self.ns, ["iptables-legacy-restore", "--noflush", "-w", "5"],
+               [self.iptables_text(services, full=False)])
+        if new is None:
+            self._state.pop(key, None)
+        else:
+            self._state[key] = new
+
+    def _kernel_vs_of(self, svc: Service) -> dict:
+        """Virtual servers of `svc`'s addresses as the kernel has them (when this object did not program it)."""
+        vs = _parse_ip_vs(run(self.ns, ["cat", "/proc/net/ip_vs"]).stdout)
+        mine = set(self.bound_addresses(svc)) | set(self.settings.node_ips)
+        ports = {p.port for p in svc.ports} | {p.node_port for p in svc.ports if p.node_port}
+        return {k: rs for k, rs in vs.items() if k[1] in mine and k[2] in ports}
+
+    def counts(self) -> dict[str, int]:
+        c = {"virtual_servers": 0, "real_servers": 0, "addresses": 0, "ipset_members": 0, "ipsets": 0,
+             "nat_rules": 0, "filter_rules": 0}
+        p = run(self.ns, ["cat", "/proc/net/ip_vs"], check=False)
+        if p.returncode == 0:
+            vs = _parse_ip_vs(p.stdout)
+            c["virtual_servers"] = len(vs)
+            c["real_servers"] = sum(len(rs) for rs in vs.values())
+        p = run(self.ns, ["ip", "-o", "-4", "addr", "show", "dev", IFNAME], check=False)
+        if p.returncode == 0:
+            c["addresses"] = len([line for line in p.stdout.splitlines() if " inet " in line])
+        p = run(self.ns, ["ipset", "list", "-t"], check=False)
+        for line in p.stdout.splitlines():
+            if line.startswith("Name: KUBE-"):
+                c["ipsets"] += 1
+                current = True
+            elif line.startswith("Name: "):
+                current = False
+            elif line.startswith("Number of entries:") and current:
+                c["ipset_members"] += int(line.split(":")[1])
+        for table in ("nat", "filter"):
+            p = run(self.ns, ["iptables-legacy-save", "-t", table], check=False)
+            c[f"{table}_rules"] = sum(1 for line in p.stdout.splitlines()
+                                      if line.startswith("-A ") and "KUBE-" in line.split(" ", 2)[1])
+        return c
+
+    def cleanup(self) -> None:
+        """Flush IPVS (the namespace is ours), delete kube-ipvs0, the KUBE-* chains, then the ipsets."""
+        if os.path.exists("/proc/net/ip_vs"):
+            ipvs, _rt = self._socks()
+            msg = bytearray(struct.pack("=IHHII", 20, self._tpl.family_id, F_REQUEST, 0, 0)
+                            + struct.pack("=BBH", 17, 1, 0))  # IPVS_CMD_FLUSH
+            ipvs.run([msg], "flush IPVS")
+        run(self.ns, ["ip", "link", "del", IFNAME], check=False)
+        from harness.dataplane.iptables import IptablesDataplane
+
+        IptablesDataplane(self.ns, DataplaneSettings(iptables_backend="legacy")).cleanup()
+        p = run(self.ns, ["ipset", "list", "-n"], check=False)
+        sets = [s for s in p.stdout.split() if s.startswith("KUBE-")]
+        if sets:
+            run(self.ns, ["ipset", "restore"], input="".join(f"destroy {s}\n" for s in sets))
+        self._state = {}
+        self._members = {}
+
+
+def _parse_ip_vs(text: str) -> dict[tuple[str, str, int], list[tuple[str, int]]]:
+    """/proc/net/ip_vs -> {(proto, vip, port): [(rs_ip, rs_port)]}."""
+    out: dict = {}
+    cur = None
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] in ("TCP", "UDP", "SCTP"):
+            ip_hex, port_hex = parts[1].split(":")
+            cur = (parts[0].lower(), socket.inet_ntoa(bytes.fromhex(ip_hex)), int(port_hex, 16))
+            out[cur] = []
+        elif parts[0] == "->" and cur is not None and ":" in parts[1] and parts[1] != "RemoteAddress:Port":
+            ip_hex, port_hex = parts[1].split(":")
+            out[cur].append((socket.inet_ntoa(bytes.fromhex(ip_hex)), int(port_hex, 16)))
+    return out

@@ -1,0 +1,364 @@
+"""nftables mode: kube-proxy's `table ip kube-proxy` (reference section C, 1.34 filter chain layout).
+
+A full sync is ONE `nft -f -` transaction that removes the table (add + delete, so it also works
+when the table is absent) and re-creates everything. apply() is one transaction carrying only
+the changed Service's chains, sets and map elements: new chains are added, kept chains are
+flushed and rewritten, chains that are no longer used are flushed and deleted, and map/set
+elements are diffed (delete what went away, add what is new).
+
+Standard library only (the worker imports this inside UML).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator, Sequence
+
+from harness.dataplane import names
+from harness.dataplane._tool import stream
+from harness.dataplane.base import Change, DataplaneSettings
+from harness.lab.netns import run
+from harness.model import Service
+
+TABLE = "ip kube-proxy"
+CHUNK = 2000
+
+# 1.34+ base chains (PR #132456): name, type, hook, priority. kube-proxy writes dstnat-10 / filter /
+# dstnat / srcnat; nft 1.0.6 refuses the symbolic "dstnat" on the output hook, so the numeric values
+# (dstnat = -100, srcnat = 100, filter = 0) are written: the kernel state is identical.
+BASE_CHAINS = (
+    ("filter-prerouting-pre-dnat", "filter", "prerouting", "-110"),
+    ("filter-output-pre-dnat", "filter", "output", "-110"),
+    ("filter-input", "filter", "input", "0"),
+    ("filter-forward", "filter", "forward", "0"),
+    ("filter-output", "filter", "output", "0"),
+    ("nat-prerouting", "nat", "prerouting", "-100"),
+    ("nat-output", "nat", "output", "-100"),
+    ("nat-postrouting", "nat", "postrouting", "100"),
+)
+# nftJumpChains: destination, source, extra match
+JUMP_CHAINS = (
+    ("nodeport-endpoints-check", "filter-input", "ct state new "),
+    ("service-endpoints-check", "filter-input", "ct state new "),
+    ("service-endpoints-check", "filter-forward", "ct state new "),
+    ("service-endpoints-check", "filter-output", "ct state new "),
+    ("firewall-check", "filter-prerouting-pre-dnat", "ct state new "),
+    ("firewall-check", "filter-output-pre-dnat", "ct state new "),
+    ("services", "nat-output", ""),
+    ("services", "nat-prerouting", ""),
+    ("masquerading", "nat-postrouting", ""),
+    ("cluster-ips-check", "filter-forward", "ct state new "),
+    ("cluster-ips-check", "filter-output", "ct state new "),
+)
+SETS = (
+    ("set", "cluster-ips", "type ipv4_addr ; comment \"Active ClusterIPs\" ;"),
+    ("set", "nodeport-ips", "type ipv4_addr ; comment \"IPs that accept NodePort traffic\" ;"),
+    ("map", "service-ips", "type ipv4_addr . inet_proto . inet_service : verdict ; "
+                           "comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ;"),
+    ("map", "service-nodeports", "type inet_proto . inet_service : verdict ; comment \"NodePort traffic\" ;"),
+    ("map", "no-endpoint-services", "type ipv4_addr . inet_proto . inet_service : verdict ; "
+                                    "comment \"vmap to drop or reject packets to services with no endpoints\" ;"),
+    ("map", "no-endpoint-nodeports", "type inet_proto . inet_service : verdict ; "
+                                     "comment \"vmap to drop or reject packets to service nodeports with no endpoints\" ;"),
+    ("map", "firewall-ips", "type ipv4_addr . inet_proto . inet_service : verdict ; "
+                            "comment \"destinations that are subject to LoadBalancerSourceRanges\" ;"),
+)
+
+
+def _key(svc: Service) -> tuple[str, str]:
+    return (svc.namespace, svc.name)
+
+
+class ServiceObjects:
+    """What one Service owns in the table: chains (name -> rules), affinity sets, elements."""
+
+    __slots__ = ("chains", "sets", "elements")
+
+    def __init__(self):
+        self.chains: dict[str, list[str]] = {}  # insertion order: creation order
+        self.sets: dict[str, str] = {}  # affinity set name -> definition
+        self.elements: dict[tuple[str, str], str] = {}  # (set, key) -> " : verdict" / "" / comment+verdict
+
+
+class NftablesDataplane:
+    mode = "nftables"
+
+    def __init__(self, ns: str | None, settings: DataplaneSettings | None = None):
+        self.ns = ns
+        self.settings = settings or DataplaneSettings()
+        self.mark = "%#010x" % (1 << self.settings.masquerade_bit)
+        self.cidr = self.settings.cluster_cidr
+        self._state: dict[tuple[str, str], ServiceObjects] = {}
+
+    # ------------------------------------------------------------------ objects
+    def objects_bulk(self, services: Sequence[Service]) -> list[ServiceObjects]:
+        keys: list[str] = []
+        shapes = []
+        for svc in services:
+            ports = []
+            for port in svc.ports:
+                base = f"{svc.namespace}/{svc.name}/{port.protocol}/{port.name}"
+                eps = svc.endpoints_for(port)
+                keys.append(base)
+                keys.extend([f"{base}__{e.ip.replace(':', '.')}/{e.port}" for e in eps])
+                ports.append((port, base, eps))
+            shapes.append(ports)
+        hashes = names.bulk_hash(keys, 8)
+        out = []
+        i = 0
+        cidr = self.cidr
+        for svc, ports in zip(services, shapes):
+            o = ServiceObjects()
+            ch, st, el = o.chains, o.sets, o.elements
+            vip = svc.cluster_ip
+            aff = svc.affinity_timeout
+            for port, base, eps in ports:
+                proto, p = port.protocol, port.port
+                sb = f"{hashes[i]}-{base}"
+                n = len(eps)
+                ebs = [f"{h}-{base}__{e.ip.replace(':', '.')}/{e.port}" for h, e in zip(hashes[i + 1:i + 1 + n], eps)]
+                i += 1 + n
+                if len(sb) > 240 or any(len(b) > 240 for b in ebs):  # kube-proxy's truncation (never here)
+                    sb = names._hash_and_truncate(base)
+                    ebs = [names._hash_and_truncate(f"{base}__{e.ip.replace(':', '.')}/{e.port}") for e in eps]
+                el[("cluster-ips", vip)] = ""
+                ps = svc.port_string(port)
+                if not eps:
+                    el[("no-endpoint-services", f"{vip} . {proto} . {p}")] = f' comment "{ps}" : goto reject-chain'
+                    for eip in svc.external_ips:
+                        el[("no-endpoint-services", f"{eip} . {proto} . {p}")] = \
+                            f' comment "{ps}" : goto reject-chain'
+                    if port.node_port:
+                        el[("no-endpoint-nodeports", f"{proto} . {port.node_port}")] = \
+                            f' comment "{ps}" : goto reject-chain'
+                    continue
+                svcc = "service-" + sb
+                epcs = ["endpoint-" + b for b in ebs]
+                # endpoint chains are created before the service chain rules that jump to them
+                rules = []
+                if cidr:
+                    rules.append(f"ip daddr {vip} {proto} dport {p} ip saddr != {cidr} jump mark-for-masquerade")
+                if aff is not None:
+                    for b, c in zip(ebs, epcs):
+                        rules.append(f"ip saddr @affinity-{b} goto {c}")
+                vm = " , ".join([f"{k} : goto {c}" for k, c in enumerate(epcs)])
+                rules.append(f"numgen random mod {n} vmap {{ {vm} }}")
+                ext = bool(port.node_port or svc.external_ips)
+                if ext:
+                    ch["external-" + sb] = ["jump mark-for-masquerade", f"goto {svcc}"]
+                ch[svcc] = rules
+                for e, b, c in zip(eps, ebs, epcs):
+                    r = [f"ip saddr {e.ip} jump mark-for-masquerade"]
+                    if aff is not None:
+                        st["affinity-" + b] = f"type ipv4_addr ; flags dynamic,timeout ; timeout {aff}s ;"
+                        r.append(f"update @affinity-{b} {{ ip saddr }}")
+                    r.append(f"meta l4proto {proto} dnat to {e.ip}:{e.port}")
+                    ch[c] = r
+                el[("service-ips", f"{vip} . {proto} . {p}")] = f" : goto {svcc}"
+                for eip in svc.external_ips:
+                    el[("service-ips", f"{eip} . {proto} . {p}")] = f" : goto external-{sb}"
+                if port.node_port:
+                    el[("service-nodeports", f"{proto} . {port.node_port}")] = f" : goto external-{sb}"
+            out.append(o)
+        return out
+
+    def objects(self, svc: Service) -> ServiceObjects:
+        return self.objects_bulk([svc])[0]
+
+    # ------------------------------------------------------------------ text
+    def _head(self) -> str:
+        t = TABLE
+        m = self.mark
+        out = [f"add table {t}\n", f"delete table {t}\n", f'add table {t} {{ comment "rules for kube-proxy" ; }}\n']
+        for name, typ, hook, prio in BASE_CHAINS:
+            out.append(f"add chain {t} {name} {{ type {typ} hook {hook} priority {prio} ; }}\n")
+        created = set()
+        for dst, src, extra in JUMP_CHAINS:
+            if dst not in created:
+                out.append(f"add chain {t} {dst}\n")
+                created.add(dst)
+            out.append(f"add rule {t} {src} {extra}jump {dst}\n")
+        for c in ("mark-for-masquerade", "reject-chain"):
+            out.append(f"add chain {t} {c}\n")
+        out += [
+            f"add rule {t} mark-for-masquerade mark set mark or {m}\n",
+            f"add rule {t} masquerading mark and {m} == 0 return\n",
+            f"add rule {t} masquerading mark set mark xor {m}\n",
+            f"add rule {t} masquerading masquerade fully-random\n",
+            f"add rule {t} reject-chain reject\n",
+        ]
+        node_ips = self.settings.node_ips
+        for kind, name, spec in SETS:
+            if name == "nodeport-ips" and not node_ips:
+                continue
+            out.append(f"add {kind} {t} {name} {{ {spec} }}\n")
+        if node_ips:
+            np_match = "ip daddr @nodeport-ips"
+        else:  # nodePortAddresses matches everything: fib, never localhost
+            np_match = "fib daddr type local ip daddr != 127.0.0.0/8"
+        out += [
+            f"add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips\n",
+            f"add rule {t} services {np_match} meta l4proto . th dport vmap @service-nodeports\n",
+            f"add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services\n",
+            f"add rule {t} nodeport-endpoints-check {np_match} meta l4proto . th dport vmap @no-endpoint-nodeports\n",
+            f"add rule {t} firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips\n",
+            f'add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment '
+            f'"Reject traffic to invalid ports of ClusterIPs"\n',
+            f'add rule {t} cluster-ips-check ip daddr {{ {self.settings.service_cidr} }} drop comment '
+            f'"Drop traffic to unallocated ClusterIPs"\n',
+        ]
+        if node_ips:
+            out.append(f"add element {t} nodeport-ips {{ {', '.join(node_ips)} }}\n")
+        return "".join(out)
+
+    @staticmethod
+    def _add_lines(o: ServiceObjects, out: list[str], flush: set[str] = frozenset()) -> None:
+        t = TABLE
+        for name, spec in o.sets.items():
+            out.append(f"add set {t} {name} {{ {spec} }}\n")
+        for name in o.chains:
+            out.append(f"add chain {t} {name}\n")
+            if name in flush:
+                out.append(f"flush chain {t} {name}\n")
+        # endpoint chains first, then the chains that refer to them, so rules never jump to an empty name
+        items = list(o.chains.items())
+        for name, rules in sorted(items, key=lambda kv: not kv[0].startswith("endpoint-")):
+            for r in rules:
+                out.append(f"add rule {t} {name} {r}\n")
+        for (s, k), v in o.elements.items():
+            out.append(f"add element {t} {s} {{ {k}{v} }}\n")
+
+    def _full_chunks(self, services: Sequence[Service], record: dict | None = None) -> Iterator[str]:
+        yield self._head()
+        add = self._add_lines
+        for lo in range(0, len(services), CHUNK):
+            part = services[lo:lo + CHUNK]
+            buf: list[str] = []
+            for svc, o in zip(part, self.objects_bulk(part)):
+                add(o, buf)
+                if record is not None:
+                    record[_key(svc)] = o
+            yield "".join(buf)
+
+    def _change_text(self, old: ServiceObjects | None, new: ServiceObjects | None) -> str:
+        t = TABLE
+        old = old or ServiceObjects()
+        out: list[str] = []
+        # 1. elements that went away (they may point at chains deleted below)
+        for (s, k), v in old.elements.items():
+            if new is None or new.elements.get((s, k)) != v:
+                out.append(f"delete element {t} {s} {{ {k} }}\n")
+        # 2. new and kept chains: add (no-op if present), flush kept ones, write rules; new elements
+        if new is not None:
+            self._add_lines(new, out, flush=set(old.chains) & set(new.chains))
+            # _add_lines re-adds unchanged elements too (add is idempotent for an identical element)
+        # 3. chains and sets no longer used: flush all first, then delete
+        gone = [c for c in old.chains if new is None or c not in new.chains]
+        out += [f"flush chain {t} {c}\n" for c in gone]
+        # externals refer to services, services to endpoints: delete in that order
+        order = {"external-": 0, "service-": 1, "endpoint-": 2}
+        for c in sorted(gone, key=lambda c: order.get(c.split("-", 1)[0] + "-", 3)):
+            out.append(f"delete chain {t} {c}\n")
+        for s in old.sets:
+            if new is None or s not in new.sets:
+                out.append(f"delete set {t} {s}\n")
+        return "".join(out)
+
+    # ------------------------------------------------------------------ protocol
+    def render(self, services: Sequence[Service]) -> str:
+        return "".join(self._full_chunks(services))
+
+    def nft(self, chunks) -> None:
+        stream(self.ns, ["nft", "-f", "-"], chunks)
+
+    def full_sync(self, services: Sequence[Service]) -> None:
+        record: dict = {}
+        self.nft(self._full_chunks(services, record))
+        self._state = record
+
+    def apply(self, services: Sequence[Service], change: Change) -> None:
+        svc = change.service
+        key = _key(svc)
+        old = self._state.get(key)
+        if old is None and change.kind != "add":
+            old = self._kernel_objects_of(svc)
+        new = None if change.kind == "delete" else self.objects(svc)
+        text = self._change_text(old, new)
+        if text:
+            self.nft([text])
+        if new is None:
+            self._state.pop(key, None)
+        else:
+            self._state[key] = new
+
+    def _kernel_objects_of(self, svc: Service) -> ServiceObjects:
+        """Best effort when this object did not program `svc`: its elements as the model says,
+        its chains and affinity sets as the kernel lists them."""
+        o = self.objects(svc)
+        marker = f"-{svc.namespace}/{svc.name}/"
+        listing = run(self.ns, ["nft", "-t", "list", "chains", "ip"], check=False).stdout
+        o.chains = {c: [] for c in re.findall(r"chain (\S+) \{", listing) if marker in c}
+        sets = run(self.ns, ["nft", "-t", "list", "sets", "ip"], check=False).stdout
+        o.sets = {s: "" for s in re.findall(r"set (affinity-\S+) \{", sets) if marker in s}
+        return o
+
+    def counts(self) -> dict[str, int]:
+        p = run(self.ns, ["nft", "list", "table", "ip", "kube-proxy"], check=False)
+        c = {"chains": 0, "rules": 0, "service_chains": 0, "endpoint_chains": 0, "sets": 0,
+             "cluster_ips": 0, "service_ips": 0, "service_nodeports": 0, "no_endpoint_services": 0,
+             "no_endpoint_nodeports": 0, "table": 0}
+        if p.returncode != 0:
+            return c
+        c["table"] = 1
+        elem_key = {"cluster-ips": "cluster_ips", "service-ips": "service_ips",
+                    "service-nodeports": "service_nodeports", "no-endpoint-services": "no_endpoint_services",
+                    "no-endpoint-nodeports": "no_endpoint_nodeports"}
+        current_set = None  # counts key of the set/map being listed
+        block = None  # "chain" | "set" while inside one
+        in_elements = False
+        for raw in p.stdout.splitlines():
+            line = raw.strip()
+            if line.startswith("chain "):
+                c["chains"] += 1
+                name = line.split()[1]
+                if name.startswith("service-") and name != "service-endpoints-check":
+                    c["service_chains"] += 1
+                elif name.startswith("endpoint-"):
+                    c["endpoint_chains"] += 1
+                block, current_set = "chain", None
+                continue
+            if line.startswith(("set ", "map ")):
+                c["sets"] += 1
+                block, current_set = "set", elem_key.get(line.split()[1])
+                continue
+            if block == "set":
+                if line.startswith("elements = {"):
+                    in_elements = True
+                    line = line[len("elements = {"):]
+                if in_elements:
+                    if current_set:
+                        c[current_set] += _count_elements(line)
+                    if line.endswith("}"):
+                        in_elements = False
+                    continue
+                if line == "}":
+                    block = None
+            elif block == "chain":
+                if line == "}":
+                    block = None
+                elif line and not line.startswith(("type ", "comment ")):
+                    c["rules"] += 1
+        return c
+
+    def cleanup(self) -> None:
+        run(self.ns, ["nft", "-f", "-"], input=f"add table {TABLE}\ndelete table {TABLE}\n")
+        self._state = {}
+
+
+def _count_elements(line: str) -> int:
+    """Elements on one line of an `elements = { ... }` listing (comma separated, possibly with vmaps)."""
+    line = line.rstrip("}").strip()
+    if not line:
+        return 0
+    # anonymous vmaps cannot appear inside an element list; a comma ends each element
+    return line.count(",") + (0 if line.endswith(",") else 1)
