@@ -158,15 +158,6 @@ class Worker:
                 edge_samples=c["edge_samples"], direct_samples=c["direct_samples"]))
             status["phases"]["connect_s"] = round(time.monotonic() - t, 2)
 
-            t = phase("sync_one")
-            s = ms["sync"]
-            kinds = tuple(s["kinds"])
-            per_kind = -(-s["samples"] // len(kinds))  # scenario gives samples per point, spread over kinds
-            out.extend(sync.measure_sync_one(
-                self.agent, dps["a"], services, self.model, ctx, samples=per_kind, kinds=kinds,
-                timeout=s["timeout_s"], interval=s["poll_interval_ms"] / 1000))
-            status["phases"]["sync_one_s"] = round(time.monotonic() - t, 2)
-
             if ms["load"]["enabled"]:
                 L = ms["load"]
                 for keepalive in L["keepalive"]:
@@ -181,6 +172,17 @@ class Worker:
                             "reasons": res.reasons, **{k: v for k, v in res.summary.items()
                                                        if isinstance(v, (int, float, str))}}
                     status["phases"][f"load_keepalive_{str(keepalive).lower()}_s"] = round(time.monotonic() - t, 2)
+            # last: the changes are not undone (each would cost another apply), so the state after
+            # this phase is no longer the N Services the other phases measured
+            t = phase("sync_one")
+            s = ms["sync"]
+            kinds = tuple(s["kinds"])
+            per_kind = -(-s["samples"] // len(kinds))  # scenario gives samples per point, spread over kinds
+            out.extend(sync.measure_sync_one(
+                self.agent, dps["a"], services, self.model, ctx, samples=per_kind, kinds=kinds,
+                timeout=s["timeout_s"], interval=s["poll_interval_ms"] / 1000, restore=False))
+            status["phases"]["sync_one_s"] = round(time.monotonic() - t, 2)
+
             status["samples"] = out.count
         return status
 
