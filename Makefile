@@ -13,7 +13,7 @@ REPS ?=
 TARGET ?=
 OUT ?=
 KERNEL ?=
-KUBE_VERSION ?= v1.34.3
+KUBE_VERSION ?= v1.34.12
 
 BENCH_ARGS := $(SCENARIO) \
   $(if $(SERVICES),--services $(SERVICES)) $(if $(MODES),--modes $(MODES)) \

@@ -134,7 +134,7 @@ class ClusterSpec(_Strict):
 class LocalSpec(_Strict):
     """Options of the local target (etcd + kube-apiserver + kube-proxy built by `make kube`)."""
 
-    kube_version: str = "v1.34.3"
+    kube_version: str = "v1.34.12"
     create_qps: float = Field(default=2000, gt=0)
     create_concurrency: int = Field(default=16, ge=1)
     min_sync_period: str = "0s"

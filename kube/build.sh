@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # Build upstream etcd, kube-apiserver and kube-proxy from the official Go modules (kube/go.mod).
 #
-#   kube/build.sh [OUT_DIR]        default: <repo>/.cache/kube/<k8s version>/bin
+#   kube/build.sh [VERSION] [OUT_DIR]
+#
+# VERSION (vX.Y.Z, optional): the Kubernetes release; default, and the only one with a committed
+#   go.sum, is the one kube/go.mod pins. Another version gets a module generated under
+#   .cache/kube/<VERSION>/src (same main packages, every staging module replaced with v0.Y.Z,
+#   go.sum verified against sum.golang.org by `go mod tidy`).
+# OUT_DIR: default ~/.cache/kpbench/kube/<VERSION>/bin (where harness/targets/localcluster.py looks).
 #
 # Skips every binary already present in OUT_DIR (delete it, or set KUBE_REBUILD=1, to rebuild).
 # With KUBE_BIN_DIR set (official release binaries), nothing is built when kube-apiserver and
 # kube-proxy are there; etcd is then taken from KUBE_BIN_DIR, else built here as usual.
-# GOPATH / GOMODCACHE / GOCACHE live under <repo>/.cache/go so a clean clone rebuilds from the
+# GOPATH / GOMODCACHE / GOCACHE live under ~/.cache/kpbench/go so a clean clone rebuilds from the
 # module proxy alone, deterministically (-trimpath, CGO off, fixed version stamps).
-# Env: GO (go binary), KUBE_BUILD_NICE (default 10), GOFLAGS (default -mod=mod), KUBE_REBUILD.
+# Env: GO (go binary), KUBE_BUILD_NICE (default 10), GOFLAGS (default "-mod=mod -buildvcs=false"),
+# KUBE_REBUILD, KUBE_GOPATH (default ~/.cache/kpbench/go).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
+# outside the work tree, so a fresh clone (CI) on the same machine reuses a build
+cache_root="${KPBENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kpbench}"
 
 GO="${GO:-}"
 if [[ -z "$GO" ]]; then
@@ -22,18 +31,20 @@ if [[ -z "$GO" ]]; then
   fi
 fi
 
-kube_version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/go.mod")"
-etcd_version="$(awk '$1 == "go.etcd.io/etcd/server/v3" && $2 ~ /^v/ {print $2; exit}' "$here/go.mod")"
-[[ -n "$kube_version" ]] || { echo "kube/build.sh: k8s.io/kubernetes not required in kube/go.mod" >&2; exit 2; }
-out="${1:-$repo/.cache/kube/$kube_version/bin}"
-mkdir -p "$out"
-out="$(cd "$out" && pwd)"
+pinned="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/go.mod")"
+[[ -n "$pinned" ]] || { echo "kube/build.sh: k8s.io/kubernetes not required in kube/go.mod" >&2; exit 2; }
+kube_version="$pinned"
+if [[ $# -gt 0 && "$1" =~ ^v?[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+  kube_version="v${1#v}"
+  shift
+fi
+out="${1:-$cache_root/kube/$kube_version/bin}"
 
 if [[ -n "${KUBE_BIN_DIR:-}" ]]; then
   if [[ -x "$KUBE_BIN_DIR/kube-apiserver" && -x "$KUBE_BIN_DIR/kube-proxy" ]]; then
     echo "kube/build.sh: using prebuilt binaries in KUBE_BIN_DIR=$KUBE_BIN_DIR"
     [[ -x "$KUBE_BIN_DIR/etcd" ]] && exit 0
-    echo "kube/build.sh: KUBE_BIN_DIR has no etcd; building etcd $etcd_version into $out"
+    echo "kube/build.sh: KUBE_BIN_DIR has no etcd; building etcd into $out"
     targets=(etcd)
   else
     echo "kube/build.sh: KUBE_BIN_DIR=$KUBE_BIN_DIR lacks kube-apiserver or kube-proxy" >&2
@@ -42,6 +53,8 @@ if [[ -n "${KUBE_BIN_DIR:-}" ]]; then
 else
   targets=(etcd kube-apiserver kube-proxy)
 fi
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
 
 todo=()
 for t in "${targets[@]}"; do
@@ -53,14 +66,40 @@ for t in "${targets[@]}"; do
 done
 [[ ${#todo[@]} -gt 0 ]] || exit 0
 
-export GOPATH="$repo/.cache/go"
+export GOPATH="${KUBE_GOPATH:-$cache_root/go}"
 export GOMODCACHE="$GOPATH/mod"
 export GOCACHE="$GOPATH/build"
 export GOFLAGS="${GOFLAGS:--mod=mod -buildvcs=false}"
 export CGO_ENABLED=0
 export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
 
-cd "$here"
+moddir="$here"
+if [[ "$kube_version" != "$pinned" ]]; then
+  # A module for another release: require it and replace each staging module it lists at v0.0.0.
+  moddir="$cache_root/kube/$kube_version/src"
+  echo "kube/build.sh: $kube_version is not the pinned $pinned; generating $moddir"
+  rm -rf "$moddir" && mkdir -p "$moddir"
+  cp -r "$here/cmd" "$moddir/"
+  kmod="$(cd "$moddir" && "$GO" mod download -json "k8s.io/kubernetes@$kube_version" |
+          sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')"
+  [[ -f "$kmod" ]] || { echo "kube/build.sh: k8s.io/kubernetes@$kube_version not available" >&2; exit 2; }
+  staging_v="v0.${kube_version#v1.}"
+  {
+    echo "module kpbench/kube"
+    echo
+    echo "go $(awk '$1 == "go" {print $2; exit}' "$kmod")"
+    echo
+    echo "require k8s.io/kubernetes $kube_version"
+    echo
+    echo "replace ("
+    awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print "\t" $1 " => " $1 " '"$staging_v"'"}' "$kmod" | sort -u
+    echo ")"
+  } > "$moddir/go.mod"
+  (cd "$moddir" && "$GO" mod tidy)
+fi
+
+cd "$moddir"
+etcd_version="$(awk '$1 == "go.etcd.io/etcd/server/v3" && $2 ~ /^v/ {print $2; exit}' go.mod)"
 "$GO" mod download k8s.io/kubernetes
 info="$GOMODCACHE/cache/download/k8s.io/kubernetes/@v/$kube_version.info"
 commit="$(sed -n 's/.*"Hash":"\([0-9a-f]*\)".*/\1/p' "$info" 2>/dev/null || true)"
