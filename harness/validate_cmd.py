@@ -11,14 +11,13 @@ results directory. Other targets validate through a `validate(scenario)` method 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from harness.targets.lab import run_host_worker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,39 +44,6 @@ def validation_job(scenario, kernel: str, modes: list[str], work_dir: Path, tag:
         "points": [{"point_id": f"{kernel}-{m}-validate", "kernel": kernel, "mode": m, "n_services": 0,
                     "rep": 0, "order": i} for i, m in enumerate(modes)],
     }
-
-
-def _remove_lab_namespaces(tag: str) -> None:
-    """Namespaces a host worker of lab `tag` may have left (it removes them itself when it can)."""
-    from harness.lab import netns
-    from harness.lab.topology import delete_namespaces
-
-    left = netns.list_namespaces(f"{netns.PREFIX}{tag}-")
-    if left:
-        delete_namespaces(left)
-
-
-def _run_host(argv: list[str], log_path: Path, on_line: Callable[[str], None], tag: str) -> int:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with log_path.open("a") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-                                start_new_session=True, cwd=str(REPO))
-        try:
-            for line in proc.stdout:
-                on_line(line)
-            return proc.wait()
-        finally:
-            if proc.poll() is None:  # interrupted: stop the worker's whole process group
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=20)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    proc.wait()
-            _remove_lab_namespaces(tag)
 
 
 def validate_on_kernel(scenario, kernel: str, modes: list[str], work_dir: Path,
@@ -112,7 +78,7 @@ def validate_on_kernel(scenario, kernel: str, modes: list[str], work_dir: Path,
     log_path = work_dir / f"worker-{kernel}.log"
     if kernel == "host":
         argv = [sys.executable, "-m", "harness.lab.worker", str(job_path)]
-        rc = _run_host(argv, log_path, on_line, job["tag"])
+        rc = run_host_worker(argv, log_path, on_line, job["tag"])
     else:
         from harness.lab import uml
 

@@ -115,7 +115,7 @@ class LabTarget:
         argv = [sys.executable, "-m", "harness.lab.worker", str(job_path)]
         log_path = run.dir / f"worker-{kernel}.log"
         if kernel == "host":
-            return _run_host_worker(argv, log_path, on_line, job["tag"])
+            return run_host_worker(argv, log_path, on_line, job["tag"])
         from harness.lab import uml
 
         res = uml.run_guest(run.dir, argv, on_line=on_line, mem=run.scenario.lab.uml_mem, timeout=None,
@@ -128,7 +128,9 @@ class LabTarget:
         return res.status
 
 
-def _run_host_worker(argv, log_path: Path, on_line, tag: str) -> int:
+def run_host_worker(argv, log_path: Path, on_line, tag: str) -> int:
+    """Run a worker subprocess in its own process group, feed its stdout lines to on_line; on any
+    exit (Ctrl-C included) stop the group and remove the namespaces of `tag`."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log_path.open("a") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
