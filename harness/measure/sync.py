@@ -35,15 +35,21 @@ class SyncError(RuntimeError):
     """The sync measurement could not be made (state wrong before or after a change)."""
 
 
-def positions(n: int, samples: int) -> list[int]:
+# where in each stretch of the ruleset each kind changes a Service: different offsets, so that an
+# update or a delete never lands on the Service an add just created
+PHASE = {"add": 0.5, "update": 0.25, "delete": 0.75}
+
+
+def positions(n: int, samples: int, phase: float = 0.5) -> list[int]:
     """`samples` indices spread evenly over 0..n-1 (repeating only when samples > n).
 
-    Sample `seq` j of every change kind is made at index positions(N, samples)[j] of the ruleset;
-    the rows do not repeat it as a tag, so quantiles group by change kind only.
+    Sample `seq` j of change kind k is made at the Service that stood at index
+    positions(N, samples, PHASE[k])[j] of the original ruleset (for an add: the index the new
+    Service is inserted at); the rows do not repeat it as a tag, so quantiles group by kind only.
     """
     if n <= 0:
         return []
-    return [min(n - 1, int((j + 0.5) * n / samples)) for j in range(samples)]
+    return [min(n - 1, int((j + phase) * n / samples)) for j in range(samples)]
 
 
 def other_endpoints(svc: Service, model: Model, shift: int = 0) -> tuple[Endpoint, ...]:
@@ -90,15 +96,21 @@ def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Serv
     if n == 0 and any(k != "add" for k in kinds):
         kinds = [k for k in kinds if k == "add"]
     rows: list[dict[str, Any]] = []
-    pos = {"add": positions(n + 1, samples), "update": positions(n, samples),
-           "delete": positions(n, samples)}
+    pos = {"add": positions(n + 1, samples, PHASE["add"]), "update": positions(n, samples, PHASE["update"]),
+           "delete": positions(n, samples, PHASE["delete"])}
+    original = list(services)
     for j in range(samples):
         for kind in kinds:
             p = pos[kind][j]
-            if not restore:  # the list drifts by one as changes accumulate
-                p = min(p, len(services) - (0 if kind == "add" else 1))
-                if p < 0:
-                    continue
+            if not restore:  # changes accumulate: find the original Service where it stands now
+                if kind == "add":
+                    anchor = original[p] if p < n else None
+                    p = services.index(anchor) if anchor in services else len(services)
+                else:
+                    target = original[p]
+                    if target not in services:
+                        continue
+                    p = services.index(target)
             if kind == "add":
                 svc = model.service(n + j)
                 after = services[:p] + [svc] + services[p:]
