@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def scenario_from_args(args):
     return load_scenario(args.scenario, overrides)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise UsageError(f"{what} needs root (it creates network namespaces): run it with sudo")
@@ -92,6 +97,7 @@ def cmd_run(args) -> int:
     if run is None:
         run = runner.Run.create(scenario, Path(args.out) if args.out else runner.default_out())
     view = ProgressView(run.dir)
+    signal.signal(signal.SIGTERM, _terminate)  # `kill` is handled like Ctrl-C: stop, clean up, keep
     try:
         with view:
             status = runner.execute(run, target, view.on_event)

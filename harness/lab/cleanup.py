@@ -78,7 +78,8 @@ def cleanup_leftovers(log: Callable[[str], None] | None = print, *, force: bool 
         return force or not registry.owner_alive(rec)
 
     # 1. processes: UML guests (whole process group), then nginx
-    for kind, expect in (("uml", "linux.uml"), ("nginx", "nginx")):
+    # a guest's command line carries umid=kpb... whatever the kernel binary is called
+    for kind, expect in (("uml", "umid=kpb"), ("nginx", "nginx")):
         for path, rec in registry.records(kind):
             if not stale(rec):
                 continue
@@ -90,6 +91,16 @@ def cleanup_leftovers(log: Callable[[str], None] | None = print, *, force: bool 
                     shutil.rmtree(p, ignore_errors=True)
                     note(f"removed {p}")
             _unlink(path)
+
+    # guests whose record is gone (a registry wiped, a crash mid-start): their uml_dir names the
+    # harness process that started them (kpbench-uml-<pid>-...); kill those whose owner is dead
+    for pid in _orphan_guests(force):
+        try:
+            pgid = os.getpgid(pid)
+            os.killpg(pgid, signal.SIGKILL)
+            note(f"killed orphaned UML guest pid {pid}")
+        except ProcessLookupError:
+            pass
 
     # 2. namespaces: those of dead owners and those nobody claims
     claimed = {}
@@ -126,6 +137,28 @@ def cleanup_leftovers(log: Callable[[str], None] | None = print, *, force: bool 
                 shutil.rmtree(p, ignore_errors=True)
                 note(f"removed {p}")
     return done
+
+
+_UML_DIR = re.compile(r"uml_dir=\S*kpbench-uml-(\d+)-")
+
+
+def _orphan_guests(force: bool) -> list[int]:
+    """Leaders of kpbench UML process groups whose starting harness process is gone."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        cmd = _cmdline(int(d))
+        if "umid=kpb" not in cmd:
+            continue
+        m = _UML_DIR.search(cmd)
+        if m and (force or not registry.alive(int(m.group(1)))):
+            try:
+                if os.getpgid(int(d)) == int(d):
+                    out.append(int(d))
+            except ProcessLookupError:
+                pass
+    return out
 
 
 def _pids(names: list[str]) -> dict[str, list[int]]:
