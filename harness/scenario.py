@@ -137,8 +137,18 @@ class LocalSpec(_Strict):
     kube_version: str = "v1.34.12"
     create_qps: float = Field(default=2000, gt=0)
     create_concurrency: int = Field(default=16, ge=1)
-    min_sync_period: str = "0s"
+    # kube-proxy's config defaulting turns minSyncPeriod 0 into 1s: "1ms" is "sync at once"
+    min_sync_period: str = "1ms"
     sync_period: str = "30s"
+    # upstream 1.34's IPAddress allocator lists every IPAddress per allocation (~260 objects/s at
+    # 5k Services); these flags restore the flat bitmap allocator. [] for the upstream default.
+    apiserver_args: list[str] = ["--emulated-version=1.33", "--feature-gates=MultiCIDRServiceAllocator=false"]
+    ready_timeout_s: float = Field(default=120, gt=0, description="apiserver /readyz and kube-proxy start")
+    sync_timeout_s: float = Field(default=600, gt=0, description="kube-proxy start -> all Services programmed")
+    # kube-proxy's nodePortAddresses; "primary" = the node's own address, as the lab programs
+    # NodePorts ([] leaves it unset: every local IP, localhost included, and KUBE-FIREWALL)
+    node_port_addresses: list[str] = ["primary"]
+    fidelity: bool = True  # compare kube-proxy's kernel state with the lab dataplane's after each full sync
 
 
 class Scenario(_Strict):

@@ -229,8 +229,9 @@ class IptablesDataplane:
     def _filter_head(self, full: bool) -> list[str]:
         out = ["*filter\n"]
         out += [f":{c} - [0:0]\n" for c in FILTER_TOP]
-        if self.localhost_nodeports:
-            out.append(":KUBE-FIREWALL - [0:0]\n")
+        # kube-proxy always owns KUBE-FIREWALL (jumped to from INPUT and OUTPUT); it holds the
+        # localnet DROP rule only when NodePorts are served on localhost
+        out.append(":KUBE-FIREWALL - [0:0]\n")
         if full:
             out.append(":KUBE-PROXY-CANARY - [0:0]\n")
             ct = "-m conntrack --ctstate NEW "
@@ -246,10 +247,9 @@ class IptablesDataplane:
                 ("OUTPUT", "kubernetes load balancer firewall", ct, "KUBE-PROXY-FIREWALL"),
                 ("FORWARD", "kubernetes load balancer firewall", ct, "KUBE-PROXY-FIREWALL"),
             ):
-                out.append(f'-I {chain} -m comment --comment "{comment}" {extra}-j {target}\n')
-            if self.localhost_nodeports:
-                out.append("-I INPUT -j KUBE-FIREWALL\n")
-                out.append("-I OUTPUT -j KUBE-FIREWALL\n")
+                out.append(f'-I {chain} {extra}-m comment --comment "{comment}" -j {target}\n')
+            out.append("-I INPUT -j KUBE-FIREWALL\n")
+            out.append("-I OUTPUT -j KUBE-FIREWALL\n")
         return out
 
     def _filter_tail(self) -> list[str]:

@@ -52,6 +52,8 @@ def kernel_label(kernel: str) -> str:
 
 
 class Worker:
+    target_name = "lab"
+
     def __init__(self, job: dict):
         self.job = job
         self.scenario = job["scenario"]
@@ -115,7 +117,8 @@ class Worker:
         from harness.measure import connect, load, sync
 
         sc, ms = self.scenario, self.scenario["measure"]
-        ctx = PointContext(run_id=self.job["run_id"], point_id=p["point_id"], target="lab", kernel=self.kernel,
+        ctx = PointContext(run_id=self.job["run_id"], point_id=p["point_id"], target=self.target_name,
+                           kernel=self.kernel,
                            mode=p["mode"], iptables_backend=sc["iptables_backend"] if p["mode"] != "nftables" else "",
                            n_services=p["n_services"], endpoints=sc["model"]["endpoints"], rep=p["rep"])
         status: dict[str, Any] = {"point_id": p["point_id"], "kernel": self.kernel, "status": "ok",
@@ -141,13 +144,7 @@ class Worker:
 
             dps = self.use_mode(p["mode"])
             t = phase("sync_full")
-            for node, dp in dps.items():
-                dp.cleanup()
-            out.extend(sync.measure_sync_full(dps["a"], services, ctx))
-            for node, dp in dps.items():
-                if node != "a":
-                    dp.full_sync(services)
-            status["counts"] = dps["a"].counts()
+            self.sync_full(dps, services, ctx, out, status)
             status["phases"]["sync_full_s"] = round(time.monotonic() - t, 2)
 
             t = phase("connect")
@@ -178,13 +175,36 @@ class Worker:
             s = ms["sync"]
             kinds = tuple(s["kinds"])
             per_kind = -(-s["samples"] // len(kinds))  # scenario gives samples per point, spread over kinds
-            out.extend(sync.measure_sync_one(
-                self.agent, dps["a"], services, self.model, ctx, samples=per_kind, kinds=kinds,
-                timeout=s["timeout_s"], interval=s["poll_interval_ms"] / 1000, restore=False))
+            out.extend(self.sync_one(dps, services, ctx, samples=per_kind, kinds=kinds,
+                                     timeout=s["timeout_s"], interval=s["poll_interval_ms"] / 1000))
             status["phases"]["sync_one_s"] = round(time.monotonic() - t, 2)
+            self.end_point(p, ctx, out, status)
 
             status["samples"] = out.count
         return status
+
+    # -- hooks a target's worker overrides (harness.targets.local_worker) ---------------------
+    def sync_full(self, dps: dict[str, Any], services, ctx: PointContext, out: SampleWriter,
+                  status: dict) -> None:
+        """Program `services` from empty on every node; row sync_full_s timed on node a."""
+        from harness.measure import sync
+
+        for node, dp in dps.items():
+            dp.cleanup()
+        out.extend(sync.measure_sync_full(dps["a"], services, ctx))
+        for node, dp in dps.items():
+            if node != "a":
+                dp.full_sync(services)
+        status["counts"] = dps["a"].counts()
+
+    def sync_one(self, dps: dict[str, Any], services, ctx: PointContext, **kw) -> list[dict]:
+        """Rows of the one-change sync measurement, changes made through node a's dataplane."""
+        from harness.measure import sync
+
+        return sync.measure_sync_one(self.agent, dps["a"], services, self.model, ctx, restore=False, **kw)
+
+    def end_point(self, p: dict, ctx: PointContext, out: SampleWriter, status: dict) -> None:
+        """After the last measurement of a point (the lab: nothing)."""
 
     def validate(self, mode: str) -> dict:
         try:

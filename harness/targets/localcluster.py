@@ -769,7 +769,7 @@ def render_kube_proxy_config(*, kubeconfig: str | Path, mode: str, node_name: st
 
 def start_kube_proxy(kubeconfig: str | Path, mode: str, node_name: str, netns: str, config_path: str | Path,
                      *, binary: str | Path | None = None, log_path: str | Path | None = None,
-                     wait_ready: float = 60.0, **config) -> KubeProxy:
+                     wait_ready: float = 60.0, env: dict | None = None, **config) -> KubeProxy:
     """Render a KubeProxyConfiguration into `config_path` and run kube-proxy inside `netns`.
 
     Waits until /proxyMode answers on the metrics port (or `wait_ready` is 0); a kube-proxy
@@ -782,7 +782,8 @@ def start_kube_proxy(kubeconfig: str | Path, mode: str, node_name: str, netns: s
     cfg = render_kube_proxy_config(kubeconfig=kubeconfig, mode=mode, node_name=node_name, **config)
     config_path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
     log = Path(log_path) if log_path else config_path.with_suffix(".log")
-    proc = spawn(f"kube-proxy-{node_name}", [str(binary), f"--config={config_path}"], netns, log)
+    # env: e.g. a PATH whose iptables* are one backend's (legacy or nft) binaries
+    proc = spawn(f"kube-proxy-{node_name}", [str(binary), f"--config={config_path}"], netns, log, env=env)
     kp = KubeProxy(proc=proc, mode=mode, node_name=node_name, netns=netns, config_path=config_path,
                    metrics_port=int(cfg["metricsBindAddress"].rsplit(":", 1)[1]))
     if wait_ready:

@@ -1,0 +1,609 @@
+"""The local target's worker: the lab's measurements against real kube-proxy and a real apiserver.
+
+    python -m harness.targets.local_worker JOB.json
+
+Host kernel only (iptables and nftables modes). It starts etcd + kube-apiserver in namespace
+`kpb-<tag>-api` (harness.targets.localcluster), builds the usual two-node lab (harness.lab.topology,
+nginx backends, the client pod and its probe agent) with the tag of the job, attaches both node
+namespaces to the API bridge and creates a Node object per lab node. Then, per point (counts
+ascending, as the runner plans them):
+
+* kube-proxy is stopped on both nodes and `kube-proxy --cleanup` run in each node namespace (it
+  removes iptables, ipvs and nftables state; required between iptables and ipvs, and it makes the
+  timed start begin from an empty kernel, like the lab's full sync);
+* the API is brought to exactly the point's N Services: only the missing Services + EndpointSlices
+  are created (rows api_create_rps, api_create_s), changes left by the previous point's sync_one
+  are undone, nothing is deleted and recreated;
+* sync_full_s: kube-proxy (mode of the point, KubeProxyConfiguration rendered by the harness) is
+  started on both nodes; the row is the time from its start until node a's kernel holds every
+  Service IP (KUBE-SERVICES rules, or the nftables service-ips / no-endpoint-services maps) AND a
+  connect to the last Service succeeds;
+* fidelity: what kube-proxy installed (the lab dataplane's own counts() read from node a) against
+  what the lab dataplane installs for the same Services (plus default/kubernetes) in a scratch
+  namespace `kpb-<tag>-fid`; point status `fidelity` and `fidelity_differences`;
+* connect and load exactly as the lab (harness.measure);
+* sync_one_s / sync_apply_s through harness.measure.sync.measure_sync_one with a Dataplane whose
+  apply() is API calls (ApiDataplane); `program_us` = API call return -> served, in microseconds;
+* kube-proxy's own metrics from node a's /metrics (rows kp_*).
+
+A kube-proxy that exits marks the point failed with its log tail and is restarted for the next
+point. The worker's scenario `validate` runs the lab's validation matrix against real kube-proxy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from harness.dataplane import make_dataplane
+from harness.dataplane.base import Change
+from harness.lab import netns
+from harness.lab.netns import LabError
+from harness.lab.worker import Worker, emit
+from harness.model import Endpoint, Service, ServicePort
+from harness.samples import PointContext, SampleWriter
+from harness.targets import localcluster as lc
+
+SUPPORTED_MODES = ("iptables", "nftables")
+TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+_IPT_SVC = re.compile(r"^-A KUBE-SERVICES -d (\d+\.\d+\.\d+\.\d+)/32 ", re.M)
+_NFT_SVC = re.compile(r'(\d+\.\d+\.\d+\.\d+) \. (?:tcp|udp|sctp) \. \d+ (?:comment "[^"]*" )?: ')
+POLL_S = 0.02
+
+
+class KubeProxyCrashed(LabError):
+    """kube-proxy exited while a point was measured."""
+
+
+def node_name(node: str) -> str:
+    return f"node-{node}"
+
+
+def _now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _request(client, method: str, path: str, body: Any = None, content_type: str = "application/json",
+             timeout: float = 60) -> tuple[int, bytes]:
+    """One API call through the official client's ApiClient (as localcluster._post)."""
+    method, url, headers, data, post_params = client.param_serialize(
+        method, path, body=body,
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        auth_settings=["BearerToken"])
+    r = client.call_api(method, url, header_params=headers, body=data, post_params=post_params,
+                        _request_timeout=timeout)
+    r.read()
+    return r.status, r.data
+
+
+class ApiDataplane:
+    """The Dataplane protocol implemented by API calls: kube-proxy does the programming.
+
+    full_sync(services): create those of `services` not in the API yet and wait until both nodes
+    program them (used by the validation matrix); cleanup() deletes what full_sync created.
+    apply(): the change as API calls (create Service + EndpointSlices / patch the slices / delete),
+    returning when the API calls return.
+    """
+
+    def __init__(self, w: "LocalWorker", mode: str, node: str = "a"):
+        self.w, self.mode, self.node = w, mode, node
+        self.created: list[Service] = []
+
+    def render(self, services: Sequence[Service]) -> str:
+        raise NotImplementedError("the local target renders nothing itself: kube-proxy does")
+
+    def full_sync(self, services: Sequence[Service]) -> None:
+        if self.node != "a":
+            return  # node a's call creates the objects and waits for every node
+        self.w.ensure_proxies(self.mode)
+        new = [s for s in services if (s.namespace, s.name) not in self.w.in_api]
+        for s in new:
+            self.w.api_create(s)
+        self.created += new
+        self.w.wait_programmed({s.cluster_ip for s in services}, self.w.lab.nodes,
+                               self.w.local["sync_timeout_s"])
+
+    def apply(self, services: Sequence[Service], change: Change) -> None:
+        if self.node != "a":
+            return
+        if change.kind == "add":
+            self.w.api_create(change.service, trigger=True)
+        elif change.kind == "update":
+            self.w.api_update(change.service, trigger=True)
+        elif change.kind == "delete":
+            self.w.api_delete(change.service)
+        else:
+            raise ValueError(f"unknown change kind {change.kind!r}")
+
+    def counts(self) -> dict[str, int]:
+        return self.w.kernel_counts(self.node, self.mode)
+
+    def cleanup(self) -> None:
+        for s in self.created:
+            self.w.api_delete(s)
+        self.created = []
+
+
+class LocalWorker(Worker):
+    target_name = "local"
+
+    def __init__(self, job: dict):
+        super().__init__(job)
+        self.local = self.scenario["local"]
+        self.backend = self.scenario["iptables_backend"]
+        self.cluster: lc.LocalCluster | None = None
+        self.proxies: dict[str, lc.KubeProxy] = {}
+        self.proxy_mode: str | None = None
+        self.proxy_starts = 0
+        self.in_api: dict[tuple[str, str], Service] = {}
+        self.api_ex = None
+        self.api_client = None
+        self.kube_service: Service | None = None
+        self.fid_ns: str | None = None
+        self.env: dict | None = None
+        self._dps: dict[str, dict[str, ApiDataplane]] = {}
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def start(self) -> None:
+        t0 = time.monotonic()
+        binaries = lc.find_binaries(lc.CACHE_ROOT / "kube" / self.local["kube_version"] / "bin")
+        emit("log", message=f"local: starting etcd + kube-apiserver ({binaries.kube_apiserver})")
+        self.cluster = lc.LocalCluster(
+            tag=self.job["tag"], binaries=binaries, service_cidr=self.scenario["lab"]["service_cidr"],
+            apiserver_args=list(self.local["apiserver_args"]), ready_timeout=self.local["ready_timeout_s"])
+        self.cluster.start()  # LocalClusterError with the log tail if it does not come up
+        emit("log", message=f"local: apiserver ready in {time.monotonic() - t0:.1f} s")
+        super().start()
+        for n in self.model.spec.nodes:
+            self.cluster.attach_node(self.lab.node_ns(n))
+            lc.create_node(self.cluster, node_name(n), self.lab.node_ip(n), pod_cidr=self.model.node_pod_cidr(n))
+        self.api_ex = self.cluster.api.executor(1)
+        self.api_client = self.api_ex.submit(self.cluster.api.client).result()
+        self.kube_service = self._kubernetes_service()
+        lc.ensure_namespaces(self.cluster.api, {self.model.service(0).namespace})
+        self._service_cidr_objects()
+        self.env = self._backend_env()
+
+    def stop(self) -> None:
+        self.stop_proxies()
+        if self.cluster is not None and self.cluster.workdir is not None:
+            logs = self.run_dir / "local-logs"
+            try:
+                logs.mkdir(exist_ok=True)
+                for f in self.cluster.workdir.glob("*.log"):
+                    shutil.copy(f, logs / f.name)
+            except OSError:
+                pass
+        if self.api_client is not None:
+            try:
+                self.api_client.close()
+            except Exception:
+                pass
+            self.api_client = None
+        if self.api_ex is not None:
+            self.api_ex.shutdown(wait=False)
+            self.api_ex = None
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self.fid_ns:
+            netns.delete(self.fid_ns)
+            self.fid_ns = None
+        super().stop()
+
+    def _backend_env(self) -> dict:
+        """A PATH whose iptables* are the scenario's backend (kube-proxy runs plain `iptables`)."""
+        d = self.cluster.workdir / f"iptables-{self.backend}"
+        d.mkdir(exist_ok=True)
+        for fam in ("iptables", "ip6tables"):
+            for suffix in ("", "-save", "-restore"):
+                real = shutil.which(f"{fam}-{self.backend}{suffix}")
+                if real is None:
+                    raise LabError(f"{fam}-{self.backend}{suffix} not found: install iptables (make setup)")
+                link = d / f"{fam}{suffix}"
+                if not link.exists():
+                    link.symlink_to(real)
+        return {**os.environ, "PATH": f"{d}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+
+    def _kubernetes_service(self) -> Service | None:
+        """default/kubernetes as kube-proxy sees it (the apiserver's own Service and slice)."""
+        def get(client, path):
+            status, data = _request(client, "GET", path)
+            return json.loads(data) if status == 200 else None
+
+        deadline = time.monotonic() + 30
+        while True:
+            svc = self.api(get, "/api/v1/namespaces/default/services/kubernetes")
+            sl = self.api(get, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes")
+            if svc and sl:
+                break
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.5)
+        p = svc["spec"]["ports"][0]
+        sl_port = next((q["port"] for q in sl.get("ports") or [] if q.get("name") == p.get("name")),
+                       p.get("targetPort", p["port"]))
+        eps = tuple(Endpoint(a, int(sl_port), "") for e in sl.get("endpoints") or [] for a in e["addresses"])
+        return Service(index=-1, namespace="default", name="kubernetes", cluster_ip=svc["spec"]["clusterIP"],
+                       ports=(ServicePort(name=p.get("name", ""), port=p["port"], target_port=int(sl_port),
+                                          protocol=p.get("protocol", "TCP").lower()),),
+                       endpoints=eps)
+
+    def _service_cidr_objects(self) -> None:
+        """With the flat allocator (MultiCIDRServiceAllocator=false) the apiserver creates no
+        ServiceCIDR and its bootstrap RBAC does not let kube-proxy read them, so kube-proxy 1.34
+        would not know the service CIDR (nftables: no "drop traffic to unallocated ClusterIPs"
+        rule). Give it what an upstream-default 1.34 apiserver gives it."""
+        rbac = "/apis/rbac.authorization.k8s.io/v1"
+        objs = [
+            ("/apis/networking.k8s.io/v1/servicecidrs",
+             {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "kubernetes"},
+              "spec": {"cidrs": [self.scenario["lab"]["service_cidr"]]}}),
+            (f"{rbac}/clusterroles",
+             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+              "metadata": {"name": "kpbench:kube-proxy-servicecidrs"},
+              "rules": [{"apiGroups": ["networking.k8s.io"], "resources": ["servicecidrs"],
+                         "verbs": ["get", "list", "watch"]}]}),
+            (f"{rbac}/clusterrolebindings",
+             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+              "metadata": {"name": "kpbench:kube-proxy-servicecidrs"},
+              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                          "name": "kpbench:kube-proxy-servicecidrs"},
+              "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:kube-proxy"}]}),
+        ]
+
+        def run(client):
+            status, data = _request(client, "GET", "/apis/networking.k8s.io/v1/servicecidrs")
+            if status != 200 or json.loads(data).get("items"):
+                return  # not served, or the apiserver made its own
+            for path, body in objs:
+                status, data = _request(client, "POST", path, body)
+                if status not in (200, 201, 409):
+                    raise lc.LocalClusterError(f"creating {body['kind']} {body['metadata']['name']}: "
+                                               f"HTTP {status}: {data[:300]!r}")
+        self.api(run)
+
+    # -- the API ------------------------------------------------------------------------------
+    def api(self, fn, *args):
+        """fn(ApiClient, *args) on the worker's API thread (it lives in the API namespace)."""
+        return self.api_ex.submit(fn, self.api_client, *args).result()
+
+    def _node_names(self) -> dict[str, str]:
+        return {n: node_name(n) for n in self.model.spec.nodes}
+
+    def _slices(self, svc: Service, trigger: bool) -> list[dict]:
+        bodies = lc.endpoint_slice_bodies(svc, self._node_names())
+        if trigger:  # what the EndpointSlice controller sets; kube-proxy's network programming latency
+            t = _now_rfc3339()
+            for b in bodies:
+                b["metadata"].setdefault("annotations", {})[TRIGGER_ANNOTATION] = t
+        return bodies
+
+    def api_create(self, svc: Service, trigger: bool = False) -> None:
+        ns = svc.namespace
+        bodies = [("/api/v1/namespaces/%s/services" % ns, lc.service_body(svc))]
+        bodies += [(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", b)
+                   for b in self._slices(svc, trigger)]
+
+        def run(client):
+            for path, body in bodies:
+                status, data = _request(client, "POST", path, body)
+                if status not in (200, 201, 202):
+                    raise lc.LocalClusterError(f"POST {body['kind']} {ns}/{body['metadata']['name']}: "
+                                               f"HTTP {status}: {data[:300]!r}")
+        self.api(run)
+        self.in_api[(ns, svc.name)] = svc
+
+    def api_update(self, svc: Service, trigger: bool = False) -> None:
+        ns = svc.namespace
+        old = self.in_api.get((ns, svc.name))
+        new_bodies = self._slices(svc, trigger)
+        old_names = {b["metadata"]["name"] for b in lc.endpoint_slice_bodies(old, self._node_names())} if old else set()
+
+        def run(client):
+            for b in new_bodies:
+                name = b["metadata"]["name"]
+                base = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
+                if name in old_names:
+                    patch = {"metadata": {"annotations": b["metadata"].get("annotations") or {}},
+                             "endpoints": b["endpoints"], "ports": b["ports"]}
+                    status, data = _request(client, "PATCH", f"{base}/{name}", patch,
+                                            content_type="application/merge-patch+json")
+                else:
+                    status, data = _request(client, "POST", base, b)
+                if status not in (200, 201):
+                    raise lc.LocalClusterError(f"updating EndpointSlice {ns}/{name}: HTTP {status}: {data[:300]!r}")
+            for name in old_names - {b["metadata"]["name"] for b in new_bodies}:
+                _request(client, "DELETE", f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}")
+        self.api(run)
+        self.in_api[(ns, svc.name)] = svc
+
+    def api_delete(self, svc: Service) -> None:
+        """DELETE the Service (the change kube-proxy acts on; the call returns then), then its
+        EndpointSlices on the same API thread without waiting (no controller-manager here to
+        garbage-collect them): the next API call runs after them."""
+        ns = svc.namespace
+        old = self.in_api.get((ns, svc.name), svc)
+        names = [b["metadata"]["name"] for b in lc.endpoint_slice_bodies(old, self._node_names())]
+
+        def run(client):
+            status, data = _request(client, "DELETE", f"/api/v1/namespaces/{ns}/services/{svc.name}")
+            if status not in (200, 202, 404):
+                raise lc.LocalClusterError(f"DELETE Service {ns}/{svc.name}: HTTP {status}: {data[:300]!r}")
+
+        def slices(client):
+            for name in names:
+                _request(client, "DELETE", f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}")
+        self.api(run)
+        self.api_ex.submit(slices, self.api_client)
+        self.in_api.pop((ns, svc.name), None)
+
+    def reconcile(self, services: Sequence[Service]) -> lc.CreateStats | None:
+        """Make the API hold exactly `services`: create the missing ones (in bulk, at the scenario's
+        rate and concurrency), undo endpoint changes, delete the extra ones."""
+        want = {(s.namespace, s.name): s for s in services}
+        for key, s in list(self.in_api.items()):
+            if key not in want:
+                self.api_delete(s)
+        for key, s in want.items():
+            if key in self.in_api and self.in_api[key].endpoints != s.endpoints:
+                self.api_update(s)
+        missing = [s for key, s in want.items() if key not in self.in_api]
+        if not missing:
+            return None
+        stats = lc.create_services(self.cluster, missing, qps=self.local["create_qps"],
+                                   concurrency=self.local["create_concurrency"], node_names=self._node_names())
+        for s in missing:
+            self.in_api[(s.namespace, s.name)] = s
+        return stats
+
+    # -- kube-proxy ---------------------------------------------------------------------------
+    def stop_proxies(self) -> None:
+        for kp in self.proxies.values():
+            try:
+                kp.stop()
+            except Exception:
+                pass
+        self.proxies = {}
+        self.proxy_mode = None
+
+    def proxy_cleanup(self) -> None:
+        """`kube-proxy --cleanup` in every node namespace (iptables, ipvs and nftables state)."""
+        binary = str(self.cluster.binaries.kube_proxy)
+        for n in self.model.spec.nodes:
+            ns = self.lab.node_ns(n)
+            p = netns.run(ns, ["env", f"PATH={self.env['PATH']}", binary, "--cleanup"], check=False,
+                          timeout=300)
+            if p.returncode != 0:
+                raise LabError(f"kube-proxy --cleanup in {ns} failed (exit {p.returncode}): "
+                               f"{' | '.join(p.stderr.strip().splitlines()[-3:])[-600:]}")
+
+    def start_proxies(self, mode: str) -> None:
+        for n in self.model.spec.nodes:
+            self.proxies[n] = self.cluster.start_kube_proxy(
+                self.lab.node_ns(n), node_name(n), mode, wait_ready=0, env=self.env,
+                cluster_cidr=self.scenario["lab"]["pod_cidr"], sync_period=self.local["sync_period"],
+                min_sync_period=self.local["min_sync_period"], ipvs_scheduler=self.scenario["ipvs"]["scheduler"],
+                node_port_addresses=self.local["node_port_addresses"] or None)
+        self.proxy_mode = mode
+        self.proxy_starts += 1
+
+    def ensure_proxies(self, mode: str) -> None:
+        """kube-proxy of `mode` running on every node (from a clean kernel when it had to start)."""
+        if self.proxy_mode == mode and self.proxies and all(kp.alive() for kp in self.proxies.values()):
+            return
+        self.stop_proxies()
+        self.proxy_cleanup()
+        self.start_proxies(mode)
+
+    def check_proxies(self) -> None:
+        for n, kp in self.proxies.items():
+            if not kp.alive():
+                tail = kp.proc.log_tail(20)
+                last = " | ".join(l.strip() for l in tail.splitlines()[-3:])[-500:]
+                err = KubeProxyCrashed(f"kube-proxy ({kp.mode}) on {node_name(n)} exited with status "
+                                       f"{kp.proc.popen.returncode}: {last}")
+                err.log_tail = tail  # type: ignore[attr-defined]
+                raise err
+        self.cluster.check_alive()
+
+    def programmed_ips(self, node: str, mode: str) -> set[str]:
+        ns = self.lab.node_ns(node)
+        if mode == "iptables":
+            text = netns.run(ns, [f"iptables-{self.backend}-save"], check=False).stdout
+            return set(_IPT_SVC.findall(text))
+        text = netns.run(ns, ["nft", "list", "table", "ip", "kube-proxy"], check=False).stdout
+        return set(_NFT_SVC.findall(text))
+
+    def wait_programmed(self, ips: set[str], nodes: Sequence[str], timeout: float) -> int:
+        """Poll until every node's kernel serves every IP of `ips`; returns perf_counter_ns then."""
+        deadline = time.monotonic() + timeout
+        pending = list(nodes)
+        while True:
+            self.check_proxies()
+            pending = [n for n in pending if not ips <= self.programmed_ips(n, self.proxy_mode)]
+            if not pending:
+                return time.perf_counter_ns()
+            if time.monotonic() > deadline:
+                have = len(ips & self.programmed_ips(pending[0], self.proxy_mode))
+                raise LabError(f"kube-proxy ({self.proxy_mode}) on {node_name(pending[0])}: {have} of "
+                               f"{len(ips)} Services programmed after {timeout:.0f} s")
+            time.sleep(POLL_S)
+
+    def kernel_counts(self, node: str, mode: str) -> dict[str, int]:
+        return make_dataplane(mode, self.lab.node_ns(node), self.settings).counts()
+
+    # -- the worker's hooks -------------------------------------------------------------------
+    def use_mode(self, mode: str) -> dict[str, Any]:
+        if mode not in SUPPORTED_MODES:
+            raise LabError(f"the local target measures {', '.join(SUPPORTED_MODES)} on the host kernel, not {mode}")
+        if mode not in self._dps:
+            self._dps[mode] = {n: ApiDataplane(self, mode, n) for n in self.model.spec.nodes}
+        return self._dps[mode]
+
+    def _all_services(self, services: Sequence[Service]) -> list[Service]:
+        return list(services) + ([self.kube_service] if self.kube_service else [])
+
+    def sync_full(self, dps, services, ctx: PointContext, out: SampleWriter, status: dict) -> None:
+        mode = ctx.mode
+        self.stop_proxies()
+        self.proxy_cleanup()
+        t = time.monotonic()
+        stats = self.reconcile(services)
+        status["phases"]["api_reconcile_s"] = round(time.monotonic() - t, 2)
+        if stats is not None:
+            status["api_create"] = stats.as_dict()
+            out.extend([ctx.row("api_create_rps", stats.objects_per_s, "1/s"),
+                        ctx.row("api_create_s", stats.seconds, "s")])
+        ips = {s.cluster_ip for s in self._all_services(services)}
+        t0 = time.perf_counter_ns()
+        self.start_proxies(mode)
+        t_kernel = self.wait_programmed(ips, ["a"], self.local["sync_timeout_s"])
+        t1 = t_kernel
+        last = services[-1] if services else None
+        if last is not None and last.endpoints:
+            res = self.agent.poll(last.cluster_ip, last.ports[0].port, "served", interval=0.001,
+                                  timeout=self.local["sync_timeout_s"], attempt_timeout=0.2)
+            if not res["satisfied"]:
+                raise LabError(f"kube-proxy ({mode}) programmed {len(ips)} Services but a connect to the last, "
+                               f"{last.cluster_ip}:{last.ports[0].port}, failed: {res.get('detail')}")
+            t1 = max(t1, res["t_ns"])
+        out.extend([ctx.row("sync_full_s", (t1 - t0) / 1e9, "s")])
+        status["sync_full"] = {"kernel_s": round((t_kernel - t0) / 1e9, 4), "served_s": round((t1 - t0) / 1e9, 4)}
+        self.wait_programmed(ips, [n for n in self.model.spec.nodes if n != "a"], self.local["sync_timeout_s"])
+        status["counts"] = self.kernel_counts("a", mode)
+        if self.local["fidelity"]:
+            status["fidelity"], status["fidelity_differences"] = self.fidelity(mode, services, status["counts"],
+                                                                               ctx.point_id)
+
+    def _dump(self, ns: str, mode: str) -> str:
+        if mode == "iptables":
+            return netns.run(ns, [f"iptables-{self.backend}-save"], check=False).stdout
+        return netns.run(ns, ["nft", "list", "ruleset"], check=False).stdout
+
+    def fidelity(self, mode: str, services, kp_counts: dict, point_id: str) -> tuple[dict, list[str]]:
+        """Counts of kube-proxy's state on node a against the lab dataplane's for the same Services;
+        both dumps are kept in RUN/fidelity/<point>-{kube-proxy,lab}.txt."""
+        if self.fid_ns is None:
+            self.fid_ns = netns.ns_name(self.job["tag"], "fid")
+            netns.create(self.fid_ns)
+        dp = make_dataplane(mode, self.fid_ns, replace(self.settings, node_ips=(self.lab.node_ip("a"),)))
+        d = self.run_dir / "fidelity"
+        d.mkdir(exist_ok=True)
+        (d / f"{point_id}-kube-proxy.txt").write_text(self._dump(self.lab.node_ns("a"), mode))
+        try:
+            dp.full_sync(self._all_services(services))
+            lab_counts = dp.counts()
+            (d / f"{point_id}-lab.txt").write_text(self._dump(self.fid_ns, mode))
+        finally:
+            dp.cleanup()
+        fid = {k: {"kube_proxy": kp_counts.get(k), "lab": lab_counts.get(k)}
+               for k in sorted(set(kp_counts) | set(lab_counts))}
+        diffs = [f"{k}: kube-proxy {v['kube_proxy']}, lab {v['lab']}" for k, v in fid.items()
+                 if v["kube_proxy"] != v["lab"]]
+        return fid, diffs
+
+    def sync_one(self, dps, services, ctx: PointContext, **kw) -> list[dict]:
+        rows = super().sync_one(dps, services, ctx, **kw)
+        apply = {(r["change"], r["seq"]): r["value"] for r in rows if r["metric"] == "sync_apply_s"}
+        extra = []
+        for r in rows:
+            if r["metric"] != "sync_one_s":
+                continue
+            a = apply.get((r["change"], r["seq"]))
+            if a is None:
+                continue
+            extra.append(ctx.row("program_us", max(0.0, r["value"] - a) * 1e6, "us", seq=r["seq"],
+                                 timed_out=r["timed_out"], change=r["change"], error=r["error"]))
+        return rows + extra
+
+    def end_point(self, p: dict, ctx: PointContext, out: SampleWriter, status: dict) -> None:
+        self.check_proxies()
+        m = lc.scrape_metrics(self.lab.node_ns("a"), self.proxies["a"].metrics_port)
+        status["kube_proxy"] = {"proxy_mode": m["proxy_mode"], "starts": self.proxy_starts}
+        if m["proxy_mode"] != ctx.mode:
+            raise LabError(f"kube-proxy on node-a reports mode {m['proxy_mode']!r}, expected {ctx.mode}")
+        out.extend(metric_rows(ctx, m["metrics"]))
+
+    def run_point(self, p: dict) -> dict:
+        try:
+            return super().run_point(p)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            crash = e if isinstance(e, KubeProxyCrashed) else None
+            if crash is None:
+                try:
+                    self.check_proxies()
+                except KubeProxyCrashed as c:
+                    crash = c
+            if crash is None:
+                raise
+            self.stop_proxies()  # the next point starts it again
+            return {"point_id": p["point_id"], "kernel": self.kernel, "status": "failed",
+                    "error": f"{type(crash).__name__}: {crash}".splitlines()[0][:800],
+                    "kube_proxy_log_tail": getattr(crash, "log_tail", ""),
+                    "traceback": traceback.format_exc(limit=8)}
+
+
+_KP_PREFIXES = ("kubeproxy_sync_proxy_rules", "kubeproxy_network_programming", "kubeproxy_sync_full_proxy_rules",
+                "kubeproxy_sync_partial_proxy_rules")
+_LABELS = re.compile(r'(\w+)="([^"]*)"')
+
+
+def metric_rows(ctx: PointContext, metrics: dict[str, float]) -> list[dict]:
+    """kube-proxy's metrics as rows `kp_<name without kubeproxy_>`: histograms as _sum (s),
+    _count and _bucket (count, tag path="le=<bound>"), counters and gauges as count (tag path=<table>
+    for the iptables rule totals). Timestamps are left out."""
+    rows = []
+    for key, value in sorted(metrics.items()):
+        name, _, labels = key.partition("{")
+        if not name.startswith(_KP_PREFIXES) or "timestamp" in name:
+            continue
+        lab = dict(_LABELS.findall(labels))
+        if lab.get("ip_family", "IPv4") != "IPv4":
+            continue  # kube-proxy runs dual-stack here; the Services are IPv4
+        path = ""
+        if name.endswith("_bucket"):
+            path = f"le={lab.get('le', '')}"
+        elif "table" in lab:
+            path = lab["table"]
+        unit = "s" if name.endswith("_sum") and "seconds" in name else "count"
+        if not name.endswith(("_sum", "_count", "_bucket")) and "seconds" in name:
+            unit = "s"
+        rows.append(ctx.row("kp_" + name[len("kubeproxy_"):], value, unit, path=path))
+    return rows
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(argv[0]).read_text())
+    signal.signal(signal.SIGTERM, _terminate)
+    w = LocalWorker(job)
+    try:
+        return w.run()
+    except KeyboardInterrupt:
+        emit("log", message="local worker interrupted; cleaning up")
+        return 130
+    except LabError as e:
+        emit("fatal", error=str(e))
+        return 3
+    finally:
+        w.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
