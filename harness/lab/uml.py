@@ -75,6 +75,7 @@ LINUX_UML = default_linux()
 INIT_SCRIPT = Path(__file__).with_name("uml_init.sh")
 REPO = Path(__file__).resolve().parents[2]
 TMP_PREFIX = "kpbench-uml-"
+GUEST_TMPFS = (Path("/tmp"), Path("/run"), Path("/dev/shm"))  # what uml_init.sh mounts tmpfs on
 
 # Loaded at boot, so that the first measured sync does not pay for module loading. Anything else
 # (other IPVS schedulers, ipset types, xt/nft extensions, link kinds) is autoloaded on first use:
@@ -162,6 +163,10 @@ class Guest:
         self.mem = mem
         self.timeout = timeout
         self.mounts = [self.run_dir] + [Path(m).resolve() for m in mounts]
+        # the guest mounts tmpfs over /tmp, /run and /dev/shm: a checkout (and its .venv) below
+        # one of them must be mounted back, first, or the guest cannot see the harness
+        if any(REPO.is_relative_to(p) for p in GUEST_TMPFS):
+            self.mounts.insert(0, REPO)
         self.modules = list(modules) if has_modules(linux) else []  # built in
         self.cwd = Path(cwd).resolve() if cwd else REPO
         self.linux = linux
