@@ -114,7 +114,7 @@ class Worker:
 
     # -- one point ----------------------------------------------------------------------------
     def run_point(self, p: dict) -> dict:
-        from harness.measure import connect, load, sync
+        from harness.measure import connect, load
 
         sc, ms = self.scenario, self.scenario["measure"]
         ctx = PointContext(run_id=self.job["run_id"], point_id=p["point_id"], target=self.target_name,
@@ -285,11 +285,12 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, worker_class: type[Worker] = Worker) -> int:
+    """Run the job file argv[0] with `worker_class` (targets subclass Worker)."""
     argv = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(argv[0]).read_text())
     signal.signal(signal.SIGTERM, _terminate)
-    w = Worker(job)
+    w = worker_class(job)
     try:
         return run_validate_only(w) if job.get("validate_only") else w.run()
     except KeyboardInterrupt:

@@ -102,17 +102,23 @@ class LabTarget:
             if restarts > MAX_RESTARTS:
                 raise LabError(f"the {kernel} worker died {restarts} times; see {run.dir}/worker-{kernel}.log")
 
-    def _run_worker(self, run, kernel: str, pts: list, on_line) -> int:
+    worker_module = "harness.lab.worker"
+
+    def write_job(self, run, kernel: str, pts: list) -> tuple[dict, list[str]]:
+        """The worker's job file for `pts` in RUN/.jobs/, and the argv that runs it."""
         job = {
             "run_id": run.meta["run_id"], "run_dir": str(run.dir), "kernel": kernel,
-            "tag": secrets.token_hex(2), "scenario": run.meta["scenario"], "target": "lab",
+            "tag": secrets.token_hex(2), "scenario": run.meta["scenario"], "target": self.name,
             "points": [asdict(p) for p in pts],
         }
         jobs = run.dir / ".jobs"
         jobs.mkdir(exist_ok=True)
         job_path = jobs / f"{kernel}.json"
         job_path.write_text(json.dumps(job, indent=1))
-        argv = [sys.executable, "-m", "harness.lab.worker", str(job_path)]
+        return job, [sys.executable, "-m", self.worker_module, str(job_path)]
+
+    def _run_worker(self, run, kernel: str, pts: list, on_line) -> int:
+        job, argv = self.write_job(run, kernel, pts)
         log_path = run.dir / f"worker-{kernel}.log"
         if kernel == "host":
             return run_host_worker(argv, log_path, on_line, job["tag"])

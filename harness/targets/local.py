@@ -9,12 +9,8 @@ namespace: not implemented yet, refused by preflight.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import shutil
-import sys
-from dataclasses import asdict
 
 from harness.lab import caps
 from harness.lab.netns import LabError
@@ -27,6 +23,7 @@ KERNEL = "local"
 
 class LocalTarget(LabTarget):
     name = "local"
+    worker_module = "harness.targets.local_worker"
 
     def preflight(self, scenario) -> None:
         if os.geteuid() != 0:
@@ -80,14 +77,5 @@ class LocalTarget(LabTarget):
         return {"kernels": [], "tools": tools}
 
     def _run_worker(self, run, kernel: str, pts: list, on_line) -> int:
-        job = {
-            "run_id": run.meta["run_id"], "run_dir": str(run.dir), "kernel": KERNEL,
-            "tag": secrets.token_hex(2), "scenario": run.meta["scenario"], "target": "local",
-            "points": [asdict(p) for p in pts],
-        }
-        jobs = run.dir / ".jobs"
-        jobs.mkdir(exist_ok=True)
-        job_path = jobs / f"{KERNEL}.json"
-        job_path.write_text(json.dumps(job, indent=1))
-        argv = [sys.executable, "-m", "harness.targets.local_worker", str(job_path)]
+        job, argv = self.write_job(run, KERNEL, pts)
         return run_host_worker(argv, run.dir / f"worker-{KERNEL}.log", on_line, job["tag"])

@@ -37,18 +37,16 @@ import json
 import os
 import re
 import shutil
-import signal
-import sys
 import time
 import traceback
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Sequence
 
 from harness.dataplane import make_dataplane
 from harness.dataplane.base import Change
 from harness.lab import netns
 from harness.lab.netns import LabError
+from harness.lab import worker
 from harness.lab.worker import Worker, emit
 from harness.model import Endpoint, Service, ServicePort
 from harness.samples import PointContext, SampleWriter
@@ -589,20 +587,7 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    job = json.loads(Path(argv[0]).read_text())
-    signal.signal(signal.SIGTERM, _terminate)
-    w = LocalWorker(job)
-    try:
-        return w.run()
-    except KeyboardInterrupt:
-        emit("log", message="local worker interrupted; cleaning up")
-        return 130
-    except LabError as e:
-        emit("fatal", error=str(e))
-        return 3
-    finally:
-        w.stop()
+    return worker.main(argv, LocalWorker)
 
 
 if __name__ == "__main__":
