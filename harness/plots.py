@@ -6,6 +6,8 @@ every figure has one column of panels per kernel.
 
 from __future__ import annotations
 
+import textwrap
+
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +42,9 @@ def _figure(nrows: int, ncols: int, title: str) -> tuple[Figure, np.ndarray]:
     fig.subplots_adjust(left=0.8 / w, right=1 - 0.2 / w, bottom=0.6 / h, top=1 - 0.75 / h,
                         wspace=0.9 / 4.6 * 1.2, hspace=0.75 / 3.3 * 1.6)
     axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
-    fig.suptitle(title)
+    # wrap to the figure's width (about 11 characters per inch at the default size) so that a
+    # one-column figure does not clip its title
+    fig.suptitle(textwrap.fill(title, width=max(30, int(w * 11))), fontsize="medium")
     return fig, axes
 
 
