@@ -174,8 +174,11 @@ def verdict_for(slope_lo: float, slope: float, slope_hi: float, m_lo: float, m_h
     """Plain words for a scaling fit.
 
     - shrinks: slope and marginal cost both significantly < 0;
-    - flat within noise: slope CI includes 0, or marginal cost not significant, or the fitted
-      change over the measured range is below `min_effect` (5%);
+    - flat within noise: the marginal cost per 1,000 Services is not significantly different
+      from 0 (its CI includes 0), or the fitted change over the measured range is below
+      `min_effect` (5%). The straight-line cost decides, not the log-log slope: a large fixed
+      cost (a connect's floor) makes the log-log slope's CI wide even where the per-Service cost
+      is plainly significant;
     - grows faster than linearly: slope CI entirely above 1 + tol;
     - grows linearly: slope CI includes ~1, or slope > ~0.5, or (3+ Service counts) the data fit
       a straight line in N better than a straight line in log N (a fixed base cost plus a linear
@@ -190,7 +193,7 @@ def verdict_for(slope_lo: float, slope: float, slope_hi: float, m_lo: float, m_h
         return LINEAR if m_lo > 0 else SHRINKS
     if slope_hi < 0 and m_hi < 0:
         return SHRINKS
-    if slope_lo <= 0 <= slope_hi or m_lo <= 0 <= m_hi or abs(rel_change) < min_effect:
+    if m_lo <= 0 <= m_hi or abs(rel_change) < min_effect:
         return FLAT
     if m_hi < 0 or slope_hi < 0:
         return SHRINKS

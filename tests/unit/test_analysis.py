@@ -173,3 +173,16 @@ def test_data_quality_unstable_and_points():
     assert set(dq["kind"]) >= {"failed", "saturated", "unstable"}
     thin = analysis.data_quality(frame({("ipvs", 100, 1): np.ones(5), ("ipvs", 100, 2): np.ones(5)}))
     assert "few_samples" in set(thin["kind"])
+
+
+def test_large_fixed_cost_with_significant_per_service_cost_is_not_flat():
+    """A 300 us floor plus 30 us per 1,000 Services (the iptables 'last' Service): the log-log
+    slope is small and uncertain, but the per-Service cost is plainly there."""
+    from harness.analysis import FLAT, fit_series
+
+    rng = np.random.default_rng(3)
+    n = np.repeat([1000, 2000, 5000, 10000, 20000], 2)
+    y = 300 + 0.03 * n + rng.normal(0, 15, len(n))
+    f = fit_series(n, y, "us")
+    assert f.verdict != FLAT, f
+    assert f.per_1k_lo > 0
