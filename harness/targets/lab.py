@@ -36,15 +36,7 @@ class LabTarget:
             if not shutil.which(tool):
                 raise LabError(f"{tool} not found: run `make setup` (installs iproute2, nginx-light ...)")
         self._plan = caps.plan_kernels(scenario.modes, scenario.iptables_backend, scenario.kernel)
-        spec = ModelSpec(n_services=0, service_cidr=scenario.lab.service_cidr, pod_cidr=scenario.lab.pod_cidr,
-                         pods_per_node=scenario.lab.pods_per_node, endpoints=scenario.model.endpoints)
-        model = build_model(spec)
-        # the sync measurements add Services beyond the largest count
-        need = max(scenario.counts()) + scenario.measure.sync.samples + 1
-        if need > model._ips.size:
-            raise ModelError(f"{max(scenario.counts())} Services do not fit in service CIDR "
-                             f"{scenario.lab.service_cidr} ({model._ips.size} usable addresses): "
-                             "use a larger lab.service_cidr or fewer Services")
+        check_capacity(scenario)
 
     def plan(self, scenario) -> dict[str, list[str]]:
         if self._plan is None:
@@ -132,6 +124,18 @@ class LabTarget:
                 log.write(f"modules missing: {' '.join(res.modules_missing)}\n")
             log.write(f"--- guest stderr ---\n{res.stderr_tail}\n--- guest console ---\n{res.console_tail}\n")
         return res.status
+
+
+def check_capacity(scenario) -> None:
+    """The sweep's largest count, plus the Services the sync measurements add, fit the CIDR."""
+    spec = ModelSpec(n_services=0, service_cidr=scenario.lab.service_cidr, pod_cidr=scenario.lab.pod_cidr,
+                     pods_per_node=scenario.lab.pods_per_node, endpoints=scenario.model.endpoints)
+    model = build_model(spec)
+    need = max(scenario.counts()) + scenario.measure.sync.samples + 1
+    if need > model._ips.size:
+        raise ModelError(f"{max(scenario.counts())} Services do not fit in service CIDR "
+                         f"{scenario.lab.service_cidr} ({model._ips.size} usable addresses): "
+                         "use a larger lab.service_cidr or fewer Services")
 
 
 def run_host_worker(argv, log_path: Path, on_line, tag: str) -> int:

@@ -14,8 +14,8 @@ import shutil
 
 from harness.lab import caps
 from harness.lab.netns import LabError
-from harness.model import ModelError, ModelSpec, build_model
-from harness.targets.lab import LabTarget, run_host_worker
+from harness.model import ModelError
+from harness.targets.lab import LabTarget, check_capacity, run_host_worker
 
 SUPPORTED_MODES = ("iptables", "nftables")
 KERNEL = "local"
@@ -44,14 +44,7 @@ class LocalTarget(LabTarget):
         from harness.targets import localcluster as lc
 
         self._binaries = lc.find_binaries(lc.CACHE_ROOT / "kube" / scenario.local.kube_version / "bin")  # one line: "... not found in ...: run `make kube` ..."
-        spec = ModelSpec(n_services=0, service_cidr=scenario.lab.service_cidr, pod_cidr=scenario.lab.pod_cidr,
-                         pods_per_node=scenario.lab.pods_per_node, endpoints=scenario.model.endpoints)
-        model = build_model(spec)
-        need = max(scenario.counts()) + scenario.measure.sync.samples + 1
-        if need > model._ips.size:
-            raise ModelError(f"{max(scenario.counts())} Services do not fit in service CIDR "
-                             f"{scenario.lab.service_cidr} ({model._ips.size} usable addresses): "
-                             "use a larger lab.service_cidr or fewer Services")
+        check_capacity(scenario)
         import ipaddress
 
         api = ipaddress.ip_network(lc.DEFAULT_API_CIDR)
