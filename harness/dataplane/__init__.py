@@ -14,10 +14,11 @@ MODES = ("iptables", "ipvs", "nftables")
 
 
 def make_dataplane(mode: str, ns: str | None, settings: DataplaneSettings | None = None,
-                   **kwargs) -> Dataplane:
+                   node: str | None = None) -> Dataplane:
     """The dataplane of `mode` ("iptables", "ipvs", "nftables") programming namespace `ns`.
 
-    kwargs go to the class (ipvs takes node=<model node name> for KUBE-LOOP-BACK).
+    node: the model node this dataplane is (its endpoints are the local ones; only IPVS mode
+    programs anything by locality: KUBE-LOOP-BACK). None counts every endpoint as local.
     """
     settings = settings or DataplaneSettings()
     if mode == "iptables":
@@ -27,7 +28,7 @@ def make_dataplane(mode: str, ns: str | None, settings: DataplaneSettings | None
     if mode == "ipvs":
         from harness.dataplane.ipvs import IpvsDataplane
 
-        return IpvsDataplane(ns, settings, **kwargs)
+        return IpvsDataplane(ns, settings, node=node)
     if mode == "nftables":
         from harness.dataplane.nftables import NftablesDataplane
 

@@ -108,7 +108,7 @@ class Worker:
         if not self.dataplanes:
             # each node serves NodePorts on its own address only, as kube-proxy does
             self.dataplanes = {n: make_dataplane(mode, self.lab.node_ns(n),
-                                                 replace(self.settings, node_ips=(self.lab.node_ip(n),)))
+                                                 replace(self.settings, node_ips=(self.lab.node_ip(n),)), node=n)
                                for n in self.model.spec.nodes}
         return self.dataplanes
 
