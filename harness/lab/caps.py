@@ -238,14 +238,16 @@ def unsupported(caps: Mapping[str, Any], mode: str, iptables_backend: str = "leg
 
 def plan_kernels(modes: Iterable[str], iptables_backend: str = "legacy", choice: str = "auto", *,
                  host: Mapping[str, Any] | None = None, uml_: Mapping[str, Any] | None | bool = True,
-                 ) -> dict[str, list[str]]:
+                 spread: bool = False) -> dict[str, list[str]]:
     """Which kernel(s) measure each mode: {mode: ["host"] | ["uml"] | ["host", "uml"]}.
 
     auto: one kernel for every mode when one can (the host preferred); otherwise each mode on a
     kernel that supports it (host preferred), and iptables is measured on every kernel used (as
     the bridge between them), added to the plan even if not asked for. host / uml: that kernel
     for all, or LabError naming the mode and the reason. `host` / `uml_` override the probes
-    (uml_=None or False: no UML guest available; True: probe it if needed).
+    (uml_=None or False: no UML guest available; True: probe it if needed). spread: in auto, keep
+    every mode the host can run on the host even when one guest kernel could run them all (the
+    local target: kube-proxy forks helpers, and a fork in UML costs ~100 times the host's).
     """
     modes = list(dict.fromkeys(modes))
     if not modes:
@@ -299,7 +301,7 @@ def plan_kernels(modes: Iterable[str], iptables_backend: str = "legacy", choice:
         raise LabError(f"mode {m} needs {need}: {r} and no UML guest is available; "
                        f"install user-mode-linux or leave out mode {m}")
     on_uml = {m: unsupported(uc, m, iptables_backend) for m in modes}
-    if not any(on_uml.values()):
+    if not any(on_uml.values()) and not spread:
         return {m: ["uml"] for m in modes}
     plan: dict[str, list[str]] = {}
     for m in modes:

@@ -152,7 +152,8 @@ class Guest:
                  job: str | Path | None = None, env: Mapping[str, str] | None = None, mem: str = "4G",
                  timeout: float | None = 3600.0, mounts: Sequence[str | Path] = (),
                  modules: Sequence[str] = MODULES, cwd: str | Path | None = None,
-                 linux: str = LINUX_UML, name: str = "guest"):
+                 linux: str = LINUX_UML, name: str = "guest", netns: str | None = None,
+                 net: Sequence[str] = ()):
         self.run_dir = Path(run_dir).resolve()
         if command is None:
             if job is None:
@@ -171,6 +172,10 @@ class Guest:
         self.cwd = Path(cwd).resolve() if cwd else REPO
         self.linux = linux
         self.name = name
+        # linux.uml runs inside this (harness-made) namespace, so that the TAP devices named in
+        # `net` (kernel arguments such as "vec0:transport=tap,ifname=kt0") are looked up there
+        self.netns = netns
+        self.net = list(net)
         self.proc: subprocess.Popen | None = None
         self.tmpdir: Path | None = None
         self.ctl: Path | None = None
@@ -217,10 +222,14 @@ class Guest:
                 "init=/bin/sh", "quiet", "con=null", "con0=null,fd:2", "con1=null,fd:1",
                 f"umid={umid}", f"uml_dir={self.tmpdir}",
                 f"KPBENCH_CTL={self.ctl}", f"KPBENCH_MOUNTS={':'.join(map(str, self.mounts))}",
-                f"KPBENCH_MODULES={','.join(self.modules)}", *cmdline_env,
+                f"KPBENCH_MODULES={','.join(self.modules)}", *self.net, *cmdline_env,
                 "--", str(INIT_SCRIPT)]  # after "--": init's argv (no exec bit needed)
         if len(" ".join(argv)) > 4000:
             raise LabError("UML kernel command line too long: pass fewer environment variables")
+        if self.netns:
+            from harness.lab import netns as lab_netns
+
+            argv = lab_netns.exec_prefix(self.netns) + argv  # `ip netns exec` execs: same pid
         henv = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL")}
         henv["TMPDIR"] = str(self.tmpdir)  # the guest's memory file goes here
         console = open(self.ctl / "console.log", "wb")

@@ -96,12 +96,13 @@ class LabTarget:
 
     worker_module = "harness.lab.worker"
 
-    def write_job(self, run, kernel: str, pts: list) -> tuple[dict, list[str]]:
+    def write_job(self, run, kernel: str, pts: list, tag: str | None = None,
+                  extra: dict | None = None) -> tuple[dict, list[str]]:
         """The worker's job file for `pts` in RUN/.jobs/, and the argv that runs it."""
         job = {
             "run_id": run.meta["run_id"], "run_dir": str(run.dir), "kernel": kernel,
-            "tag": secrets.token_hex(2), "scenario": run.meta["scenario"], "target": self.name,
-            "points": [asdict(p) for p in pts],
+            "tag": tag or secrets.token_hex(2), "scenario": run.meta["scenario"], "target": self.name,
+            "points": [asdict(p) for p in pts], **(extra or {}),
         }
         jobs = run.dir / ".jobs"
         jobs.mkdir(exist_ok=True)
@@ -118,12 +119,17 @@ class LabTarget:
 
         res = uml.run_guest(run.dir, argv, on_line=on_line, mem=run.scenario.lab.uml_mem, timeout=None,
                             name=kernel)
-        with log_path.open("a") as log:
-            log.write(f"guest exit {res.status} after {res.elapsed_s:.1f} s (boot {res.boot_s} s)\n")
-            if res.modules_missing:
-                log.write(f"modules missing: {' '.join(res.modules_missing)}\n")
-            log.write(f"--- guest stderr ---\n{res.stderr_tail}\n--- guest console ---\n{res.console_tail}\n")
+        write_guest_log(log_path, res)
         return res.status
+
+
+def write_guest_log(log_path: Path, res) -> None:
+    """A guest worker's end (exit status, missing modules, stderr and console tails) in its log."""
+    with log_path.open("a") as log:
+        log.write(f"guest exit {res.status} after {res.elapsed_s:.1f} s (boot {res.boot_s} s)\n")
+        if res.modules_missing:
+            log.write(f"modules missing: {' '.join(res.modules_missing)}\n")
+        log.write(f"--- guest stderr ---\n{res.stderr_tail}\n--- guest console ---\n{res.console_tail}\n")
 
 
 def check_capacity(scenario) -> None:

@@ -2,8 +2,10 @@
 
     python -m harness.targets.local_worker JOB.json
 
-Host kernel only (iptables and nftables modes). It starts etcd + kube-apiserver in namespace
-`kpb-<tag>-api` (harness.targets.localcluster), builds the usual two-node lab (harness.lab.topology,
+On the host kernel it starts etcd + kube-apiserver in namespace `kpb-<tag>-api`
+(harness.targets.localcluster); in a UML guest (job key `local_cluster`: IPVS, which the host
+lacks) the host runs them and the worker reaches them over the guest's TAP link
+(localcluster.GuestCluster). Either way it builds the usual two-node lab (harness.lab.topology,
 nginx backends, the client pod and its probe agent) with the tag of the job, attaches both node
 namespaces to the API bridge and creates a Node object per lab node. Then, per point (counts
 ascending, as the runner plans them):
@@ -16,8 +18,8 @@ ascending, as the runner plans them):
   are undone, nothing is deleted and recreated;
 * sync_full_s: kube-proxy (mode of the point, KubeProxyConfiguration rendered by the harness) is
   started on both nodes; the row is the time from its start until node a's kernel holds every
-  Service IP (KUBE-SERVICES rules, or the nftables service-ips / no-endpoint-services maps) AND a
-  connect to the last Service succeeds;
+  Service IP (KUBE-SERVICES rules, the nftables service-ips / no-endpoint-services maps, or the
+  KUBE-CLUSTER-IP ipset) AND a connect to the last Service succeeds;
 * fidelity: what kube-proxy installed (the lab dataplane's own counts() read from node a) against
   what the lab dataplane installs for the same Services (plus default/kubernetes) in a scratch
   namespace `kpb-<tag>-fid`; point status `fidelity` and `fidelity_differences`;
@@ -52,10 +54,11 @@ from harness.model import Endpoint, Service, ServicePort
 from harness.samples import PointContext, SampleWriter
 from harness.targets import localcluster as lc
 
-SUPPORTED_MODES = ("iptables", "nftables")
+SUPPORTED_MODES = ("iptables", "ipvs", "nftables")
 TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 _IPT_SVC = re.compile(r"^-A KUBE-SERVICES -d (\d+\.\d+\.\d+\.\d+)/32 ", re.M)
 _NFT_SVC = re.compile(r'(\d+\.\d+\.\d+\.\d+) \. (?:tcp|udp|sctp) \. \d+ (?:comment "[^"]*" )?: ')
+_IPSET_MEMBER = re.compile(r"^(\d+\.\d+\.\d+\.\d+),(?:tcp|udp|sctp):\d+", re.M)
 POLL_S = 0.02
 
 
@@ -101,15 +104,24 @@ class ApiDataplane:
         raise NotImplementedError("the local target renders nothing itself: kube-proxy does")
 
     def full_sync(self, services: Sequence[Service]) -> None:
+        """Create what is missing, then (re)start kube-proxy: its first sync holds every Service,
+        so "programmed" can wait for a sync that ended after the start (kube-proxy writes a
+        mode's state in several steps; ipvs: the iptables rules after the ipsets)."""
         if self.node != "a":
             return  # node a's call creates the objects and waits for every node
-        self.w.ensure_proxies(self.mode)
         new = [s for s in services if (s.namespace, s.name) not in self.w.in_api]
         for s in new:
             self.w.api_create(s)
         self.created += new
-        self.w.wait_programmed({s.cluster_ip for s in services}, self.w.lab.nodes,
-                               self.w.local["sync_timeout_s"])
+        restart = bool(new) or not self.w.proxies_running(self.mode)
+        t_wall = time.time()
+        if restart:
+            self.w.ensure_proxies(self.mode, restart=True)
+        timeout = self.w.local["sync_timeout_s"]
+        self.w.wait_programmed({s.cluster_ip for s in services}, self.w.lab.nodes, timeout)
+        if restart:
+            for n in self.w.lab.nodes:
+                self.w.wait_sync_finished(n, since=t_wall, timeout=timeout)
 
     def apply(self, services: Sequence[Service], change: Change) -> None:
         if self.node != "a":
@@ -154,13 +166,19 @@ class LocalWorker(Worker):
     # -- lifetime -----------------------------------------------------------------------------
     def start(self) -> None:
         t0 = time.monotonic()
-        binaries = lc.find_binaries(lc.CACHE_ROOT / "kube" / self.local["kube_version"] / "bin")
-        emit("log", message=f"local: starting etcd + kube-apiserver ({binaries.kube_apiserver})")
-        self.cluster = lc.LocalCluster(
-            tag=self.job["tag"], binaries=binaries, service_cidr=self.scenario["lab"]["service_cidr"],
-            apiserver_args=list(self.local["apiserver_args"]), ready_timeout=self.local["ready_timeout_s"])
-        self.cluster.start()  # LocalClusterError with the log tail if it does not come up
-        emit("log", message=f"local: apiserver ready in {time.monotonic() - t0:.1f} s")
+        if self.job.get("local_cluster"):  # in a UML guest: the host runs etcd + kube-apiserver
+            self.cluster = lc.GuestCluster(self.job["local_cluster"], self.job["tag"])
+            emit("log", message=f"local: reaching the host's kube-apiserver {self.cluster.server} over the TAP link")
+            self.cluster.start()
+            emit("log", message=f"local: apiserver reachable from the guest in {time.monotonic() - t0:.1f} s")
+        else:
+            binaries = lc.find_binaries(lc.CACHE_ROOT / "kube" / self.local["kube_version"] / "bin")
+            emit("log", message=f"local: starting etcd + kube-apiserver ({binaries.kube_apiserver})")
+            self.cluster = lc.LocalCluster(
+                tag=self.job["tag"], binaries=binaries, service_cidr=self.scenario["lab"]["service_cidr"],
+                apiserver_args=list(self.local["apiserver_args"]), ready_timeout=self.local["ready_timeout_s"])
+            self.cluster.start()  # LocalClusterError with the log tail if it does not come up
+            emit("log", message=f"local: apiserver ready in {time.monotonic() - t0:.1f} s")
         super().start()
         for n in self.model.spec.nodes:
             self.cluster.attach_node(self.lab.node_ns(n))
@@ -178,8 +196,9 @@ class LocalWorker(Worker):
             logs = self.run_dir / "local-logs"
             try:
                 logs.mkdir(exist_ok=True)
+                prefix = "guest-" if isinstance(self.cluster, lc.GuestCluster) else ""
                 for f in self.cluster.workdir.glob("*.log"):
-                    shutil.copy(f, logs / f.name)
+                    shutil.copy(f, logs / f"{prefix}{f.name}")
             except OSError:
                 pass
         if self.api_client is not None:
@@ -210,6 +229,14 @@ class LocalWorker(Worker):
                 link = d / f"{fam}{suffix}"
                 if not link.exists():
                     link.symlink_to(real)
+        if not os.path.exists("/proc/modules"):
+            # a kernel without module support (the kpbench UML kernel: everything built in) has no
+            # /lib/modules/<release>/modules.builtin, so `modprobe ip_vs` fails there, and
+            # `kube-proxy --cleanup` then skips its whole IPVS pass (it checks with modprobe first).
+            # What modprobe answers for a built-in module on any distribution kernel: success.
+            shim = d / "modprobe"
+            shim.write_text("#!/bin/sh\n# kpbench: no loadable modules in this kernel; all are built in\nexit 0\n")
+            shim.chmod(0o755)
         return {**os.environ, "PATH": f"{d}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
 
     def _kubernetes_service(self) -> Service | None:
@@ -375,15 +402,26 @@ class LocalWorker(Worker):
         self.proxy_mode = None
 
     def proxy_cleanup(self) -> None:
-        """`kube-proxy --cleanup` in every node namespace (iptables, ipvs and nftables state)."""
+        """`kube-proxy --cleanup` in every node namespace (iptables, ipvs and nftables state).
+
+        After IPVS mode the first call exits 1 although it cleans up: its iptables pass runs first
+        and cannot delete KUBE-MARK-MASQ while IPVS mode's KUBE-LOAD-BALANCER still jumps to it, then
+        its IPVS pass removes the rest. So a failed call is repeated once; the second must succeed.
+        """
         binary = str(self.cluster.binaries.kube_proxy)
         for n in self.model.spec.nodes:
             ns = self.lab.node_ns(n)
-            p = netns.run(ns, ["env", f"PATH={self.env['PATH']}", binary, "--cleanup"], check=False,
-                          timeout=300)
-            if p.returncode != 0:
-                raise LabError(f"kube-proxy --cleanup in {ns} failed (exit {p.returncode}): "
-                               f"{' | '.join(p.stderr.strip().splitlines()[-3:])[-600:]}")
+            for attempt in (1, 2):
+                p = netns.run(ns, ["env", f"PATH={self.env['PATH']}", binary, "--cleanup"], check=False,
+                              timeout=300)
+                if p.returncode == 0:
+                    break
+                emit("log", message=f"kube-proxy --cleanup in {ns} (attempt {attempt}): exit {p.returncode}:\n"
+                                    f"{p.stderr[-6000:]}")
+            else:
+                errors = [l for l in p.stderr.splitlines() if l.startswith("E")] or p.stderr.strip().splitlines()
+                raise LabError(f"kube-proxy --cleanup in {ns} failed twice (exit {p.returncode}): "
+                               f"{' | '.join(errors[:3])[-900:]}")
 
     def start_proxies(self, mode: str) -> None:
         for n in self.model.spec.nodes:
@@ -395,12 +433,19 @@ class LocalWorker(Worker):
         self.proxy_mode = mode
         self.proxy_starts += 1
 
-    def ensure_proxies(self, mode: str) -> None:
-        """kube-proxy of `mode` running on every node (from a clean kernel when it had to start)."""
-        if self.proxy_mode == mode and self.proxies and all(kp.alive() for kp in self.proxies.values()):
-            return
-        self.stop_proxies()
-        self.proxy_cleanup()
+    def proxies_running(self, mode: str) -> bool:
+        return self.proxy_mode == mode and bool(self.proxies) and all(kp.alive() for kp in self.proxies.values())
+
+    def ensure_proxies(self, mode: str, restart: bool = False) -> None:
+        """kube-proxy of `mode` running on every node: from a clean kernel when another mode (or
+        none) ran; `restart`: restarted even if it runs (it then syncs everything from the API)."""
+        if self.proxies_running(mode):
+            if not restart:
+                return
+            self.stop_proxies()
+        else:
+            self.stop_proxies()
+            self.proxy_cleanup()
         self.start_proxies(mode)
 
     def check_proxies(self) -> None:
@@ -419,6 +464,11 @@ class LocalWorker(Worker):
         if mode == "iptables":
             text = netns.run(ns, [f"iptables-{self.backend}-save"], check=False).stdout
             return set(_IPT_SVC.findall(text))
+        if mode == "ipvs":
+            # kube-proxy writes the ipsets after every virtual server of the sync (and the kernel's
+            # IPVS listing undercounts with several namespaces): KUBE-CLUSTER-IP is the record
+            text = netns.run(ns, ["ipset", "list", "KUBE-CLUSTER-IP"], check=False).stdout
+            return set(_IPSET_MEMBER.findall(text))
         text = netns.run(ns, ["nft", "list", "table", "ip", "kube-proxy"], check=False).stdout
         return set(_NFT_SVC.findall(text))
 
@@ -437,13 +487,29 @@ class LocalWorker(Worker):
                                f"{len(ips)} Services programmed after {timeout:.0f} s")
             time.sleep(POLL_S)
 
+    def wait_sync_finished(self, node: str, since: float, timeout: float) -> None:
+        """Wait until kube-proxy on `node` reports a sync that ended at or after wall time `since`
+        (kubeproxy_sync_proxy_rules_last_timestamp_seconds, set when a sync completes)."""
+        key = 'kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"}'
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_proxies()
+            m = lc.scrape_metrics(self.lab.node_ns(node), self.proxies[node].metrics_port)["metrics"]
+            last = m.get(key, m.get("kubeproxy_sync_proxy_rules_last_timestamp_seconds", 0.0))
+            if last >= since:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"kube-proxy ({self.proxy_mode}) on {node_name(node)}: no finished sync "
+                               f"{timeout:.0f} s after its rules appeared")
+            time.sleep(0.1)
+
     def kernel_counts(self, node: str, mode: str) -> dict[str, int]:
         return make_dataplane(mode, self.lab.node_ns(node), self.settings).counts()
 
     # -- the worker's hooks -------------------------------------------------------------------
     def use_mode(self, mode: str) -> dict[str, Any]:
         if mode not in SUPPORTED_MODES:
-            raise LabError(f"the local target measures {', '.join(SUPPORTED_MODES)} on the host kernel, not {mode}")
+            raise LabError(f"the local target measures {', '.join(SUPPORTED_MODES)}, not {mode}")
         if mode not in self._dps:
             self._dps[mode] = {n: ApiDataplane(self, mode, n) for n in self.model.spec.nodes}
         return self._dps[mode]
@@ -463,7 +529,7 @@ class LocalWorker(Worker):
             out.extend([ctx.row("api_create_rps", stats.objects_per_s, "1/s"),
                         ctx.row("api_create_s", stats.seconds, "s")])
         ips = {s.cluster_ip for s in self._all_services(services)}
-        t0 = time.perf_counter_ns()
+        t0, t_wall = time.perf_counter_ns(), time.time()
         self.start_proxies(mode)
         t_kernel = self.wait_programmed(ips, ["a"], self.local["sync_timeout_s"])
         t1 = t_kernel
@@ -478,6 +544,10 @@ class LocalWorker(Worker):
         out.extend([ctx.row("sync_full_s", (t1 - t0) / 1e9, "s")])
         status["sync_full"] = {"kernel_s": round((t_kernel - t0) / 1e9, 4), "served_s": round((t1 - t0) / 1e9, 4)}
         self.wait_programmed(ips, [n for n in self.model.spec.nodes if n != "a"], self.local["sync_timeout_s"])
+        # kube-proxy may still be writing the rest of its first sync (ipvs: the iptables rules come
+        # after the ipsets): count what a finished one left. Every Service was in the API before
+        # kube-proxy started, so any sync that ended after its start covers them all.
+        self.wait_sync_finished("a", since=t_wall, timeout=self.local["sync_timeout_s"])
         status["counts"] = self.kernel_counts("a", mode)
         if self.local["fidelity"]:
             status["fidelity"], status["fidelity_differences"] = self.fidelity(mode, services, status["counts"],
@@ -486,6 +556,10 @@ class LocalWorker(Worker):
     def _dump(self, ns: str, mode: str) -> str:
         if mode == "iptables":
             return netns.run(ns, [f"iptables-{self.backend}-save"], check=False).stdout
+        if mode == "ipvs":
+            return "\n".join(netns.run(ns, argv, check=False).stdout for argv in (
+                ["ipvsadm", "-Sn"], ["ipset", "save"], ["ip", "-4", "addr", "show", "dev", "kube-ipvs0"],
+                ["iptables-legacy-save"]))
         return netns.run(ns, ["nft", "list", "ruleset"], check=False).stdout
 
     def fidelity(self, mode: str, services, kp_counts: dict, point_id: str) -> tuple[dict, list[str]]:
@@ -494,7 +568,7 @@ class LocalWorker(Worker):
         if self.fid_ns is None:
             self.fid_ns = netns.ns_name(self.job["tag"], "fid")
             netns.create(self.fid_ns)
-        dp = make_dataplane(mode, self.fid_ns, replace(self.settings, node_ips=(self.lab.node_ip("a"),)))
+        dp = make_dataplane(mode, self.fid_ns, replace(self.settings, node_ips=(self.lab.node_ip("a"),)), node="a")
         d = self.run_dir / "fidelity"
         d.mkdir(exist_ok=True)
         (d / f"{point_id}-kube-proxy.txt").write_text(self._dump(self.lab.node_ns("a"), mode))

@@ -294,6 +294,9 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: s
 # processes
 
 
+_CAUSE = re.compile(r"^([EF]\d{4} |Error: |error: |panic: |\{\"level\":\"(error|fatal|panic)\")")
+
+
 @dataclass
 class Proc:
     """A process started inside a namespace, with its log file."""
@@ -313,6 +316,15 @@ class Proc:
         except OSError:
             return ""
         return "\n".join(data.splitlines()[-lines:])
+
+    def failure(self, tail: int = 5) -> str:
+        """The lines of the log that say why (klog E/F lines, `Error:`), then its last lines; a
+        component's start-up flag dump would otherwise bury the cause. The whole log stays in
+        `self.log` (a run keeps it in local-logs/)."""
+        lines = self.log_tail(400).splitlines()
+        why = [l for l in lines if _CAUSE.match(l)][:6]
+        last = [l for l in lines[-tail:] if l not in why]
+        return "\n".join(why + last)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.popen.poll() is None:
@@ -429,6 +441,7 @@ class LocalCluster:
         net = ipaddress.ip_network(api_cidr)
         self._api_net = net
         self.api_addr = str(net.network_address + 1)
+        self.bridge_addr = self.api_addr  # the API bridge's own address (a guest's differs)
         self._next_host = 2
         self.service_cidr = service_cidr
         self.kubernetes_service_ip = str(ipaddress.ip_network(service_cidr).network_address + 1)
@@ -517,8 +530,28 @@ class LocalCluster:
         self.namespaces.append(self.netns)
         ns = self.netns
         lab_netns.run(ns, ["ip", "link", "add", "kapi0", "type", "bridge"])
-        lab_netns.run(ns, ["ip", "addr", "add", f"{self.api_addr}/{self._api_net.prefixlen}", "dev", "kapi0"])
+        lab_netns.run(ns, ["ip", "addr", "add", f"{self.bridge_addr}/{self._api_net.prefixlen}", "dev", "kapi0"])
         lab_netns.run(ns, ["ip", "link", "set", "kapi0", "up"])
+
+    def add_tap(self, name: str = "kt0") -> str:
+        """A TAP device `name` on the API bridge, for a UML guest started inside this namespace
+        (kernel argument `vec0:transport=tap,ifname=<name>`); it goes with the namespace."""
+        lab_netns.run(self.netns, ["ip", "tuntap", "add", "dev", name, "mode", "tap"])
+        lab_netns.run(self.netns, ["ip", "link", "set", name, "master", "kapi0", "up"])
+        return name
+
+    def write_connection(self) -> Path:
+        """What a guest needs to use this control plane (see GuestCluster), as a JSON file in the
+        work dir: it holds the tokens, and goes with the work dir."""
+        assert self.workdir
+        path = self.workdir / "connection.json"
+        path.write_text(json.dumps({
+            "server": self.server, "ca_file": str(self.pki["ca_crt"]), "tokens": self.tokens,
+            "api_cidr": str(self._api_net), "service_cidr": self.service_cidr,
+            "binaries": {"etcd": str(self.binaries.etcd), "kube_apiserver": str(self.binaries.kube_apiserver),
+                         "kube_proxy": str(self.binaries.kube_proxy)}}))
+        os.chmod(path, 0o600)
+        return path
 
     def attach_node(self, node_netns: str, addr: str | None = None, ifname: str = "kapi0") -> str:
         """Give namespace `node_netns` a veth `ifname` on the API bridge; returns its address.
@@ -591,7 +624,7 @@ class LocalCluster:
         deadline = time.monotonic() + 30
         while True:
             if not self.etcd.alive():
-                raise LocalClusterError(f"etcd exited with {self.etcd.popen.returncode}:\n{self.etcd.log_tail()}")
+                raise LocalClusterError(f"etcd exited with {self.etcd.popen.returncode}:\n{self.etcd.failure()}")
             try:
                 status, body = _http_get(self.netns, "127.0.0.1", ETCD_PORT, "/health", timeout=2)
                 if status == 200 and b'"health":"true"' in body:
@@ -599,7 +632,7 @@ class LocalCluster:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise LocalClusterError(f"etcd not healthy after 30 s:\n{self.etcd.log_tail()}")
+                raise LocalClusterError(f"etcd not healthy after 30 s:\n{self.etcd.failure()}")
             time.sleep(0.2)
 
     def _start_apiserver(self) -> None:
@@ -629,7 +662,7 @@ class LocalCluster:
         while True:
             if not self.apiserver.alive():
                 raise LocalClusterError(f"kube-apiserver exited with {self.apiserver.popen.returncode}:\n"
-                                        f"{self.apiserver.log_tail()}")
+                                        f"{self.apiserver.failure()}")
             try:
                 status, body = _http_get(self.netns, self.api_addr, API_PORT, "/readyz", tls=tls,
                                          token=self.tokens["admin"], timeout=3)
@@ -640,7 +673,7 @@ class LocalCluster:
                 last = f"/readyz: {e}"
             if time.monotonic() > deadline:
                 raise LocalClusterError(f"kube-apiserver not ready after {self.ready_timeout:.0f} s ({last}); "
-                                        f"log tail:\n{self.apiserver.log_tail()}")
+                                        f"log:\n{self.apiserver.failure()}")
             time.sleep(0.25)
 
     def _spawn(self, name: str, argv: Sequence[str], netns: str | None = None) -> Proc:
@@ -669,7 +702,63 @@ class LocalCluster:
     def check_alive(self) -> None:
         for p in (self.etcd, self.apiserver):
             if p is not None and not p.alive():
-                raise LocalClusterError(f"{p.name} died (exit {p.popen.returncode}):\n{p.log_tail()}")
+                raise LocalClusterError(f"{p.name} died (exit {p.popen.returncode}):\n{p.failure()}")
+
+
+GUEST_UPLINK = "vec0"  # the UML guest's side of the TAP device (vector transport)
+
+
+class GuestCluster(LocalCluster):
+    """A LocalCluster's control plane seen from inside a UML guest.
+
+    The host runs etcd + kube-apiserver (LocalCluster) and gives its API bridge a TAP device; the
+    guest boots inside the API namespace with that TAP as its `vec0`. Here, in the guest, the same
+    namespace name `kpb-<tag>-api` holds a bridge `kapi0` with vec0 on it, so node namespaces are
+    attached exactly as on the host and reach the apiserver at the host's address. Nothing but
+    kube-proxy runs here; stop() removes the guest's namespace, processes and work dir.
+    """
+
+    def __init__(self, connection: str | Path, tag: str, *, guest_host: int = 250):
+        c = json.loads(Path(connection).read_text())
+        b = c["binaries"]
+        super().__init__(tag, binaries=Binaries(etcd=Path(b["etcd"]), kube_apiserver=Path(b["kube_apiserver"]),
+                                                kube_proxy=Path(b["kube_proxy"])),
+                         api_cidr=c["api_cidr"], service_cidr=c["service_cidr"])
+        self.server = c["server"]
+        self.bridge_addr = str(self._api_net.network_address + guest_host)
+        self._next_host = guest_host + 1
+        self.tokens = dict(c["tokens"])
+        self._ca_file = Path(c["ca_file"])
+
+    def start(self, ready_timeout: float = 60.0) -> "GuestCluster":
+        _install_cleanup(self)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"kpb-{self.tag}-"))
+        os.chmod(self.workdir, 0o700)
+        self.pki = {"ca_crt": self._ca_file}
+        self._register()
+        self._make_namespace()
+        try:
+            lab_netns.run(None, ["ip", "link", "set", GUEST_UPLINK, "netns", self.netns])
+        except lab_netns.LabError as e:
+            raise LocalClusterError(f"the guest has no {GUEST_UPLINK} (the TAP link to the host's API "
+                                    f"namespace): {e}") from None
+        lab_netns.run(self.netns, ["ip", "link", "set", GUEST_UPLINK, "master", "kapi0", "up"])
+        tls = ssl.create_default_context(cafile=str(self._ca_file))
+        host = self.server.split("//", 1)[1].rsplit(":", 1)[0]
+        deadline, last = time.monotonic() + ready_timeout, ""
+        while True:
+            try:
+                status, body = _http_get(self.netns, host, API_PORT, "/readyz", tls=tls,
+                                         token=self.tokens["admin"], timeout=5)
+                if status == 200:
+                    return self
+                last = f"/readyz {status}"
+            except OSError as e:
+                last = str(e)
+            if time.monotonic() > deadline:
+                raise LocalClusterError(f"the host's kube-apiserver {self.server} is not reachable from the UML "
+                                        f"guest after {ready_timeout:.0f} s ({last})")
+            time.sleep(0.25)
 
 
 # --------------------------------------------------------------------------------------------
@@ -791,7 +880,7 @@ def start_kube_proxy(kubeconfig: str | Path, mode: str, node_name: str, netns: s
         while True:
             if not proc.alive():
                 raise LocalClusterError(f"kube-proxy ({mode}) in {netns} exited with {proc.popen.returncode}:\n"
-                                        f"{proc.log_tail()}")
+                                        f"{proc.failure()}")
             try:
                 status, body = _http_get(netns, "127.0.0.1", kp.metrics_port, "/proxyMode", timeout=2)
                 if status == 200:
@@ -801,7 +890,7 @@ def start_kube_proxy(kubeconfig: str | Path, mode: str, node_name: str, netns: s
             if time.monotonic() > deadline:
                 proc.stop()
                 raise LocalClusterError(f"kube-proxy ({mode}) in {netns}: /proxyMode not answering after "
-                                        f"{wait_ready:.0f} s:\n{proc.log_tail()}")
+                                        f"{wait_ready:.0f} s:\n{proc.failure()}")
             time.sleep(0.2)
     return kp
 

@@ -26,6 +26,15 @@ def test_auto_prefers_one_kernel_for_all_even_if_not_the_host():
     assert plan_kernels(["iptables", "ipvs"], host=HOST, uml_=UML) == {"iptables": ["uml"], "ipvs": ["uml"]}
 
 
+def test_spread_keeps_on_the_host_what_the_host_runs():
+    full_uml = {**FULL, "kernel": "uml"}
+    assert plan_kernels(ALL, host=HOST, uml_=full_uml) == {m: ["uml"] for m in ALL}
+    plan = plan_kernels(ALL, host=HOST, uml_=full_uml, spread=True)
+    assert plan == {"iptables": ["host", "uml"], "ipvs": ["uml"], "nftables": ["host"]}
+    assert plan_kernels(["nftables"], host=HOST, uml_=full_uml, spread=True) == {"nftables": ["host"]}
+    assert plan_kernels(ALL, host=HOST, uml_=full_uml, choice="uml", spread=True) == {m: ["uml"] for m in ALL}
+
+
 def test_auto_splits_and_bridges_with_iptables_on_every_kernel_used():
     plan = plan_kernels(ALL, host=HOST, uml_=UML)
     assert plan == {"iptables": ["host", "uml"], "ipvs": ["uml"], "nftables": ["host"]}
