@@ -86,9 +86,9 @@ def cmd_run(args) -> int:
         scenario = scenario_from_args(args)
         run = None
     scenario = run.scenario if run else scenario
-    if scenario.target == "lab":
-        _require_root("kpbench run --target lab")
-    if scenario.target == "lab":
+    if scenario.target in ("lab", "local"):
+        _require_root(f"kpbench run --target {scenario.target}")
+    if scenario.target in ("lab", "local"):  # both make namespaces, guests and processes here
         from harness.lab.cleanup import cleanup_leftovers
 
         cleanup_leftovers(lambda msg: print(f"cleaning up after an earlier run: {msg}", file=sys.stderr))
@@ -105,7 +105,9 @@ def cmd_run(args) -> int:
         print(f"\ninterrupted: every finished point is kept in {run.dir}\n"
               f"continue with: kpbench run --resume {run.dir}", file=sys.stderr)
         return 130
-    print(f"run {status}: {run.dir}")
+    failed = [p["point_id"] for p in run.meta.get("points", []) if p.get("status") == "failed"]
+    print(f"run {status}: {run.dir}" + (f" ({len(failed)} of {len(run.meta['points'])} points failed: "
+                                       f"{', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''})" if failed else ""))
     if not args.no_report:
         from harness import report
 
@@ -115,7 +117,7 @@ def cmd_run(args) -> int:
         except Exception as e:  # the measurements are safe on disk; say so and keep the exit status honest
             print(f"kpbench: the report could not be built ({e}); the results are in {run.dir}", file=sys.stderr)
             return 1
-    return 0 if status == "complete" else 1
+    return 0 if status == "complete" and not failed else 1  # failed points are kept, and said
 
 
 def cmd_validate(args) -> int:
