@@ -15,9 +15,16 @@ OUT ?=
 KERNEL ?=
 KUBE_VERSION ?= v1.34.12
 
+# `make bench` measures the real kube-proxy (the local target) when `make kube` has built the
+# binaries (or KUBE_BIN_DIR has them), else the lab target; TARGET=lab|local|cluster chooses.
+KUBE_CACHE_BIN := $(or $(KPBENCH_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kpbench)/kube/$(KUBE_VERSION)/bin
+KUBE_BIN := $(or $(KUBE_BIN_DIR),$(KUBE_CACHE_BIN))
+BENCH_TARGET := $(or $(TARGET),$(if $(and $(wildcard $(KUBE_BIN)/kube-apiserver),$(wildcard $(KUBE_BIN)/kube-proxy)),local))
+
 BENCH_ARGS := $(SCENARIO) \
   $(if $(SERVICES),--services $(SERVICES)) $(if $(MODES),--modes $(MODES)) \
-  $(if $(REPS),--reps $(REPS)) $(if $(TARGET),--target $(TARGET)) \
+  $(if $(REPS),--reps $(REPS)) $(if $(BENCH_TARGET),--target $(BENCH_TARGET)) \
+  $(if $(filter local,$(BENCH_TARGET)),--set local.kube_version=$(KUBE_VERSION)) \
   $(if $(OUT),--out $(OUT)) $(if $(KERNEL),--kernel $(KERNEL))
 
 UML_KERNEL_DEPS := linux-source-6.1 build-essential bc bison flex libssl-dev libelf-dev xz-utils
@@ -50,6 +57,7 @@ uml-kernel:
 
 bench: setup
 	@$(MAKE) --no-print-directory uml-kernel || echo "warning: the kpbench UML kernel could not be built; modes may be split across kernels (see kpbench doctor)"
+	@echo "kpbench: target $(or $(BENCH_TARGET),lab (from the scenario; make kube for the local target))"
 	$(KPBENCH) run $(BENCH_ARGS)
 
 # The kpbench UML kernel and the Kubernetes binaries are built once into ~/.cache/kpbench (a
