@@ -141,7 +141,6 @@ class NetlinkBatch:
         Returns the number sent; raises LabError listing the kernel's errors (except `ignore`d errnos).
         """
         errors: dict[int, int] = {}
-        names: dict[int, str] = {}
         buf: list[bytes] = []
         size = n = 0
         last = None
