@@ -41,11 +41,13 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=5000)
     ap.add_argument("--upstream-allocator", action="store_true",
                     help="no apiserver_args: 1.34's default IPAddress allocator")
+    ap.add_argument("--apiserver-arg", action="append", default=[], metavar="ARG",
+                    help="one more kube-apiserver argument (repeatable), to try a tuning")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     spec = LocalSpec()
     model = build_model(ModelSpec(n_services=args.services, endpoints=1))
-    apiserver_args = [] if args.upstream_allocator else list(spec.apiserver_args)
+    apiserver_args = ([] if args.upstream_allocator else list(spec.apiserver_args)) + args.apiserver_arg
     rows = []
     with lc.LocalCluster(apiserver_args=apiserver_args) as cluster:
         procs = {"kube-apiserver": cluster.apiserver.popen.pid, "etcd": cluster.etcd.popen.pid}

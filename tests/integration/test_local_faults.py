@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,21 +26,9 @@ import yaml
 
 from harness.lab import netns
 from harness.targets import localcluster as lc
+from tests.integration.test_local_target import _our_processes, _skip_reason
 
 pytestmark = [pytest.mark.kube, pytest.mark.kernel, pytest.mark.slow]
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, kube-proxy)"
-    for tool in ("ip", "nginx", "nft", "iptables-legacy-save"):
-        if not shutil.which(tool):
-            return f"{tool} not installed (make setup)"
-    try:
-        lc.find_binaries()
-    except lc.LocalClusterError as e:
-        return f"kube binaries not built (make kube): {e}"
-    return None
 
 
 _reason = _skip_reason()
@@ -54,18 +41,6 @@ def _cmdline(pid: str) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def _our_processes(tag: str) -> list[str]:
-    """kube-proxy / kube-apiserver / etcd processes of the run (their files live in /tmp/kpb-<tag>-*)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        cmd = _cmdline(d)
-        if any(k in cmd for k in ("kube-proxy", "kube-apiserver", "etcd --name kpb")) and f"kpb-{tag}-" in cmd:
-            out.append(cmd)
-    return out
 
 
 def _netns_inode(name: str) -> int | None:
