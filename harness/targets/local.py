@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import sys
-from pathlib import Path
 
 from harness.lab import caps
 from harness.lab.netns import LabError
@@ -115,18 +114,8 @@ class LocalTarget(LabTarget):
                                 netns=cluster.netns, net=[f"{lc.GUEST_UPLINK}:transport=tap,ifname={TAP}"],
                                 mounts=[bin_dir] if hidden else [])
         finally:
-            _keep_logs(cluster, run.dir / "local-logs")
+            cluster.keep_logs(run.dir / "local-logs")
             cluster.stop()
         write_guest_log(log_path, res)
         return res.status
 
-
-def _keep_logs(cluster, dest: Path) -> None:
-    if cluster.workdir is None:
-        return
-    try:
-        dest.mkdir(exist_ok=True)
-        for f in cluster.workdir.glob("*.log"):
-            shutil.copy(f, dest / f.name)
-    except OSError:
-        pass

@@ -39,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 import traceback
 from dataclasses import replace
@@ -192,15 +193,9 @@ class LocalWorker(Worker):
 
     def stop(self) -> None:
         self.stop_proxies()
-        if self.cluster is not None and self.cluster.workdir is not None:
-            logs = self.run_dir / "local-logs"
-            try:
-                logs.mkdir(exist_ok=True)
-                prefix = "guest-" if isinstance(self.cluster, lc.GuestCluster) else ""
-                for f in self.cluster.workdir.glob("*.log"):
-                    shutil.copy(f, logs / f"{prefix}{f.name}")
-            except OSError:
-                pass
+        if self.cluster is not None:
+            self.cluster.keep_logs(self.run_dir / "local-logs",
+                                   prefix="guest-" if isinstance(self.cluster, lc.GuestCluster) else "")
         if self.api_client is not None:
             try:
                 self.api_client.close()
@@ -453,8 +448,9 @@ class LocalWorker(Worker):
             if not kp.alive():
                 tail = kp.proc.log_tail(20)
                 last = " | ".join(l.strip() for l in tail.splitlines()[-3:])[-500:]
-                err = KubeProxyCrashed(f"kube-proxy ({kp.mode}) on {node_name(n)} exited with status "
-                                       f"{kp.proc.popen.returncode}: {last}")
+                rc = kp.proc.popen.returncode
+                how = f"{rc} ({signal.Signals(-rc).name})" if rc < 0 and -rc in signal.valid_signals() else str(rc)
+                err = KubeProxyCrashed(f"kube-proxy ({kp.mode}) on {node_name(n)} exited with status {how}: {last}")
                 err.log_tail = tail  # type: ignore[attr-defined]
                 raise err
         self.cluster.check_alive()
@@ -654,10 +650,6 @@ def metric_rows(ctx: PointContext, metrics: dict[str, float]) -> list[dict]:
             unit = "s"
         rows.append(ctx.row("kp_" + name[len("kubeproxy_"):], value, unit, path=path))
     return rows
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:

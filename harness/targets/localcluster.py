@@ -513,6 +513,18 @@ class LocalCluster:
         registry.unregister("localcluster", self.tag)
         _cleanup_objects.discard(self)
 
+    def keep_logs(self, dest: Path, prefix: str = "") -> None:
+        """Copy the work dir's logs (etcd, kube-apiserver, kube-proxy) to `dest` before stop()
+        removes them; a failure to copy is not worth an error."""
+        if self.workdir is None:
+            return
+        try:
+            dest.mkdir(exist_ok=True)
+            for f in self.workdir.glob("*.log"):
+                shutil.copy(f, dest / f"{prefix}{f.name}")
+        except OSError:
+            pass
+
     def _register(self) -> None:
         try:
             registry.register("localcluster", self.tag, namespaces=list(self.namespaces),
