@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.lab import netns
+from harness.lab import netns, uml
 from harness.targets import localcluster as lc
 from tests.integration.test_local_target import _our_processes, _skip_reason
 
@@ -91,12 +91,12 @@ def _run_cmd(scenario: Path, out: Path, *sets: str) -> list[str]:
     return argv
 
 
-def _write_scenario(path: Path, counts: list[int]) -> Path:
+def _write_scenario(path: Path, counts: list[int], mode: str = "iptables", kernel: str = "host") -> Path:
     """One mode, small counts, few samples, short load: a point is a few seconds."""
     sc = {
-        "name": "local-faults", "target": "local", "modes": ["iptables"],
+        "name": "local-faults", "target": "local", "modes": [mode],
         "services": {"counts": counts}, "model": {"endpoints": 2}, "repetitions": 1,
-        "kernel": "host", "seed": 1, "validate": False,
+        "kernel": kernel, "seed": 1, "validate": False,
         "measure": {
             "connect": {"samples": 100, "edge_samples": 20, "direct_samples": 20, "timeout_ms": 300},
             "sync": {"samples": 3, "timeout_s": 2},
@@ -141,6 +141,28 @@ def test_apiserver_that_does_not_start_is_reported_with_its_log_tail(tmp_path, a
     assert {r["status"] for r in meta["points"]} == {"pending"}  # nothing measured, nothing marked
     assert cause in (run_dir / "local-logs" / "kube-apiserver.log").read_text()  # the whole log is kept
     _assert_nothing_left(tag, before)
+
+
+@pytest.mark.skipif(not uml.available()[0], reason="no UML guest available (install user-mode-linux)")
+def test_apiserver_that_does_not_start_for_the_guest_is_reported(tmp_path):
+    """IPVS: the control plane is started by the runner for a UML guest; its failure is the same
+    one error, no guest is booted, and its work dir (keys, tokens) in the run folder is gone."""
+    scen = _write_scenario(tmp_path / "scenario.yaml", [30], mode="ipvs", kernel="auto")
+    out = tmp_path / "out"
+    before = set(netns.list_namespaces())
+    p = subprocess.run(_run_cmd(scen, out, 'local.apiserver_args=["--no-such-flag"]'),
+                       capture_output=True, text=True, timeout=300, cwd=lc.REPO)
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout, p.stderr[-3000:]
+    err = p.stderr[p.stderr.index("kpbench: error:"):] if "kpbench: error:" in p.stderr else ""
+    assert err.splitlines()[0].endswith("kube-apiserver exited with 1:"), err
+    assert "unknown flag: --no-such-flag" in err and len(err.splitlines()) <= 10, err
+    (run_dir,) = [x for x in out.iterdir() if x.is_dir()]
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["status"] == "incomplete" and {r["status"] for r in meta["points"]} == {"pending"}
+    assert not list((run_dir / ".jobs").glob("kpb-*")) and not list((run_dir / ".jobs").glob("*.json"))
+    assert "unknown flag" in (run_dir / "local-logs" / "kube-apiserver.log").read_text()
+    assert not [n for n in set(netns.list_namespaces()) - before if n.startswith("kpb-")]
 
 
 # -- kube-proxy crashes while a point is measured -----------------------------------------------
