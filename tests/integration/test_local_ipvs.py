@@ -27,12 +27,13 @@ if _reason:
 POINT = "local-uml-ipvs-30-r1"
 
 
-def _guests() -> list[int]:
+def _guests_of(owner_pid: int) -> list[int]:
+    """UML guests started by process `owner_pid` (their uml_dir is kpbench-uml-<owner pid>-...)."""
     out = []
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                if b"umid=kpb" in Path(f"/proc/{d}/cmdline").read_bytes():
+                if f"kpbench-uml-{owner_pid}-".encode() in Path(f"/proc/{d}/cmdline").read_bytes():
                     out.append(int(d))
             except OSError:
                 pass
@@ -42,12 +43,16 @@ def _guests() -> list[int]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("local-ipvs")
-    guests_before = set(_guests())
-    p = subprocess.run([sys.executable, "-m", "harness", "run", "local-ipvs-quick", "--out", str(out), "--no-report"],
-                       capture_output=True, text=True, timeout=1200, cwd=lc.REPO)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "local-ipvs-quick", "--out", str(out),
+                             "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=lc.REPO)
+    try:
+        stdout, stderr = proc.communicate(timeout=1200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     (d,) = [x for x in out.iterdir() if x.is_dir()]
-    d.joinpath(".guests").write_text(json.dumps(sorted(set(_guests()) - guests_before)))
+    d.joinpath(".owner").write_text(str(proc.pid))
     return d
 
 
@@ -92,7 +97,7 @@ def test_nothing_left_behind(run_dir):
     job = json.loads((run_dir / ".jobs" / "local-uml.json").read_text())
     assert not [n for n in netns.list_namespaces() if n.startswith(f"kpb-{job['tag']}-")]
     assert not _our_processes(job["tag"])
-    assert not [p for p in json.loads((run_dir / ".guests").read_text()) if Path(f"/proc/{p}").exists()]
+    assert not _guests_of(int((run_dir / ".owner").read_text()))
     assert not list((run_dir / ".jobs").glob(f"kpb-{job['tag']}-*"))  # the cluster's work dir (keys, tokens)
     logs = run_dir / "local-logs"
     assert (logs / "kube-apiserver.log").exists() and (logs / "guest-kube-proxy-node-a.log").exists()
