@@ -397,26 +397,10 @@ class LocalWorker(Worker):
         self.proxy_mode = None
 
     def proxy_cleanup(self) -> None:
-        """`kube-proxy --cleanup` in every node namespace (iptables, ipvs and nftables state).
-
-        After IPVS mode the first call exits 1 although it cleans up: its iptables pass runs first
-        and cannot delete KUBE-MARK-MASQ while IPVS mode's KUBE-LOAD-BALANCER still jumps to it, then
-        its IPVS pass removes the rest. So a failed call is repeated once; the second must succeed.
-        """
-        binary = str(self.cluster.binaries.kube_proxy)
+        """`kube-proxy --cleanup` in every node namespace (iptables, ipvs and nftables state)."""
         for n in self.model.spec.nodes:
-            ns = self.lab.node_ns(n)
-            for attempt in (1, 2):
-                p = netns.run(ns, ["env", f"PATH={self.env['PATH']}", binary, "--cleanup"], check=False,
-                              timeout=300)
-                if p.returncode == 0:
-                    break
-                emit("log", message=f"kube-proxy --cleanup in {ns} (attempt {attempt}): exit {p.returncode}:\n"
-                                    f"{p.stderr[-6000:]}")
-            else:
-                errors = [l for l in p.stderr.splitlines() if l.startswith("E")] or p.stderr.strip().splitlines()
-                raise LabError(f"kube-proxy --cleanup in {ns} failed twice (exit {p.returncode}): "
-                               f"{' | '.join(errors[:3])[-900:]}")
+            lc.kube_proxy_cleanup(self.lab.node_ns(n), self.cluster.binaries.kube_proxy, path=self.env["PATH"],
+                                  log=lambda message: emit("log", message=message))
 
     def start_proxies(self, mode: str) -> None:
         for n in self.model.spec.nodes:

@@ -668,24 +668,34 @@ class LocalCluster:
                 f"--v={self.apiserver_verbosity}",
                 *self.apiserver_args]
         self.apiserver = self._spawn("kube-apiserver", argv)
-        tls = ssl.create_default_context(cafile=str(pki["ca_crt"]))
-        deadline = time.monotonic() + self.ready_timeout
-        last = ""
-        while True:
+
+        def alive() -> None:
             if not self.apiserver.alive():
                 raise LocalClusterError(f"kube-apiserver exited with {self.apiserver.popen.returncode}:\n"
                                         f"{self.apiserver.failure()}")
+        last = self._wait_readyz(self.api_addr, self.ready_timeout, attempt_timeout=3, alive=alive)
+        if last is not None:
+            raise LocalClusterError(f"kube-apiserver not ready after {self.ready_timeout:.0f} s ({last}); "
+                                    f"log:\n{self.apiserver.failure()}")
+
+    def _wait_readyz(self, host: str, timeout: float, attempt_timeout: float, alive=None) -> str | None:
+        """Poll https://<host>:6443/readyz from the API namespace until it answers 200 (returns
+        None) or `timeout` passes (returns the last answer or error); `alive()` first, each round."""
+        tls = ssl.create_default_context(cafile=str(self.pki["ca_crt"]))
+        deadline, last = time.monotonic() + timeout, ""
+        while True:
+            if alive:
+                alive()
             try:
-                status, body = _http_get(self.netns, self.api_addr, API_PORT, "/readyz", tls=tls,
-                                         token=self.tokens["admin"], timeout=3)
+                status, body = _http_get(self.netns, host, API_PORT, "/readyz", tls=tls,
+                                         token=self.tokens["admin"], timeout=attempt_timeout)
                 if status == 200:
-                    return
+                    return None
                 last = f"/readyz {status}: {body.decode(errors='replace')[-600:]}"
             except OSError as e:
                 last = f"/readyz: {e}"
             if time.monotonic() > deadline:
-                raise LocalClusterError(f"kube-apiserver not ready after {self.ready_timeout:.0f} s ({last}); "
-                                        f"log:\n{self.apiserver.failure()}")
+                return last
             time.sleep(0.25)
 
     def _spawn(self, name: str, argv: Sequence[str], netns: str | None = None) -> Proc:
@@ -755,22 +765,12 @@ class GuestCluster(LocalCluster):
             raise LocalClusterError(f"the guest has no {GUEST_UPLINK} (the TAP link to the host's API "
                                     f"namespace): {e}") from None
         lab_netns.run(self.netns, ["ip", "link", "set", GUEST_UPLINK, "master", "kapi0", "up"])
-        tls = ssl.create_default_context(cafile=str(self._ca_file))
         host = self.server.split("//", 1)[1].rsplit(":", 1)[0]
-        deadline, last = time.monotonic() + ready_timeout, ""
-        while True:
-            try:
-                status, body = _http_get(self.netns, host, API_PORT, "/readyz", tls=tls,
-                                         token=self.tokens["admin"], timeout=5)
-                if status == 200:
-                    return self
-                last = f"/readyz {status}"
-            except OSError as e:
-                last = str(e)
-            if time.monotonic() > deadline:
-                raise LocalClusterError(f"the host's kube-apiserver {self.server} is not reachable from the UML "
-                                        f"guest after {ready_timeout:.0f} s ({last})")
-            time.sleep(0.25)
+        last = self._wait_readyz(host, ready_timeout, attempt_timeout=5)
+        if last is not None:
+            raise LocalClusterError(f"the host's kube-apiserver {self.server} is not reachable from the UML "
+                                    f"guest after {ready_timeout:.0f} s ({last})")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -907,16 +907,29 @@ def start_kube_proxy(kubeconfig: str | Path, mode: str, node_name: str, netns: s
     return kp
 
 
-def kube_proxy_cleanup(netns: str, binary: str | Path | None = None, timeout: float = 120) -> str:
-    """`kube-proxy --cleanup` inside `netns` (removes iptables, ipvs and nftables state there)."""
+def kube_proxy_cleanup(netns: str, binary: str | Path | None = None, timeout: float = 300,
+                       path: str | None = None, log=None) -> str:
+    """`kube-proxy --cleanup` inside `netns` (removes iptables, ipvs and nftables state there).
+
+    `path`: the PATH kube-proxy runs with (e.g. one iptables backend's binaries). After IPVS mode
+    the first call exits 1 although it cleans up: its iptables pass runs first and cannot delete
+    KUBE-MARK-MASQ while IPVS mode's KUBE-LOAD-BALANCER still jumps to it, then its IPVS pass
+    removes the rest. So a failed call is repeated once (each failure goes to `log(message)`);
+    the second must succeed.
+    """
     if not netns or not netns.startswith(lab_netns.PREFIX):
         raise LocalClusterError(f"kube-proxy --cleanup runs only inside a {lab_netns.PREFIX}* namespace")
     binary = Path(binary) if binary else find_binaries().kube_proxy
-    p = lab_netns.run(netns, [str(binary), "--cleanup"], check=False, timeout=timeout)
-    if p.returncode != 0:
-        raise LocalClusterError(f"kube-proxy --cleanup in {netns} failed (exit {p.returncode}): "
-                                f"{p.stderr.strip()[-2000:]}")
-    return p.stderr
+    argv = (["env", f"PATH={path}"] if path else []) + [str(binary), "--cleanup"]
+    for attempt in (1, 2):
+        p = lab_netns.run(netns, argv, check=False, timeout=timeout)
+        if p.returncode == 0:
+            return p.stderr
+        if log:
+            log(f"kube-proxy --cleanup in {netns} (attempt {attempt}): exit {p.returncode}:\n{p.stderr[-6000:]}")
+    errors = [l for l in p.stderr.splitlines() if l.startswith("E")] or p.stderr.strip().splitlines()
+    raise LocalClusterError(f"kube-proxy --cleanup in {netns} failed twice (exit {p.returncode}): "
+                            f"{' | '.join(errors[:3])[-900:]}")
 
 
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
