@@ -76,3 +76,11 @@ def test_user_error_classes_share_the_root():
 
     for cls in (ClusterError, LabError, ModelError, ResultsError, ScenarioError):
         assert issubclass(cls, UserError), cls
+
+
+def test_root_check_is_a_user_error(monkeypatch, capsys):
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    monkeypatch.setattr("harness.lab.cleanup.cleanup_leftovers", lambda *a: pytest.fail("ran without root"))
+    assert cli.main(["clean"]) == 2
+    err = capsys.readouterr().err
+    assert err == "kpbench: error: kpbench clean needs root (it creates network namespaces): run it with sudo\n"
