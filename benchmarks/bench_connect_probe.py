@@ -6,7 +6,7 @@ pod. Both run alternately in rounds (bare, probe, bare, probe, ...) so machine d
 
     sudo .venv/bin/python benchmarks/bench_connect_probe.py [--samples 2000] [--rounds 5]
 
-Builds a throwaway lab (harness.measure.minilab: client -> router -> server with nginx) and
+Builds a throwaway lab (tests.support.minilab: client -> router -> server with nginx) and
 removes it at the end. Prints a table and one JSON line with the figures.
 """
 
@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
 import sys
 
-from harness.measure.agent import Agent
-from harness.measure.connect import measure_connect
-from harness.measure.minilab import MiniLab
-from harness.model import ModelSpec, build_model
-from harness.samples import PointContext
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for tests.support
+
+from harness.measure.agent import Agent  # noqa: E402
+from harness.measure.connect import measure_connect  # noqa: E402
+from harness.model import ModelSpec, build_model  # noqa: E402
+from harness.samples import PointContext  # noqa: E402
+from tests.support.minilab import MiniLab  # noqa: E402
 
 BARE = r"""
 import socket, struct, sys, time

@@ -13,12 +13,14 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from harness.errors import UserError
+
 NODE_PORT_MIN = 30000
 NODE_PORT_MAX = 32767
 NAMESPACE = "kpbench"
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """The model cannot be built as asked (too many Services for the CIDR, and so on)."""
 
 

@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.errors import UserError
 from harness.samples import COLUMNS, TAGS
 
 SAMPLES = "samples.parquet"
@@ -54,7 +55,7 @@ CATEGORICAL = tuple(c for c in COLUMNS if c not in _TYPES)
 _OPTIONAL = set(TAGS) | {"seq", "timed_out"}
 
 
-class ResultsError(Exception):
+class ResultsError(UserError):
     """A run folder cannot be read, or runs cannot be combined. The message is one line."""
 
 

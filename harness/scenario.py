@@ -9,11 +9,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.errors import UserError
+
 MODES = ("iptables", "ipvs", "nftables")
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
 
-class ScenarioError(ValueError):
+class ScenarioError(UserError, ValueError):
     """A scenario is invalid; the message names the file and the field."""
 
 

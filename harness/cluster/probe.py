@@ -103,16 +103,15 @@ class RemoteAgent:
         return self.request({"cmd": "http_get", "ip": ip, "port": port, "path": path, "timeout": timeout})
 
     def close(self) -> None:
+        from websocket import WebSocketException
+
         try:
             if self._polling:
                 self.poll_result()
             self._send({"cmd": "quit"})
-        except Exception:
+        except (RemoteAgentError, WebSocketException, OSError):  # the agent or its stream is gone already
             pass
-        try:
-            self.ws.close()
-        except Exception:
-            pass
+        self.ws.close()
 
     def __enter__(self) -> "RemoteAgent":
         return self

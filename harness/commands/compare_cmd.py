@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+NAME = "compare"
+HELP = "compare two runs point by point (ratio of medians, bootstrap CI, Mann-Whitney U)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", metavar="RUN_A", help="baseline run folder")

@@ -12,6 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+NAME = "report"
+HELP = "build the static HTML (and Markdown) report of one or more runs"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) or glob(s), e.g. results/2025*")

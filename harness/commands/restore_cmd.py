@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+NAME = "restore"
+HELP = "Put kube-proxy back as a crashed cluster run found it (from RUN_DIR/cluster-restore.json)."
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder holding cluster-restore.json")

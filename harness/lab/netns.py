@@ -12,6 +12,7 @@ import subprocess
 import threading
 from typing import Any, Callable, Sequence, TypeVar
 
+from harness.errors import UserError
 from harness.lab import registry
 
 T = TypeVar("T")
@@ -21,7 +22,7 @@ PREFIX = "kpb-"
 NETNS_DIR = "/run/netns"
 
 
-class LabError(RuntimeError):
+class LabError(UserError, RuntimeError):
     """Something real in the lab failed; the message says what and what to do."""
 
 

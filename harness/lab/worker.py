@@ -89,7 +89,7 @@ class Worker:
         for dp in self.dataplanes.values():
             try:
                 dp.cleanup()
-            except Exception:
+            except (LabError, OSError):  # lab.down() below deletes the namespaces and their rules with them
                 pass
         self.dataplanes = {}
         if self.agent is not None:

@@ -413,7 +413,7 @@ class Agent:
         for f in (p.stdin, p.stdout, p.stderr):
             try:
                 f.close()
-            except Exception:
+            except OSError:  # closing stdin flushes it: BrokenPipeError when the agent is gone already
                 pass
 
     def __enter__(self) -> "Agent":

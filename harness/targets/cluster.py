@@ -304,8 +304,9 @@ class _Session:
 
         try:
             before = scrape()
-        except Exception:
-            before = {}
+        except Exception as e:  # no first scrape, no sync delta: this point has no program_us, and says why
+            before = None
+            status["flags"]["metrics"] = f"kube-proxy metrics not scraped: {e}"[:200]
         rows_path = self.rundata.dir / "points" / f"{p.point_id}.jsonl"
         rng = random.Random(sc.seed + p.rep)
         with rows_path.open("w") as fh:
@@ -334,7 +335,7 @@ class _Session:
             fh.flush()
             try:
                 after = scrape()
-                d = sync_delta_us(before, after)
+                d = sync_delta_us(before, after) if before is not None else None
                 if d:
                     w.write(ctx.row("program_us", d[0], "us", seq=d[1], path="kube-proxy-metrics"))
             except Exception as e:

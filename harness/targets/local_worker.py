@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 import traceback
 from dataclasses import replace
@@ -197,10 +198,7 @@ class LocalWorker(Worker):
             self.cluster.keep_logs(self.run_dir / "local-logs",
                                    prefix="guest-" if isinstance(self.cluster, lc.GuestCluster) else "")
         if self.api_client is not None:
-            try:
-                self.api_client.close()
-            except Exception:
-                pass
+            self.api_client.close()
             self.api_client = None
         if self.api_ex is not None:
             self.api_ex.shutdown(wait=False)
@@ -391,7 +389,7 @@ class LocalWorker(Worker):
         for kp in self.proxies.values():
             try:
                 kp.stop()
-            except Exception:
+            except subprocess.TimeoutExpired:  # alive even after SIGKILL: stop the others; its namespace goes at stop()
                 pass
         self.proxies = {}
         self.proxy_mode = None

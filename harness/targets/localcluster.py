@@ -503,7 +503,7 @@ class LocalCluster:
         for p in reversed(self.procs):
             try:
                 p.stop()
-            except Exception:
+            except subprocess.TimeoutExpired:  # alive even after SIGKILL: stop the rest; the namespace goes below
                 pass
         for ns in reversed(self.namespaces):
             lab_netns.delete(ns)  # also kills anything still inside
@@ -800,7 +800,7 @@ def _stop_all() -> None:
     for obj in list(_cleanup_objects):
         try:
             obj.stop()
-        except Exception:
+        except (OSError, subprocess.SubprocessError):  # at exit: stop the others; `kpbench clean` gets the rest
             pass
 
 
@@ -1232,10 +1232,7 @@ def create_services(api: "ApiEndpoint | LocalCluster", model_services: Sequence,
         list(ex.map(one, model_services))
     stats.seconds = time.perf_counter() - t0
     for c in clients:
-        try:
-            c.close()
-        except Exception:
-            pass
+        c.close()
     if strict and stats.errors:
         raise LocalClusterError(f"{len(stats.errors)} of {len(model_services)} Services failed; first: "
                                 f"{stats.errors[0]}")

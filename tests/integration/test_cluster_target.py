@@ -22,7 +22,6 @@ import pytest
 
 from harness.cluster import ANN_MODIFIED, KP_KEY, LABEL_RUN, PAUSE_KEY, RESTART_ANN, ClusterError, namespace_for
 from harness.cluster import manifests as m
-from harness.cluster.fakeapi import KUBEADM_CONFIG, kubeadm_configmap, kubeadm_daemonset
 from harness.cluster.kube import Rest, connect
 from harness.cluster.objects import ObjectStore
 from harness.cluster.preflight import read_kube_proxy
@@ -30,6 +29,7 @@ from harness.cluster.probe import scrape_node
 from harness.cluster.restore import load, restore_cluster, restore_path, save_initial, state_from_cluster
 from harness.cluster.switch import CM_PATH, DS_PATH, KubeProxyController, Waits
 from harness.scenario import load_scenario
+from tests.support.fakeapi import KUBEADM_CONFIG, kubeadm_configmap, kubeadm_daemonset
 
 pytestmark = [pytest.mark.kube]
 
@@ -99,7 +99,7 @@ def _admin(c):
 
 
 def _create_nodes(rest, ip):
-    from harness.cluster.fakeapi import node
+    from tests.support.fakeapi import node
 
     for name, addr in ((NODE_KP, ip), (NODE_B, None)):
         body = node(name, kernel="6.18.0-kpbench-test", ip=addr or "0.0.0.0")

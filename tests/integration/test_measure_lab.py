@@ -1,4 +1,4 @@
-"""harness.measure against a small real lab (harness.measure.minilab): client -> router -> server.
+"""harness.measure against a small real lab (tests.support.minilab): client -> router -> server.
 
 The router does Service DNAT with plain iptables; nginx in the server namespace answers GET /
 with "<podname> <ip>:<port>". Everything is created by the module fixture and removed after.
@@ -16,10 +16,10 @@ from harness.lab import netns
 from harness.measure.agent import Agent
 from harness.measure.connect import measure_connect
 from harness.measure.load import measure_load
-from harness.measure.minilab import MiniLab, DnatDataplane
 from harness.measure.sync import positions, measure_sync_full, measure_sync_one
 from harness.model import Endpoint, ModelSpec, build_model
 from harness.samples import PointContext
+from tests.support.minilab import MiniLab, DnatDataplane
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]

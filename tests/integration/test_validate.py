@@ -279,7 +279,7 @@ def _host_scenario(modes):
 def test_validate_only_worker_on_the_host(tmp_path):
     """`kpbench validate`'s mechanism: a validate-only worker job builds its own lab and reports."""
     pytest.importorskip("harness.lab.worker")
-    from harness import validate_cmd
+    from harness.commands import validate_cmd
 
     events: list[dict] = []
     res = validate_cmd.validate_on_kernel(_host_scenario(["iptables"]), "host", ["iptables"], tmp_path,

@@ -8,9 +8,9 @@ import yaml
 from harness.cluster import LABEL_ROLE, LABEL_RUN, ClusterError, namespace_for
 from harness.cluster import kubeproxy_config as kpc
 from harness.cluster import manifests as m
-from harness.cluster.fakeapi import KUBEADM_CONFIG
 from harness.cluster.objects import TokenBucket
 from harness.cluster.options import options_from
+from tests.support.fakeapi import KUBEADM_CONFIG
 
 RUN = "20261201T063000Z-a1b2c3"
 NS = namespace_for(RUN)

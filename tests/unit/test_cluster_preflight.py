@@ -1,6 +1,6 @@
 """Cluster target preflight: kubeconfig problems, reachability, permissions, kubeadm layout, --yes.
 
-Against harness.cluster.fakeapi (an in-memory API on a loopback port, plain HTTP) so the real
+Against tests.support.fakeapi (an in-memory API on a loopback port, plain HTTP) so the real
 client code runs; nothing leaves this machine.
 """
 
@@ -14,10 +14,10 @@ import yaml
 
 from harness.cli import main
 from harness.cluster import ANN_MODIFIED, PAUSE_KEY, ClusterError
-from harness.cluster.fakeapi import CM, DS, FakeCluster, kubeadm_configmap
 from harness.cluster.kube import connect, read_kubeconfig
 from harness.scenario import load_scenario
 from harness.targets.cluster import ClusterTarget
+from tests.support.fakeapi import CM, DS, FakeCluster, kubeadm_configmap
 
 
 def _scenario(**over):
@@ -236,7 +236,7 @@ def test_leftover_of_an_earlier_run(tmp_path):
 
 
 def test_nftables_needs_kernel_5_13(tmp_path):
-    from harness.cluster.fakeapi import node
+    from tests.support.fakeapi import node
 
     with FakeCluster(nodes=[node("old", kernel="4.19.0-26-amd64")]) as fake:
         with pytest.raises(ClusterError, match="nftables mode needs kernel >= 5.13.*old 4.19"):

@@ -1,6 +1,6 @@
 """Restore file round-trip; mode switch and restore, including failures injected halfway.
 
-Against harness.cluster.fakeapi (loopback, in-memory): the fake's DaemonSet "rolls out" at once,
+Against tests.support.fakeapi (loopback, in-memory): the fake's DaemonSet "rolls out" at once,
 its Jobs succeed at once and its nodes' /proxyMode answer the mode last rolled out.
 """
 
@@ -14,12 +14,12 @@ import pytest
 from harness.cli import main
 from harness.cluster import ANN_MODIFIED, KP_KEY, PAUSE_KEY, ClusterError, namespace_for
 from harness.cluster import kubeproxy_config as kpc
-from harness.cluster.fakeapi import CM, DS, KUBEADM_CONFIG, FakeCluster
 from harness.cluster.kube import Rest, connect
 from harness.cluster.preflight import read_kube_proxy
 from harness.cluster.restore import load, restore_cluster, restore_path, save_initial, state_from_cluster
 from harness.cluster.switch import KubeProxyController, Waits
 from harness.scenario import load_scenario
+from tests.support.fakeapi import CM, DS, KUBEADM_CONFIG, FakeCluster
 
 RUN = "20261201T063000Z-a1b2c3"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 from rich.console import Console
@@ -10,6 +11,17 @@ from rich.table import Table
 from harness.lab import caps
 from harness.lab.netns import LabError
 from harness.scenario import MODES
+
+NAME = "doctor"
+HELP = "what each mode needs and whether this machine has it"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """No options."""
+
+
+def run(args: argparse.Namespace) -> int:
+    return doctor()
 
 
 def doctor(console: Console | None = None) -> int:

@@ -10,6 +10,7 @@ results directory. Other targets validate through a `validate(scenario)` method 
 
 from __future__ import annotations
 
+import argparse
 import json
 import secrets
 import sys
@@ -17,9 +18,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.commands.privileges import require_root
+from harness.commands.scenario_args import add_scenario_arguments, scenario_from_args
 from harness.targets.lab import run_host_worker
 
-REPO = Path(__file__).resolve().parents[1]
+NAME = "validate"
+HELP = "run the functional traffic matrix for each mode"
 
 EventSink = Callable[[dict], None]
 
@@ -135,3 +139,18 @@ def run_validation(scenario, target, *, out: Path | None = None, file=None) -> i
     if work is not None:
         print(f"validation details: {work / 'validation.json'}", file=file)
     return 1 if failed or not results else 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_scenario_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the scenario's modes on its target; 0 when every cell passes, 1 otherwise."""
+    from harness.targets import make_target
+
+    scenario = scenario_from_args(args)
+    require_root("kpbench validate")
+    target = make_target(scenario, args)
+    target.preflight(scenario)
+    return run_validation(scenario, target)

@@ -1,0 +1,33 @@
+"""`kpbench render`: print the rules a mode would program for a model, in the tool's input format."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "render"
+HELP = "print what the lab would program, in each tool's input format"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", required=True, choices=["iptables", "ipvs", "nftables"])
+    p.add_argument("--services", type=int, required=True)
+    p.add_argument("--endpoints", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--node-ports", type=int, default=0, help="the first K Services get a NodePort")
+    p.add_argument("--affinity", type=int, default=0, help="the first K Services get ClientIP affinity")
+    p.add_argument("--iptables-backend", choices=["legacy", "nft"], default="legacy")
+    p.add_argument("--scheduler", default="rr")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.dataplane import render
+    from harness.dataplane.base import DataplaneSettings
+    from harness.model import ModelSpec, build_model
+
+    model = build_model(ModelSpec(n_services=args.services, endpoints=args.endpoints, seed=args.seed,
+                                  node_ports=args.node_ports, affinity=args.affinity))
+    settings = DataplaneSettings(iptables_backend=args.iptables_backend, scheduler=args.scheduler,
+                                 node_ips=("10.255.0.1",))
+    sys.stdout.write(render(args.mode, model.services, settings))
+    return 0

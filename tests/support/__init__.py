@@ -1,0 +1,1 @@
+"""Test support: fakes and throwaway labs for tests and benchmarks/ (not part of the harness package)."""
