@@ -150,12 +150,18 @@ def unit(name: str, default: str = "") -> str:
     return m.unit if m is not None else default
 
 
+_UNIT_OF: dict[str, str] = {m.name: m.unit for m in REGISTRY if not m.is_family}  # grows with family members
+
+
 def check(name: str, value_unit: str | None) -> str:
-    """The registered unit of `name`; raises if the name is unknown or `value_unit` disagrees."""
-    m = get(name)
-    if value_unit is not None and value_unit != m.unit:
-        raise UnknownMetric(f"metric {name!r} is registered in {m.unit!r}, written in {value_unit!r}")
-    return m.unit
+    """The registered unit of `name`; raises if the name is unknown or `value_unit` disagrees.
+    Called for every sample row, hence the plain dict on the common path."""
+    u = _UNIT_OF.get(name)
+    if u is None:
+        u = _UNIT_OF[name] = get(name).unit
+    if value_unit is not None and value_unit != u:
+        raise UnknownMetric(f"metric {name!r} is registered in {u!r}, written in {value_unit!r}")
+    return u
 
 
 def names(**flags: bool) -> list[str]:
@@ -173,10 +179,6 @@ def in_figure(figure: str) -> list[str]:
 def min_samples() -> dict[str, int]:
     """{metric: minimum samples per repetition} for metrics that need more than one."""
     return {m.name: m.min_samples for m in REGISTRY if m.min_samples > 1}
-
-
-def is_time(unit_: str) -> bool:
-    return unit_ in TIME_UNITS
 
 
 def _uses(m: Metric) -> str:
