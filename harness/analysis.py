@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from harness import metrics as _metrics
+
 QUANTILES: dict[str, float] = {"p50": 0.50, "p90": 0.90, "p99": 0.99, "p999": 0.999}
 # Tags that split a series (the sample's "error" tag does not: failed samples stay in their
 # series at their timeout value and are counted).
@@ -30,11 +32,17 @@ SERIES_KEYS = ["kernel", "mode", "metric", "unit"] + TAG_KEYS  # one curve vs Se
 POINT_KEYS = ["run_id", "kernel", "mode", "n_services", "rep", "metric", "unit"] + TAG_KEYS
 POOLED_KEYS = ["kernel", "mode", "n_services", "metric", "unit"] + TAG_KEYS
 
-TIME_UNITS = {"s": 1e6, "ms": 1e3, "us": 1.0, "ns": 1e-3}
-HIGHER_IS_BETTER = {"load_achieved_rps", "load_requests"}
-# Samples below which a point's distribution is too thin to trust (pyperf warns on too few values).
-MIN_SAMPLES = {"connect_us": 100, "connect_direct_us": 100, "request_us": 100, "request_corrected_us": 100}
+TIME_UNITS = _metrics.TIME_UNITS
+HIGHER_IS_BETTER = set(_metrics.names(higher_is_better=True))
+# Samples below which a point's distribution is too thin to trust (pyperf warns on too few values);
+# declared per metric in harness.metrics.
+MIN_SAMPLES = _metrics.min_samples()
 MIN_SAMPLES_DEFAULT = 1
+
+
+def _unit(metric: str, recorded: str = "") -> str:
+    """A metric's unit from the registry; the recorded one only for names it does not know."""
+    return _metrics.unit(metric, recorded)
 
 LINEAR = "grows linearly with the number of Services"
 SUPERLINEAR = "grows faster than linearly"
@@ -138,7 +146,7 @@ class Fit:
     slope: float  # log-log exponent
     slope_lo: float
     slope_hi: float
-    per_1k: float  # marginal cost per 1,000 Services (us for time metrics, else the metric's unit)
+    per_1k: float  # marginal cost per 1,000 Services, in the metric's unit
     per_1k_lo: float
     per_1k_hi: float
     per_1k_p: float
@@ -204,15 +212,14 @@ def verdict_for(slope_lo: float, slope: float, slope_hi: float, m_lo: float, m_h
     return SUBLINEAR
 
 
-def fit_series(n: Sequence[float], y: Sequence[float], unit: str = "us", *, level: float = 0.95,
+def fit_series(n: Sequence[float], y: Sequence[float], unit: str = "", *, level: float = 0.95,
                min_effect: float = 0.05) -> Fit:
-    """Fit one series: y (per-rep statistic) against Service count n."""
+    """Fit one series: y (per-rep statistic) against Service count n. Costs (per_1k, intercept)
+    come out in y's own unit; `unit` names it for the caller and does not rescale anything."""
     x = np.asarray(n, float)
     y = np.asarray(y, float)
     ok = ~np.isnan(y) & (x > 0)
-    x, y = x[ok], y[ok]
-    scale = TIME_UNITS.get(unit, 1.0)
-    yu = y * scale
+    x, yu = x[ok], y[ok]
     n_counts = len(np.unique(x))
     pos = yu > 0
     if n_counts < 2 or len(x) < 3:
@@ -231,7 +238,8 @@ def fit_series(n: Sequence[float], y: Sequence[float], unit: str = "us", *, leve
 def scaling_fits(df: pd.DataFrame, metrics: Sequence[str] | None = None, stat: str = "p50", *,
                  level: float = 0.95, min_effect: float = 0.05) -> pd.DataFrame:
     """Per (kernel, mode, metric, tags): log-log slope with CI, marginal cost per 1,000 Services
-    with CI (us for time metrics), and a plain-words verdict. One observation per repetition."""
+    with CI (in the metric's registered unit: per_1k_unit), and a plain-words verdict. One
+    observation per repetition."""
     q = point_quantiles(df if metrics is None else df[df["metric"].isin(list(metrics))])
     keys = _present(q, SERIES_KEYS)
     fields = list(Fit.__dataclass_fields__)
@@ -241,10 +249,9 @@ def scaling_fits(df: pd.DataFrame, metrics: Sequence[str] | None = None, stat: s
     recs = []
     for k, g in q.groupby(keys, sort=True, dropna=False):
         rec = dict(zip(keys, k))
-        f = fit_series(g["n_services"].to_numpy(), g[stat].to_numpy(), rec.get("unit", ""),
-                       level=level, min_effect=min_effect)
-        unit = rec.get("unit", "")
-        recs.append({**rec, **f.__dict__, "per_1k_unit": "us" if unit in TIME_UNITS else unit, "stat": stat})
+        f = fit_series(g["n_services"].to_numpy(), g[stat].to_numpy(), level=level, min_effect=min_effect)
+        unit = _unit(str(rec["metric"]), str(rec.get("unit", "")))
+        recs.append({**rec, **f.__dict__, "per_1k_unit": unit, "stat": stat})
     return pd.DataFrame(recs, columns=cols)
 
 
@@ -355,8 +362,9 @@ def _compare_frames(da: pd.DataFrame, db: pd.DataFrame, keys: list[str], **kw) -
     recs = []
     for k in sorted(set(ga) & set(gb), key=lambda t: tuple(str(x) for x in t)):
         rec = dict(zip(keys, k))
-        recs.append({**rec, **compare_samples(ga[k], gb[k], metric=str(rec.get("metric", "")),
-                                              unit=str(rec.get("unit", "")), **kw)})
+        metric = str(rec.get("metric", ""))
+        recs.append({**rec, **compare_samples(ga[k], gb[k], metric=metric,
+                                              unit=_unit(metric, str(rec.get("unit", ""))), **kw)})
     out = pd.DataFrame(recs, columns=cols)
     if "n_services" in out:
         out["n_services"] = out["n_services"].astype("int64")

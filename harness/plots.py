@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from harness import analysis
+from harness import analysis, metrics
 
 MODE_STYLE = {
     "iptables": {"color": "#d62728", "marker": "o"},
@@ -68,9 +68,9 @@ def _sel(df: pd.DataFrame, metric: str, **tags) -> pd.DataFrame:
     return d
 
 
-def _unit(d: pd.DataFrame) -> str:
-    u = d["unit"].dropna().unique() if len(d) else []
-    return str(u[0]) if len(u) else ""
+def _unit(metric: str) -> str:
+    """Axis-label unit: always the registry's (harness.metrics), never the data's."""
+    return metrics.unit(metric)
 
 
 def _vs_n(ax, d: pd.DataFrame, stat: str, *, label_suffix: str = "", linestyle: str = "-") -> bool:
@@ -104,7 +104,8 @@ def _finish(ax, xlabel: str | None, ylabel: str | None, legend: bool) -> None:
 def connect_latency(df: pd.DataFrame, stats: Sequence[str] = ("p50", "p99"), position: str = "random") -> Figure:
     """TCP connect latency to a ClusterIP (p50 and p99) vs Service count, per mode, per kernel."""
     title = f"Connect latency to a ClusterIP (position={position}) vs Service count"
-    d = _sel(df, "connect_us", position=position)
+    (metric,) = metrics.in_figure("connect_latency")
+    d = _sel(df, metric, position=position)
     ks = kernels(d)
     if d.empty:
         return _empty(title)
@@ -116,22 +117,23 @@ def connect_latency(df: pd.DataFrame, stats: Sequence[str] = ("p50", "p99"), pos
             _vs_n(ax, dk, stat)
             ax.set_yscale("log")
             ax.set_title(f"{k}: {stat}", fontsize="medium")
-            _finish(ax, "Services" if i == len(stats) - 1 else None, f"{stat} connect [{_unit(dk)}]", i == 0)
+            _finish(ax, "Services" if i == len(stats) - 1 else None, f"{stat} connect [{_unit(metric)}]", i == 0)
     return fig
 
 
 def sync_latency(df: pd.DataFrame, stat: str = "p50") -> Figure:
     """Time to program one Service change (add/update/delete) and a full sync, vs Service count."""
     title = "Dataplane programming time vs Service count"
-    one = df[df["metric"] == "sync_one_s"]
+    one_m, full_m = metrics.in_figure("sync_latency")  # one change, full sync
+    one = df[df["metric"] == one_m]
     changes = [c for c in ("add", "update", "delete") if (one["change"] == c).any()] if len(one) else []
     changes += sorted(set(map(str, one["change"].unique())) - set(changes) - {""}) if len(one) else []
     if len(one) and (one["change"] == "").any():
         changes.append("")
-    rows = [("sync_one_s", c) for c in changes]
-    if (df["metric"] == "sync_full_s").any():
-        rows.append(("sync_full_s", ""))
-    d = df[df["metric"].isin(["sync_one_s", "sync_full_s"])]
+    rows = [(one_m, c) for c in changes]
+    if (df["metric"] == full_m).any():
+        rows.append((full_m, ""))
+    d = df[df["metric"].isin([one_m, full_m])]
     ks = kernels(d)
     if not rows or not ks:
         return _empty(title)
@@ -140,18 +142,19 @@ def sync_latency(df: pd.DataFrame, stat: str = "p50") -> Figure:
         for i, (metric, change) in enumerate(rows):
             ax = axes[i, j]
             dd = d[(d["kernel"] == k) & (d["metric"] == metric)]
-            if metric == "sync_one_s":
+            if metric == one_m:
                 dd = dd[dd["change"] == change]
             _vs_n(ax, dd, stat)
             ax.set_yscale("log")
-            what = f"one change ({change or 'any'})" if metric == "sync_one_s" else "full sync"
+            what = f"one change ({change or 'any'})" if metric == one_m else "full sync"
             ax.set_title(f"{k}: {what}, {stat}", fontsize="medium")
-            _finish(ax, "Services" if i == len(rows) - 1 else None, f"{metric} [{_unit(dd) or 's'}]", i == 0)
+            _finish(ax, "Services" if i == len(rows) - 1 else None, f"{metric} [{_unit(metric)}]", i == 0)
     return fig
 
 
-def request_cdf(df: pd.DataFrame, metric: str = "request_us", n_services: int | None = None) -> Figure:
+def request_cdf(df: pd.DataFrame, metric: str | None = None, n_services: int | None = None) -> Figure:
     """Request latency CDF per mode at the largest Service count (per kernel), keepalive on and off."""
+    metric = metric or metrics.in_figure("request_cdf")[0]
     d = df[df["metric"] == metric]
     title = f"Request latency CDF ({metric}) at the largest Service count"
     ks = kernels(d)
@@ -177,15 +180,17 @@ def request_cdf(df: pd.DataFrame, metric: str = "request_us", n_services: int | 
             ax.set_ylim(0, 1.01)
             ax.grid(True, which="both", alpha=0.25)
             ax.set_title(f"{k}: N={n:,}, keepalive={ka or 'n/a'}", fontsize="medium")
-            _finish(ax, f"latency [{_unit(dd)}]", "fraction of requests", True)
+            _finish(ax, f"latency [{_unit(metric)}]", "fraction of requests", True)
     return fig
 
 
-def cpu_usage(df: pd.DataFrame, metric: str = "cpu_busy_pct", stat: str = "p50") -> Figure:
+def cpu_usage(df: pd.DataFrame, metric: str | None = None, stat: str = "p50") -> Figure:
     """CPU cost of serving the load, per mode vs Service count, keepalive on and off."""
+    preferred, *alternatives = metrics.in_figure("cpu_usage")  # first present one is drawn
+    metric = metric or preferred
     d = df[df["metric"] == metric]
     if d.empty:
-        for alt in ("cpu_softirq_s", "cpu_system_s"):
+        for alt in alternatives:
             if (df["metric"] == alt).any():
                 metric, d = alt, df[df["metric"] == alt]
                 break
@@ -202,13 +207,14 @@ def cpu_usage(df: pd.DataFrame, metric: str = "cpu_busy_pct", stat: str = "p50")
             dd = dd[dd["keepalive"] == ka] if ka else dd
             _vs_n(ax, dd, stat)
             ax.set_title(f"{k}: keepalive={ka or 'n/a'}", fontsize="medium")
-            _finish(ax, "Services" if i == len(kas) - 1 else None, f"{metric} [{_unit(dd)}]", i == 0)
+            _finish(ax, "Services" if i == len(kas) - 1 else None, f"{metric} [{_unit(metric)}]", i == 0)
     return fig
 
 
 def iptables_position(df: pd.DataFrame, stat: str = "p50") -> Figure:
     """iptables: connect latency to the first vs the last Service in the chain, vs Service count."""
-    d = df[(df["metric"] == "connect_us") & (df["mode"] == "iptables")]
+    (metric,) = metrics.in_figure("iptables_position")
+    d = df[(df["metric"] == metric) & (df["mode"] == "iptables")]
     title = "iptables: connect latency by rule position vs Service count"
     ks = kernels(d)
     if d.empty:
@@ -229,7 +235,7 @@ def iptables_position(df: pd.DataFrame, stat: str = "p50") -> Figure:
         ax.set_xscale("log")
         ax.grid(True, which="both", alpha=0.25)
         ax.set_title(f"{k}: {stat}", fontsize="medium")
-        _finish(ax, "Services", f"{stat} connect [{_unit(dk)}]", True)
+        _finish(ax, "Services", f"{stat} connect [{_unit(metric)}]", True)
     return fig
 
 
@@ -237,7 +243,7 @@ FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "connect_latency": connect_latency,
     "sync_latency": sync_latency,
     "request_cdf": request_cdf,
-    "request_cdf_corrected": lambda df: request_cdf(df, metric="request_corrected_us"),
+    "request_cdf_corrected": lambda df: request_cdf(df, metric=metrics.in_figure("request_cdf_corrected")[0]),
     "cpu_usage": cpu_usage,
     "iptables_position": iptables_position,
 }
@@ -247,7 +253,7 @@ def figures(df: pd.DataFrame) -> dict[str, Figure]:
     """Every report figure, by name (skips figures whose metric is absent)."""
     out = {}
     for name, fn in FIGURES.items():
-        if name == "request_cdf_corrected" and not (df["metric"] == "request_corrected_us").any():
+        if name == "request_cdf_corrected" and not df["metric"].isin(metrics.in_figure(name)).any():
             continue
         out[name] = fn(df)
     return out

@@ -18,15 +18,9 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from harness import analysis, plots, results
+from harness import analysis, metrics, plots, results
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-
-FIT_METRICS = ["connect_us", "connect_direct_us", "request_us", "request_corrected_us",
-               "sync_one_s", "sync_full_s", "sync_apply_s", "cpu_busy_pct", "cpu_softirq_s"]
-TABLE_METRICS = ["connect_us", "request_us", "request_corrected_us", "sync_one_s", "sync_full_s",
-                 "cpu_busy_pct", "load_achieved_rps"]
-COMPARE_METRICS = ["connect_us", "request_us", "sync_one_s", "sync_full_s", "cpu_busy_pct"]
 
 FIGURE_TITLES = {
     "connect_latency": "Connect latency (p50, p99) vs Service count",
@@ -102,22 +96,29 @@ def environment_info(metas: Sequence[dict]) -> list[dict]:
     return out
 
 
+def _present(df: pd.DataFrame, **flags: bool) -> list[str]:
+    """Registered metrics with `flags` (e.g. fit=True) that `df` has samples of."""
+    have = set(map(str, df["metric"].unique())) if len(df) else set()
+    return [m for m in metrics.names(**flags) if m in have]
+
+
 def fits_table(df: pd.DataFrame) -> dict:
-    f = analysis.scaling_fits(df, [m for m in FIT_METRICS if (df["metric"] == m).any()])
+    f = analysis.scaling_fits(df, _present(df, fit=True))
     rows = []
     for _, r in f.iterrows():
         rows.append([r["kernel"], r["mode"], r["metric"], _tags(r), r["slope"],
                      f"[{fmt(r['slope_lo'])}, {fmt(r['slope_hi'])}]", r["per_1k"],
-                     f"[{fmt(r['per_1k_lo'])}, {fmt(r['per_1k_hi'])}]", r["per_1k_unit"], int(r["n_obs"]),
+                     f"[{fmt(r['per_1k_lo'])}, {fmt(r['per_1k_hi'])}]", metrics.unit(r["metric"]), int(r["n_obs"]),
                      r["verdict"]])
     return _table(["kernel", "mode", "metric", "tags", "log-log slope", "95% CI", "per 1,000 Services",
                    "95% CI", "unit", "obs", "verdict"], rows)
 
 
 def quantile_tables(df: pd.DataFrame) -> list[dict]:
-    q = analysis.pooled_quantiles(df[df["metric"].isin(TABLE_METRICS)])
+    table_metrics = metrics.names(table=True)
+    q = analysis.pooled_quantiles(df[df["metric"].isin(table_metrics)])
     out = []
-    for metric in TABLE_METRICS:
+    for metric in table_metrics:
         g = q[q["metric"] == metric]
         if g.empty:
             continue
@@ -126,14 +127,13 @@ def quantile_tables(df: pd.DataFrame) -> list[dict]:
                 for _, r in g.iterrows()]
         t = _table(["kernel", "mode", "Services", "tags", "reps", "samples", "timed out", "p50", "p90", "p99",
                     "p999", "mean"], rows)
-        t["metric"], t["unit"] = metric, str(g["unit"].iloc[0])
+        t["metric"], t["unit"] = metric, metrics.unit(metric)
         out.append(t)
     return out
 
 
 def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
-    c = analysis.compare_modes(df, baseline, metrics=[m for m in COMPARE_METRICS if (df["metric"] == m).any()],
-                               n_services=-1, n_boot=500)
+    c = analysis.compare_modes(df, baseline, metrics=_present(df, compare=True), n_services=-1, n_boot=500)
     rows = [[r["kernel"], f"{r['mode']} vs {r['baseline']}", int(r["n_services"]), r["metric"], _tags(r),
              r["median_a"], r["median_b"], r["ratio"], f"[{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]", r["p_value"],
              r["verdict"]] for _, r in c.iterrows()]

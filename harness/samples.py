@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from harness import metrics
+
 # Column order of samples.parquet. Tags are strings ("" when not applicable) so that the table
 # stays tidy and filterable; value is always a float in the stated unit.
 COLUMNS: tuple[str, ...] = (
@@ -54,8 +56,11 @@ class PointContext:
     endpoints: int
     rep: int
 
-    def row(self, metric: str, value: float, unit: str, *, seq: int = 0, timed_out: bool = False,
-            **tags: Any) -> dict[str, Any]:
+    def row(self, metric: str, value: float, unit: str | None = None, *, seq: int = 0,
+            timed_out: bool = False, **tags: Any) -> dict[str, Any]:
+        """One sample row. The unit is the metric's registered one (harness.metrics); an
+        unregistered metric or a `unit` that disagrees with the registry raises ValueError."""
+        unit = metrics.check(metric, unit)
         unknown = set(tags) - set(TAGS)
         if unknown:
             raise ValueError(f"unknown sample tags: {sorted(unknown)}")

@@ -504,7 +504,7 @@ class LocalWorker(Worker):
         status["phases"]["api_reconcile_s"] = round(time.monotonic() - t, 2)
         if stats is not None:
             status["api_create"] = stats.as_dict()
-            out.extend([ctx.row("api_create_rps", stats.objects_per_s, "1/s"),
+            out.extend([ctx.row("api_create_rps", stats.objects_per_s, "rps"),
                         ctx.row("api_create_s", stats.seconds, "s")])
         ips = {s.cluster_ip for s in self._all_services(services)}
         t0, t_wall = time.perf_counter_ns(), time.time()
@@ -627,10 +627,7 @@ def metric_rows(ctx: PointContext, metrics: dict[str, float]) -> list[dict]:
             path = f"le={lab.get('le', '')}"
         elif "table" in lab:
             path = lab["table"]
-        unit = "s" if name.endswith("_sum") and "seconds" in name else "count"
-        if not name.endswith(("_sum", "_count", "_bucket")) and "seconds" in name:
-            unit = "s"
-        rows.append(ctx.row("kp_" + name[len("kubeproxy_"):], value, unit, path=path))
+        rows.append(ctx.row("kp_" + name[len("kubeproxy_"):], value, path=path))  # unit: harness.metrics
     return rows
 
 

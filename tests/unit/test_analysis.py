@@ -85,10 +85,11 @@ def test_sublinear_and_shrinking_series():
     assert f["verdict"] == analysis.SHRINKS
 
 
-def test_seconds_converted_to_microseconds_per_1k():
+def test_seconds_metric_marginal_cost_in_its_registered_unit():
     df = frame(series(lambda n: 1e-5 * n), metric="sync_one_s", unit="s", change="add")
     f = analysis.scaling_fits(df).iloc[0]
-    assert f["per_1k"] == pytest.approx(10_000.0, rel=0.05)  # 10 ms per 1,000 Services
+    assert f["per_1k"] == pytest.approx(0.010, rel=0.05)  # 10 ms per 1,000 Services
+    assert f["per_1k_unit"] == "s"  # the metric's unit (harness.metrics), never relabelled
     assert f["change"] == "add"
 
 
