@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from harness import __version__
+from harness.modes import MODES
 
 
 class UsageError(Exception):
@@ -191,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print what the lab would program, in each tool's input format")
-    p.add_argument("--mode", required=True, choices=["iptables", "ipvs", "nftables"])
+    p.add_argument("--mode", required=True, choices=list(MODES))
     p.add_argument("--services", type=int, required=True)
     p.add_argument("--endpoints", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)

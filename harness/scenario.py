@@ -9,7 +9,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-MODES = ("iptables", "ipvs", "nftables")
+from harness.modes import MODES
+
+# pydantic checks `modes` against the registry (and its error lists the registered names)
+ModeName = Literal[MODES]  # type: ignore[valid-type]
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
 
@@ -155,7 +158,7 @@ class Scenario(_Strict):
     name: str = "unnamed"
     description: str = ""
     target: Literal["lab", "local", "cluster"] = "lab"
-    modes: list[Literal["iptables", "ipvs", "nftables"]] = list(MODES)
+    modes: list[ModeName] = list(MODES)
     services: ServicesSpec = ServicesSpec(max=1000)
     model: ModelOptions = ModelOptions()
     repetitions: int = Field(default=1, ge=1, le=100)

@@ -18,6 +18,7 @@ from harness.dataplane import make_dataplane, render
 from harness.dataplane.base import Change, DataplaneSettings
 from harness.lab import netns
 from harness.model import Endpoint, ModelSpec, build_model
+from harness.modes import MODES
 
 pytestmark = pytest.mark.kernel
 _seq = itertools.count()
@@ -226,7 +227,7 @@ def _mode_runs_here(mode: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("mode", ["iptables", "ipvs", "nftables"])
+@pytest.mark.parametrize("mode", MODES)
 def test_200_services_answer_through_the_lab(mode):
     """200 Services programmed on both lab nodes: counts read back, ClusterIPs answered by their
     endpoints from the client pod, and nothing left after cleanup."""
