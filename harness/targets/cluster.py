@@ -94,7 +94,9 @@ class ClusterTarget:
         probe_nodes = opts.probe_nodes_for(rep.nodes)
         for mode in scenario.modes:
             need = mode_spec(mode).min_node_kernel
-            old = [n for n in rep.nodes if need and n.kernel and _kernel_tuple(n.kernel) < need]
+            if need is None:
+                continue
+            old = [n for n in rep.nodes if n.kernel and _kernel_tuple(n.kernel) < need]
             if old:
                 raise ClusterError(f"{mode} mode needs kernel >= {need[0]}.{need[1]} but "
                                    f"{', '.join(n.name + ' ' + n.kernel for n in old[:4])}"
