@@ -19,12 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from harness import analysis, metrics
+from harness.modes import all_modes
 
-MODE_STYLE = {
-    "iptables": {"color": "#d62728", "marker": "o"},
-    "ipvs": {"color": "#1f77b4", "marker": "s"},
-    "nftables": {"color": "#2ca02c", "marker": "^"},
-}
+MODE_STYLE = {name: {"color": spec.color, "marker": spec.marker} for name, spec in all_modes().items()}
 _FALLBACK = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 

@@ -10,8 +10,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import UserError
+from harness.modes import MODES
 
-MODES = ("iptables", "ipvs", "nftables")
+# pydantic checks `modes` against the registry (and its error lists the registered names)
+ModeName = Literal[MODES]  # type: ignore[valid-type]
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
 
@@ -157,7 +159,7 @@ class Scenario(_Strict):
     name: str = "unnamed"
     description: str = ""
     target: Literal["lab", "local", "cluster"] = "lab"
-    modes: list[Literal["iptables", "ipvs", "nftables"]] = list(MODES)
+    modes: list[ModeName] = list(MODES)
     services: ServicesSpec = ServicesSpec(max=1000)
     model: ModelOptions = ModelOptions()
     repetitions: int = Field(default=1, ge=1, le=100)

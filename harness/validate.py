@@ -44,6 +44,7 @@ from typing import Any, Mapping, Sequence
 
 from harness.lab import netns
 from harness.model import Endpoint, Model, Service, ServicePort
+from harness.modes import mode as mode_spec
 
 VALIDATION_INDEX = 900_000  # model.service(VALIDATION_INDEX + k): far beyond any measured count
 HAIRPIN_PORT = 8090  # the client pod's own server (hairpin cell)
@@ -54,14 +55,6 @@ AFFINITY_REQUESTS = 50
 AFFINITY_TIMEOUT_S = 600
 DEFAULT_TIMEOUT_S = 1.5
 
-# What kube-proxy does with a Service that has no endpoints, per mode (cell 6).
-# iptables: filter REJECT (icmp-port-unreachable); nftables: goto reject-chain; ipvs: the virtual
-# server exists with no real server - the kernel answers that itself (recorded, either accepted).
-NO_ENDPOINTS_EXPECTED: dict[str, frozenset[str]] = {
-    "iptables": frozenset({"reject"}),
-    "nftables": frozenset({"reject"}),
-    "ipvs": frozenset({"reject", "drop"}),
-}
 
 # keys of the validation Services
 SAME, CROSS, HAIRPIN, NODEPORT, EXTERNAL, AFFINITY, SPREAD, NOEP = (
@@ -386,7 +379,7 @@ def _no_answer_kind(error: str) -> str:
 def check_no_endpoints(req: Requester, mode: str, spec: CellSpec) -> tuple[dict[str, Any], str]:
     r = req.get(spec.ns, spec.ip, spec.port)
     ms = round(r["us"] / 1000.0, 3)
-    allowed = NO_ENDPOINTS_EXPECTED.get(mode, frozenset({"reject", "drop"}))
+    allowed = mode_spec(mode).no_endpoints  # what kube-proxy does in that mode (cell 6)
     if r.get("ok"):
         line = _first_line(r.get("body", ""))
         return _cell(spec, observed_backend=line, latency_ms=ms,

@@ -13,11 +13,11 @@ from typing import Any
 import yaml
 
 from harness.cluster import KP_KEY, KP_NAME, KP_NAMESPACE, ClusterError
+from harness.modes import MODES, all_modes
 
-MODES = ("iptables", "ipvs", "nftables")
 KIND = "KubeProxyConfiguration"
 # "iptables-based" modes: kube-proxy's startup cleanup removes nothing when switching between them
-IPTABLES_BASED = frozenset({"iptables", "ipvs"})
+IPTABLES_BASED = frozenset(name for name, spec in all_modes().items() if spec.iptables_based)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def with_mode(doc: dict[str, Any], mode: str, sync: SyncSettings = SyncSettings(
         section["minSyncPeriod"] = sync.min_sync_period
     if sync.sync_period is not None:
         section["syncPeriod"] = sync.sync_period
-    if mode == "ipvs" and sync.ipvs_scheduler is not None:
+    if all_modes()[mode].takes_scheduler and sync.ipvs_scheduler is not None:
         section["scheduler"] = sync.ipvs_scheduler
     if sync.metrics_bind_address is not None:
         out["metricsBindAddress"] = sync.metrics_bind_address

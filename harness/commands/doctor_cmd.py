@@ -10,7 +10,7 @@ from rich.table import Table
 
 from harness.lab import caps
 from harness.lab.netns import LabError
-from harness.scenario import MODES
+from harness.modes import MODES, mode as mode_spec
 
 NAME = "doctor"
 HELP = "what each mode needs and whether this machine has it"
@@ -44,8 +44,9 @@ def doctor(console: Console | None = None) -> int:
     for k, c in kernels.items():
         t.add_column(f"{k} ({c.get('release', '?')})" if c else k)
     for mode in MODES:
-        for backend in (("legacy", "nft") if mode != "nftables" else ("legacy",)):
-            label = mode if mode == "nftables" else f"{mode} ({backend} iptables)"
+        ipt = mode_spec(mode).iptables_based
+        for backend in (("legacy", "nft") if ipt else ("legacy",)):
+            label = f"{mode} ({backend} iptables)" if ipt else mode
             cells = []
             for c in kernels.values():
                 if c is None:

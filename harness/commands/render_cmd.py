@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from harness.modes import MODES
 
 NAME = "render"
 HELP = "print what the lab would program, in each tool's input format"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", required=True, choices=["iptables", "ipvs", "nftables"])
+    p.add_argument("--mode", required=True, choices=list(MODES))
     p.add_argument("--services", type=int, required=True)
     p.add_argument("--endpoints", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from harness.errors import UserError
+from harness.modes import MODES
 
 
 def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
     """The scenario name and its overrides (--services, --modes, --set ...), and the cluster flags."""
     p.add_argument("scenario", nargs="?", help="scenario name under scenarios/ or a YAML path (default: default)")
     p.add_argument("--services", help="largest Service count of the sweep, or a comma-separated list")
-    p.add_argument("--modes", help="comma-separated subset of iptables,ipvs,nftables")
+    p.add_argument("--modes", help=f"comma-separated subset of {','.join(MODES)}")
     p.add_argument("--reps", type=int, help="repetitions")
     p.add_argument("--target", choices=["lab", "local", "cluster"])
     p.add_argument("--kernel", choices=["auto", "host", "uml"])

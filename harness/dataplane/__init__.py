@@ -7,33 +7,24 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from harness import modes
 from harness.dataplane.base import Change, Dataplane, DataplaneSettings
 from harness.model import Service
-
-MODES = ("iptables", "ipvs", "nftables")
+from harness.modes import MODES
 
 
 def make_dataplane(mode: str, ns: str | None, settings: DataplaneSettings | None = None,
                    node: str | None = None) -> Dataplane:
-    """The dataplane of `mode` ("iptables", "ipvs", "nftables") programming namespace `ns`.
+    """The dataplane of registered mode `mode` (harness.modes) programming namespace `ns`.
 
-    node: the model node this dataplane is (its endpoints are the local ones; only IPVS mode
-    programs anything by locality: KUBE-LOOP-BACK). None counts every endpoint as local.
+    node: the model node this dataplane is (its endpoints are the local ones; only modes that
+    program by locality, `ModeSpec.by_node`, use it: IPVS's KUBE-LOOP-BACK). None counts every
+    endpoint as local. An unknown mode raises UnknownModeError (a ValueError).
     """
+    spec = modes.mode(mode)
     settings = settings or DataplaneSettings()
-    if mode == "iptables":
-        from harness.dataplane.iptables import IptablesDataplane
-
-        return IptablesDataplane(ns, settings)
-    if mode == "ipvs":
-        from harness.dataplane.ipvs import IpvsDataplane
-
-        return IpvsDataplane(ns, settings, node=node)
-    if mode == "nftables":
-        from harness.dataplane.nftables import NftablesDataplane
-
-        return NftablesDataplane(ns, settings)
-    raise ValueError(f"unknown proxy mode {mode!r}: use one of {', '.join(MODES)}")
+    cls = spec.dataplane_class()
+    return cls(ns, settings, node=node) if spec.by_node else cls(ns, settings)
 
 
 def render(mode: str, services: Sequence[Service], settings: DataplaneSettings | None = None) -> str:

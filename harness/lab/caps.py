@@ -25,8 +25,8 @@ from typing import Any, Iterable, Mapping
 
 from harness.lab import netns, uml
 from harness.lab.netns import LabError
+from harness.modes import BRIDGE_MODE, MODES, mode as mode_spec
 
-MODES = ("iptables", "ipvs", "nftables")
 FEATURES = ("ipvs", "dummy", "nft_nat", "iptables_legacy", "iptables_nft", "ipset", "br_netfilter")
 FEATURE_TEXT = {
     "ipvs": "IPVS (CONFIG_IP_VS)",
@@ -218,14 +218,9 @@ def uml_caps(verify: bool = True, *, refresh: bool = False, timeout: float = 300
 
 def mode_requirements(mode: str, iptables_backend: str = "legacy") -> list[str]:
     """Kernel features a proxy mode needs (ipvs mode also programs iptables, with the same backend)."""
-    ipt = "iptables_legacy" if iptables_backend == "legacy" else "iptables_nft"
-    if mode == "iptables":
-        return [ipt]
-    if mode == "ipvs":
-        return ["ipvs", "ipset", ipt]
-    if mode == "nftables":
-        return ["nft_nat"]
-    raise LabError(f"unknown proxy mode {mode!r} (known: {', '.join(MODES)})")
+    if mode not in MODES:
+        raise LabError(f"unknown proxy mode {mode!r} (known: {', '.join(MODES)})")
+    return mode_spec(mode).kernel_needs(iptables_backend)
 
 
 def unsupported(caps: Mapping[str, Any], mode: str, iptables_backend: str = "legacy") -> str | None:
@@ -314,9 +309,9 @@ def plan_kernels(modes: Iterable[str], iptables_backend: str = "legacy", choice:
     used = sorted({k for ks in plan.values() for k in ks}, key=["host", "uml"].index)
     if len(used) > 1:
         caps_of = {"host": hc, "uml": uc}
-        bridge = [k for k in used if not unsupported(caps_of[k], "iptables", iptables_backend)]
+        bridge = [k for k in used if not unsupported(caps_of[k], BRIDGE_MODE, iptables_backend)]
         if bridge:  # (with the nft backend, only kernels that have it)
-            plan["iptables"] = bridge
+            plan[BRIDGE_MODE] = bridge
     return plan
 
 

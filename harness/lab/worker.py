@@ -27,6 +27,7 @@ from harness.dataplane import make_dataplane
 from harness.dataplane.base import DataplaneSettings
 from harness.lab.netns import LabError
 from harness.model import ModelSpec, build_model
+from harness.modes import mode as mode_spec
 from harness.samples import PointContext, SampleWriter
 
 _out = sys.stdout
@@ -118,8 +119,8 @@ class Worker:
 
         sc, ms = self.scenario, self.scenario["measure"]
         ctx = PointContext(run_id=self.job["run_id"], point_id=p["point_id"], target=self.target_name,
-                           kernel=self.kernel,
-                           mode=p["mode"], iptables_backend=sc["iptables_backend"] if p["mode"] != "nftables" else "",
+                           kernel=self.kernel, mode=p["mode"],
+                           iptables_backend=sc["iptables_backend"] if mode_spec(p["mode"]).iptables_based else "",
                            n_services=p["n_services"], endpoints=sc["model"]["endpoints"], rep=p["rep"])
         status: dict[str, Any] = {"point_id": p["point_id"], "kernel": self.kernel, "status": "ok",
                                   "error": None, "flags": {}, "phases": {}}

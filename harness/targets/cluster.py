@@ -36,11 +36,11 @@ from harness.cluster.options import ClusterOptions, options_from
 from harness.cluster.preflight import PreflightReport, planned_changes, run_preflight
 from harness.cluster.restore import restore_cluster, restore_path, save_initial, state_from_cluster
 from harness.cluster.switch import CM_PATH, KubeProxyController, Waits
+from harness.modes import mode as mode_spec
 from harness.samples import PointContext, SampleWriter
 
 log = logging.getLogger("kpbench")
 KERNEL = "cluster"
-NFTABLES_MIN_KERNEL = (5, 13)
 
 
 def _kernel_tuple(version: str) -> tuple[int, int]:
@@ -92,11 +92,15 @@ class ClusterTarget:
         self.server_version = self.conn.version
         self.report = rep = run_preflight(self.conn, server_version=self.server_version)
         probe_nodes = opts.probe_nodes_for(rep.nodes)
-        if "nftables" in scenario.modes:
-            old = [n for n in rep.nodes if n.kernel and _kernel_tuple(n.kernel) < NFTABLES_MIN_KERNEL]
+        for mode in scenario.modes:
+            need = mode_spec(mode).min_node_kernel
+            if need is None:
+                continue
+            old = [n for n in rep.nodes if n.kernel and _kernel_tuple(n.kernel) < need]
             if old:
-                raise ClusterError(f"nftables mode needs kernel >= 5.13 but {', '.join(n.name + ' ' + n.kernel for n in old[:4])}"
-                                   " run older ones: drop nftables from --modes")
+                raise ClusterError(f"{mode} mode needs kernel >= {need[0]}.{need[1]} but "
+                                   f"{', '.join(n.name + ' ' + n.kernel for n in old[:4])}"
+                                   f" run older ones: drop {mode} from --modes")
         if opts.endpoints_via == "slices" and scenario.model.endpoints > opts.backend_replicas_for(scenario.model.endpoints):
             raise ClusterError(f"{scenario.model.endpoints} endpoints per Service need as many backend pods: "
                                "raise the cluster option backend_replicas")
@@ -277,7 +281,8 @@ class _Session:
         if p.mode != self.mode:
             t = time.monotonic()
             running = self.mode or self.state.original_mode
-            status["node_modes"] = self.ctl.switch(running, p.mode, sc.ipvs.scheduler if p.mode == "ipvs" else None)
+            status["node_modes"] = self.ctl.switch(running, p.mode,
+                                                  sc.ipvs.scheduler if mode_spec(p.mode).takes_scheduler else None)
             self.mode = p.mode
             status["phases"]["mode_switch_s"] = round(time.monotonic() - t, 2)
         t = time.monotonic()

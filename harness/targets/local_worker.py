@@ -53,14 +53,11 @@ from harness.lab.netns import LabError
 from harness.lab import worker
 from harness.lab.worker import Worker, emit
 from harness.model import Endpoint, Service, ServicePort
+from harness.modes import MODES, mode as mode_spec
 from harness.samples import PointContext, SampleWriter
 from harness.targets import localcluster as lc
 
-SUPPORTED_MODES = ("iptables", "ipvs", "nftables")
 TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
-_IPT_SVC = re.compile(r"^-A KUBE-SERVICES -d (\d+\.\d+\.\d+\.\d+)/32 ", re.M)
-_NFT_SVC = re.compile(r'(\d+\.\d+\.\d+\.\d+) \. (?:tcp|udp|sctp) \. \d+ (?:comment "[^"]*" )?: ')
-_IPSET_MEMBER = re.compile(r"^(\d+\.\d+\.\d+\.\d+),(?:tcp|udp|sctp):\d+", re.M)
 POLL_S = 0.02
 
 
@@ -438,17 +435,10 @@ class LocalWorker(Worker):
         self.cluster.check_alive()
 
     def programmed_ips(self, node: str, mode: str) -> set[str]:
-        ns = self.lab.node_ns(node)
-        if mode == "iptables":
-            text = netns.run(ns, [f"iptables-{self.backend}-save"], check=False).stdout
-            return set(_IPT_SVC.findall(text))
-        if mode == "ipvs":
-            # kube-proxy writes the ipsets after every virtual server of the sync (and the kernel's
-            # IPVS listing undercounts with several namespaces): KUBE-CLUSTER-IP is the record
-            text = netns.run(ns, ["ipset", "list", "KUBE-CLUSTER-IP"], check=False).stdout
-            return set(_IPSET_MEMBER.findall(text))
-        text = netns.run(ns, ["nft", "list", "table", "ip", "kube-proxy"], check=False).stdout
-        return set(_NFT_SVC.findall(text))
+        """ClusterIPs kube-proxy of `mode` has programmed in `node`'s kernel (read back as the registry says)."""
+        rb = mode_spec(mode).read_back
+        text = netns.run(self.lab.node_ns(node), rb.service_ips_argv(self.backend), check=False).stdout
+        return set(rb.ip_pattern.findall(text))
 
     def wait_programmed(self, ips: set[str], nodes: Sequence[str], timeout: float) -> int:
         """Poll until every node's kernel serves every IP of `ips`; returns perf_counter_ns then."""
@@ -486,8 +476,8 @@ class LocalWorker(Worker):
 
     # -- the worker's hooks -------------------------------------------------------------------
     def use_mode(self, mode: str) -> dict[str, Any]:
-        if mode not in SUPPORTED_MODES:
-            raise LabError(f"the local target measures {', '.join(SUPPORTED_MODES)}, not {mode}")
+        if mode not in MODES:
+            raise LabError(f"the local target measures {', '.join(MODES)}, not {mode}")
         if mode not in self._dps:
             self._dps[mode] = {n: ApiDataplane(self, mode, n) for n in self.model.spec.nodes}
         return self._dps[mode]
@@ -532,13 +522,8 @@ class LocalWorker(Worker):
                                                                                ctx.point_id)
 
     def _dump(self, ns: str, mode: str) -> str:
-        if mode == "iptables":
-            return netns.run(ns, [f"iptables-{self.backend}-save"], check=False).stdout
-        if mode == "ipvs":
-            return "\n".join(netns.run(ns, argv, check=False).stdout for argv in (
-                ["ipvsadm", "-Sn"], ["ipset", "save"], ["ip", "-4", "addr", "show", "dev", "kube-ipvs0"],
-                ["iptables-legacy-save"]))
-        return netns.run(ns, ["nft", "list", "ruleset"], check=False).stdout
+        argvs = mode_spec(mode).read_back.dump_argvs(self.backend)
+        return "\n".join(netns.run(ns, argv, check=False).stdout for argv in argvs)
 
     def fidelity(self, mode: str, services, kp_counts: dict, point_id: str) -> tuple[dict, list[str]]:
         """Counts of kube-proxy's state on node a against the lab dataplane's for the same Services;

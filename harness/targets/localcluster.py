@@ -44,6 +44,7 @@ from typing import Any
 
 from harness.lab import netns as lab_netns
 from harness.lab import registry
+from harness.modes import MODES, SectionOptions, all_modes
 
 REPO = Path(__file__).resolve().parents[2]
 KUBE_DIR = REPO / "kube"
@@ -836,9 +837,10 @@ def render_kube_proxy_config(*, kubeconfig: str | Path, mode: str, node_name: st
     Conntrack sysctls are left alone (maxPerCore 0 and zero timeouts mean "do not set"), so a
     kube-proxy in a lab namespace never writes the host's global nf_conntrack_max.
     """
-    if mode not in ("iptables", "ipvs", "nftables"):
-        raise ValueError(f"kube-proxy mode {mode!r}: use iptables, ipvs or nftables")
-    per_mode = {"syncPeriod": sync_period, "minSyncPeriod": min_sync_period}
+    if mode not in MODES:
+        raise ValueError(f"kube-proxy mode {mode!r}: use {', '.join(MODES[:-1])} or {MODES[-1]}")
+    section = SectionOptions(sync_period=sync_period, min_sync_period=min_sync_period, masquerade_all=masquerade_all,
+                             strict_arp=strict_arp, ipvs_scheduler=ipvs_scheduler)
     cfg: dict[str, Any] = {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
@@ -853,10 +855,7 @@ def render_kube_proxy_config(*, kubeconfig: str | Path, mode: str, node_name: st
         "detectLocalMode": "ClusterCIDR",
         "oomScoreAdj": 0,
         "configSyncPeriod": "15m",
-        "iptables": {**per_mode, "masqueradeAll": masquerade_all, "masqueradeBit": 14,
-                     "localhostNodePorts": True},
-        "ipvs": {**per_mode, "scheduler": ipvs_scheduler, "strictARP": strict_arp},
-        "nftables": {**per_mode, "masqueradeAll": masquerade_all, "masqueradeBit": 14},
+        **{name: spec.kube_proxy_section(section) for name, spec in all_modes().items()},
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
                       "tcpCloseWaitTimeout": "0s", "udpTimeout": "0s", "udpStreamTimeout": "0s"},
         "logging": {"verbosity": verbosity},

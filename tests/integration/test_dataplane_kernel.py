@@ -18,6 +18,7 @@ from harness.dataplane import make_dataplane, render
 from harness.dataplane.base import Change, DataplaneSettings
 from harness.lab import netns
 from harness.model import Endpoint, ModelSpec, build_model
+from harness.modes import MODES
 
 pytestmark = pytest.mark.kernel
 _seq = itertools.count()
@@ -226,7 +227,7 @@ def _mode_runs_here(mode: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("mode", ["iptables", "ipvs", "nftables"])
+@pytest.mark.parametrize("mode", MODES)
 def test_200_services_answer_through_the_lab(mode):
     """200 Services programmed on both lab nodes: counts read back, ClusterIPs answered by their
     endpoints from the client pod, and nothing left after cleanup."""
@@ -272,3 +273,37 @@ def test_200_services_answer_through_the_lab(mode):
         assert not left, after
         if mode == "ipvs":
             assert netns.run(lab.node_ns("a"), ["ipvsadm", "-Ln"]).stdout.count("TCP") == 0
+
+
+def _read_back_cases() -> list[tuple[str, str]]:
+    """Every registered mode with the legacy backend, and with nft where its read-back names the backend."""
+    from harness.modes import mode as mode_spec
+
+    return [(m, b) for m in MODES for b in ("legacy", "nft")
+            if b == "legacy" or "{backend}" in " ".join(mode_spec(m).read_back.service_ips)]
+
+
+@pytest.mark.parametrize("mode, backend", _read_back_cases())
+def test_registry_read_back_finds_every_programmed_service(ns, mode, backend):
+    """The registry's read-back (what the local target polls kube-proxy's state with) lists the
+    ClusterIPs the lab dataplane, kube-proxy's twin, programmed, and none before; the dump covers them."""
+    why = _mode_runs_here(mode)
+    if why:
+        pytest.skip(why)
+    from harness.modes import mode as mode_spec
+
+    rb = mode_spec(mode).read_back
+    lab_routes(ns)
+    _, services = model_200()
+    dp = make_dataplane(mode, ns, DataplaneSettings(node_ips=(NODE_IP,), iptables_backend=backend), node="a")
+    try:
+        assert set(rb.ip_pattern.findall(netns.run(ns, rb.service_ips_argv(backend), check=False).stdout)) == set()
+        dp.full_sync(services)
+        found = set(rb.ip_pattern.findall(netns.run(ns, rb.service_ips_argv(backend), check=False).stdout))
+        ips = {s.cluster_ip for s in services}
+        assert ips <= found and found - ips <= {NODE_IP}  # (iptables: the NodePort jump to the node's IP)
+        dump = "\n".join(netns.run(ns, argv, check=False).stdout for argv in rb.dump_argvs(backend))
+        assert all(s.cluster_ip in dump for s in services)
+        dp.cleanup()
+    finally:
+        getattr(dp, "close", lambda: None)()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.lab.caps import KNOWN_UML_CAPS, plan_kernels, unsupported
+from harness.lab.caps import FEATURE_TEXT, FEATURES, KNOWN_UML_CAPS, mode_requirements, plan_kernels, unsupported
 from harness.lab.netns import LabError
+from harness.modes import MODES
 
 HOST = {  # the host here: 6.18 without IPVS and dummy
     "kernel": "host", "ipvs": False, "dummy": False, "nft_nat": True, "iptables_legacy": True,
@@ -96,3 +97,16 @@ def test_unsupported_reasons():
     assert "CONFIG_IP_VS" in unsupported(HOST, "ipvs")
     assert unsupported(UML, "ipvs") is None
     assert "nft" in unsupported(UML, "nftables")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_every_registered_mode_needs_known_features_and_names_the_missing_one(mode, backend):
+    needs = mode_requirements(mode, backend)
+    assert needs and set(needs) <= set(FEATURES)
+    everything = {"kernel": "test", **{f: True for f in FEATURES}, "why": {}}
+    assert unsupported(everything, mode, backend) is None
+    for feat in needs:
+        why = unsupported({**everything, feat: False}, mode, backend)
+        assert why and FEATURE_TEXT[feat] in why
+    assert plan_kernels([mode], iptables_backend=backend, host=everything, uml_=None) == {mode: ["host"]}

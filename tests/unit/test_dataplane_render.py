@@ -17,6 +17,7 @@ from harness.dataplane import make_dataplane, names, render
 from harness.dataplane.base import DataplaneSettings
 from harness.dataplane.iptables import IptablesDataplane
 from harness.model import Endpoint, ModelSpec, Service, ServicePort, build_model
+from harness.modes import MODES
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 SETTINGS = DataplaneSettings(node_ips=("10.255.0.1",))
@@ -154,7 +155,7 @@ def test_ipvs_render_sections():
 
 
 # --------------------------------------------------------------------------- goldens
-@pytest.mark.parametrize("mode", ["iptables", "ipvs", "nftables"])
+@pytest.mark.parametrize("mode", MODES)  # every registered mode needs its golden
 def test_golden(mode):
     text = render(mode, small_services(), SETTINGS)
     path = GOLDEN / f"dataplane_{mode}.txt"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.scenario import ScenarioError, load_scenario, log_sweep, parse_override
+from harness.modes import MODES
+from harness.scenario import Scenario, ScenarioError, load_scenario, log_sweep, parse_override
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,7 +16,16 @@ REPO = Path(__file__).resolve().parents[2]
 def test_shipped_scenarios_validate(name):
     s = load_scenario(name)
     assert s.counts() == sorted(s.counts())
-    assert set(s.modes) <= {"iptables", "ipvs", "nftables"}
+    assert set(s.modes) <= set(MODES)
+
+
+def test_default_modes_are_every_registered_mode_in_order():
+    assert Scenario().modes == list(MODES)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_registered_mode_is_a_valid_scenario_mode(mode):
+    assert load_scenario("quick", [parse_override(f"modes=[{mode}]")]).modes == [mode]
 
 
 def test_default_sweep_is_log_spaced_to_50k():
