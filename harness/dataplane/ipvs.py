@@ -21,18 +21,16 @@ section introduced by a `#` comment line. Standard library + pyroute2 only (no p
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import select
 import socket
 import struct
-import threading
 from typing import Iterable, Sequence
 
 from harness.dataplane.base import Change, DataplaneSettings
 from harness.dataplane._tool import stream
-from harness.lab.netns import LabError, NETNS_DIR, run
+from harness.lab.netns import LabError, call_in, run
 from harness.model import Service
 
 IFNAME = "kube-ipvs0"
@@ -73,41 +71,14 @@ def _key(svc: Service) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------- netlink plumbing
-_libc = None
-
-
-def _setns(path: str) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
-            e = ctypes.get_errno()
-            raise OSError(e, f"setns({path}): {os.strerror(e)}")
-    finally:
-        os.close(fd)
-
-
 def netlink_socket(ns: str | None, proto: int) -> socket.socket:
     """A raw netlink socket that lives in namespace `ns` (made by a thread that entered it)."""
     if ns is None:
         return _open_nl(proto)
-    box: dict = {}
-
-    def worker():
-        try:
-            _setns(os.path.join(NETNS_DIR, ns))
-            box["sock"] = _open_nl(proto)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            box["err"] = e
-
-    t = threading.Thread(target=worker, name=f"netns-{ns}")
-    t.start()
-    t.join()
-    if "err" in box:
-        raise LabError(f"cannot open a netlink socket in namespace {ns}: {box['err']}")
-    return box["sock"]
+    try:
+        return call_in(ns, _open_nl, proto)
+    except (OSError, LabError) as e:
+        raise LabError(f"cannot open a netlink socket in namespace {ns}: {e}") from None
 
 
 def _open_nl(proto: int) -> socket.socket:
