@@ -16,16 +16,15 @@ reads http://127.0.0.1:10249/metrics from inside the host-network probe pod on t
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Any
 
 from harness.cluster.kube import Rest, api_error
 from harness.cluster.manifests import AGENT_COMMAND
 from harness.cluster.preflight import node_proxy_path
+from harness.k8s.metrics import parse_metrics
 
 SYNC_HISTOGRAM = "kubeproxy_sync_proxy_rules_duration_seconds"
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEInfa]+)")
 
 
 class RemoteAgentError(RuntimeError):
@@ -119,21 +118,6 @@ class RemoteAgent:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> {"name{labels}": value} (comments skipped)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _LINE.match(line)
-        if m:
-            try:
-                out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-            except ValueError:
-                pass
-    return out
 
 
 def scrape_node(rest: Rest, node: str, port: int = 10249, timeout: float = 5.0) -> dict[str, float]:

@@ -53,7 +53,9 @@ from harness.lab import worker
 from harness.lab.worker import Worker, emit
 from harness.model import Endpoint, Service, ServicePort
 from harness.samples import PointContext, SampleWriter
+from harness.k8s.rest import request as _request
 from harness.targets import localcluster as lc
+from harness.targets.local_kubeproxy import metric_rows
 
 SUPPORTED_MODES = ("iptables", "ipvs", "nftables")
 TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
@@ -73,19 +75,6 @@ def node_name(node: str) -> str:
 
 def _now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _request(client, method: str, path: str, body: Any = None, content_type: str = "application/json",
-             timeout: float = 60) -> tuple[int, bytes]:
-    """One API call through the official client's ApiClient (as localcluster._post)."""
-    method, url, headers, data, post_params = client.param_serialize(
-        method, path, body=body,
-        header_params={"Content-Type": content_type, "Accept": "application/json"},
-        auth_settings=["BearerToken"])
-    r = client.call_api(method, url, header_params=headers, body=data, post_params=post_params,
-                        _request_timeout=timeout)
-    r.read()
-    return r.status, r.data
 
 
 class ApiDataplane:
@@ -605,35 +594,6 @@ class LocalWorker(Worker):
                     "error": f"{type(crash).__name__}: {crash}".splitlines()[0][:800],
                     "kube_proxy_log_tail": getattr(crash, "log_tail", ""),
                     "traceback": traceback.format_exc(limit=8)}
-
-
-_KP_PREFIXES = ("kubeproxy_sync_proxy_rules", "kubeproxy_network_programming", "kubeproxy_sync_full_proxy_rules",
-                "kubeproxy_sync_partial_proxy_rules")
-_LABELS = re.compile(r'(\w+)="([^"]*)"')
-
-
-def metric_rows(ctx: PointContext, metrics: dict[str, float]) -> list[dict]:
-    """kube-proxy's metrics as rows `kp_<name without kubeproxy_>`: histograms as _sum (s),
-    _count and _bucket (count, tag path="le=<bound>"), counters and gauges as count (tag path=<table>
-    for the iptables rule totals). Timestamps are left out."""
-    rows = []
-    for key, value in sorted(metrics.items()):
-        name, _, labels = key.partition("{")
-        if not name.startswith(_KP_PREFIXES) or "timestamp" in name:
-            continue
-        lab = dict(_LABELS.findall(labels))
-        if lab.get("ip_family", "IPv4") != "IPv4":
-            continue  # kube-proxy runs dual-stack here; the Services are IPv4
-        path = ""
-        if name.endswith("_bucket"):
-            path = f"le={lab.get('le', '')}"
-        elif "table" in lab:
-            path = lab["table"]
-        unit = "s" if name.endswith("_sum") and "seconds" in name else "count"
-        if not name.endswith(("_sum", "_count", "_bucket")) and "seconds" in name:
-            unit = "s"
-        rows.append(ctx.row("kp_" + name[len("kubeproxy_"):], value, unit, path=path))
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
