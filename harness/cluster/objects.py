@@ -122,18 +122,24 @@ class ObjectStore:
         "/api/v1/namespaces/{ns}/configmaps",
     )
 
-    def delete_by_label(self) -> dict[str, int]:
-        """Delete every object labelled with the run in its namespace, kind by kind; -> counts."""
-        counts: dict[str, int] = {}
+    def _labelled(self) -> "list[tuple[str, str, list[dict]]]":
+        """(path, kind, items labelled with the run) per collection the API serves."""
+        out = []
         for tmpl in self.COLLECTIONS:
             path = tmpl.format(ns=self.ns)
-            kind = path.rsplit("/", 1)[1]
             try:
                 items = self.rest.get(path, query={"labelSelector": self.selector})["items"]
             except Exception as e:
                 if is_status(e, 404):
                     continue
                 raise
+            out.append((path, path.rsplit("/", 1)[1], items))
+        return out
+
+    def delete_by_label(self) -> dict[str, int]:
+        """Delete every object labelled with the run in its namespace, kind by kind; -> counts."""
+        counts: dict[str, int] = {}
+        for path, kind, items in self._labelled():
             counts[kind] = len(items)
             if not items:
                 continue
@@ -148,18 +154,11 @@ class ObjectStore:
 
     def remaining(self) -> dict[str, int]:
         out = {}
-        for tmpl in self.COLLECTIONS:
-            path = tmpl.format(ns=self.ns)
-            try:
-                items = self.rest.get(path, query={"labelSelector": self.selector})["items"]
-            except Exception as e:
-                if is_status(e, 404):
-                    continue
-                raise
+        for _path, kind, items in self._labelled():
             # pods/jobs being deleted still list until their finalizers run
             live = [i for i in items if not (i.get("metadata") or {}).get("deletionTimestamp")]
             if live:
-                out[path.rsplit("/", 1)[1]] = len(live)
+                out[kind] = len(live)
         return out
 
 

@@ -55,6 +55,13 @@ def endpoint_slice_bodies(svc, node_names: dict[str, str] | None = None) -> list
     A slice carries one port list for all its endpoints, so endpoints are grouped by their base
     port (usually a single slice). `node_names` maps model node names ("a") to Node objects.
     """
+    def one(k: int, endpoints: list[dict], ports: list[dict]) -> dict:
+        return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": f"{svc.name}-{k}", "namespace": svc.namespace,
+                             "labels": {"kubernetes.io/service-name": svc.name,
+                                        "endpointslice.kubernetes.io/managed-by": MANAGED_BY}},
+                "addressType": "IPv4", "endpoints": endpoints, "ports": ports}
+
     groups: dict[int, list] = {}
     for e in svc.endpoints:
         groups.setdefault(e.port, []).append(e)
@@ -68,25 +75,11 @@ def endpoint_slice_bodies(svc, node_names: dict[str, str] | None = None) -> list
             if node_names and e.node in node_names:
                 d["nodeName"] = node_names[e.node]
             endpoints.append(d)
-        slices.append({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{svc.name}-{k}", "namespace": svc.namespace,
-                         "labels": {"kubernetes.io/service-name": svc.name,
-                                    "endpointslice.kubernetes.io/managed-by": MANAGED_BY}},
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": [{"name": p.name, "port": base + (p.target_port - base_target),
-                       "protocol": p.protocol.upper()} for p in svc.ports],
-        })
+        slices.append(one(k, endpoints, [{"name": p.name, "port": base + (p.target_port - base_target),
+                                          "protocol": p.protocol.upper()} for p in svc.ports]))
     if not slices:  # no endpoints: an empty slice still tells kube-proxy "none" (REJECT rules)
-        slices.append({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{svc.name}-0", "namespace": svc.namespace,
-                         "labels": {"kubernetes.io/service-name": svc.name,
-                                    "endpointslice.kubernetes.io/managed-by": MANAGED_BY}},
-            "addressType": "IPv4", "endpoints": [],
-            "ports": [{"name": p.name, "port": p.target_port, "protocol": p.protocol.upper()}
-                      for p in svc.ports]})
+        slices.append(one(0, [], [{"name": p.name, "port": p.target_port, "protocol": p.protocol.upper()}
+                                  for p in svc.ports]))
     return slices
 
 

@@ -77,6 +77,16 @@ def _now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def _post_all(client, bodies: Sequence[tuple[str, dict]], ok: tuple[int, ...] = (200, 201, 202)) -> None:
+    """POST each (path, body) in order; an answer outside `ok` raises, naming the object."""
+    for path, body in bodies:
+        status, data = _request(client, "POST", path, body)
+        if status not in ok:
+            md = body["metadata"]
+            name = f"{md['namespace']}/{md['name']}" if md.get("namespace") else md["name"]
+            raise lc.LocalClusterError(f"POST {body['kind']} {name}: HTTP {status}: {data[:300]!r}")
+
+
 class ApiDataplane:
     """The Dataplane protocol implemented by API calls: kube-proxy does the programming.
 
@@ -274,11 +284,7 @@ class LocalWorker(Worker):
             status, data = _request(client, "GET", "/apis/networking.k8s.io/v1/servicecidrs")
             if status != 200 or json.loads(data).get("items"):
                 return  # not served, or the apiserver made its own
-            for path, body in objs:
-                status, data = _request(client, "POST", path, body)
-                if status not in (200, 201, 409):
-                    raise lc.LocalClusterError(f"creating {body['kind']} {body['metadata']['name']}: "
-                                               f"HTTP {status}: {data[:300]!r}")
+            _post_all(client, objs, ok=(200, 201, 409))
         self.api(run)
 
     # -- the API ------------------------------------------------------------------------------
@@ -303,13 +309,7 @@ class LocalWorker(Worker):
         bodies += [(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", b)
                    for b in self._slices(svc, trigger)]
 
-        def run(client):
-            for path, body in bodies:
-                status, data = _request(client, "POST", path, body)
-                if status not in (200, 201, 202):
-                    raise lc.LocalClusterError(f"POST {body['kind']} {ns}/{body['metadata']['name']}: "
-                                               f"HTTP {status}: {data[:300]!r}")
-        self.api(run)
+        self.api(_post_all, bodies)
         self.in_api[(ns, svc.name)] = svc
 
     def api_update(self, svc: Service, trigger: bool = False) -> None:
