@@ -89,3 +89,35 @@ def test_write_json_is_whole_and_leaves_no_temp(tmp_path):
     write_json(p, {"a": 2}, indent=2, newline=True, fsync=True)
     assert json.loads(p.read_text()) == {"a": 2} and p.read_text().endswith("}\n")
     assert [f.name for f in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_bulk_create_counts_and_errors():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.k8s.objects import bulk_create
+
+    seen: set = set()
+
+    def post(path, body):
+        name = body["metadata"]["name"]
+        if name == "svc-3":
+            return 403, b"forbidden"
+        if (path, name) in seen:
+            return 409, b""
+        seen.add((path, name))
+        return 201, b'{"spec": {"clusterIP": "10.96.0.%d"}}' % len(seen)
+
+    def bodies(i):
+        return [("/svc", {"kind": "Service", "metadata": {"name": f"svc-{i}"}}),
+                ("/sl", {"kind": "EndpointSlice", "metadata": {"name": f"svc-{i}-0"}})]
+
+    stats, firsts = bulk_create(range(5), bodies, lambda: post, executor=ThreadPoolExecutor(3), qps=None,
+                                key=lambda i: f"ns/svc-{i}")
+    assert (stats.services, stats.slices, stats.objects, stats.existed) == (4, 4, 8, 0)
+    assert len(stats.errors) == 1 and stats.errors[0].startswith("ns/svc-3: POST /svc svc-3: HTTP 403")
+    assert firsts[3] is None and firsts[0].startswith(b'{"spec"') and set(stats.created_at) == {
+        "ns/svc-0", "ns/svc-1", "ns/svc-2", "ns/svc-4"}
+    again, firsts = bulk_create([0, 1], bodies, lambda: post, executor=ThreadPoolExecutor(2), qps=None)
+    assert again.existed == 4 and firsts == [b"", b""]  # existed: the caller reads the object
+    with pytest.raises(KubeError, match="HTTP 403"):
+        bulk_create([3], bodies, lambda: post, executor=ThreadPoolExecutor(1), qps=None, raise_errors=True)
