@@ -18,7 +18,8 @@ from harness.samples import PointContext
 from harness.targets.local_binaries import find_binaries
 from harness.targets.local_procs import LocalClusterError, Proc, http_get, spawn
 
-__all__ = ["HEALTHZ_PORT", "METRICS_PORT", "KubeProxy", "kube_proxy_cleanup", "metric_rows", "scrape_metrics", "start_kube_proxy"]
+__all__ = ["HEALTHZ_PORT", "METRICS_PORT", "KubeProxy", "kube_proxy_cleanup", "metric_rows", "scrape_metrics",
+           "start_kube_proxy"]
 
 
 @dataclass
