@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
+from harness import jsonfile
 
 SCHEMA_VERSION = 1
 # Schema history: 1 - first version (samples.parquet long format, metadata.json, points/).
@@ -91,9 +92,7 @@ def base_metadata(run_id: str, scenario: dict, target: str) -> dict[str, Any]:
 
 def write_json(path: Path, data: Any) -> None:
     """Write atomically, so a run killed mid-write still leaves the previous readable file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    jsonfile.write_json(path, data, indent=2, newline=True)
 
 
 def read_json(path: Path) -> Any:

@@ -10,8 +10,9 @@ from typing import Any
 import yaml
 
 from harness.cluster import ClusterError
+from harness.k8s.rest import REQUEST_TIMEOUT, Rest, is_status
 
-REQUEST_TIMEOUT = (5, 30)  # (connect, read) seconds for ordinary calls
+__all__ = ["REQUEST_TIMEOUT", "Connection", "Rest", "api_error", "connect", "is_status", "read_kubeconfig"]
 
 
 @dataclass
@@ -142,67 +143,3 @@ def api_error(e: Exception) -> str:
         except (ValueError, AttributeError, TypeError):
             msg = str(body)[:200]
     return f"HTTP {status}" + (f": {msg}" if msg else "") if status else _short(e)
-
-
-class Rest:
-    """JSON in, JSON out over the official client's ApiClient (auth, TLS and proxies as configured
-    by the kubeconfig), without the generated models: manifests stay plain dicts."""
-
-    def __init__(self, api: Any, timeout: Any = REQUEST_TIMEOUT):
-        self.api = api
-        self.timeout = timeout
-
-    def request(self, method: str, path: str, body: Any = None, *, query: dict | None = None,
-                content_type: str = "application/json", timeout: Any = None, raw: bool = False) -> Any:
-        import json
-
-        from kubernetes.client.rest import ApiException
-
-        headers = {"Accept": "application/json, */*", "Content-Type": content_type}
-        q = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()
-             if v is not None]
-        method, url, headers, body, _ = self.api.param_serialize(
-            method=method, resource_path=path, query_params=q or None, header_params=headers, body=body,
-            auth_settings=["BearerToken"])
-        resp = self.api.call_api(method, url, header_params=headers, body=body,
-                                 _request_timeout=timeout or self.timeout)
-        data = resp.read()
-        if not 200 <= resp.status <= 299:
-            raise ApiException(status=resp.status, reason=resp.reason,
-                               body=data.decode("utf-8", "replace") if data else None)
-        text = data.decode("utf-8", "replace") if data else ""
-        if raw:
-            return text
-        return json.loads(text) if text else {}
-
-    def get(self, path: str, **kw) -> Any:
-        return self.request("GET", path, **kw)
-
-    def create(self, path: str, body: dict, **kw) -> Any:
-        return self.request("POST", path, body, **kw)
-
-    def put(self, path: str, body: dict, **kw) -> Any:
-        return self.request("PUT", path, body, **kw)
-
-    def merge_patch(self, path: str, body: dict, **kw) -> Any:
-        return self.request("PATCH", path, body, content_type="application/merge-patch+json", **kw)
-
-    def delete(self, path: str, *, query: dict | None = None, missing_ok: bool = True, **kw) -> Any:
-        try:
-            return self.request("DELETE", path, {"propagationPolicy": "Background"}, query=query, **kw)
-        except Exception as e:
-            if missing_ok and getattr(e, "status", None) == 404:
-                return None
-            raise
-
-    def get_or_none(self, path: str, **kw) -> Any:
-        try:
-            return self.get(path, **kw)
-        except Exception as e:
-            if getattr(e, "status", None) == 404:
-                return None
-            raise
-
-
-def is_status(e: BaseException, *codes: int) -> bool:
-    return getattr(e, "status", None) in codes

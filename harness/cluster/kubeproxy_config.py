@@ -6,28 +6,17 @@ Pure functions over text and dicts: no API calls here.
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from harness.cluster import KP_KEY, KP_NAME, KP_NAMESPACE, ClusterError
+from harness.k8s.kubeproxy_config import SyncSettings, set_mode
 from harness.modes import MODES, all_modes
 
 KIND = "KubeProxyConfiguration"
 # "iptables-based" modes: kube-proxy's startup cleanup removes nothing when switching between them
 IPTABLES_BASED = frozenset(name for name, spec in all_modes().items() if spec.iptables_based)
-
-
-@dataclass(frozen=True)
-class SyncSettings:
-    """Sync settings the harness sets for the measured mode (None: leave as found)."""
-
-    min_sync_period: str | None = "0s"  # program every change at once: what the sync latency measures
-    sync_period: str | None = None
-    metrics_bind_address: str | None = "0.0.0.0:10249"  # so the API server's node proxy can scrape
-    ipvs_scheduler: str | None = None
 
 
 def parse(text: str, where: str = f"{KP_NAMESPACE}/{KP_NAME} {KP_KEY}") -> dict[str, Any]:
@@ -65,21 +54,7 @@ def with_mode(doc: dict[str, Any], mode: str, sync: SyncSettings = SyncSettings(
     """A copy of `doc` set to run `mode` with `sync` applied to that mode's section."""
     if mode not in MODES:
         raise ClusterError(f"unknown kube-proxy mode {mode!r}: expected one of {', '.join(MODES)}")
-    out = copy.deepcopy(doc)
-    out["mode"] = mode
-    section = out.get(mode)
-    if not isinstance(section, dict):
-        section = {}
-        out[mode] = section
-    if sync.min_sync_period is not None:
-        section["minSyncPeriod"] = sync.min_sync_period
-    if sync.sync_period is not None:
-        section["syncPeriod"] = sync.sync_period
-    if all_modes()[mode].takes_scheduler and sync.ipvs_scheduler is not None:
-        section["scheduler"] = sync.ipvs_scheduler
-    if sync.metrics_bind_address is not None:
-        out["metricsBindAddress"] = sync.metrics_bind_address
-    return out
+    return set_mode(doc, mode, sync)
 
 
 def dump(doc: dict[str, Any]) -> str:

@@ -2,43 +2,23 @@
 
 Services (and, for selector-less Services, their EndpointSlices) are created by a few threads that
 share one token bucket (`qps` tokens per second, at most `burst` saved up), like client-go's
-rate limiter: the API server sees at most `burst` requests at once and `qps` on average.
+rate limiter: the API server sees at most `burst` requests at once and `qps` on average. The
+bulk create, its retry policy and its stats are harness.k8s.objects', shared with the local target.
 """
 
 from __future__ import annotations
 
-import threading
-import time
+import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from harness.cluster import LABEL_ROLE, LABEL_RUN, run_label_value
 from harness.cluster import manifests
 from harness.cluster.kube import Rest, is_status
-
-
-class TokenBucket:
-    def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
-        if qps <= 0 or burst < 1:
-            raise ValueError("qps must be > 0 and burst >= 1")
-        self.qps, self.burst, self.clock, self.sleep = qps, burst, clock, sleep
-        self.tokens = float(burst)
-        self.t = clock()
-        self.lock = threading.Lock()
-
-    def acquire(self) -> None:
-        while True:
-            with self.lock:
-                now = self.clock()
-                self.tokens = min(self.burst, self.tokens + (now - self.t) * self.qps)
-                self.t = now
-                if self.tokens >= 1 - 1e-9:  # float slack: a refill of exactly one token may land just below 1
-                    self.tokens = max(0.0, self.tokens - 1)
-                    return
-                wait = max((1 - self.tokens) / self.qps, 1e-6)
-            self.sleep(wait)
+from harness.k8s.objects import SERVICES, SLICES, CreateStats, bulk_create, post_object
+from harness.k8s.ratelimit import TokenBucket
+from harness.k8s.rest import request
 
 
 @dataclass
@@ -46,17 +26,6 @@ class CreatedService:
     name: str
     cluster_ip: str
     port: int
-
-
-@dataclass
-class CreateStats:
-    objects: int = 0
-    seconds: float = 0.0
-    errors: list = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        return self.objects / self.seconds if self.seconds else 0.0
 
 
 def service_name(i: int) -> str:
@@ -74,19 +43,15 @@ class ObjectStore:
         self.services: list[CreatedService] = []
         self.selector = f"{LABEL_RUN}={run_label_value(run_id)}"
 
+    def _post(self, path: str, body: dict) -> tuple[int, bytes]:
+        return request(self.rest.api, "POST", path, body, timeout=self.rest.timeout)
+
     def _create(self, path: str, body: dict) -> dict:
-        self.bucket.acquire()
-        for attempt in range(5):
-            try:
-                return self.rest.create(path, body)
-            except Exception as e:
-                if is_status(e, 409):  # already there (a retried request that did land): use it
-                    name = body["metadata"]["name"]
-                    return self.rest.get(f"{path}/{name}")
-                if is_status(e, 429, 500, 503, 504) and attempt < 4:
-                    time.sleep(0.5 * (attempt + 1))
-                    continue
-                raise
+        """Create one object (the shared retry policy); -> the object, as created or as found."""
+        outcome, data = post_object(self._post, path, body, limiter=self.bucket)
+        if outcome == "existed":  # already there (a retried request that did land): use it
+            return self.rest.get(f"{path}/{body['metadata']['name']}")
+        return json.loads(data) if data else {}
 
     def ensure_namespace(self) -> None:
         try:
@@ -114,33 +79,28 @@ class ObjectStore:
                         endpoints: Sequence[tuple[str, str | None]] = (), per_service: int = 1,
                         on_progress: Callable[[int], None] | None = None) -> CreateStats:
         """Services start..stop-1 (and their EndpointSlices unless `selector`)."""
-        stats = CreateStats()
-        t0 = time.monotonic()
-        lock = threading.Lock()
         if not selector and endpoints and per_service > len(endpoints):
             raise ValueError(f"{per_service} endpoints per Service but only {len(endpoints)} backend pods")
 
-        def one(i: int) -> CreatedService:
+        def bodies(i: int) -> list[tuple[str, dict]]:
             name = service_name(i)
-            svc = self._create(f"/api/v1/namespaces/{self.ns}/services",
-                               manifests.service(self.ns, self.run_id, name, selector=selector))
-            n = 1
+            out = [(SERVICES.format(ns=self.ns), manifests.service(self.ns, self.run_id, name, selector=selector))]
             if not selector and endpoints:
                 k = len(endpoints)
                 eps = [endpoints[(i + j) % k] for j in range(per_service)]
-                for sl in manifests.endpoint_slices(self.ns, self.run_id, name, eps):
-                    self._create(f"/apis/discovery.k8s.io/v1/namespaces/{self.ns}/endpointslices", sl)
-                    n += 1
-            with lock:
-                stats.objects += n
-                if on_progress and stats.objects % 500 < n:
-                    on_progress(stats.objects)
-            return CreatedService(name, (svc.get("spec") or {}).get("clusterIP", ""), manifests.SERVICE_PORT)
+                out += [(SLICES.format(ns=self.ns), sl)
+                        for sl in manifests.endpoint_slices(self.ns, self.run_id, name, eps)]
+            return out
 
-        with ThreadPoolExecutor(max_workers=self.workers) as ex:
-            created = list(ex.map(one, range(start, stop)))
-        self.services.extend(created)
-        stats.seconds = time.monotonic() - t0
+        stats, firsts = bulk_create(
+            range(start, stop), bodies, lambda: self._post, limiter=self.bucket,
+            executor=ThreadPoolExecutor(max_workers=self.workers), key=service_name, raise_errors=True,
+            progress=(lambda st: on_progress(st.objects)) if on_progress else None, progress_every=500)
+        for i, data in zip(range(start, stop), firsts):
+            name = service_name(i)
+            svc = json.loads(data) if data else self.rest.get(f"{SERVICES.format(ns=self.ns)}/{name}")
+            self.services.append(CreatedService(name, (svc.get("spec") or {}).get("clusterIP", ""),
+                                                manifests.SERVICE_PORT))
         return stats
 
     def delete_services(self, names: Sequence[str]) -> None:
@@ -162,18 +122,24 @@ class ObjectStore:
         "/api/v1/namespaces/{ns}/configmaps",
     )
 
-    def delete_by_label(self) -> dict[str, int]:
-        """Delete every object labelled with the run in its namespace, kind by kind; -> counts."""
-        counts: dict[str, int] = {}
+    def _labelled(self) -> "list[tuple[str, str, list[dict]]]":
+        """(path, kind, items labelled with the run) per collection the API serves."""
+        out = []
         for tmpl in self.COLLECTIONS:
             path = tmpl.format(ns=self.ns)
-            kind = path.rsplit("/", 1)[1]
             try:
                 items = self.rest.get(path, query={"labelSelector": self.selector})["items"]
             except Exception as e:
                 if is_status(e, 404):
                     continue
                 raise
+            out.append((path, path.rsplit("/", 1)[1], items))
+        return out
+
+    def delete_by_label(self) -> dict[str, int]:
+        """Delete every object labelled with the run in its namespace, kind by kind; -> counts."""
+        counts: dict[str, int] = {}
+        for path, kind, items in self._labelled():
             counts[kind] = len(items)
             if not items:
                 continue
@@ -188,18 +154,11 @@ class ObjectStore:
 
     def remaining(self) -> dict[str, int]:
         out = {}
-        for tmpl in self.COLLECTIONS:
-            path = tmpl.format(ns=self.ns)
-            try:
-                items = self.rest.get(path, query={"labelSelector": self.selector})["items"]
-            except Exception as e:
-                if is_status(e, 404):
-                    continue
-                raise
+        for _path, kind, items in self._labelled():
             # pods/jobs being deleted still list until their finalizers run
             live = [i for i in items if not (i.get("metadata") or {}).get("deletionTimestamp")]
             if live:
-                out[path.rsplit("/", 1)[1]] = len(live)
+                out[kind] = len(live)
         return out
 
 

@@ -16,23 +16,27 @@ reads http://127.0.0.1:10249/metrics from inside the host-network probe pod on t
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Any
 
 from harness.cluster.kube import Rest, api_error
 from harness.cluster.manifests import AGENT_COMMAND
 from harness.cluster.preflight import node_proxy_path
+from harness.k8s.metrics import parse_metrics
+from harness.measure.agent import AgentClient, AgentError
 
 SYNC_HISTOGRAM = "kubeproxy_sync_proxy_rules_duration_seconds"
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEInfa]+)")
 
 
-class RemoteAgentError(RuntimeError):
+class RemoteAgentError(AgentError):
     pass
 
 
-class RemoteAgent:
+class RemoteAgent(AgentClient):
+    """The agent in a probe pod, over a pods/exec websocket; the commands are AgentClient's."""
+
+    error = RemoteAgentError
+
     def __init__(self, api: Any, namespace: str, pod: str, container: str = "probe", *,
                  start_timeout: float = 60.0):
         from kubernetes import client
@@ -52,7 +56,7 @@ class RemoteAgent:
             raise RemoteAgentError(f"agent in pod {self.pod} exited: {self.ws.read_stderr()[-1000:]}")
         self.ws.write_stdin(json.dumps(obj) + "\n")
 
-    def _recv(self, timeout: float = 600.0) -> dict:
+    def _read_line(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while "\n" not in self._buf:
             if not self.ws.is_open():
@@ -64,43 +68,7 @@ class RemoteAgent:
             if self.ws.peek_stdout():
                 self._buf += self.ws.read_stdout()
         line, self._buf = self._buf.split("\n", 1)
-        rep = json.loads(line)
-        if not rep.get("ok"):
-            raise RemoteAgentError(rep.get("error", "agent error"))
-        return rep
-
-    def request(self, obj: dict, timeout: float = 600.0) -> dict:
-        if self._polling:
-            raise RemoteAgentError("a poll is running: call poll_result() first")
-        self._send(obj)
-        return self._recv(timeout)
-
-    def ping(self) -> dict:
-        return self.request({"cmd": "ping"})
-
-    def connect(self, targets, samples: int = 1, timeout: float = 1.0) -> list[list]:
-        t = [[ip, int(port), tag] for ip, port, tag in targets]
-        return self.request({"cmd": "connect", "targets": t, "samples": samples, "timeout": timeout})["results"]
-
-    def poll_start(self, ip: str, port: int, expect: str, *, interval: float = 0.001, timeout: float = 10.0,
-                   attempt_timeout: float = 0.2) -> int:
-        rep = self.request({"cmd": "poll", "ip": ip, "port": port, "expect": expect, "interval": interval,
-                            "timeout": timeout, "attempt_timeout": attempt_timeout})
-        self._polling = True
-        return rep["t_ns"]
-
-    def poll_result(self) -> dict:
-        try:
-            return self._recv()
-        finally:
-            self._polling = False
-
-    def poll(self, ip: str, port: int, expect: str, **kw) -> dict:
-        self.poll_start(ip, port, expect, **kw)
-        return self.poll_result()
-
-    def http_get(self, ip: str, port: int, path: str = "/", timeout: float = 2.0) -> dict:
-        return self.request({"cmd": "http_get", "ip": ip, "port": port, "path": path, "timeout": timeout})
+        return line
 
     def close(self) -> None:
         from websocket import WebSocketException
@@ -112,27 +80,6 @@ class RemoteAgent:
         except (RemoteAgentError, WebSocketException, OSError):  # the agent or its stream is gone already
             pass
         self.ws.close()
-
-    def __enter__(self) -> "RemoteAgent":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> {"name{labels}": value} (comments skipped)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _LINE.match(line)
-        if m:
-            try:
-                out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-            except ValueError:
-                pass
-    return out
 
 
 def scrape_node(rest: Rest, node: str, port: int = 10249, timeout: float = 5.0) -> dict[str, float]:

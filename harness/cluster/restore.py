@@ -10,7 +10,6 @@ set of modes that may be running on some node.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Callable
 from harness.cluster import (ANN_MODIFIED, KP_KEY, KP_NAME, KP_NAMESPACE, LABEL_RUN, PAUSE_KEY, RESTORE_FILE,
                              ClusterError, run_label_value)
 from harness.cluster import kubeproxy_config as kpc
+from harness.jsonfile import write_json
 
 VERSION = 1
 
@@ -78,12 +78,7 @@ def restore_path(run_dir: Path | str) -> Path:
 def save(state: RestoreState, path: Path) -> None:
     """Atomic write (tmp + fsync + rename): the file is whole at every moment."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(state.to_dict(), f, indent=1, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json(path, state.to_dict(), default=None, fsync=True)
 
 
 def load(path: Path | str) -> RestoreState:

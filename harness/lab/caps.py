@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from harness.lab import netns, uml
+from harness.jsonfile import write_json
 from harness.lab.netns import LabError
 from harness.modes import BRIDGE_MODE, MODES, mode as mode_spec
 
@@ -210,9 +211,7 @@ def uml_caps(verify: bool = True, *, refresh: bool = False, timeout: float = 300
             raise LabError(f"probing the UML kernel failed (exit {res.status}): {res.stderr_tail[-300:]}")
         caps = json.loads(out.read_text())
     caps["boot_s"] = res.boot_s
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "probed_at": time.time(), "caps": caps}, indent=1))
-    os.replace(tmp, cache)
+    write_json(cache, {"key": key, "probed_at": time.time(), "caps": caps}, default=None)
     return caps
 
 

@@ -10,7 +10,8 @@ import ctypes
 import os
 import subprocess
 import threading
-from typing import Any, Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from harness.errors import UserError
 from harness.lab import registry
@@ -93,7 +94,46 @@ def _setns(fd: int) -> None:
         _libc = ctypes.CDLL(None, use_errno=True)
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+        raise OSError(e, f"setns: {os.strerror(e)}")
+
+
+def enter(name: str) -> None:
+    """Move *this thread* into network namespace `name` (setns(2) is per thread) for good."""
+    try:
+        fd = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise LabError(f"network namespace {name} does not exist") from None
+    try:
+        _setns(fd)
+    finally:
+        os.close(fd)
+
+
+def enter_for_good(name: str | None) -> None:
+    """ThreadPoolExecutor initializer: the worker thread lives in `name` (None: where it is)."""
+    if name is not None:
+        enter(name)
+
+
+@contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Run the body with *this thread* in network namespace `name` (None: stay where we are).
+
+    Sockets opened inside keep living in that namespace after the thread comes back, so a
+    connection pool filled here can be used from anywhere.
+    """
+    if name is None:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        enter(name)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
 
 
 def call_in(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -106,17 +146,10 @@ def call_in(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
     def target() -> None:
         try:
-            fd = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            box["err"] = LabError(f"network namespace {name} does not exist")
-            return
-        try:
-            _setns(fd)
+            enter(name)
             box["ok"] = fn(*args, **kwargs)
         except BaseException as e:  # re-raised in the caller's thread
             box["err"] = e
-        finally:
-            os.close(fd)
 
     t = threading.Thread(target=target, name=f"netns-{name}", daemon=True)
     t.start()

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness.jsonfile import write_json
+
 STATE_DIR = Path(os.environ.get("KPBENCH_STATE_DIR", "/run/kpbench"))
 
 
@@ -67,9 +69,7 @@ def register(kind: str, key: str | int, **fields: Any) -> Path:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     rec = {"kind": kind, "key": str(key), **me(), **fields}
     p = _path(kind, str(key))
-    tmp = p.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(rec))
-    os.replace(tmp, p)
+    write_json(p, rec, indent=None, default=None)
     return p
 
 

@@ -12,7 +12,6 @@ imported: inside UML every import is slow.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import random
 import signal
@@ -25,6 +24,7 @@ from typing import Any
 
 from harness.dataplane import make_dataplane
 from harness.dataplane.base import DataplaneSettings
+from harness.jsonfile import write_json
 from harness.lab.netns import LabError
 from harness.model import ModelSpec, build_model
 from harness.modes import mode as mode_spec
@@ -236,9 +236,7 @@ class Worker:
             status["seconds"] = round(time.monotonic() - t0, 2)
             status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             path = self.run_dir / "points" / f"{p['point_id']}.json"
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(status, indent=1, default=str))
-            os.replace(tmp, path)
+            write_json(path, status)
             emit("point_done", point_id=p["point_id"], status=status["status"], error=status.get("error"),
                  seconds=status["seconds"])
         return 0
@@ -276,9 +274,7 @@ def run_validate_only(w: Worker) -> int:
             emit("validation", key=key, result=res)
         results[key] = res
     path = w.run_dir / f"validation-{w.job['kernel']}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    os.replace(tmp, path)
+    write_json(path, results)
     return 0
 
 

@@ -320,50 +320,34 @@ class AgentError(RuntimeError):
     pass
 
 
-class Agent:
-    """Starts the agent inside namespace `ns` (None: here) and sends it commands.
+class AgentClient:
+    """The client side of the agent's protocol (JSON lines, one request, one answer), over a
+    transport its subclass provides: `_send(obj)`, `_read_line(timeout) -> str`, `close()`.
+    `Agent` runs the agent as a local subprocess; harness.cluster.probe.RemoteAgent in a pod."""
 
-    Use as a context manager, or call close(). `python` defaults to this interpreter.
-    """
+    error: type[Exception] = AgentError
+    _polling = False
 
-    def __init__(self, ns: str | None, python: str | None = None):
-        self.ns = ns
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + \
-            [python or sys.executable, "-u", "-m", "harness.measure.agent"]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
-        self._polling = False
-        try:
-            self.pid = self.ping()["pid"]
-        except Exception:
-            self.close()
-            raise
-
-    # -- plumbing
     def _send(self, obj: dict) -> None:
-        if self.proc.poll() is not None:
-            raise AgentError(f"agent exited ({self.proc.returncode}): {self.proc.stderr.read()[-2000:]}")
-        self.proc.stdin.write(json.dumps(obj) + "\n")
-        self.proc.stdin.flush()
+        raise NotImplementedError
 
-    def _recv(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(timeout=5)
-            raise AgentError(f"agent exited ({self.proc.returncode}): {self.proc.stderr.read()[-2000:]}")
-        rep = json.loads(line)
+    def _read_line(self, timeout: float) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _recv(self, timeout: float = 600.0) -> dict:
+        rep = json.loads(self._read_line(timeout))
         if not rep.get("ok"):
-            raise AgentError(rep.get("error", "agent error"))
+            raise self.error(rep.get("error", "agent error"))
         return rep
 
-    def request(self, obj: dict) -> dict:
+    def request(self, obj: dict, timeout: float = 600.0) -> dict:
         if self._polling:
-            raise AgentError("a poll is running: call poll_result() first")
+            raise self.error("a poll is running: call poll_result() first")
         self._send(obj)
-        return self._recv()
+        return self._recv(timeout)
 
     # -- commands
     def ping(self) -> dict:
@@ -385,7 +369,7 @@ class Agent:
 
     def poll_result(self) -> dict:
         if not self._polling:
-            raise AgentError("no poll running")
+            raise self.error("no poll running")
         try:
             return self._recv()
         finally:
@@ -396,8 +380,50 @@ class Agent:
         return self.poll_result()
 
     def http_get(self, ip: str, port: int, path: str = "/", timeout: float = 2.0) -> dict:
-        """-> {"status", "body", "us"}; raises AgentError when no answer."""
+        """-> {"status", "body", "us"}; raises the client's error when no answer."""
         return self.request({"cmd": "http_get", "ip": ip, "port": port, "path": path, "timeout": timeout})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Agent(AgentClient):
+    """Starts the agent inside namespace `ns` (None: here) and sends it commands.
+
+    Use as a context manager, or call close(). `python` defaults to this interpreter.
+    """
+
+    def __init__(self, ns: str | None, python: str | None = None):
+        self.ns = ns
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + \
+            [python or sys.executable, "-u", "-m", "harness.measure.agent"]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+        self._polling = False
+        try:
+            self.pid = self.ping()["pid"]
+        except Exception:
+            self.close()
+            raise
+
+    def _send(self, obj: dict) -> None:
+        if self.proc.poll() is not None:
+            raise AgentError(f"agent exited ({self.proc.returncode}): {self.proc.stderr.read()[-2000:]}")
+        self.proc.stdin.write(json.dumps(obj) + "\n")
+        self.proc.stdin.flush()
+
+    def _read_line(self, timeout: float) -> str:
+        line = self.proc.stdout.readline()  # the agent itself bounds every command by its timeout
+        if not line:
+            self.proc.wait(timeout=5)
+            raise AgentError(f"agent exited ({self.proc.returncode}): {self.proc.stderr.read()[-2000:]}")
+        return line
 
     def close(self) -> None:
         p = self.proc
@@ -415,12 +441,6 @@ class Agent:
                 f.close()
             except OSError:  # closing stdin flushes it: BrokenPipeError when the agent is gone already
                 pass
-
-    def __enter__(self) -> "Agent":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 if __name__ == "__main__":

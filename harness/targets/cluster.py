@@ -18,9 +18,7 @@ See harness/cluster/* for the pieces; `kpbench restore RUN_DIR` finishes step 4 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import signal
 import sys
@@ -36,6 +34,7 @@ from harness.cluster.options import ClusterOptions, options_from
 from harness.cluster.preflight import PreflightReport, planned_changes, run_preflight
 from harness.cluster.restore import restore_cluster, restore_path, save_initial, state_from_cluster
 from harness.cluster.switch import CM_PATH, KubeProxyController, Waits
+from harness.jsonfile import write_json
 from harness.modes import mode as mode_spec
 from harness.samples import PointContext, SampleWriter
 
@@ -262,9 +261,7 @@ class _Session:
                               "error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
                 status["seconds"] = round(time.monotonic() - t0, 2)
                 out = self.rundata.dir / "points" / f"{p.point_id}.json"
-                tmp = out.with_suffix(".json.tmp")
-                tmp.write_text(json.dumps(status, indent=1, default=str))
-                os.replace(tmp, out)
+                write_json(out, status)
                 self.sink({"event": "point_done", "point_id": p.point_id, "status": status["status"],
                            "error": status.get("error"), "seconds": status["seconds"]})
         finally:

@@ -55,7 +55,9 @@ from harness.lab.worker import Worker, emit
 from harness.model import Endpoint, Service, ServicePort
 from harness.modes import MODES, mode as mode_spec
 from harness.samples import PointContext, SampleWriter
+from harness.k8s.rest import request as _request
 from harness.targets import localcluster as lc
+from harness.targets.local_kubeproxy import metric_rows
 
 TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 POLL_S = 0.02
@@ -73,17 +75,14 @@ def _now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _request(client, method: str, path: str, body: Any = None, content_type: str = "application/json",
-             timeout: float = 60) -> tuple[int, bytes]:
-    """One API call through the official client's ApiClient (as localcluster._post)."""
-    method, url, headers, data, post_params = client.param_serialize(
-        method, path, body=body,
-        header_params={"Content-Type": content_type, "Accept": "application/json"},
-        auth_settings=["BearerToken"])
-    r = client.call_api(method, url, header_params=headers, body=data, post_params=post_params,
-                        _request_timeout=timeout)
-    r.read()
-    return r.status, r.data
+def _post_all(client, bodies: Sequence[tuple[str, dict]], ok: tuple[int, ...] = (200, 201, 202)) -> None:
+    """POST each (path, body) in order; an answer outside `ok` raises, naming the object."""
+    for path, body in bodies:
+        status, data = _request(client, "POST", path, body)
+        if status not in ok:
+            md = body["metadata"]
+            name = f"{md['namespace']}/{md['name']}" if md.get("namespace") else md["name"]
+            raise lc.LocalClusterError(f"POST {body['kind']} {name}: HTTP {status}: {data[:300]!r}")
 
 
 class ApiDataplane:
@@ -280,11 +279,7 @@ class LocalWorker(Worker):
             status, data = _request(client, "GET", "/apis/networking.k8s.io/v1/servicecidrs")
             if status != 200 or json.loads(data).get("items"):
                 return  # not served, or the apiserver made its own
-            for path, body in objs:
-                status, data = _request(client, "POST", path, body)
-                if status not in (200, 201, 409):
-                    raise lc.LocalClusterError(f"creating {body['kind']} {body['metadata']['name']}: "
-                                               f"HTTP {status}: {data[:300]!r}")
+            _post_all(client, objs, ok=(200, 201, 409))
         self.api(run)
 
     # -- the API ------------------------------------------------------------------------------
@@ -309,13 +304,7 @@ class LocalWorker(Worker):
         bodies += [(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", b)
                    for b in self._slices(svc, trigger)]
 
-        def run(client):
-            for path, body in bodies:
-                status, data = _request(client, "POST", path, body)
-                if status not in (200, 201, 202):
-                    raise lc.LocalClusterError(f"POST {body['kind']} {ns}/{body['metadata']['name']}: "
-                                               f"HTTP {status}: {data[:300]!r}")
-        self.api(run)
+        self.api(_post_all, bodies)
         self.in_api[(ns, svc.name)] = svc
 
     def api_update(self, svc: Service, trigger: bool = False) -> None:
@@ -588,32 +577,6 @@ class LocalWorker(Worker):
                     "error": f"{type(crash).__name__}: {crash}".splitlines()[0][:800],
                     "kube_proxy_log_tail": getattr(crash, "log_tail", ""),
                     "traceback": traceback.format_exc(limit=8)}
-
-
-_KP_PREFIXES = ("kubeproxy_sync_proxy_rules", "kubeproxy_network_programming", "kubeproxy_sync_full_proxy_rules",
-                "kubeproxy_sync_partial_proxy_rules")
-_LABELS = re.compile(r'(\w+)="([^"]*)"')
-
-
-def metric_rows(ctx: PointContext, metrics: dict[str, float]) -> list[dict]:
-    """kube-proxy's metrics as rows `kp_<name without kubeproxy_>`: histograms as _sum (s),
-    _count and _bucket (count, tag path="le=<bound>"), counters and gauges as count (tag path=<table>
-    for the iptables rule totals). Timestamps are left out."""
-    rows = []
-    for key, value in sorted(metrics.items()):
-        name, _, labels = key.partition("{")
-        if not name.startswith(_KP_PREFIXES) or "timestamp" in name:
-            continue
-        lab = dict(_LABELS.findall(labels))
-        if lab.get("ip_family", "IPv4") != "IPv4":
-            continue  # kube-proxy runs dual-stack here; the Services are IPv4
-        path = ""
-        if name.endswith("_bucket"):
-            path = f"le={lab.get('le', '')}"
-        elif "table" in lab:
-            path = lab["table"]
-        rows.append(ctx.row("kp_" + name[len("kubeproxy_"):], value, path=path))  # unit: harness.metrics
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

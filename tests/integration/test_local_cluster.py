@@ -90,14 +90,14 @@ def test_apiserver_up_inside_its_namespace(cluster, root_before):
     inside = lc.netns_listening(cluster.netns)
     assert {lc.API_PORT, lc.ETCD_PORT} <= inside
     tls = ssl.create_default_context(cafile=str(cluster.pki["ca_crt"]))
-    status, body = lc._http_get(cluster.netns, cluster.api_addr, lc.API_PORT, "/version", tls=tls,
+    status, body = lc.http_get(cluster.netns, cluster.api_addr, lc.API_PORT, "/version", tls=tls,
                                 token=cluster.tokens["admin"])
     assert status == 200 and lc.kube_version().encode() in body
     # RBAC is on: the kube-proxy identity may list Services but not create them
-    status, _ = lc._http_get(cluster.netns, cluster.api_addr, lc.API_PORT, "/api/v1/services", tls=tls,
+    status, _ = lc.http_get(cluster.netns, cluster.api_addr, lc.API_PORT, "/api/v1/services", tls=tls,
                              token=cluster.tokens["kube-proxy"])
     assert status == 200
-    status, _ = lc._http_get(cluster.netns, cluster.api_addr, lc.API_PORT, "/api/v1/secrets", tls=tls,
+    status, _ = lc.http_get(cluster.netns, cluster.api_addr, lc.API_PORT, "/api/v1/secrets", tls=tls,
                              token=cluster.tokens["kube-proxy"])
     assert status == 403
     # nothing of it is in the root namespace

@@ -21,7 +21,7 @@ REAL = ROOT / "tests" / "canned" / "run-real-host"
 CANNED = ROOT / "tests" / "canned" / "run-small"
 CTX = PointContext("run", "pt", "lab", "host", "iptables", "legacy", 10, 1, 0)
 # Writers whose metric name is computed, not a literal: each is exercised below.
-DYNAMIC_WRITERS = {"harness/measure/load.py", "harness/targets/local_worker.py"}
+DYNAMIC_WRITERS = {"harness/measure/load.py", "harness/targets/local_kubeproxy.py"}
 
 
 def _row_calls():

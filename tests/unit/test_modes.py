@@ -19,7 +19,7 @@ from harness.lab.netns import LabError
 from harness.model import ModelSpec, build_model
 from harness.modes import MODES, ModeSpec, SectionOptions, UnknownModeError
 from harness.scenario import Scenario
-from harness.targets.localcluster import render_kube_proxy_config
+from harness.k8s.kubeproxy_config import render as render_kube_proxy_config
 
 DATAPLANE_METHODS = ("render", "full_sync", "apply", "counts", "cleanup")
 OPTIONS = SectionOptions(sync_period="30s", min_sync_period="1ms", masquerade_all=True, strict_arp=True,
