@@ -106,9 +106,7 @@ class ClusterTarget:
         for line in rep.lines():
             self.out(line)
         self.out("the run will:")
-        from harness.runner import plan_points
-
-        order = [p.mode for p in plan_points(scenario, self.plan(scenario))]
+        order = [mode for _, _, mode in scenario.sweep()]  # one kernel per mode: the points' modes
         for line in planned_changes(rep, order, scenario.counts(), opts):
             self.out(f"  - {line}")
         self.out(f"  probe nodes: {', '.join(probe_nodes)}")
