@@ -18,11 +18,12 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from harness import analysis, metrics, plots, results
+from harness import analysis, findings, metrics, plots, results, units
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 FIGURE_TITLES = {
+    "hashing_vs_chain": "Hashing versus chain: connect latency vs Service count",
     "connect_latency": "Connect latency (p50, p99) vs Service count",
     "sync_latency": "Programming time: one change and full sync vs Service count",
     "request_cdf": "Request latency CDF at the largest Service count",
@@ -102,16 +103,35 @@ def _present(df: pd.DataFrame, **flags: bool) -> list[str]:
     return [m for m in metrics.names(**flags) if m in have]
 
 
+def _scale(values: Iterable[float], unit: str) -> str | None:
+    """One time prefix for a column of values (the median's), so a table reads on one scale."""
+    v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    if unit not in metrics.TIME_UNITS or not v:
+        return None
+    med = sorted(abs(x) for x in v)[len(v) // 2]
+    return units.time_prefix(med * metrics.TIME_UNITS[unit])[0]
+
+
+def _q(v: Any, unit: str, prefix: str | None = None, sign: bool = False) -> str:
+    return units.quantity(v, unit, prefix=prefix, sign=sign)
+
+
 def fits_table(df: pd.DataFrame) -> dict:
+    """Scaling fits that could be made; the series too thin to fit are named once in `not_enough`."""
     f = analysis.scaling_fits(df, _present(df, fit=True))
-    rows = []
+    rows, thin = [], []
     for _, r in f.iterrows():
-        rows.append([r["kernel"], r["mode"], r["metric"], _tags(r), r["slope"],
-                     f"[{fmt(r['slope_lo'])}, {fmt(r['slope_hi'])}]", r["per_1k"],
-                     f"[{fmt(r['per_1k_lo'])}, {fmt(r['per_1k_hi'])}]", metrics.unit(r["metric"]), int(r["n_obs"]),
-                     r["verdict"]])
-    return _table(["kernel", "mode", "metric", "tags", "log-log slope", "95% CI", "per 1,000 Services",
-                   "95% CI", "unit", "obs", "verdict"], rows)
+        u = metrics.unit(r["metric"])
+        if r["verdict"] == analysis.INSUFFICIENT:
+            thin.append(f"{r['kernel']}/{r['mode']} {r['metric']} {_tags(r)}".strip())
+            continue
+        rows.append([r["kernel"], r["mode"], r["metric"], _tags(r), findings.growth_words(r),
+                     _q(r["per_1k"], u, sign=True), f"{_q(r['per_1k_lo'], u, sign=True)} to {_q(r['per_1k_hi'], u, sign=True)}",
+                     r["slope"], f"{fmt(r['slope_lo'])} to {fmt(r['slope_hi'])}", int(r["n_obs"])])
+    t = _table(["kernel", "mode", "metric", "tags", "growth", "per 1,000 Services", "95% CI",
+                "log-log slope", "95% CI", "obs"], rows)
+    t["not_enough"] = thin
+    return t
 
 
 def quantile_tables(df: pd.DataFrame) -> list[dict]:
@@ -122,23 +142,39 @@ def quantile_tables(df: pd.DataFrame) -> list[dict]:
         g = q[q["metric"] == metric]
         if g.empty:
             continue
+        u = metrics.unit(metric)
+        pre = _scale(g["p50"], u)
         rows = [[r["kernel"], r["mode"], int(r["n_services"]), _tags(r), int(r["reps"]), int(r["count"]),
-                 int(r["timed_out"]), r["p50"], r["p90"], r["p99"], r["p999"], r["mean"]]
+                 int(r["timed_out"])] + [_q(r[c], u, pre) for c in ("p50", "p90", "p99", "p999", "mean")]
                 for _, r in g.iterrows()]
         t = _table(["kernel", "mode", "Services", "tags", "reps", "samples", "timed out", "p50", "p90", "p99",
                     "p999", "mean"], rows)
-        t["metric"], t["unit"] = metric, metrics.unit(metric)
+        t["metric"], t["unit"] = metric, u
         out.append(t)
     return out
 
 
 def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
+    """Each mode against `baseline` at each kernel's largest count, decided by analysis.decision_rule();
+    comparisons with too few samples are named once in `not_enough`."""
     c = analysis.compare_modes(df, baseline, metrics=_present(df, compare=True), n_services=-1, n_boot=500)
-    rows = [[r["kernel"], f"{r['mode']} vs {r['baseline']}", int(r["n_services"]), r["metric"], _tags(r),
-             r["median_a"], r["median_b"], r["ratio"], f"[{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]", r["p_value"],
-             r["verdict"]] for _, r in c.iterrows()]
-    return _table(["kernel", "comparison", "Services", "metric", "tags", "median (baseline)", "median (mode)",
-                   "ratio", "95% CI", "p (Mann-Whitney)", "verdict"], rows)
+    rows, thin = [], []
+    for _, r in c.iterrows():
+        u = metrics.unit(r["metric"])
+        if not r["enough"]:
+            thin.append(f"{r['kernel']}/{r['mode']} {r['metric']} {_tags(r)} ({int(r['n_b'])} vs "
+                        f"{int(r['n_a'])} samples)".replace("  ", " "))
+            continue
+        pre = _scale([r["median_a"], r["median_b"]], u)
+        rows.append([r["kernel"], f"{r['mode']} vs {r['baseline']}", int(r["n_services"]), r["metric"], _tags(r),
+                     _q(r["median_a"], u, pre), _q(r["median_b"], u, pre),
+                     f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
+                     f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
+                     r["verdict"]])
+    t = _table(["kernel", "comparison", "Services", "metric", "tags", "median (baseline)", "median (mode)",
+                "ratio [95% CI]", "difference [95% CI]", "verdict"], rows)
+    t["not_enough"] = thin
+    return t
 
 
 def quality_table(df: pd.DataFrame, points: pd.DataFrame) -> tuple[dict, dict]:
@@ -221,10 +257,27 @@ def render_figures(df: pd.DataFrame, fig_dir: Path) -> list[dict]:
     return out
 
 
+def scenario_shape(meta: dict) -> str:
+    """The measurements a run's scenario enabled: runs laid side by side must share it."""
+    measure = (meta.get("scenario") or {}).get("measure") or {}
+    on = [k for k, v in measure.items() if not (isinstance(v, dict) and v.get("enabled") is False)]
+    return ",".join(sorted(on))
+
+
+def check_side_by_side(metas: Sequence[dict]) -> None:
+    """Refuse (one-line ResultsError) runs whose scenarios measured different things."""
+    shapes = {str(m.get("run_id")): scenario_shape(m) for m in metas}
+    if len(set(shapes.values())) > 1:
+        shown = ", ".join(f"{r}={v or 'none'}" for r, v in shapes.items())
+        raise results.ResultsError(f"cannot lay runs side by side: their scenarios measure different things "
+                                   f"({shown}); report them separately")
+
+
 def report_context(run_dirs, fig_dir: Path | None) -> dict:
     """Everything the templates show; `fig_dir=None` skips rendering figures (the slow part)."""
     rs = results.load_runs(run_dirs)
     df, metas = rs.samples, rs.metas
+    check_side_by_side(metas)
     warns = list(rs.warnings)
     for m in metas:
         if m.get("status") != "complete":
@@ -238,10 +291,12 @@ def report_context(run_dirs, fig_dir: Path | None) -> dict:
         "runs": environment_info(metas),
         "kernels": sorted(map(str, df["kernel"].unique())),
         "modes": sorted(map(str, df["mode"].unique())),
-        "counts": sorted(int(n) for n in df["n_services"].unique()),
+        "counts": [units.count(n) for n in sorted(int(n) for n in df["n_services"].unique())],
         "n_samples": len(df), "n_points": n_points,
         "n_ok": int((rs.points["status"] == "ok").sum()) if n_points else 0,
         "warnings": warns, "caveats": CAVEATS,
+        "findings": findings.summary(df, rs.points),
+        "rule": analysis.decision_rule(),
         "figures": render_figures(df, fig_dir) if len(df) and fig_dir is not None else [],
         "fits": fits_table(df),
         "comparison": mode_comparison_table(df),
