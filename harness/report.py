@@ -125,11 +125,12 @@ def fits_table(df: pd.DataFrame) -> dict:
         if r["verdict"] == analysis.INSUFFICIENT:
             thin.append(f"{r['kernel']}/{r['mode']} {r['metric']} {_tags(r)}".strip())
             continue
-        rows.append([r["kernel"], r["mode"], r["metric"], _tags(r), findings.growth_words(r),
+        growth = findings.growth_words(r) if r["verdict"] == analysis.SUPERLINEAR else r["verdict"]
+        rows.append([r["kernel"], r["mode"], r["metric"], _tags(r), growth,
                      _q(r["per_1k"], u, sign=True), f"{_q(r['per_1k_lo'], u, sign=True)} to {_q(r['per_1k_hi'], u, sign=True)}",
-                     r["slope"], f"{fmt(r['slope_lo'])} to {fmt(r['slope_hi'])}", int(r["n_obs"])])
+                     r["slope"], f"{fmt(r['slope_lo'])} to {fmt(r['slope_hi'])}", int(r["n_obs"]), u])
     t = _table(["kernel", "mode", "metric", "tags", "growth", "per 1,000 Services", "95% CI",
-                "log-log slope", "95% CI", "obs"], rows)
+                "log-log slope", "95% CI", "obs", "unit"], rows)
     t["not_enough"] = thin
     return t
 
