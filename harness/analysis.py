@@ -307,9 +307,9 @@ def _boot_median_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, level: float,
 
 
 # The one decision rule, used by the report, the notebook and `kpbench compare` alike.
-DECISION_RULE = ("different when the bootstrap {level:.0%} CI of the ratio of medians (mode / baseline, "
-                 "repetitions pooled) excludes 1 and the ratio differs from 1 by at least {min_effect:.0%}; "
-                 "fewer than {min_n} samples on either side is \"not enough repetitions\"")
+DECISION_RULE = ("different when the bootstrap {level:.0%} CI of the ratio of medians (mode / baseline, or "
+                 "run B / run A; repetitions pooled) excludes 1 and the ratio differs from 1 by at least "
+                 "{min_effect:.0%}; fewer than {min_n} samples on either side is \"not enough repetitions\"")
 MIN_COMPARE_SAMPLES = 2
 
 

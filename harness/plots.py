@@ -147,8 +147,11 @@ def _legend(fig: Figure, axes: np.ndarray, extra: Sequence = ()) -> None:
         handles.append(h)
         labels.append(h.get_label())
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)), fontsize="small",
-                   frameon=False)
+        # as many columns as fit the figure's width (~0.075 in per character at the small size)
+        width = fig.get_figwidth()
+        per = max(len(lab) for lab in labels) * 0.075 + 0.6
+        ncols = max(1, min(4, len(handles), int(width // per)))
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small", frameon=False)
 
 
 def _vs_n(ax, d: pd.DataFrame, stat: str, *, all_runs: Sequence[str] = (), label_suffix: str = "") -> bool:
@@ -202,7 +205,7 @@ def hashing_vs_chain(df: pd.DataFrame, band: tuple[float, float] = (0.25, 0.75))
                 xs = np.geomspace(q.index.min(), q.index.max(), 50)
                 ax.plot(xs, f["intercept"] + f["per_1k"] * xs / 1000.0, color="#555", linewidth=0.9,
                         linestyle=(0, (1, 1)), zorder=1)
-        for pos, ls in (("first", "--"), ("last", ":")):
+        for pos, ls in (("first", "--"), ("last", ":")) if len(all_runs) <= 1 else ():
             dp = dk[dk["position"] == pos]
             for label, st, g in _series(dp, all_runs):
                 m = g.groupby("n_services", observed=True)["value"].median().sort_index()
@@ -213,9 +216,10 @@ def hashing_vs_chain(df: pd.DataFrame, band: tuple[float, float] = (0.25, 0.75))
         ax.set_title(k, fontsize="medium")
         ax.set_xlabel("Services (log scale)")
         _value_axis(ax, metric, "connect latency")
-    keys = [Line2D([], [], color="#333", linestyle="--", linewidth=1.1, label="first Service (median)"),
-            Line2D([], [], color="#333", linestyle=":", linewidth=1.1, label="last Service (median)"),
-            Line2D([], [], color="#555", linestyle=(0, (1, 1)), linewidth=0.9, label="straight-line fit")]
+    keys = [Line2D([], [], color="#555", linestyle=(0, (1, 1)), linewidth=0.9, label="straight-line fit")]
+    if len(all_runs) <= 1:  # several runs: one line per run, the positions would crowd it
+        keys[:0] = [Line2D([], [], color="#333", linestyle="--", linewidth=1.1, label="first Service (median)"),
+                    Line2D([], [], color="#333", linestyle=":", linewidth=1.1, label="last Service (median)")]
     _legend(fig, axes, keys)
     return fig
 

@@ -116,6 +116,18 @@ def _q(v: Any, unit: str, prefix: str | None = None, sign: bool = False) -> str:
     return units.quantity(v, unit, prefix=prefix, sign=sign)
 
 
+def _thin_summary(items: Sequence[tuple[str, str, str]]) -> list[str]:
+    """(kernel, mode, metric) triples too thin to use, one short line per kernel:
+    "host-6.18: connect_us, sync_full_s (12 series; modes iptables, nftables)"."""
+    out = []
+    for kernel in sorted({k for k, _, _ in items}):
+        mine = [(m, x) for k, m, x in items if k == kernel]
+        metrics_ = ", ".join(dict.fromkeys(x for _, x in mine))
+        modes = ", ".join(sorted({m for m, _ in mine}))
+        out.append(f"{kernel}: {metrics_} ({len(mine)} series; modes {modes})")
+    return out
+
+
 def fits_table(df: pd.DataFrame) -> dict:
     """Scaling fits that could be made; the series too thin to fit are named once in `not_enough`."""
     f = analysis.scaling_fits(df, _present(df, fit=True))
@@ -123,7 +135,7 @@ def fits_table(df: pd.DataFrame) -> dict:
     for _, r in f.iterrows():
         u = metrics.unit(r["metric"])
         if r["verdict"] == analysis.INSUFFICIENT:
-            thin.append(f"{r['kernel']}/{r['mode']} {r['metric']} {_tags(r)}".strip())
+            thin.append((str(r["kernel"]), str(r["mode"]), str(r["metric"])))
             continue
         growth = findings.growth_words(r) if r["verdict"] == analysis.SUPERLINEAR else r["verdict"]
         rows.append([r["kernel"], r["mode"], r["metric"], _tags(r), growth,
@@ -131,7 +143,7 @@ def fits_table(df: pd.DataFrame) -> dict:
                      r["slope"], f"{fmt(r['slope_lo'])} to {fmt(r['slope_hi'])}", int(r["n_obs"]), u])
     t = _table(["kernel", "mode", "metric", "tags", "growth", "per 1,000 Services", "95% CI",
                 "log-log slope", "95% CI", "obs", "unit"], rows)
-    t["not_enough"] = thin
+    t["not_enough"] = _thin_summary(thin)
     return t
 
 
@@ -163,8 +175,7 @@ def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
     for _, r in c.iterrows():
         u = metrics.unit(r["metric"])
         if not r["enough"]:
-            thin.append(f"{r['kernel']}/{r['mode']} {r['metric']} {_tags(r)} ({int(r['n_b'])} vs "
-                        f"{int(r['n_a'])} samples)".replace("  ", " "))
+            thin.append((str(r["kernel"]), str(r["mode"]), str(r["metric"])))
             continue
         pre = _scale([r["median_a"], r["median_b"]], u)
         rows.append([r["kernel"], f"{r['mode']} vs {r['baseline']}", int(r["n_services"]), r["metric"], _tags(r),
@@ -174,7 +185,7 @@ def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
                      r["verdict"]])
     t = _table(["kernel", "comparison", "Services", "metric", "tags", "median (baseline)", "median (mode)",
                 "ratio [95% CI]", "difference [95% CI]", "verdict"], rows)
-    t["not_enough"] = thin
+    t["not_enough"] = _thin_summary(thin)
     return t
 
 
@@ -314,6 +325,23 @@ def _env(autoescape: bool) -> Environment:
     env.filters["md"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
     env.filters["tojson"] = lambda v: json.dumps(v, indent=2, default=str)
     return env
+
+
+def publish(run_dirs, out_dir) -> Path:
+    """A self-contained folder to put on any static host or attach to an issue: index.html (figures
+    inlined as SVG), report.md with figures/ (PNG and SVG), samples.parquet and samples.csv (every
+    raw sample of the runs), metadata.json (each run's metadata). Returns the index.html path."""
+    dirs = results.resolve_runs(run_dirs)
+    out = Path(out_dir)
+    html = build_report(dirs, out)
+    index = out / "index.html"
+    html.replace(index)
+    df = results.load(dirs)
+    df.to_parquet(out / "samples.parquet", index=False)
+    df.to_csv(out / "samples.csv", index=False)
+    metas = [{k: v for k, v in results.load_metadata(d).items() if not str(k).startswith("_")} for d in dirs]
+    (out / "metadata.json").write_text(json.dumps(metas if len(metas) > 1 else metas[0], indent=2, default=str))
+    return index
 
 
 def build_report(run_dirs, out_dir) -> Path:

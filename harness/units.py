@@ -48,6 +48,8 @@ def quantity(value: float, unit: str, digits: int = 3, *, sign: bool = False, pr
         return ""
     v = float(value)
     plus = "+" if sign and v > 0 else ""
+    if v == 0:
+        return f"0 {_SUFFIX.get(unit, unit)}".strip()
     if unit in TIME_UNITS:
         us = v * TIME_UNITS[unit]
         sym, f = (prefix, TIME_UNITS[prefix]) if prefix else time_prefix(us)
