@@ -169,13 +169,6 @@ def _vs_n(ax, d: pd.DataFrame, stat: str, *, all_runs: Sequence[str] = (), label
     return drew
 
 
-def _finish(ax, xlabel: str | None, ylabel: str | None, legend: bool) -> None:
-    if xlabel:
-        ax.set_xlabel(xlabel)
-    if ylabel:
-        ax.set_ylabel(ylabel)
-
-
 def hashing_vs_chain(df: pd.DataFrame, band: tuple[float, float] = (0.25, 0.75)) -> Figure:
     """Connect latency to a random ClusterIP against the Service count, per mode: the median (line)
     with its p25-p75 band over all samples, the first and last Service in the mode's lookup order
