@@ -40,7 +40,14 @@ CAVEATS = [
     "Timed-out samples are kept at their timeout value and counted (column 'timed out'); tails "
     "that include them are upper bounds of what clients saw, not dropped samples.",
     "Bands and scaling fits use one value per repetition (the per-repetition p50): with few "
-    "repetitions the confidence intervals are wide and verdicts are cautious.",
+    "repetitions the confidence intervals are wide and verdicts are cautious. Comparisons pool the "
+    "repetitions' samples and follow the one decision rule stated under the findings.",
+    "Sync times (sync_one_s, sync_full_s) are the dataplane's programming time as the row's target "
+    "measured it: on the lab target the harness applies the rules itself (the kernel's share only, "
+    "no kube-proxy); on the local and cluster targets the real kube-proxy programmed them.",
+    "request_corrected_us counts from each request's intended start; request_lateness_us is the "
+    "load generator's own share of that (actual - intended start). A large lateness means the "
+    "generator, not the dataplane, ran late.",
     "Saturated points (the load generator could not keep its target rate) measure the load "
     "generator as much as the dataplane. Failed points have no samples; invalid points (validation "
     "failed) keep their samples in the tables. All of them are listed below so they can be discounted.",
