@@ -115,10 +115,21 @@ def crossovers(medians: pd.DataFrame, m: metrics.Metric) -> list[str]:
                     continue
                 if last and s != last:
                     faster, slower = (a, b) if s < 0 else (b, a)
+                    at = _crossing(last_n, rel[list(ns).index(last_n)], n, rel[list(ns).index(n)])
                     out.append(f"{m.headline}: {faster} overtakes {slower} between {units.count(last_n)} and "
-                               f"{units.count(n)} Services (median {faster} is the lower from {units.count(n)} on).")
+                               f"{units.count(n)} Services (medians cross near {units.count(at)}, "
+                               f"interpolated on log scales).")
                 last, last_n = s, n
     return out
+
+
+def _crossing(n0: float, r0: float, n1: float, r1: float) -> float:
+    """Where log(ratio) crosses 0 between (n0, r0) and (n1, r1), interpolated in log N, rounded to
+    two significant digits (the measured counts bound it; more digits would be invented)."""
+    l0, l1 = np.log(r0), np.log(r1)
+    f = l0 / (l0 - l1) if l0 != l1 else 0.5
+    n = float(np.exp(np.log(n0) + f * (np.log(n1) - np.log(n0))))
+    return float(f"{n:.2g}")
 
 
 def _medians(d: pd.DataFrame) -> pd.DataFrame:

@@ -76,7 +76,7 @@ def test_crossover_is_found_where_one_mode_overtakes_another():
                         "median": [50.0, 80.0, 300.0, 70.0, 71.0, 72.0]})
     (line,) = findings.crossovers(med, metrics.get("connect_us"))
     assert "iptables overtakes nftables" not in line
-    assert "nftables overtakes iptables between 100 and 1,000 Services" in line
+    assert "nftables overtakes iptables between 100 and 1,000 Services (medians cross near 550" in line
     flat = med.assign(median=[70.0, 71.0, 72.0, 70.0, 71.0, 72.0])
     assert findings.crossovers(flat, metrics.get("connect_us")) == []
 
