@@ -29,7 +29,7 @@ BENCH_ARGS := $(SCENARIO) \
 
 UML_KERNEL_DEPS := linux-source-6.1 build-essential bc bison flex libssl-dev libelf-dev xz-utils
 
-.PHONY: setup apt bench test test-fast report kube uml-kernel clean
+.PHONY: setup apt bench test test-fast report publish notebook browser kube uml-kernel clean
 
 setup: apt $(STAMP)
 
@@ -64,6 +64,7 @@ bench: setup
 # cold build of both takes 25-40 min on 2 cores); the tests that need them skip, saying so, if
 # they cannot be built here.
 test: setup
+	@$(MAKE) --no-print-directory browser || echo "warning: chromium not installed: the report's browser test will skip"
 	@$(MAKE) --no-print-directory uml-kernel || echo "warning: kpbench UML kernel not built: IPVS tests use Debian's UML kernel"
 	@$(MAKE) --no-print-directory kube || echo "warning: Kubernetes binaries not built: local-target tests will skip"
 	$(VENV)/bin/python -m pytest -q -ra tests
@@ -74,6 +75,22 @@ test-fast: setup
 report: setup
 	@test -n "$(RUN)" || { echo "make report RUN=results/<run folder> [RUN=...]"; exit 2; }
 	$(KPBENCH) report $(RUN)
+
+# A self-contained folder to publish (index.html, report.md + figures/, samples.parquet/.csv, metadata.json).
+publish: setup
+	@test -n "$(RUN)" -a -n "$(DIR)" || { echo "make publish RUN=results/<run folder> DIR=<output folder>"; exit 2; }
+	$(KPBENCH) report $(RUN) --publish $(DIR)
+
+# JupyterLab on notebooks/ with this venv's kernel (the `analysis` extra); KPBENCH_RUN picks the run.
+notebook: setup
+	$(VENV)/bin/pip install -q -e '.[test,analysis]'
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(JUPYTER_ARGS)
+
+# Headless Chromium (Debian's package) for the report's browser test only; nothing else needs it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian package: chromium (for tests/unit/test_report_browser.py)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 kube:
 	PATH="$$PATH:/usr/local/go/bin" bash kube/build.sh $(KUBE_VERSION)
