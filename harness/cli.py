@@ -138,9 +138,15 @@ def cmd_render(args) -> int:
 
     model = build_model(ModelSpec(n_services=args.services, endpoints=args.endpoints, seed=args.seed,
                                   node_ports=args.node_ports, affinity=args.affinity))
-    settings = DataplaneSettings(iptables_backend=args.iptables_backend, scheduler=args.scheduler,
-                                 node_ips=("10.255.0.1",))
-    sys.stdout.write(render(args.mode, model.services, settings))
+    from harness.dataplane.versions import UnknownRelease
+
+    try:
+        settings = DataplaneSettings(iptables_backend=args.iptables_backend, scheduler=args.scheduler,
+                                     node_ips=("10.255.0.1",), kube_version=args.kube_version)
+        text = render(args.mode, model.services, settings)
+    except UnknownRelease as e:
+        raise UsageError(f"--kube-version: {e}") from None
+    sys.stdout.write(text)
     return 0
 
 
@@ -199,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--affinity", type=int, default=0, help="the first K Services get ClientIP affinity")
     p.add_argument("--iptables-backend", choices=["legacy", "nft"], default="legacy")
     p.add_argument("--scheduler", default="rr")
+    from harness.dataplane.versions import DEFAULT_KUBE_VERSION
+
+    p.add_argument("--kube-version", default=DEFAULT_KUBE_VERSION,
+                   help=f"the kube-proxy release whose rules are rendered (default {DEFAULT_KUBE_VERSION})")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("doctor", help="what each mode needs and whether this machine has it")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from harness.dataplane import versions
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MODES = ("iptables", "ipvs", "nftables")
@@ -134,7 +135,8 @@ class ClusterSpec(_Strict):
 class LocalSpec(_Strict):
     """Options of the local target (etcd + kube-apiserver + kube-proxy built by `make kube`)."""
 
-    kube_version: str = "v1.34.12"
+    # the old name of the top-level kube_proxy_version (kept working; the two must agree)
+    kube_version: str | None = None
     create_qps: float = Field(default=2000, gt=0)
     create_concurrency: int = Field(default=16, ge=1)
     # kube-proxy's config defaulting turns minSyncPeriod 0 into 1s: "1ms" is "sync at once"
@@ -155,6 +157,9 @@ class Scenario(_Strict):
     name: str = "unnamed"
     description: str = ""
     target: Literal["lab", "local", "cluster"] = "lab"
+    # the kube-proxy release: the ruleset family the lab renders per mode, and the binaries the
+    # local target runs (`make kube KUBE_VERSION=...`)
+    kube_proxy_version: str = versions.DEFAULT_KUBE_VERSION
     modes: list[Literal["iptables", "ipvs", "nftables"]] = list(MODES)
     services: ServicesSpec = ServicesSpec(max=1000)
     model: ModelOptions = ModelOptions()
@@ -179,6 +184,21 @@ class Scenario(_Strict):
             raise ValueError("a mode is listed twice")
         return v
 
+    @model_validator(mode="after")
+    def _kube_proxy_version(self):
+        old = self.local.kube_version
+        if old is not None:
+            old = versions.normalize(old)
+            if "kube_proxy_version" in self.model_fields_set and versions.normalize(self.kube_proxy_version) != old:
+                raise ValueError(f"kube_proxy_version {self.kube_proxy_version} and local.kube_version {old} "
+                                 "differ: set kube_proxy_version only")
+            self.kube_proxy_version = old
+        self.kube_proxy_version = versions.normalize(self.kube_proxy_version)
+        for mode in self.modes:  # one line naming the release and the known ones, never a fallback
+            versions.family(mode, self.kube_proxy_version)
+        self.local.kube_version = self.kube_proxy_version
+        return self
+
     def counts(self) -> list[int]:
         return self.services.expand()
 
@@ -195,6 +215,8 @@ def _format_error(source: str, err: ValidationError) -> str:
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif e["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
     extra = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
     return f"{source}: {loc}: {msg}{extra}"
 

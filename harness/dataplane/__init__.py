@@ -32,7 +32,7 @@ def make_dataplane(mode: str, ns: str | None, settings: DataplaneSettings | None
     if mode == "nftables":
         from harness.dataplane.nftables import NftablesDataplane
 
-        return NftablesDataplane(ns, settings)
+        return NftablesDataplane(ns, settings, node=node)
     raise ValueError(f"unknown proxy mode {mode!r}: use one of {', '.join(MODES)}")
 
 

@@ -17,6 +17,12 @@ test) installs the pod routes first.
 
 render() prints ipvsadm-restore lines, then `ipset restore` lines, then the iptables payload, each
 section introduced by a `#` comment line. Standard library + pyroute2 only (no pandas: UML).
+
+Families (harness.dataplane.versions): one, v1.33, for v1.33.x-v1.37.x. pkg/proxy/ipvs/proxier.go
+programs the same virtual servers, ipsets and iptables rules in v1.33.13 ... v1.37.2; what changed
+is not rendered state: v1.34.0-v1.34.3 and v1.35.0 stopped the periodic resync (syncPeriod) when
+nothing changed, v1.34.4 / v1.35.1 / v1.36 restored it; v1.35 logs the deprecation (KEP-5495);
+v1.37 writes `--random-fully` unconditionally and adds the KubeProxyIPVS feature gate (on).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import struct
 import threading
 from typing import Iterable, Sequence
 
+from harness.dataplane import versions
 from harness.dataplane.base import Change, DataplaneSettings
 from harness.dataplane._tool import stream
 from harness.lab.netns import LabError, NETNS_DIR, run
@@ -333,6 +340,7 @@ class IpvsDataplane:
         endpoint as local (hairpin SNAT then works for all pods of a single-node test)."""
         self.ns = ns
         self.settings = settings or DataplaneSettings()
+        self.family = versions.family(self.mode, self.settings.kube_version)  # one family so far
         self.node = node
         self.scheduler = self.settings.scheduler or "rr"
         self.mark = "%#010x" % (1 << self.settings.masquerade_bit)
