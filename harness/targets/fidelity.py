@@ -11,7 +11,10 @@ built-in chains. Left out as cosmetic (they do not change what a packet meets):
   (its rules are compared without the statistic match; the 1/n, 1/(n-1) ... probabilities are
   tests/unit/test_dataplane_render.py's);
 - the elements of ClientIP affinity sets (client addresses the traffic has put there), and
-  packet counters.
+  packet counters;
+- iptables `-m nfacct --nfacct-name ct_state_invalid_dropped_pkts` (and the localhost NodePort
+  counter): kube-proxy adds these accounting matches, which only count packets for its metrics,
+  when the kernel has nfnetlink_acct; the lab does not create nfacct objects.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import re
 from collections import Counter
 
 _NUMGEN = re.compile(r"(numgen random mod \d+ v?map) \{ ([^}]*) \}")
+_IPT_NFACCT = re.compile(r"-m nfacct --nfacct-name\s+\S+ ")
 _IPT_STATISTIC = re.compile(r"-m statistic --mode random --probability \S+ ")
 
 
@@ -86,7 +90,8 @@ def parse_iptables(text: str) -> dict[str, Counter]:
             chain = line.split()[1]
             if not chain.startswith("KUBE-") and " -j KUBE-" not in line:
                 continue
-            rule = _IPT_STATISTIC.sub("", line) if chain.startswith("KUBE-SVC-") else line
+            rule = _IPT_NFACCT.sub("", line)
+            rule = _IPT_STATISTIC.sub("", rule) if chain.startswith("KUBE-SVC-") else rule
             out.setdefault(f"{table}/{chain}", Counter())[rule] += 1
     return out
 

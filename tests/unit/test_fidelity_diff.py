@@ -86,3 +86,11 @@ def test_iptables_compares_kube_chains_as_multisets():
     missing = IPT.replace("-A KUBE-SERVICES -d 10.96.0.2/32 -j KUBE-SVC-B\n", "")
     assert differences("iptables", IPT, missing) == [
         "nat/KUBE-SERVICES: kube-proxy only 1: '-A KUBE-SERVICES -d 10.96.0.2/32 -j KUBE-SVC-B'"]
+
+
+def test_iptables_accounting_match_is_cosmetic():
+    kp = ("*filter\n:KUBE-FORWARD - [0:0]\n-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct "
+          "--nfacct-name  ct_state_invalid_dropped_pkts -j DROP\nCOMMIT\n")
+    lab = "*filter\n:KUBE-FORWARD - [0:0]\n-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\nCOMMIT\n"
+    assert differences("iptables", kp, lab) == []
+    assert differences("iptables", kp, lab.replace("DROP", "ACCEPT")) != []
