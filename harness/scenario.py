@@ -132,6 +132,17 @@ class ClusterSpec(_Strict):
     namespace_wait_s: float = Field(default=120, gt=0)
 
 
+FLAT_ALLOCATOR_ARGS = ["--emulated-version=1.33", "--feature-gates=MultiCIDRServiceAllocator=false"]
+
+
+def default_apiserver_args(kube_version: str) -> list[str]:
+    """The local apiserver's flags for a release: the flat ClusterIP allocator where the release
+    can still emulate 1.33 (kube-apiserver emulates down to its minor - 3: v1.36 at most). v1.37
+    refuses both ("emulation version 1.33 is not between [1.34, 1.37.0]"; at 1.34 the gate is
+    locked to true), so it runs with the upstream IPAddress allocator."""
+    return list(FLAT_ALLOCATOR_ARGS) if versions.parse(kube_version)[1] - 3 <= 33 else []
+
+
 class LocalSpec(_Strict):
     """Options of the local target (etcd + kube-apiserver + kube-proxy built by `make kube`)."""
 
@@ -144,7 +155,8 @@ class LocalSpec(_Strict):
     sync_period: str = "30s"
     # upstream 1.34's IPAddress allocator lists every IPAddress per allocation (~260 objects/s at
     # 5k Services); these flags restore the flat bitmap allocator. [] for the upstream default.
-    apiserver_args: list[str] = ["--emulated-version=1.33", "--feature-gates=MultiCIDRServiceAllocator=false"]
+    # Unset: default_apiserver_args(kube_proxy_version) (v1.37 cannot take these flags).
+    apiserver_args: list[str] = FLAT_ALLOCATOR_ARGS
     ready_timeout_s: float = Field(default=120, gt=0, description="apiserver /readyz and kube-proxy start")
     sync_timeout_s: float = Field(default=600, gt=0, description="kube-proxy start -> all Services programmed")
     # kube-proxy's nodePortAddresses; "primary" = the node's own address, as the lab programs
@@ -197,6 +209,8 @@ class Scenario(_Strict):
         for mode in self.modes:  # one line naming the release and the known ones, never a fallback
             versions.family(mode, self.kube_proxy_version)
         self.local.kube_version = self.kube_proxy_version
+        if "apiserver_args" not in self.local.model_fields_set:
+            self.local.apiserver_args = default_apiserver_args(self.kube_proxy_version)
         return self
 
     def counts(self) -> list[int]:
