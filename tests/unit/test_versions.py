@@ -165,3 +165,36 @@ def test_nftables_hairpin_set_holds_only_this_nodes_endpoints():
     keys = {k for x in o for k in x.hairpin}
     local = {e.ip for s in services for e in s.endpoints if e.node == node}
     assert keys and {k.split(" . ")[0] for k in keys} == local
+
+
+# --------------------------------------------------------------------------- the local target's release
+def test_apiserver_flags_follow_the_release():
+    from harness.scenario import FLAT_ALLOCATOR_ARGS, default_apiserver_args
+
+    assert default_apiserver_args("v1.34.12") == FLAT_ALLOCATOR_ARGS == default_apiserver_args("v1.36.3")
+    assert default_apiserver_args("v1.37.2") == []  # "emulation version 1.33 is not between [1.34, 1.37.0]"
+    assert load_scenario("local-quick").local.apiserver_args == default_apiserver_args(versions.DEFAULT_KUBE_VERSION)
+    assert load_scenario("local-quick", [(["kube_proxy_version"], "v1.34.12")]).local.apiserver_args == FLAT_ALLOCATOR_ARGS
+    own = load_scenario("local-quick", [(["local", "apiserver_args"], ["--v=2"])])
+    assert own.local.apiserver_args == ["--v=2"]  # given: kept
+
+
+def test_a_release_that_is_not_built_is_one_line_naming_it(tmp_path, monkeypatch):
+    from harness.targets import kube_binaries, localcluster as lc
+
+    monkeypatch.setattr(lc, "CACHE_ROOT", tmp_path)
+    monkeypatch.delenv("KUBE_BIN_DIR", raising=False)
+    built = tmp_path / "kube" / "v1.34.12" / "bin"
+    built.mkdir(parents=True)
+    for name in ("etcd", "kube-apiserver", "kube-proxy"):
+        (built / name).write_text("#!/bin/sh\necho Kubernetes v1.34.12\n")
+        (built / name).chmod(0o755)
+    assert kube_binaries.built_releases() == ["v1.34.12"]
+    assert kube_binaries.binaries_for("v1.34.12").kube_proxy == built / "kube-proxy"
+    with pytest.raises(lc.LocalClusterError) as e:
+        kube_binaries.binaries_for("v1.36.3")  # never v1.34.12's binaries instead
+    msg = str(e.value)
+    assert "\n" not in msg and "v1.36.3" in msg and "make kube KUBE_VERSION=v1.36.3" in msg and "v1.34.12" in msg
+    monkeypatch.setenv("KUBE_BIN_DIR", str(built))
+    with pytest.raises(lc.LocalClusterError, match="not v1.36.3"):
+        kube_binaries.binaries_for("v1.36.3")
