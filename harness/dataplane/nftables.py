@@ -50,7 +50,7 @@ from harness.model import Service
 TABLE = "ip kube-proxy"
 CHUNK = 2000
 
-# 1.34+ base chains (PR #132456): name, type, hook, priority. kube-proxy writes dstnat-10 / filter /
+# base chains of every family (v1.33.13 has v1.34's, PR #132456): name, type, hook, priority. kube-proxy writes dstnat-10 / filter /
 # dstnat / srcnat; nft 1.0.6 refuses the symbolic "dstnat" on the output hook, so the numeric values
 # (dstnat = -100, srcnat = 100, filter = 0) are written: the kernel state is identical.
 BASE_CHAINS = (

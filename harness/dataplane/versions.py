@@ -5,8 +5,12 @@ programs the same kernel state for the lab's Services (ClusterIP, NodePort, exte
 affinity, no endpoints; Cluster traffic policy; clusterCIDR local-traffic detection). Families were
 read from pkg/proxy/{iptables,ipvs,nftables}/proxier.go of v1.33.13, v1.34.12, v1.35.4, v1.36.3 and
 v1.37.2 (the Go module k8s.io/kubernetes) and the CHANGELOGs of those minors; what differs is listed
-in each mode's module docstring. A patch release newer than the one read for its minor, or a minor
-outside the table, is refused (`UnknownRelease`): the lab never falls back to another family.
+in each mode's module docstring. Earlier patches of a minor are taken to program what its newest
+read patch does: their CHANGELOGs name no ruleset change for the lab's configuration (v1.33.6 /
+v1.34.2's `iif` -> `iifname` fix concerns interface-based local-traffic detection, not the lab's
+clusterCIDR), and v1.33.6's three proxiers program the same as v1.33.13's (read too). A patch
+release newer than the one read for its minor, or a minor outside the table, is refused
+(`UnknownRelease`): the lab never falls back to another family.
 
 Standard library only (the worker imports this inside UML).
 """
