@@ -13,7 +13,8 @@ REPS ?=
 TARGET ?=
 OUT ?=
 KERNEL ?=
-KUBE_VERSION ?= v1.34.12
+# the Kubernetes release: default the one kube/go.mod pins (harness/dataplane/versions.py's default)
+KUBE_VERSION ?= $(shell awk '$$1 == "k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}' kube/go.mod)
 
 # `make bench` measures the real kube-proxy (the local target) when `make kube` has built the
 # binaries (or KUBE_BIN_DIR has them), else the lab target; TARGET=lab|local|cluster chooses.
@@ -24,7 +25,7 @@ BENCH_TARGET := $(or $(TARGET),$(if $(and $(wildcard $(KUBE_BIN)/kube-apiserver)
 BENCH_ARGS := $(SCENARIO) \
   $(if $(SERVICES),--services $(SERVICES)) $(if $(MODES),--modes $(MODES)) \
   $(if $(REPS),--reps $(REPS)) $(if $(BENCH_TARGET),--target $(BENCH_TARGET)) \
-  $(if $(filter local,$(BENCH_TARGET)),--set local.kube_version=$(KUBE_VERSION)) \
+  --set kube_proxy_version=$(KUBE_VERSION) \
   $(if $(OUT),--out $(OUT)) $(if $(KERNEL),--kernel $(KERNEL))
 
 UML_KERNEL_DEPS := linux-source-6.1 build-essential bc bison flex libssl-dev libelf-dev xz-utils

@@ -145,7 +145,7 @@ register(ModeSpec(
 register(ModeSpec(
     name="nftables",
     dataplane="harness.dataplane.nftables:NftablesDataplane",
-    by_node=False,
+    by_node=True,  # v1.36+: the hairpin-connections set holds only the node's own endpoints
     kernel_features=("nft_nat",),
     iptables_based=False,
     kube_proxy_section=_nftables_section,
