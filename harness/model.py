@@ -77,7 +77,7 @@ class Service:
         offset = port.target_port - self.ports[0].target_port
         return tuple(Endpoint(e.ip, e.port + offset, e.node) for e in self.endpoints)
 
-    def with_endpoints(self, endpoints: tuple[Endpoint, ...]) -> "Service":
+    def with_endpoints(self, endpoints: tuple[Endpoint, ...]) -> Service:
         return replace(self, endpoints=endpoints)
 
 
@@ -106,7 +106,7 @@ class Model:
     pods: list[Pod]
     client_ip: str
     services: list[Service] = field(default_factory=list)
-    _ips: "_AddressPermutation | None" = None
+    _ips: _AddressPermutation | None = None
 
     def service(self, index: int) -> Service:
         """Service number `index` of this model's infinite sequence (index may be >= N)."""

@@ -6,7 +6,8 @@ namespace, and is therefore deleted with it ("everything deleted by label at the
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from harness.cluster import LABEL_ROLE, LABEL_RUN, run_label_value
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from harness.k8s import KubeError
 from harness.k8s.endpoint import ApiEndpoint
@@ -129,7 +129,7 @@ def post_object(post: Post, path: str, body: dict, *, limiter: TokenBucket, max_
         limiter.acquire()
         try:
             status, data = post(path, body)
-        except Exception as e:  # ApiException (non-2xx), urllib3 errors
+        except Exception as e:  # noqa: BLE001 - ApiException (non-2xx), urllib3 errors: retried or raised below
             status = getattr(e, "status", None)
             data = getattr(e, "body", None) or str(e)
         if isinstance(data, str):

@@ -14,7 +14,7 @@ import re
 import shutil
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from harness.lab import netns, registry
 from harness.lab.topology import delete_namespaces

@@ -23,7 +23,8 @@ import ipaddress
 import os
 import subprocess
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pyroute2 import IPRoute
 
@@ -101,7 +102,7 @@ def namespace_pids(names: Sequence[str]) -> dict[str, list[int]]:
 def delete_namespaces(names: Sequence[str]) -> list[str]:
     """Kill every process in the namespaces, then delete them (idempotent); returns those removed."""
     present = [n for n in names if os.path.exists(f"{netns.NETNS_DIR}/{n}")]
-    for n, pids in namespace_pids(present).items():
+    for pids in namespace_pids(present).values():
         for pid in pids:
             try:
                 os.kill(pid, 9)
@@ -177,7 +178,7 @@ class Lab:
                           "ns": self.pod_ns(p)} for p in self.model.pods]}
 
     # --- lifecycle -------------------------------------------------------------------------
-    def up(self) -> "Lab":
+    def up(self) -> Lab:
         t0 = time.monotonic()
         existing = [n for n in self.namespaces if os.path.exists(f"{netns.NETNS_DIR}/{n}")]
         if existing:
@@ -216,7 +217,7 @@ class Lab:
         self._up = False
         self.timings["down_s"] = time.monotonic() - t0
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self.up()
 
     def __exit__(self, *exc: object) -> None:
@@ -285,7 +286,7 @@ class Lab:
                 ipr.route("add", dst="0.0.0.0/0", gateway=BLACKHOLE_GW)
         except LabError:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - netlink/OS errors -> one-line LabError naming the node
             raise LabError(f"building node {node} in {self.node_ns(node)} failed: {e}") from None
         finally:
             for fd in fds:
@@ -300,7 +301,7 @@ class Lab:
                 ipr.addr("add", index=i, address=ip, prefixlen=cidr.prefixlen)
                 ipr.link("set", index=i, state="up")
                 ipr.route("add", dst="0.0.0.0/0", gateway=self.gateway(node))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - netlink/OS errors -> one-line LabError naming the pod
             raise LabError(f"configuring pod {ip} failed: {e}") from None
 
 

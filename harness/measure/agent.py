@@ -196,7 +196,7 @@ def _poll_loop(ip: str, port: int, expect: str, interval: float, timeout: float,
                 events = poller.poll(0)
         else:
             events = poller.poll(1)
-        for fd, ev in events:
+        for fd, _ev in events:
             a = live.get(fd)
             if a is None:
                 continue
@@ -308,7 +308,7 @@ def main() -> int:
                 return 0
             else:
                 rep = {"ok": False, "error": f"unknown command {cmd!r}"}
-        except Exception as e:  # keep serving: report, never die on one bad command
+        except Exception as e:  # noqa: BLE001 - keep serving: report, never die on one bad command
             rep = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         send(rep)
     return 0
@@ -433,7 +433,7 @@ class Agent(AgentClient):
                     self.poll_result()
                 self._send({"cmd": "quit"})
                 p.wait(timeout=5)
-            except Exception:
+            except Exception:  # noqa: BLE001 - whatever the polite quit failed on, the agent is killed
                 p.kill()
                 p.wait()
         for f in (p.stdin, p.stdout, p.stderr):

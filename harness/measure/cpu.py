@@ -80,7 +80,7 @@ def cpu_rows(ctx: PointContext, before: CpuSnapshot, after: CpuSnapshot,
 class CpuPhase:
     """``with CpuPhase() as ph: ...`` then ``ph.rows(ctx, keepalive=True)``."""
 
-    def __enter__(self) -> "CpuPhase":
+    def __enter__(self) -> CpuPhase:
         self.before = snapshot()
         self.after: CpuSnapshot | None = None
         return self
