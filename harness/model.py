@@ -143,6 +143,8 @@ class _AddressPermutation:
 
 def _node_subnet(spec: ModelSpec, node_index: int) -> ipaddress.IPv4Network:
     pod_net = ipaddress.ip_network(spec.pod_cidr)
+    if not isinstance(pod_net, ipaddress.IPv4Network):
+        raise ModelError(f"pod CIDR {spec.pod_cidr} is not IPv4: the lab is IPv4-only; use e.g. 10.244.0.0/16")
     if pod_net.prefixlen > 24:
         raise ModelError(f"pod CIDR {spec.pod_cidr} is too small: use a /24 or larger")
     subnets = pod_net.subnets(new_prefix=24)

@@ -151,14 +151,16 @@ class TinyHTTPServer:
         return self
 
     def _serve(self) -> None:
+        sock = self.sock
+        assert sock is not None  # start() binds it before it starts this thread
         sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
+        sel.register(sock, selectors.EVENT_READ)
         try:
             while not self._stop.is_set():
                 if not sel.select(timeout=0.1):
                     continue
                 try:
-                    conn, _ = self.sock.accept()
+                    conn, _ = sock.accept()
                 except (BlockingIOError, OSError):
                     continue
                 with conn:
@@ -268,6 +270,7 @@ def matrix(lab: Any, model: Model, services: Mapping[str, Service]) -> list[Cell
     pa = next(p for p in model.pods if p.node == a)
     pb = next(p for p in model.pods if p.node == b)
     np_ = services[NODEPORT].ports[0].node_port
+    assert np_ is not None  # the NODEPORT Service is made with node_port=NODE_PORT
     ext = services[EXTERNAL].external_ips[0]
     pc, nc = f"pod client (node {a})", f"node {a}"
     nbl = f"node {b}"

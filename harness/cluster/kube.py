@@ -60,7 +60,7 @@ def read_kubeconfig(path: str | None) -> tuple[str, dict]:
 
 def resolve_context(doc: dict, context: str | None, path: str) -> tuple[str, str]:
     """-> (context name, server URL) after checking the context and its cluster exist."""
-    names = [c.get("name") for c in doc.get("contexts") or [] if isinstance(c, dict)]
+    names = [str(c["name"]) for c in doc.get("contexts") or [] if isinstance(c, dict) and c.get("name")]
     ctx = context or doc.get("current-context")
     if not ctx:
         raise ClusterError(f"kubeconfig {path} has no current-context: pass --context, one of {', '.join(names)}")

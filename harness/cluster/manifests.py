@@ -117,9 +117,9 @@ def endpoint_slices(ns: str, run_id: str, service_name: str, endpoints: Sequence
 
 
 def _host_volumes() -> tuple[list[dict], list[dict]]:
-    vols = [{"name": "lib-modules", "hostPath": {"path": "/lib/modules"}},
+    vols: list[dict] = [{"name": "lib-modules", "hostPath": {"path": "/lib/modules"}},
             {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}}]
-    mounts = [{"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
+    mounts: list[dict] = [{"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
               {"name": "xtables-lock", "mountPath": "/run/xtables.lock"}]
     return vols, mounts
 

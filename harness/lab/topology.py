@@ -24,13 +24,16 @@ import os
 import subprocess
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 
 from harness.lab import netns, registry
 from harness.lab.netns import LabError
 from harness.model import Model, Pod
+
+if TYPE_CHECKING:
+    from harness.lab.backends import Backends
 
 UNDERLAY_CIDR = "10.255.0.0/24"
 BRIDGE = "cbr0"
@@ -93,9 +96,9 @@ def namespace_pids(names: Sequence[str]) -> dict[str, list[int]]:
             st = os.stat(f"/proc/{d}/ns/net")
         except OSError:
             continue
-        n = inodes.get((st.st_dev, st.st_ino))
-        if n:
-            out[n].append(int(d))
+        owner = inodes.get((st.st_dev, st.st_ino))
+        if owner:
+            out[owner].append(int(d))
     return out
 
 
@@ -130,7 +133,7 @@ class Lab:
         self.tag = tag
         self.nodes = nodes
         self.with_backends = backends
-        self.backends = None  # harness.lab.backends.Backends once up
+        self.backends: Backends | None = None  # once up
         self.timings: dict[str, float] = {}
         self._up = False
         underlay = list(ipaddress.ip_network(UNDERLAY_CIDR).hosts())

@@ -327,12 +327,12 @@ class LocalCluster:
                 "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount",
                 f"--v={self.apiserver_verbosity}",
                 *self.apiserver_args]
-        self.apiserver = self._spawn("kube-apiserver", argv)
+        self.apiserver = apiserver = self._spawn("kube-apiserver", argv)
 
         def alive() -> None:
-            if not self.apiserver.alive():
-                raise LocalClusterError(f"kube-apiserver exited with {self.apiserver.popen.returncode}:\n"
-                                        f"{self.apiserver.failure()}")
+            if not apiserver.alive():
+                raise LocalClusterError(f"kube-apiserver exited with {apiserver.popen.returncode}:\n"
+                                        f"{apiserver.failure()}")
         last = self._wait_readyz(self.api_addr, self.ready_timeout, attempt_timeout=3, alive=alive)
         if last is not None:
             raise LocalClusterError(f"kube-apiserver not ready after {self.ready_timeout:.0f} s ({last}); "
