@@ -62,10 +62,13 @@ bench: setup
 	$(KPBENCH) run $(BENCH_ARGS)
 
 # Lint and type checks take seconds: `make test` runs them before the slow tests.
+# All three run even when one fails, so one pass shows every problem.
 lint: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
 
 # The kpbench UML kernel and the Kubernetes binaries are built once into ~/.cache/kpbench (a
 # cold build of both takes 25-40 min on 2 cores); the tests that need them skip, saying so, if
