@@ -30,7 +30,7 @@ BENCH_ARGS := $(SCENARIO) \
 
 UML_KERNEL_DEPS := linux-source-6.1 build-essential bc bison flex libssl-dev libelf-dev xz-utils
 
-.PHONY: setup apt bench test test-fast report publish notebook browser kube uml-kernel clean
+.PHONY: setup apt bench lint test test-fast report publish notebook browser kube uml-kernel clean
 
 setup: apt $(STAMP)
 
@@ -61,10 +61,20 @@ bench: setup
 	@echo "kpbench: target $(or $(BENCH_TARGET),lab (from the scenario; make kube for the local target))"
 	$(KPBENCH) run $(BENCH_ARGS)
 
+# Lint and type checks take seconds: `make test` runs them before the slow tests.
+# All three run even when one fails, so one pass shows every problem.
+lint: setup
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
+
 # The kpbench UML kernel and the Kubernetes binaries are built once into ~/.cache/kpbench (a
 # cold build of both takes 25-40 min on 2 cores); the tests that need them skip, saying so, if
 # they cannot be built here.
 test: setup
+	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory browser || echo "warning: chromium not installed: the report's browser test will skip"
 	@$(MAKE) --no-print-directory uml-kernel || echo "warning: kpbench UML kernel not built: IPVS tests use Debian's UML kernel"
 	@$(MAKE) --no-print-directory kube || echo "warning: Kubernetes binaries not built: local-target tests will skip"
@@ -98,4 +108,4 @@ kube:
 
 clean:
 	@if [ -x $(KPBENCH) ]; then $(KPBENCH) clean; fi
-	rm -rf build *.egg-info .pytest_cache
+	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache

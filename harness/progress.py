@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class ProgressView:
@@ -19,7 +27,7 @@ class ProgressView:
             TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
-        self.task = None
+        self.task: TaskID | None = None  # set by __enter__
         self.current = ""
 
     def __enter__(self):
@@ -32,17 +40,21 @@ class ProgressView:
         self.progress.stop()
         return False
 
+    def _task(self) -> TaskID:
+        assert self.task is not None, "ProgressView is used as a context manager"
+        return self.task
+
     def on_event(self, ev: dict) -> None:
         kind = ev.get("event")
         if kind == "plan":
-            self.progress.update(self.task, total=ev["total"], completed=ev.get("done", 0))
+            self.progress.update(self._task(), total=ev["total"], completed=ev.get("done", 0))
         elif kind == "point_start":
             self.current = f"{ev['kernel']} {ev['mode']} n={ev['n_services']} rep {ev['rep']}"
-            self.progress.update(self.task, description=self.current)
+            self.progress.update(self._task(), description=self.current)
         elif kind == "phase":
-            self.progress.update(self.task, description=f"{self.current}: {ev['phase']}")
+            self.progress.update(self._task(), description=f"{self.current}: {ev['phase']}")
         elif kind == "point_done":
-            self.progress.advance(self.task)
+            self.progress.advance(self._task())
             style = {"ok": "green", "invalid": "yellow"}.get(ev["status"], "red")
             extra = f" ({ev['error']})" if ev.get("error") else ""
             self.console.print(f"[{style}]{ev['status']:>7}[/] {ev['point_id']} "

@@ -22,7 +22,7 @@ import glob as _glob
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,7 +320,7 @@ def write_samples(run_dir: str | os.PathLike, rows_iter: Iterable[Mapping[str, A
     return added
 
 
-def _finished_rows(run_dir: Path, skip: set[str] = frozenset()) -> list[dict[str, Any]]:
+def _finished_rows(run_dir: Path, skip: Set[str] = frozenset()) -> list[dict[str, Any]]:
     statuses = point_statuses(run_dir)
     rows: list[dict[str, Any]] = []
     for f in sorted((run_dir / POINTS_DIR).glob("*.jsonl")):

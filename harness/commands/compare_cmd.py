@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 NAME = "compare"
 HELP = "compare two runs point by point (ratio and difference of medians, bootstrap CIs)"
@@ -63,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     for _, r in shown.iterrows():
         what = f"{r['metric']} {_tags(r)}".strip()
         u = metrics.unit(r["metric"], str(r["unit"]))
-        q = lambda v: units.quantity(v, u)  # noqa: E731
-        d = lambda v: units.quantity(v, u, sign=True)  # noqa: E731
+        q = partial(units.quantity, unit=u)
+        d = partial(units.quantity, unit=u, sign=True)
         detail = (f"median {q(r['median_a'])} -> {q(r['median_b'])}, ratio {fmt(r['ratio'])} "
                   f"[{level:.0%} CI {fmt(r['ci_lo'])}-{fmt(r['ci_hi'])}], difference {d(r['diff'])} "
                   f"[{d(r['diff_lo'])} to {d(r['diff_hi'])}]")

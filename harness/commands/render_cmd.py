@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.releases import DEFAULT_KUBE_VERSION
 from harness.errors import UserError
 from harness.modes import MODES
+from harness.releases import DEFAULT_KUBE_VERSION
 
 NAME = "render"
 HELP = "print what the lab would program, in each tool's input format"

@@ -27,8 +27,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from harness.measure.cpu import CpuSnapshot, cpu_rows
 from harness.model import Service
