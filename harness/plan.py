@@ -171,7 +171,8 @@ def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: Tr
     so_far = 0.0
     for p in run_order(points):
         shape = cm.PointShape(target, p.kernel, p.mode, p.n_services)
-        phases = cm.base_phases(scenario, shape, validate=scenario.validate_first and (p.kernel, p.mode) not in validated,
+        validate = scenario.validate_first and (p.kernel, p.mode) not in validated
+        phases = cm.base_phases(scenario, shape, validate=validate,
                                 api_delta=p.n_services - api_n.get(p.kernel, 0))
         phases = {"setup": 0.0 if p.kernel in started else cm.setup_cost(target, p.kernel), **phases}
         pp = PlannedPoint(p, shape, phases)

@@ -229,6 +229,9 @@ def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.
     stopped_for_budget = False
 
     def sink(ev: dict) -> None:
+        if ev.get("event") == "plan" and run.over_budget:  # targets count every planned point
+            n_over = len(run.over_budget)
+            ev = {**ev, "total": ev["total"] - n_over, "done": max(0, ev.get("done", 0) - n_over)}
         if ev.get("event") in ("point_done", "kernel"):
             if ev.get("event") == "kernel":
                 kernels = {k["name"]: k for k in run.meta.get("kernels", [])}
