@@ -238,7 +238,20 @@ def kernel_reason(scenario, mode: str, kernels: list[str]) -> str:
     if mode not in scenario.modes:
         return "added: iptables is measured on every kernel used, as the bridge between kernels"
     if kinds == ["uml"]:
-        return "the host kernel cannot run it (see `kpbench doctor`): the UML guest"
+        why = _host_lacks(mode, scenario.iptables_backend)
+        if why is None:
+            return "the host kernel could, but another mode needs the UML guest: every mode on one kernel"
+        return f"{why}: measured in the UML guest"
     if "uml" in kinds and "host" in kinds:
         return "on both kernels: the bridge between the host and the UML guest"
     return "the host kernel runs it"
+
+
+def _host_lacks(mode: str, iptables_backend: str) -> str | None:
+    """What the host kernel lacks for `mode` (harness.lab.caps' probe, cached), or None."""
+    from harness.lab import caps
+
+    try:
+        return caps.unsupported(caps.host_caps(), mode, iptables_backend)
+    except Exception:  # a reason is not worth failing the plan
+        return "see `kpbench doctor`"

@@ -195,13 +195,15 @@ def test_budget_of_exactly_the_minimum_measures_one_point_per_mode():
         ("iptables", 1000), ("ipvs", 1000), ("nftables", 1000)]
 
 
-def test_kernel_reasons():
+def test_kernel_reasons(monkeypatch):
+    monkeypatch.setattr(pl, "_host_lacks", lambda mode, backend: "no IPVS here" if mode == "ipvs" else None)
     sc = load_scenario("quick")
     plan = pl.build_plan(sc, "lab", {"iptables": ["host", "uml"], "ipvs": ["uml"], "nftables": ["host"]},
                          runner.plan_points(sc, {"iptables": ["host", "uml"], "ipvs": ["uml"],
                                                  "nftables": ["host"]}), None)
     assert "bridge" in plan.kernel_reasons["iptables"]
-    assert "cannot run" in plan.kernel_reasons["ipvs"]
+    assert plan.kernel_reasons["ipvs"] == "no IPVS here: measured in the UML guest"
+    assert "every mode on one kernel" in pl.kernel_reason(sc, "nftables", ["uml"])
     assert plan.kernel_reasons["nftables"] == "the host kernel runs it"
     # run order: the host group first, then the guest's (one worker per kernel)
     kernels = [p.point.kernel for p in plan.points]
