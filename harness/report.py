@@ -199,7 +199,7 @@ def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
 def quality_table(df: pd.DataFrame, points: pd.DataFrame) -> tuple[dict, dict]:
     """(points called out: failed/invalid/pending/saturated, sample issues: unstable/timed out/...)"""
     dq = analysis.data_quality(df, points)
-    pts = dq[dq["kind"].isin(["failed", "invalid", "pending", "saturated", "unknown"])]
+    pts = dq[dq["kind"].isin(["failed", "invalid", "pending", "over_budget", "saturated", "unknown"])]
     rest = dq[~dq.index.isin(pts.index) & (dq["kind"] != "single_rep")]
     p_tab = _table(["kind", "kernel", "mode", "Services", "rep", "detail"],
                    [[r["kind"], r["kernel"], r["mode"], int(r["n_services"]), int(r["rep"]), r["detail"]]

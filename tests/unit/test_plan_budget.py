@@ -281,3 +281,18 @@ def test_budget_spent_mid_run_finishes_the_point_marks_the_rest_and_resume_measu
     assert meta["status"] == "complete" and meta["plan"]["over_budget"] == []
     assert set(meta["plan"]["points"]) == {p["point_id"] for p in meta["points"]}  # earlier rows kept
     assert meta["plan"]["earlier"][0]["budget_s"] == 1e-9
+
+
+def test_report_lists_projected_against_actual_and_over_budget_points():
+    from harness.report import plan_tables
+
+    meta = {"run_id": "r1", "plan": {
+        "budget_text": "30m", "projected_total_s": 100.0, "actual_total_s": 120.0,
+        "phases": [{"phase": ph, "projected_s": 10.0, "actual_s": 12.0} for ph in cm.PHASES],
+        "over_budget": [{"point_id": "uml-nftables-50000-r1", "projected_s": 8000.0,
+                         "command": "kpbench run R/scenario.yaml --services 50000 --modes nftables"}]}}
+    (t,) = plan_tables([meta, {"run_id": "old run without a plan"}])
+    assert t["budget"] == "30m"
+    assert [r[0] for r in t["phases"]["rows"]] == [*cm.PHASES, "total"]
+    assert t["over_budget"]["rows"][0][0] == "uml-nftables-50000-r1"
+    assert "--services 50000" in t["over_budget"]["rows"][0][2]
