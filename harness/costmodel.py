@@ -175,7 +175,8 @@ def setup_cost(target: str, kernel: str) -> float:
 
 
 def actual_phases(status: Mapping) -> dict[str, float]:
-    """A finished point's status (worker's `phases` and `seconds`) -> seconds per phase of PHASES."""
+    """A finished point's status (worker's `phases` and `seconds`) -> seconds per phase of PHASES
+    (a failed point's time before its error, in phases not reported, counts as `other`)."""
     ph = status.get("phases") or {}
     api = float(ph.get("api_reconcile_s", 0.0))
     out = {

@@ -172,7 +172,7 @@ def _record_plan(run: Run, plan: plan_mod.Plan, points_status: dict[str, dict], 
     measured_s = 0.0
     for pid, row in meta["points"].items():
         st = points_status.get(pid)
-        if st is None or "phases" not in st:
+        if st is None or st.get("seconds") is None:  # (a worker that died writes no time)
             continue
         row["actual"] = {k: round(v, 2) for k, v in cm.actual_phases(st).items()}
         row["actual_s"] = st.get("seconds")

@@ -296,3 +296,8 @@ def test_report_lists_projected_against_actual_and_over_budget_points():
     assert [r[0] for r in t["phases"]["rows"]] == [*cm.PHASES, "total"]
     assert t["over_budget"]["rows"][0][0] == "uml-nftables-50000-r1"
     assert "--services 50000" in t["over_budget"]["rows"][0][2]
+
+
+def test_a_failed_points_time_counts_as_other():
+    a = cm.actual_phases({"status": "failed", "error": "SyncError: ...", "seconds": 61.7})
+    assert a["other"] == pytest.approx(61.7) and a["sync_full"] == 0
