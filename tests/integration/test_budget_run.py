@@ -83,3 +83,39 @@ def test_plan_printed_over_budget_recorded_resume_measures_the_rest(tmp_path):
     assert meta["plan"]["over_budget"] == []
     md = (run / "report" / "report.md").read_text()
     assert "Plan: projected against actual" in md and "| sync_full |" in md
+
+
+def test_budget_spent_mid_run_stops_the_real_worker_after_its_point(tmp_path):
+    """The budget runs out after the first point (set to ~0 after planning, as if the machine had
+    slowed down): the host worker is stopped, the point it had begun is discarded whole, the rest
+    is over_budget, nothing is left behind, and --resume measures the rest."""
+    from harness import runner
+    from harness.cli import build_parser, scenario_from_args
+    from harness.lab import netns
+    from harness.targets import make_target
+
+    args = build_parser().parse_args(["run", *SMALL])
+    sc = scenario_from_args(args)
+    target = make_target(sc, args)
+    target.preflight(sc)
+    plan = runner.prepare_plan(sc, target, "none")
+    plan.budget_s = 1e-9
+    run = runner.Run.create(sc, tmp_path)
+    before = set(netns.list_namespaces())
+    assert runner.execute(run, target, plan=plan) == "over_budget"
+    meta = json.loads((run.dir / "metadata.json").read_text())
+    status = {r["point_id"]: r["status"] for r in meta["points"]}
+    assert status["host-iptables-50-r1"] == "ok"
+    assert sorted(v for k, v in status.items() if k != "host-iptables-50-r1") == ["over_budget"] * 3
+    assert "spent" in meta["budget_stop"]
+    assert sorted(f.name for f in (run.dir / "points").iterdir()) == ["host-iptables-50-r1.json",
+                                                                      "host-iptables-50-r1.jsonl"]
+    tag = json.loads((run.dir / ".jobs" / "host.json").read_text())["tag"]
+    assert not [n for n in set(netns.list_namespaces()) - before if n.startswith(f"{netns.PREFIX}{tag}-")]
+    p = subprocess.run(["pgrep", "-f", f"harness.lab.worker {run.dir}"], capture_output=True, text=True)
+    assert p.stdout.strip() == ""
+
+    p = kpbench("run", "--resume", str(run.dir), "--no-report")
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    meta = json.loads((run.dir / "metadata.json").read_text())
+    assert {r["status"] for r in meta["points"]} == {"ok"}
