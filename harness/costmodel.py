@@ -119,6 +119,17 @@ MODE = {
 }
 
 
+def mode_costs(target: str, kernel: str, mode: str) -> ModeCosts:
+    """The coefficients of a mode; a mode registered without figures of its own (harness.modes)
+    is projected as iptables on the same kernel, and its ruleset line says so."""
+    key = (cost_target(target), kernel_kind(kernel))
+    hit = MODE.get((*key, mode))
+    if hit is not None:
+        return hit
+    base = MODE[(*key, "iptables")]
+    return ModeCosts(base.sync_full, base.sync_one, f"{mode}: no measured cost figures yet, projected as iptables")
+
+
 def kernel_kind(kernel: str) -> str:
     """The runner's kernel names (host, uml, local, local-uml, cluster) -> host | uml."""
     return "uml" if "uml" in kernel else "host"
@@ -130,11 +141,11 @@ def cost_target(target: str) -> str:
 
 
 def ruleset(target: str, kernel: str, mode: str, iptables_backend: str = "legacy") -> str:
-    return MODE[(cost_target(target), kernel_kind(kernel), mode)].ruleset.format(backend=iptables_backend)
+    return mode_costs(target, kernel, mode).ruleset.format(backend=iptables_backend)
 
 
 def full_sync_growth(target: str, kernel: str, mode: str) -> str:
-    return MODE[(cost_target(target), kernel_kind(kernel), mode)].sync_full.growth
+    return mode_costs(target, kernel, mode).sync_full.growth
 
 
 @dataclass
@@ -155,7 +166,7 @@ def sync_changes(scenario) -> int:
 def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int) -> dict[str, float]:
     """Projected seconds per phase of one point, from the measured coefficients alone."""
     key = (cost_target(shape.target), kernel_kind(shape.kernel))
-    kc, mc = KERNEL[key], MODE[(*key, shape.mode)]
+    kc, mc = KERNEL[key], mode_costs(shape.target, shape.kernel, shape.mode)
     m, n = scenario.measure, shape.n
     probes = m.connect.samples + 2 * m.connect.edge_samples + m.connect.direct_samples
     out = {

@@ -90,7 +90,8 @@ def test_budget_spent_mid_run_stops_the_real_worker_after_its_point(tmp_path):
     slowed down): the host worker is stopped, the point it had begun is discarded whole, the rest
     is over_budget, nothing is left behind, and --resume measures the rest."""
     from harness import runner
-    from harness.cli import build_parser, scenario_from_args
+    from harness.cli import build_parser
+    from harness.commands.scenario_args import scenario_from_args
     from harness.lab import netns
     from harness.targets import make_target
 

@@ -301,3 +301,9 @@ def test_report_lists_projected_against_actual_and_over_budget_points():
 def test_a_failed_points_time_counts_as_other():
     a = cm.actual_phases({"status": "failed", "error": "SyncError: ...", "seconds": 61.7})
     assert a["other"] == pytest.approx(61.7) and a["sync_full"] == 0
+
+
+def test_a_mode_without_figures_is_projected_as_iptables_and_said():
+    mc = cm.mode_costs("lab", "host", "ebpf-someday")
+    assert mc.sync_full == cm.MODE[("lab", "host", "iptables")].sync_full
+    assert "no measured cost figures" in cm.ruleset("lab", "host", "ebpf-someday")
