@@ -104,6 +104,21 @@ class Plan:
         return sum(sum(self.refiner.refine(p.shape, p.projected).values())
                    for p in self.included if p.point.point_id not in done)
 
+    def refit(self, points: list, seconds_left: float) -> list:
+        """Of `points` (left out so far), those that fit `seconds_left` by the refined projection,
+        measured by a new worker (its setup and validation charged again); they join the plan."""
+        fit = []
+
+        def keep(p, cost, so_far):
+            return so_far + cost <= seconds_left
+
+        by_id = {pp.point.point_id: i for i, pp in enumerate(self.points)}
+        for pp in project(self.scenario, self.target, points, keep, refine=self.refiner.refine):
+            if pp.fits and pp.point.point_id in by_id:
+                self.points[by_id[pp.point.point_id]] = pp
+                fit.append(pp.point)
+        return fit
+
     def observe(self, point_id: str, status: Mapping) -> None:
         pp = next((p for p in self.points if p.point.point_id == point_id), None)
         if pp is not None and status.get("status") in ("ok", "invalid"):
@@ -160,10 +175,11 @@ def run_order(points: list) -> list:
     return [p for g in groups.values() for p in g]
 
 
-def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: True) -> list[PlannedPoint]:
-    """Projected phases of `points` in run order; a point for which keep(point, cost, so_far) is
-    False is marked not fitting, and the state it would have set up (setup, validation, API
-    objects) is charged to the next kept point instead."""
+def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: True,
+            refine=None) -> list[PlannedPoint]:
+    """Projected phases of `points` in run order (refine(shape, phases): the run's refinement, if
+    any); a point for which keep(point, cost, so_far) is False is marked not fitting, and the
+    state it would have set up (setup, validation, API objects) is charged to the next kept point."""
     out: list[PlannedPoint] = []
     started: set[str] = set()
     validated: set[tuple[str, str]] = set()
@@ -175,7 +191,7 @@ def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: Tr
         phases = cm.base_phases(scenario, shape, validate=validate,
                                 api_delta=p.n_services - api_n.get(p.kernel, 0))
         phases = {"setup": 0.0 if p.kernel in started else cm.setup_cost(target, p.kernel), **phases}
-        pp = PlannedPoint(p, shape, phases)
+        pp = PlannedPoint(p, shape, refine(shape, phases) if refine else phases)
         pp.fits = bool(keep(p, pp.total, so_far))
         if pp.fits:
             so_far += pp.total

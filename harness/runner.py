@@ -196,14 +196,37 @@ def _record_plan(run: Run, plan: plan_mod.Plan, points_status: dict[str, dict], 
     run.meta["plan"] = meta
 
 
-def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.Plan | None = None) -> str:
+def _use_what_remains(run: Run, plan: plan_mod.Plan, planned: list[Point], elapsed: float,
+                      on_event: EventSink | None) -> list[Point]:
+    """After the planned points, the points left out that now fit what remains of the budget (the
+    run went faster than projected), by the projection refined with what was measured."""
+    if plan.budget_s is None or not run.over_budget:
+        return []
+    done = finished_points(run.dir)
+    left = plan.budget_s - elapsed
+    candidates = [p for p in planned if p.point_id in run.over_budget and p.point_id not in done]
+    fit = plan.refit(candidates, left) if candidates and left > 0 else []
+    if fit:
+        run.over_budget -= {p.point_id for p in fit}
+        msg = (f"{plan_mod.fmt_duration(left)} of the budget left: measuring {len(fit)} more point(s): "
+               + ", ".join(p.point_id for p in fit))
+        log.info("%s", msg)
+        run.refresh_points(planned)
+        if on_event:
+            on_event({"event": "log", "message": msg})
+            on_event({"event": "eta", "remaining_s": plan.remaining(done)})
+    return fit
+
+
+def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.Plan | None = None,
+            clock: Callable[[], float] = time.monotonic) -> str:
     """Measure every pending point of `run` on `target` that fits the plan's budget; returns the
     final run status ("complete", "incomplete", or "over_budget": every point not measured was
     left out for the budget)."""
     from harness import results
 
     scenario = run.scenario
-    t0 = time.monotonic()
+    t0 = clock()
     if plan is None:
         plan = prepare_plan(scenario, target, None, run)
     kernel_plan = plan.kernel_plan
@@ -248,7 +271,7 @@ def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.
             finished = finished_points(run.dir)
             if ev["point_id"] in finished:
                 plan.observe(ev["point_id"], finished[ev["point_id"]])
-            elapsed = time.monotonic() - t0
+            elapsed = clock() - t0
             left = [p for p in todo if p.point_id not in finished]
             if on_event:
                 on_event({"event": "eta", "remaining_s": plan.remaining(finished)})
@@ -257,7 +280,9 @@ def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.
                                      f"{plan_mod.fmt_duration(elapsed)}: {len(left)} point(s) left unmeasured")
 
     try:
-        target.run_points(run, todo, sink)
+        while todo:
+            target.run_points(run, todo, sink)
+            todo = _use_what_remains(run, plan, planned, clock() - t0, on_event)
     except BudgetExceeded as e:
         stopped_for_budget = True
         log.warning("%s", e)
@@ -280,7 +305,7 @@ def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.
             results.merge_points(run.dir)
         except Exception as e:  # keep the point files; the merge can be redone by `kpbench report`
             log.error("merging samples failed: %s", e)
-        wall = time.monotonic() - t0
+        wall = clock() - t0
         _record_plan(run, plan, done, wall, earlier)
         order = [p.point_id for p in planned]
         run.meta["plan"]["over_budget"] = [

@@ -53,16 +53,16 @@ def test_plan_printed_over_budget_recorded_resume_measures_the_rest(tmp_path):
     assert "OVER BUDGET" in err
     for pid in ("host-iptables-200-r1", "host-nftables-200-r1"):
         assert pid in err[plan_at:err.index("ok host-iptables-50-r1")]
-    warn = [l for l in err.splitlines() if "warning: budget" in l]
-    assert len(warn) == 1 and "--resume" in warn[0]
 
     (run,) = [d for d in tmp_path.iterdir() if (d / "metadata.json").exists()]
     meta = json.loads((run / "metadata.json").read_text())
     status = {r["point_id"]: r["status"] for r in meta["points"]}
-    assert status == {"host-iptables-50-r1": "ok", "host-nftables-50-r1": "ok",
-                      "host-iptables-200-r1": "over_budget", "host-nftables-200-r1": "over_budget"}
+    assert status["host-iptables-50-r1"] == "ok" and status["host-nftables-50-r1"] == "ok"
+    # left out by the plan; measured after all only if the run went faster than projected and
+    # what remained of the budget fits them (tests/unit/test_plan_budget.py checks that case)
     over = meta["plan"]["over_budget"]
-    assert [o["point_id"] for o in over] == ["host-iptables-200-r1", "host-nftables-200-r1"]
+    assert [o["point_id"] for o in over] == [k for k, v in status.items() if v == "over_budget"]
+    assert set(status.values()) <= {"ok", "over_budget"}
     assert all(o["projected_s"] > 0 and "--services 200" in o["command"] for o in over)
     # the worker reports per-phase wall times; the plan holds them against the projection
     for pid in ("host-iptables-50-r1", "host-nftables-50-r1"):
@@ -75,6 +75,8 @@ def test_plan_printed_over_budget_recorded_resume_measures_the_rest(tmp_path):
     assert phases["sync_full"]["actual_s"] > 0 and phases["setup"]["actual_s"] > 0
     assert meta["plan"]["projected_total_s"] > 0 and meta["plan"]["actual_total_s"] > 0
     assert "setup_s" in next(r for r in meta["points"] if r["point_id"] == "host-iptables-50-r1")["phases"]
+    warn = [l for l in err.splitlines() if "warning: budget" in l]
+    assert len(warn) == (1 if over else 0) and all("--resume" in w for w in warn)
 
     p = kpbench("run", "--resume", str(run), "--budget", "none")
     assert p.returncode == 0, (p.stdout, p.stderr)

@@ -224,9 +224,15 @@ class StatusTarget:
 
     name = "lab"
 
-    def __init__(self, kernel_plan):
+    def __init__(self, kernel_plan, seconds=10.0):
         self.kernel_plan = kernel_plan
         self.measured = []
+        self.rounds = 0
+        self.scale = seconds / 10.0
+        self.now = 0.0  # the run's clock: advanced by the time each point reports
+
+    def clock(self):
+        return self.now
 
     def plan(self, scenario):
         return self.kernel_plan
@@ -235,11 +241,14 @@ class StatusTarget:
         return {}
 
     def run_points(self, run, points, sink):
+        self.rounds += 1
         for p in points:
             self.measured.append(p.point_id)
-            st = {"point_id": p.point_id, "status": "ok", "seconds": 10.0,
-                  "phases": {"sync_full_s": 4.0, "connect_s": 1.0, "load_keepalive_false_s": 2.0,
-                             "load_keepalive_true_s": 2.0, "sync_one_s": 1.0}}
+            k = self.scale
+            st = {"point_id": p.point_id, "status": "ok", "seconds": 10.0 * k,
+                  "phases": {"sync_full_s": 4.0 * k, "connect_s": 1.0 * k, "load_keepalive_false_s": 2.0 * k,
+                             "load_keepalive_true_s": 2.0 * k, "sync_one_s": 1.0 * k}}
+            self.now += st["seconds"]
             (run.dir / "points" / f"{p.point_id}.jsonl").write_text("")
             (run.dir / "points" / f"{p.point_id}.json").write_text(json.dumps(st))
             sink({"event": "point_done", "point_id": p.point_id, "status": "ok", "seconds": 10.0})
@@ -250,10 +259,10 @@ def test_budget_spent_mid_run_finishes_the_point_marks_the_rest_and_resume_measu
     kp = {"iptables": ["host"], "nftables": ["host"]}
     target = StatusTarget(kp)
     plan = runner.prepare_plan(sc, target, "none")
-    plan.budget_s = 1e-9  # the machine got slower than projected: the budget is gone after one point
+    plan.budget_s = 5.0  # the machine got slower than projected: the budget is gone after one 10 s point
     run = runner.Run.create(sc, tmp_path)
     events = []
-    status = runner.execute(run, target, events.append, plan=plan)
+    status = runner.execute(run, target, events.append, plan=plan, clock=target.clock)
     assert status == "over_budget"
     assert target.measured == ["host-iptables-50-r1"]
     meta = json.loads((run.dir / "metadata.json").read_text())
@@ -280,7 +289,7 @@ def test_budget_spent_mid_run_finishes_the_point_marks_the_rest_and_resume_measu
     meta = json.loads((run.dir / "metadata.json").read_text())
     assert meta["status"] == "complete" and meta["plan"]["over_budget"] == []
     assert set(meta["plan"]["points"]) == {p["point_id"] for p in meta["points"]}  # earlier rows kept
-    assert meta["plan"]["earlier"][0]["budget_s"] == 1e-9
+    assert meta["plan"]["earlier"][0]["budget_s"] == 5.0
 
 
 def test_report_lists_projected_against_actual_and_over_budget_points():
@@ -307,3 +316,33 @@ def test_a_mode_without_figures_is_projected_as_iptables_and_said():
     mc = cm.mode_costs("lab", "host", "ebpf-someday")
     assert mc.sync_full == cm.MODE[("lab", "host", "iptables")].sync_full
     assert "no measured cost figures" in cm.ruleset("lab", "host", "ebpf-someday")
+
+
+def test_a_run_faster_than_projected_measures_left_out_points_with_what_remains(tmp_path):
+    sc = load_scenario("quick", [parse_override("modes=[iptables,nftables]")])
+    kp = {"iptables": ["host"], "nftables": ["host"]}
+    target = StatusTarget(kp, seconds=0.2)  # every phase far below its projection
+    plan = runner.prepare_plan(sc, target, "1h")
+    need = plan.minimum_s
+    plan = runner.prepare_plan(sc, target, f"{int(need) + 1}s")
+    assert [p.point.point_id for p in plan.over_budget] == ["host-iptables-200-r1", "host-nftables-200-r1"]
+    run = runner.Run.create(sc, tmp_path)
+    events = []
+    assert runner.execute(run, target, events.append, plan=plan, clock=target.clock) == "complete"
+    assert target.rounds == 2  # the planned points, then the two that fit what remained
+    assert target.measured[2:] == ["host-iptables-200-r1", "host-nftables-200-r1"]
+    assert any("of the budget left: measuring 2 more" in e.get("message", "") for e in events)
+    meta = json.loads((run.dir / "metadata.json").read_text())
+    assert meta["plan"]["over_budget"] == [] and {r["status"] for r in meta["points"]} == {"ok"}
+    assert all(row["fits"] for row in meta["plan"]["points"].values())
+
+
+def test_a_run_as_slow_as_projected_leaves_them_out(tmp_path):
+    sc = load_scenario("quick", [parse_override("modes=[iptables,nftables]")])
+    target = StatusTarget({"iptables": ["host"], "nftables": ["host"]}, seconds=10.0)
+    need = runner.prepare_plan(sc, target, "1h").minimum_s
+    plan = runner.prepare_plan(sc, target, f"{int(need) + 1}s")
+    run = runner.Run.create(sc, tmp_path)
+    # 10 s points refine the projection to about what it was: nothing more fits the second left
+    assert runner.execute(run, target, plan=plan, clock=target.clock) == "over_budget"
+    assert target.rounds == 1
