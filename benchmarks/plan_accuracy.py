@@ -35,6 +35,9 @@ def accuracy(run_dir: Path) -> None:
     sc = load_scenario(data=meta["scenario"], source=str(run_dir / "scenario.yaml"))
     kp = meta["kernel_plan"]
     plan = pl.build_plan(sc, meta["target"], kp, runner.plan_points(sc, kp), None)
+    recorded = plan_meta.get("points", {})
+    for pp in plan.points:  # the points this run planned to measure (its budget's choice)
+        pp.fits = recorded.get(pp.point.point_id, {}).get("fits", True)
     status = {p["point_id"]: p for p in meta["points"]}
     elapsed = act - sum(float(p.get("seconds") or 0) for p in meta["points"])  # time outside points
     done: list[str] = []

@@ -215,7 +215,7 @@ class Refiner:
     def observe(self, shape: PointShape, projected: Mapping[str, float], actual: Mapping[str, float]) -> None:
         for phase, p in projected.items():
             a = actual.get(phase)
-            if a is None or phase in ("setup", "validate") or max(p, a) < MIN_REFINE_S or p <= 0:
+            if a is None or phase in ("setup", "validate", "other") or max(p, a) < MIN_REFINE_S or p <= 0:
                 continue
             key = (shape.target, kernel_kind(shape.kernel), shape.mode, phase)
             prev = self.factors.get(key)
