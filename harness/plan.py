@@ -177,9 +177,10 @@ def run_order(points: list) -> list:
 
 def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: True,
             refine=None) -> list[PlannedPoint]:
-    """Projected phases of `points` in run order (refine(shape, phases): the run's refinement, if
-    any); a point for which keep(point, cost, so_far) is False is marked not fitting, and the
-    state it would have set up (setup, validation, API objects) is charged to the next kept point."""
+    """Projected phases of `points` in run order; a point for which keep(point, cost, so_far) is
+    False is marked not fitting, and the state it would have set up (setup, validation, API
+    objects) is charged to the next kept point. refine(shape, phases), if given, turns the
+    model's phases into the cost that keep() and so_far see (the phases kept are the model's)."""
     out: list[PlannedPoint] = []
     started: set[str] = set()
     validated: set[tuple[str, str]] = set()
@@ -191,10 +192,11 @@ def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: Tr
         phases = cm.base_phases(scenario, shape, validate=validate,
                                 api_delta=p.n_services - api_n.get(p.kernel, 0))
         phases = {"setup": 0.0 if p.kernel in started else cm.setup_cost(target, p.kernel), **phases}
-        pp = PlannedPoint(p, shape, refine(shape, phases) if refine else phases)
-        pp.fits = bool(keep(p, pp.total, so_far))
+        pp = PlannedPoint(p, shape, phases)  # the model's figures: the refiner's reference
+        cost = sum(refine(shape, phases).values()) if refine else pp.total
+        pp.fits = bool(keep(p, cost, so_far))
         if pp.fits:
-            so_far += pp.total
+            so_far += cost
             started.add(p.kernel)
             validated.add((p.kernel, p.mode))
             api_n[p.kernel] = p.n_services

@@ -346,3 +346,28 @@ def test_a_run_as_slow_as_projected_leaves_them_out(tmp_path):
     # 10 s points refine the projection to about what it was: nothing more fits the second left
     assert runner.execute(run, target, plan=plan, clock=target.clock) == "over_budget"
     assert target.rounds == 1
+
+
+def test_refit_keeps_the_models_figures_and_refines_once():
+    sc = load_scenario("quick", [parse_override("modes=[iptables,nftables]")])
+    kp = {"iptables": ["host"], "nftables": ["host"]}
+    pts = runner.plan_points(sc, kp)
+    need = pl.build_plan(sc, "lab", kp, pts, None).minimum_s
+    plan = pl.build_plan(sc, "lab", kp, pts, f"{int(need) + 1}s")
+    first = plan.included[0]
+    plan.observe(first.point.point_id, {"status": "ok", "seconds": 5.0, "phases": {
+        "load_keepalive_false_s": first.projected["load"] / 4, "load_keepalive_true_s": first.projected["load"] / 4}})
+    left_out = [pp.point for pp in plan.over_budget]
+    raw = {pp.point.point_id: dict(pp.projected) for pp in pl.project(sc, "lab", left_out)}
+    assert plan.refit(left_out, 1e6) == left_out
+    for pid, phases in raw.items():
+        pp = next(p for p in plan.points if p.point.point_id == pid)
+        assert pp.fits and pp.projected == phases
+    done = [pp.point.point_id for pp in plan.points if pp.point.point_id not in raw]
+    f = plan.refiner.factor(first.shape, "load")
+    assert f == pytest.approx(0.5)
+    # load refined by the factor once (not twice), the rest of the same kernel by its median
+    shapes = {p.point.point_id: p.shape for p in plan.points}
+    once = sum(sum(v * plan.refiner.factor(shapes[pid], ph) for ph, v in phases.items())
+               for pid, phases in raw.items())
+    assert plan.remaining(done) == pytest.approx(once)
