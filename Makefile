@@ -13,6 +13,7 @@ REPS ?=
 TARGET ?=
 OUT ?=
 KERNEL ?=
+BUDGET ?=
 # the Kubernetes release: default the one kube/go.mod pins (harness/dataplane/versions.py's default)
 KUBE_VERSION ?= $(shell awk '$$1 == "k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}' kube/go.mod)
 
@@ -26,7 +27,7 @@ BENCH_ARGS := $(SCENARIO) \
   $(if $(SERVICES),--services $(SERVICES)) $(if $(MODES),--modes $(MODES)) \
   $(if $(REPS),--reps $(REPS)) $(if $(BENCH_TARGET),--target $(BENCH_TARGET)) \
   --set kube_proxy_version=$(KUBE_VERSION) \
-  $(if $(OUT),--out $(OUT)) $(if $(KERNEL),--kernel $(KERNEL))
+  $(if $(OUT),--out $(OUT)) $(if $(KERNEL),--kernel $(KERNEL)) $(if $(BUDGET),--budget $(BUDGET))
 
 UML_KERNEL_DEPS := linux-source-6.1 build-essential bc bison flex libssl-dev libelf-dev xz-utils
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -9,11 +10,23 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
+from rich.text import Text
+
+
+class PlanETAColumn(ProgressColumn):
+    """Time left by the plan's cost model, refined after every point (runner "eta" events)."""
+
+    def render(self, task) -> Text:
+        end = task.fields.get("plan_end")
+        if end is None:
+            return Text("-:--:--")
+        left = max(0, int(end - time.monotonic()))
+        return Text(f"{left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}", style="progress.remaining")
 
 
 class ProgressView:
@@ -24,7 +37,7 @@ class ProgressView:
         self.run_dir = run_dir
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("eta"), PlanETAColumn(),
             console=self.console, transient=False,
         )
         self.task: TaskID | None = None  # set by __enter__
@@ -61,5 +74,9 @@ class ProgressView:
                                f"in {ev.get('seconds', 0):.1f} s{extra}")
         elif kind == "log":
             self.console.print(f"  {ev['message']}")
+        elif kind == "eta":
+            self.progress.update(self._task(), plan_end=time.monotonic() + ev["remaining_s"])
+        elif kind == "plan_table":
+            self.console.print(ev["text"], markup=False, highlight=False, soft_wrap=True)
         elif kind == "validation_table":
             self.console.print(ev["text"])

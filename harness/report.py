@@ -199,7 +199,7 @@ def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
 def quality_table(df: pd.DataFrame, points: pd.DataFrame) -> tuple[dict, dict]:
     """(points called out: failed/invalid/pending/saturated, sample issues: unstable/timed out/...)"""
     dq = analysis.data_quality(df, points)
-    pts = dq[dq["kind"].isin(["failed", "invalid", "pending", "saturated", "unknown"])]
+    pts = dq[dq["kind"].isin(["failed", "invalid", "pending", "over_budget", "saturated", "unknown"])]
     rest = dq[~dq.index.isin(pts.index) & (dq["kind"] != "single_rep")]
     p_tab = _table(["kind", "kernel", "mode", "Services", "rep", "detail"],
                    [[r["kind"], r["kernel"], r["mode"], int(r["n_services"]), int(r["rep"]), r["detail"]]
@@ -322,7 +322,27 @@ def report_context(run_dirs, fig_dir: Path | None) -> dict:
         "quantiles": quantile_tables(df),
         "points_quality": pts_tab, "samples_quality": samples_tab,
         "validation": validation_matrix(metas, rs.points),
+        "plans": plan_tables(metas),
     }
+
+
+def plan_tables(metas: Sequence[dict]) -> list[dict]:
+    """Per run: projected against actual seconds per phase and in total, and the points its budget
+    left unmeasured (with their projected cost and the command that measures them)."""
+    out = []
+    for m in metas:
+        plan = m.get("plan")
+        if not plan or not plan.get("phases"):
+            continue
+        rows = [[ph["phase"], ph["projected_s"], ph["actual_s"]] for ph in plan["phases"]]
+        rows.append(["total", plan.get("projected_total_s"), plan.get("actual_total_s")])
+        over = plan.get("over_budget") or []
+        out.append({"run_id": m.get("run_id"), "budget": plan.get("budget_text"),
+                    "phases": _table(["phase", "projected s", "actual s"], rows),
+                    "over_budget": _table(["point", "projected s", "command"],
+                                          [[o["point_id"], o["projected_s"], o["command"]] for o in over])
+                    if over else None})
+    return out
 
 
 def _env(autoescape: bool) -> Environment:

@@ -183,6 +183,7 @@ class Scenario(_Strict):
     kernel: Literal["auto", "host", "uml"] = "auto"
     iptables_backend: Literal["legacy", "nft"] = "legacy"
     seed: int = 1
+    budget: str | float = Field(default="none", description="time budget of `kpbench run`: 30m, 1h30m, 900s or none")
     validate_first: bool = Field(default=True, alias="validate")
     lab: LabSpec = LabSpec()
     ipvs: IPVSSpec = IPVSSpec()

@@ -222,7 +222,9 @@ class Worker:
 
     def run(self) -> int:
         points = self.job["points"]
+        t_setup = time.monotonic()
         self.start()
+        setup_s = round(time.monotonic() - t_setup, 2)  # reported with the first point (plan: projected vs actual)
         for p in points:
             emit("point_start", **{**p, "kernel_kind": p["kernel"], "kernel": self.kernel})
             t0 = time.monotonic()
@@ -235,6 +237,8 @@ class Worker:
                           "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
                           "traceback": traceback.format_exc(limit=8)}
             status["seconds"] = round(time.monotonic() - t0, 2)
+            if setup_s is not None:
+                status.setdefault("phases", {})["setup_s"], setup_s = setup_s, None
             status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             path = self.run_dir / "points" / f"{p['point_id']}.json"
             write_json(path, status)
