@@ -173,7 +173,7 @@ class LocalWorker(Worker):
             self.cluster.start()
             emit("log", message=f"local: apiserver reachable from the guest in {time.monotonic() - t0:.1f} s")
         else:
-            from harness.targets.kube_binaries import binaries_for
+            from harness.targets.local_binaries import binaries_for
 
             binaries = binaries_for(self.scenario.get("kube_proxy_version") or self.local["kube_version"])
             emit("log", message=f"local: starting etcd + kube-apiserver ({binaries.kube_apiserver})")
