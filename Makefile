@@ -13,7 +13,9 @@ REPS ?=
 TARGET ?=
 OUT ?=
 KERNEL ?=
-KUBE_VERSION ?= v1.34.12
+BUDGET ?=
+# the Kubernetes release: default the one kube/go.mod pins (harness/dataplane/versions.py's default)
+KUBE_VERSION ?= $(shell awk '$$1 == "k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}' kube/go.mod)
 
 # `make bench` measures the real kube-proxy (the local target) when `make kube` has built the
 # binaries (or KUBE_BIN_DIR has them), else the lab target; TARGET=lab|local|cluster chooses.
@@ -24,12 +26,12 @@ BENCH_TARGET := $(or $(TARGET),$(if $(and $(wildcard $(KUBE_BIN)/kube-apiserver)
 BENCH_ARGS := $(SCENARIO) \
   $(if $(SERVICES),--services $(SERVICES)) $(if $(MODES),--modes $(MODES)) \
   $(if $(REPS),--reps $(REPS)) $(if $(BENCH_TARGET),--target $(BENCH_TARGET)) \
-  $(if $(filter local,$(BENCH_TARGET)),--set local.kube_version=$(KUBE_VERSION)) \
-  $(if $(OUT),--out $(OUT)) $(if $(KERNEL),--kernel $(KERNEL))
+  --set kube_proxy_version=$(KUBE_VERSION) \
+  $(if $(OUT),--out $(OUT)) $(if $(KERNEL),--kernel $(KERNEL)) $(if $(BUDGET),--budget $(BUDGET))
 
 UML_KERNEL_DEPS := linux-source-6.1 build-essential bc bison flex libssl-dev libelf-dev xz-utils
 
-.PHONY: setup apt bench test test-fast report kube uml-kernel clean
+.PHONY: setup apt bench lint test test-fast report publish notebook browser kube uml-kernel clean
 
 setup: apt $(STAMP)
 
@@ -60,10 +62,21 @@ bench: setup
 	@echo "kpbench: target $(or $(BENCH_TARGET),lab (from the scenario; make kube for the local target))"
 	$(KPBENCH) run $(BENCH_ARGS)
 
+# Lint and type checks take seconds: `make test` runs them before the slow tests.
+# All three run even when one fails, so one pass shows every problem.
+lint: setup
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
+
 # The kpbench UML kernel and the Kubernetes binaries are built once into ~/.cache/kpbench (a
 # cold build of both takes 25-40 min on 2 cores); the tests that need them skip, saying so, if
 # they cannot be built here.
 test: setup
+	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory browser || echo "warning: chromium not installed: the report's browser test will skip"
 	@$(MAKE) --no-print-directory uml-kernel || echo "warning: kpbench UML kernel not built: IPVS tests use Debian's UML kernel"
 	@$(MAKE) --no-print-directory kube || echo "warning: Kubernetes binaries not built: local-target tests will skip"
 	$(VENV)/bin/python -m pytest -q -ra tests
@@ -75,9 +88,25 @@ report: setup
 	@test -n "$(RUN)" || { echo "make report RUN=results/<run folder> [RUN=...]"; exit 2; }
 	$(KPBENCH) report $(RUN)
 
+# A self-contained folder to publish (index.html, report.md + figures/, samples.parquet/.csv, metadata.json).
+publish: setup
+	@test -n "$(RUN)" -a -n "$(DIR)" || { echo "make publish RUN=results/<run folder> DIR=<output folder>"; exit 2; }
+	$(KPBENCH) report $(RUN) --publish $(DIR)
+
+# JupyterLab on notebooks/ with this venv's kernel (the `analysis` extra); KPBENCH_RUN picks the run.
+notebook: setup
+	$(VENV)/bin/pip install -q -e '.[test,analysis]'
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(JUPYTER_ARGS)
+
+# Headless Chromium (Debian's package) for the report's browser test only; nothing else needs it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian package: chromium (for tests/unit/test_report_browser.py)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 kube:
 	PATH="$$PATH:/usr/local/go/bin" bash kube/build.sh $(KUBE_VERSION)
 
 clean:
 	@if [ -x $(KPBENCH) ]; then $(KPBENCH) clean; fi
-	rm -rf build *.egg-info .pytest_cache
+	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache

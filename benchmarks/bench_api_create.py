@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from harness.model import ModelSpec, build_model
-from harness.scenario import LocalSpec
+from harness.scenario import LocalSpec, default_apiserver_args
 from harness.targets import localcluster as lc
 
 
@@ -47,7 +47,7 @@ def main() -> int:
     args = ap.parse_args()
     spec = LocalSpec()
     model = build_model(ModelSpec(n_services=args.services, endpoints=1))
-    apiserver_args = ([] if args.upstream_allocator else list(spec.apiserver_args)) + args.apiserver_arg
+    apiserver_args = ([] if args.upstream_allocator else default_apiserver_args(lc.kube_version())) + args.apiserver_arg
     rows = []
     with lc.LocalCluster(apiserver_args=apiserver_args) as cluster:
         procs = {"kube-apiserver": cluster.apiserver.popen.pid, "etcd": cluster.etcd.popen.pid}

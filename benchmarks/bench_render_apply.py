@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness.dataplane import make_dataplane  # noqa: E402
 from harness.dataplane.base import Change, DataplaneSettings  # noqa: E402
+from harness.releases import DEFAULT_KUBE_VERSION  # noqa: E402
 from harness.lab import netns  # noqa: E402
 from harness.model import Endpoint, ModelSpec, build_model  # noqa: E402
 
@@ -69,10 +70,10 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def bench_mode(mode: str, services, spec: ModelSpec) -> dict:
+def bench_mode(mode: str, services, spec: ModelSpec, kube_version: str = DEFAULT_KUBE_VERSION) -> dict:
     backend = "nft" if mode == "iptables-nft" else "legacy"
     settings = DataplaneSettings(iptables_backend=backend, cluster_cidr=spec.pod_cidr,
-                                 service_cidr=spec.service_cidr)
+                                 service_cidr=spec.service_cidr, kube_version=kube_version)
     kind = "iptables" if mode.startswith("iptables") else mode
     dp = make_dataplane(kind, None, settings)
     cpu = time.process_time()
@@ -145,6 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--services", type=int, default=50000)
     ap.add_argument("--modes", default="", help=f"comma list of {', '.join(ALL_MODES)} (default: all available)")
     ap.add_argument("--endpoints", type=int, default=1)
+    ap.add_argument("--kube-version", default=DEFAULT_KUBE_VERSION, help="the kube-proxy release rendered")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (creates network namespaces)", file=sys.stderr)
@@ -158,18 +160,19 @@ def main(argv=None) -> int:
     spec = ModelSpec(n_services=args.services, endpoints=args.endpoints)
     services = build_model(spec).services
     rows = []
-    print(f"kernel {os.uname().release}, {args.services} Services x {args.endpoints} endpoint(s)")
+    print(f"kernel {os.uname().release}, {args.services} Services x {args.endpoints} endpoint(s), "
+          f"kube-proxy {args.kube_version}")
     hdr = (f"{'mode':16} {'render s':>9} {'bare s':>8} {'sync s':>8} {'render/bare':>11} {'sync/bare':>9} "
            f"{'netlink/bare':>12} {'apply s':>8}")
     print(hdr)
     for m in modes:
-        r = bench_mode(m, services, spec)
+        r = bench_mode(m, services, spec, args.kube_version)
         rows.append(r)
         nl = f"{r['netlink_over_bare']:12.2f}" if "netlink_over_bare" in r else f"{'-':>12}"
         print(f"{m:16} {r['render_s']:9.2f} {r['bare_s']:8.2f} {r['sync_s']:8.2f} "
               f"{r['render_over_bare']:11.2f} {r['sync_over_bare']:9.2f} {nl} {r['apply_update_again_s']:8.2f}",
               flush=True)
-    print(json.dumps({"kernel": os.uname().release, "rows": rows}))
+    print(json.dumps({"kernel": os.uname().release, "kube_version": args.kube_version, "rows": rows}))
     return 0
 
 

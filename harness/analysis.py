@@ -50,6 +50,7 @@ SUBLINEAR = "grows sub-linearly"
 FLAT = "flat within noise"
 SHRINKS = "shrinks"
 INSUFFICIENT = "insufficient data"
+NOT_ENOUGH = "not enough repetitions"
 
 
 def _present(df: pd.DataFrame, keys: Sequence[str]) -> list[str]:
@@ -275,10 +276,11 @@ def describe_ratio(ratio: float, significant: bool, metric: str = "", unit: str 
     return f"{_fmt_ratio(ratio)} {word[0]}" if ratio > 1 else f"{_fmt_ratio(1 / ratio)} {word[1]}"
 
 
-def _boot_median_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, level: float,
-                       rng: np.random.Generator, max_n: int = 4000) -> tuple[float, float]:
+def _boot_medians(a: np.ndarray, b: np.ndarray, n_boot: int, level: float, rng: np.random.Generator,
+                  max_n: int = 4000) -> tuple[float, float, float, float]:
+    """Bootstrap CIs of the ratio (b/a) and the difference (b-a) of medians: (r_lo, r_hi, d_lo, d_hi)."""
     lo_q, hi_q = 50 * (1 - level), 50 * (1 + level)
-    ratios = []
+    ratios, diffs = [], []
     chunk = max(1, min(n_boot, 2_000_000 // max(len(a), len(b), 1)))
     done = 0
     while done < n_boot:
@@ -288,41 +290,67 @@ def _boot_median_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, level: float,
         ma, mb = np.median(a[ia], axis=1), np.median(b[ib], axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios.append(mb / ma)
+        diffs.append(mb - ma)
         done += k
     r = np.concatenate(ratios)
     r = r[np.isfinite(r)]
+    d = np.concatenate(diffs)
+    d_lo, d_hi = float(np.percentile(d, lo_q)), float(np.percentile(d, hi_q))
     if not len(r):
-        return math.nan, math.nan
-    return float(np.percentile(r, lo_q)), float(np.percentile(r, hi_q))
+        return math.nan, math.nan, d_lo, d_hi
+    return float(np.percentile(r, lo_q)), float(np.percentile(r, hi_q)), d_lo, d_hi
+
+
+def _boot_median_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, level: float,
+                       rng: np.random.Generator, max_n: int = 4000) -> tuple[float, float]:
+    return _boot_medians(a, b, n_boot, level, rng, max_n)[:2]
+
+
+# The one decision rule, used by the report, the notebook and `kpbench compare` alike.
+DECISION_RULE = ("different when the bootstrap {level:.0%} CI of the ratio of medians (mode / baseline, or "
+                 "run B / run A; repetitions pooled) excludes 1 and the ratio differs from 1 by at least "
+                 "{min_effect:.0%}; fewer than {min_n} samples on either side is \"not enough repetitions\"")
+MIN_COMPARE_SAMPLES = 2
+
+
+def decision_rule(level: float = 0.95, min_effect: float = 0.02) -> str:
+    """The comparison rule in words (the report states it once)."""
+    return DECISION_RULE.format(level=level, min_effect=min_effect, min_n=MIN_COMPARE_SAMPLES)
 
 
 def compare_samples(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
-                    alpha: float = 0.05, min_effect: float = 0.02, seed: int = 0,
+                    alpha: float | None = None, min_effect: float = 0.02, seed: int = 0,
                     metric: str = "", unit: str = "us") -> dict:
-    """b relative to a: ratio of medians, bootstrap CI, Mann-Whitney U p-value, verdict.
+    """b relative to a: ratio and difference of medians with bootstrap CIs, and a verdict.
 
-    Significant when p < alpha, the CI excludes 1, and the ratio differs from 1 by at least
-    `min_effect` (2%: differences smaller than that are not worth a headline).
+    One rule decides (decision_rule()): significant when the `level` bootstrap CI of the ratio of
+    medians excludes 1 and the ratio differs from 1 by at least `min_effect` (2%: smaller
+    differences are not worth a headline). `alpha`, if given, sets level = 1 - alpha. The
+    Mann-Whitney U p-value is kept as a column for reference only; it never changes the verdict.
     """
+    if alpha is not None:
+        level = 1 - alpha
     a = np.asarray(a, float)
     a = a[~np.isnan(a)]
     b = np.asarray(b, float)
     b = b[~np.isnan(b)]
     out = {"n_a": len(a), "n_b": len(b), "median_a": math.nan, "median_b": math.nan, "ratio": math.nan,
-           "ci_lo": math.nan, "ci_hi": math.nan, "p_value": math.nan, "significant": False,
+           "ci_lo": math.nan, "ci_hi": math.nan, "diff": math.nan, "diff_lo": math.nan, "diff_hi": math.nan,
+           "p_value": math.nan, "significant": False, "enough": False,
            "verdict": "no significant difference"}
-    if len(a) < 2 or len(b) < 2:
-        out["verdict"] = INSUFFICIENT
+    if len(a) < MIN_COMPARE_SAMPLES or len(b) < MIN_COMPARE_SAMPLES:
+        out["verdict"] = NOT_ENOUGH
         return out
     ma, mb = float(np.median(a)), float(np.median(b))
     ratio = mb / ma if ma else math.nan
-    lo, hi = _boot_median_ratio(a, b, n_boot, level, np.random.default_rng(seed))
+    lo, hi, d_lo, d_hi = _boot_medians(a, b, n_boot, level, np.random.default_rng(seed))
     try:
         p = float(_st.mannwhitneyu(a, b, alternative="two-sided").pvalue)
     except ValueError:  # all values identical
         p = 1.0
-    sig = bool(p < alpha and np.isfinite(lo) and (lo > 1 or hi < 1) and abs(ratio - 1) >= min_effect)
-    out.update(median_a=ma, median_b=mb, ratio=ratio, ci_lo=lo, ci_hi=hi, p_value=p, significant=sig,
+    sig = bool(np.isfinite(lo) and (lo > 1 or hi < 1) and abs(ratio - 1) >= min_effect)
+    out.update(median_a=ma, median_b=mb, ratio=ratio, ci_lo=lo, ci_hi=hi, diff=mb - ma, diff_lo=d_lo,
+               diff_hi=d_hi, p_value=p, significant=sig, enough=True,
                verdict=describe_ratio(ratio, sig, metric, unit))
     return out
 
@@ -331,14 +359,14 @@ COMPARE_KEYS = ["kernel", "mode", "n_services", "metric", "unit"] + TAG_KEYS
 
 
 def compare(run_a, run_b, *, metrics: Sequence[str] | None = None, keys: Sequence[str] = COMPARE_KEYS,
-            n_boot: int = 2000, level: float = 0.95, alpha: float = 0.05, min_effect: float = 0.02,
+            n_boot: int = 2000, level: float = 0.95, alpha: float | None = None, min_effect: float = 0.02,
             seed: int = 0) -> pd.DataFrame:
     """Compare run B with run A per metric and point (kernel, mode, N, tags; repetitions pooled).
 
     `run_a`/`run_b` are run folders (their metadata must match on schema_version, target and
     kernels: results.MUST_MATCH_COMPARE) or sample DataFrames. Returns one row per point present
-    in both, with medians, ratio b/a and its bootstrap CI, Mann-Whitney p-value and a verdict
-    ("1.8x slower" = B's median is 1.8 times A's).
+    in both, with medians, ratio b/a and difference b-a with bootstrap CIs and a verdict by
+    decision_rule() ("1.8x slower" = B's median is 1.8 times A's).
     """
     from harness import results
 
@@ -355,8 +383,8 @@ def compare(run_a, run_b, *, metrics: Sequence[str] | None = None, keys: Sequenc
 
 
 def _compare_frames(da: pd.DataFrame, db: pd.DataFrame, keys: list[str], **kw) -> pd.DataFrame:
-    cols = keys + ["n_a", "n_b", "median_a", "median_b", "ratio", "ci_lo", "ci_hi", "p_value",
-                   "significant", "verdict"]
+    cols = keys + ["n_a", "n_b", "median_a", "median_b", "ratio", "ci_lo", "ci_hi", "diff", "diff_lo",
+                   "diff_hi", "p_value", "significant", "enough", "verdict"]
     ga = {(k if isinstance(k, tuple) else (k,)): g["value"].to_numpy(float) for k, g in _groupby(da, keys)}
     gb = {(k if isinstance(k, tuple) else (k,)): g["value"].to_numpy(float) for k, g in _groupby(db, keys)}
     recs = []

@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv`, run the subcommand; a UserError is one line on stderr and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--budget" in argv[:-1]:  # `--budget -5m` is a value (refused later in one line), not an option
+        i = argv.index("--budget")
+        if argv[i + 1].startswith("-"):
+            argv[i:i + 2] = [f"--budget={argv[i + 1]}"]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -42,6 +42,10 @@ class Metric:
     split: tuple[str, ...] = ()  # sample tags whose values are separate series
     higher_is_better: bool = False
     readme: str = ""  # README row this metric is described in (default: its own row)
+    # report's findings: what one sample is in plain words ("a new connection"), and the tag
+    # values of the series quoted there (e.g. position=random); empty: not a headline metric
+    headline: str = ""
+    headline_tags: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_family(self) -> bool:
@@ -54,7 +58,8 @@ REGISTRY: tuple[Metric, ...] = (
            "TCP handshake from a client pod to random ClusterIPs (`position=random`), and to the first / "
            "last Service in the mode's lookup order (`position=first|last`)",
            figures=("connect_latency", "iptables_position"), table=True, fit=True, compare=True,
-           min_samples=100, split=("position",)),
+           min_samples=100, split=("position",), headline="a new connection",
+           headline_tags=(("position", "random"),)),
     Metric("connect_direct_us", "us",
            "the same straight to a pod IP: the floor, so the Service's own cost can be isolated",
            fit=True, min_samples=100, split=("path",)),
@@ -65,15 +70,20 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("request_corrected_us", "us",
            "the same request counted from its intended start (corrects for coordinated omission)",
            figures=("request_cdf_corrected",), table=True, fit=True, min_samples=100, split=_LOAD),
+    Metric("request_lateness_us", "us",
+           "the load generator's own lateness: actual start - intended start of each request. Large "
+           "values while the dataplane is fast mean the generator, not the dataplane, ran late",
+           table=True, split=_LOAD),
     Metric("sync_one_s", "s",
            "one change (`change=add|update|delete`) from the moment it is asked for until the client "
            "sees it served (or gone), polled at 1 ms",
-           figures=("sync_latency",), table=True, fit=True, compare=True, split=("change", "path")),
+           figures=("sync_latency",), table=True, fit=True, compare=True, split=("change", "path"),
+           headline="adding one Service", headline_tags=(("change", "add"),)),
     Metric("sync_apply_s", "s", "the apply call of one change alone (the dataplane's own cost)",
            fit=True, split=("change",)),
     Metric("sync_full_s", "s",
            "programming all N Services from an empty dataplane (a kube-proxy restart)",
-           figures=("sync_latency",), table=True, fit=True, compare=True),
+           figures=("sync_latency",), table=True, fit=True, compare=True, headline="a full sync"),
     Metric("program_us", "us",
            "local target: one change from the API call's return until it is served; cluster target: "
            "kube-proxy's mean sync time from its own metrics (`path=kube-proxy-metrics`)",
@@ -174,6 +184,11 @@ def names(**flags: bool) -> list[str]:
 def in_figure(figure: str) -> list[str]:
     """Metrics drawn in harness.plots figure `figure`, in declaration order."""
     return [m.name for m in REGISTRY if figure in m.figures]
+
+
+def headlines() -> list[Metric]:
+    """Metrics quoted in the report's findings, in declaration order."""
+    return [m for m in REGISTRY if m.headline and not m.is_family]
 
 
 def min_samples() -> dict[str, int]:

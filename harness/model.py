@@ -77,7 +77,7 @@ class Service:
         offset = port.target_port - self.ports[0].target_port
         return tuple(Endpoint(e.ip, e.port + offset, e.node) for e in self.endpoints)
 
-    def with_endpoints(self, endpoints: tuple[Endpoint, ...]) -> "Service":
+    def with_endpoints(self, endpoints: tuple[Endpoint, ...]) -> Service:
         return replace(self, endpoints=endpoints)
 
 
@@ -106,7 +106,7 @@ class Model:
     pods: list[Pod]
     client_ip: str
     services: list[Service] = field(default_factory=list)
-    _ips: "_AddressPermutation | None" = None
+    _ips: _AddressPermutation | None = None
 
     def service(self, index: int) -> Service:
         """Service number `index` of this model's infinite sequence (index may be >= N)."""
@@ -143,6 +143,8 @@ class _AddressPermutation:
 
 def _node_subnet(spec: ModelSpec, node_index: int) -> ipaddress.IPv4Network:
     pod_net = ipaddress.ip_network(spec.pod_cidr)
+    if not isinstance(pod_net, ipaddress.IPv4Network):
+        raise ModelError(f"pod CIDR {spec.pod_cidr} is not IPv4: the lab is IPv4-only; use e.g. 10.244.0.0/16")
     if pod_net.prefixlen > 24:
         raise ModelError(f"pod CIDR {spec.pod_cidr} is too small: use a /24 or larger")
     subnets = pod_net.subnets(new_prefix=24)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 
 class UnknownModeError(ValueError):
@@ -145,7 +146,7 @@ register(ModeSpec(
 register(ModeSpec(
     name="nftables",
     dataplane="harness.dataplane.nftables:NftablesDataplane",
-    by_node=False,
+    by_node=True,  # v1.36+: the hairpin-connections set holds only the node's own endpoints
     kernel_features=("nft_nat",),
     iptables_based=False,
     kube_proxy_section=_nftables_section,

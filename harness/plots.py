@@ -6,9 +6,8 @@ every figure has one column of panels per kernel.
 
 from __future__ import annotations
 
-import textwrap
-
 import io
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,9 +15,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from harness import analysis, metrics
+from harness import analysis, metrics, units
 from harness.modes import all_modes
 
 MODE_STYLE = {name: {"color": spec.color, "marker": spec.marker} for name, spec in all_modes().items()}
@@ -31,16 +31,17 @@ def _style(mode: str) -> dict:
     return {"color": _FALLBACK[hash(mode) % len(_FALLBACK)], "marker": "D"}
 
 
+RUN_LINESTYLES = ["-", "--", "-.", ":"]
+PANEL_W, PANEL_H = 5.2, 3.4  # inches per panel: two panels side by side fit a page's width
+
+
 def _figure(nrows: int, ncols: int, title: str) -> tuple[Figure, np.ndarray]:
-    w, h = 4.6 * ncols, 3.3 * nrows + 0.5
-    fig = Figure(figsize=(w, h))
+    w, h = PANEL_W * ncols + 0.4, PANEL_H * nrows + 1.2
+    # constrained layout keeps axis labels, titles and the legend below the panels inside the
+    # figure (fixed margins cut long y labels off); freeze_layout() runs it once
+    fig = Figure(figsize=(w, h), layout="constrained")
     FigureCanvasAgg(fig)
-    # fixed margins (in inches) instead of a layout engine: layout costs an extra full draw
-    fig.subplots_adjust(left=0.8 / w, right=1 - 0.2 / w, bottom=0.6 / h, top=1 - 0.75 / h,
-                        wspace=0.9 / 4.6 * 1.2, hspace=0.75 / 3.3 * 1.6)
     axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
-    # wrap to the figure's width (about 11 characters per inch at the default size) so that a
-    # one-column figure does not clip its title
     fig.suptitle(textwrap.fill(title, width=max(30, int(w * 11))), fontsize="medium")
     return fig, axes
 
@@ -57,6 +58,25 @@ def kernels(df: pd.DataFrame) -> list[str]:
     return sorted(map(str, df["kernel"].dropna().unique())) if len(df) else []
 
 
+def runs(df: pd.DataFrame) -> list[str]:
+    """Run ids in the data: several runs are drawn side by side, one series per (mode, run)."""
+    return sorted(map(str, df["run_id"].dropna().unique())) if len(df) and "run_id" in df else []
+
+
+def _series(d: pd.DataFrame, all_runs: Sequence[str]):
+    """(label, style, rows) per mode, and per run when several runs are laid side by side."""
+    for mode in sorted(map(str, d["mode"].unique())):
+        dm = d[d["mode"] == mode]
+        st = dict(_style(mode))
+        if len(all_runs) <= 1:
+            yield mode, st, dm
+            continue
+        for i, run in enumerate(all_runs):
+            dr = dm[dm["run_id"] == run]
+            if len(dr):
+                yield f"{mode} ({run})", {**st, "linestyle": RUN_LINESTYLES[i % len(RUN_LINESTYLES)]}, dr
+
+
 def _sel(df: pd.DataFrame, metric: str, **tags) -> pd.DataFrame:
     d = df[df["metric"] == metric]
     for t, v in tags.items():
@@ -70,82 +90,193 @@ def _unit(metric: str) -> str:
     return metrics.unit(metric)
 
 
-def _vs_n(ax, d: pd.DataFrame, stat: str, *, label_suffix: str = "", linestyle: str = "-") -> bool:
-    """Per mode: centre = median over reps of per-rep `stat`, band = min..max over reps."""
-    b = analysis.bands(d, stat=stat, how="minmax")
+def _count_axis(ax, counts: Sequence[int]) -> None:
+    """Log x axis of Service counts with plain tick numbers at the measured counts (1,000 not 10^3)."""
+    ax.set_xscale("log")
+    cs = sorted({int(c) for c in counts if c > 0})
+    if cs:
+        ax.xaxis.set_major_locator(FixedLocator(cs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{int(round(v)):,}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        if len(cs) > 1:
+            ax.set_xlim(cs[0] / 1.25, cs[-1] * 1.25)
+        if len(cs) > 5:
+            ax.tick_params(axis="x", labelrotation=30)
+    ax.grid(True, which="major", alpha=0.25)
+
+
+def _value_axis(ax, metric: str, what: str, *, log: bool = False, axis: str = "y") -> None:
+    """Value axis: plain tick numbers with the metric's unit on one scale ("73 us", "250 us"),
+    the label naming the quantity and the unit ("connect latency p50 [us]")."""
+    unit = _unit(metric)
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    lo, hi = (ax.get_ylim() if axis == "y" else ax.get_xlim())
+    if unit in metrics.TIME_UNITS:
+        prefix = units.time_prefix(max(abs(hi), abs(lo)) * metrics.TIME_UNITS[unit] / 3)[0]
+        label_unit = prefix
+    else:
+        prefix, label_unit = None, units.quantity(1, unit).split(" ", 1)[-1] if unit not in ("count",) else "count"
+    if log:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+        a.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10)), numticks=12))
+        a.set_minor_formatter(NullFormatter())
+
+    def fmt(v, _p=None):
+        if v <= 0 and log:
+            return ""
+        txt = units.quantity(v, unit, digits=2, prefix=prefix) if prefix else units.quantity(v, unit, digits=2)
+        return txt.replace(".0 ", " ")
+
+    a.set_major_formatter(FuncFormatter(fmt))
+    (ax.set_ylabel if axis == "y" else ax.set_xlabel)(f"{what} [{label_unit}]")
+
+
+def _legend(fig: Figure, axes: np.ndarray, extra: Sequence = ()) -> None:
+    """One legend for the whole figure, below the panels (never over the data)."""
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels and not lab.startswith("_"):
+                handles.append(h)
+                labels.append(lab)
+    for h in extra:
+        handles.append(h)
+        labels.append(h.get_label())
+    if handles:
+        # as many columns as fit the figure's width (~0.075 in per character at the small size)
+        width = fig.get_figwidth()
+        per = max(len(lab) for lab in labels) * 0.075 + 0.6
+        ncols = max(1, min(4, len(handles), int(width // per)))
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small", frameon=False)
+
+
+def _vs_n(ax, d: pd.DataFrame, stat: str, *, all_runs: Sequence[str] = (), label_suffix: str = "") -> bool:
+    """Per series: centre = median over reps of per-rep `stat`, band = min..max over reps."""
     drew = False
-    for mode, g in b.groupby("mode", sort=True):
-        g = g.sort_values("n_services")
-        st = _style(str(mode))
-        ax.plot(g["n_services"], g["center"], linestyle=linestyle, label=f"{mode}{label_suffix}", **st)
+    for label, st, dd in _series(d, all_runs):
+        g = analysis.bands(dd, stat=stat, how="minmax").sort_values("n_services")
+        if g.empty:
+            continue
+        ax.plot(g["n_services"], g["center"], label=f"{label}{label_suffix}", **st)
         if (g["n_reps"] > 1).any():
             ax.fill_between(g["n_services"], g["lo"], g["hi"], color=st["color"], alpha=0.18, linewidth=0)
         drew = True
-    ax.set_xscale("log")
-    ax.grid(True, which="both", alpha=0.25)
+    _count_axis(ax, d["n_services"].unique() if len(d) else [])
     return drew
 
 
-def _finish(ax, xlabel: str | None, ylabel: str | None, legend: bool) -> None:
-    # minor tick labels on log axes cost thousands of text objects and add little
-    # (y keeps them: a log y axis spanning less than a decade needs its minor labels)
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    if xlabel:
-        ax.set_xlabel(xlabel)
-    if ylabel:
-        ax.set_ylabel(ylabel)
-    if legend and ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
+def hashing_vs_chain(df: pd.DataFrame, band: tuple[float, float] = (0.25, 0.75)) -> Figure:
+    """Connect latency to a random ClusterIP against the Service count, per mode: the median (line)
+    with its p25-p75 band over all samples, the first and last Service in the mode's lookup order
+    (thin dashed and dotted lines) and the straight-line fit of the per-repetition medians (grey).
+    A chain (iptables) climbs with the count; a hash (IPVS, nftables maps) stays flat."""
+    (metric,) = [m for m in metrics.in_figure("connect_latency")][:1]
+    title = "Hashing versus chain: connect latency vs Service count (line: median, band: p25-p75)"
+    d = df[df["metric"] == metric]
+    ks = kernels(d)
+    if d.empty:
+        return _empty(title)
+    all_runs = runs(d)
+    fig, axes = _figure(1, len(ks), title)
+    for j, k in enumerate(ks):
+        ax = axes[0, j]
+        dk = d[d["kernel"] == k]
+        rnd = dk[dk["position"] == "random"] if (dk["position"] == "random").any() else dk
+        for label, st, g in _series(rnd, all_runs):
+            q = g.groupby("n_services", observed=True)["value"].quantile([band[0], 0.5, band[1]]).unstack()
+            q = q.sort_index()
+            ax.plot(q.index, q[0.5], label=label, color=st["color"], marker=st["marker"],
+                    linestyle=st.get("linestyle", "-"))
+            ax.fill_between(q.index, q[band[0]], q[band[1]], color=st["color"], alpha=0.18, linewidth=0)
+            fit = analysis.scaling_fits(g.assign(position="random"), [metric])
+            if len(fit) and np.isfinite(fit.iloc[0]["per_1k"]):
+                f = fit.iloc[0]
+                xs = np.geomspace(q.index.min(), q.index.max(), 50)
+                ax.plot(xs, f["intercept"] + f["per_1k"] * xs / 1000.0, color="#555", linewidth=0.9,
+                        linestyle=(0, (1, 1)), zorder=1)
+        for pos, ls in (("first", "--"), ("last", ":")) if len(all_runs) <= 1 else ():
+            dp = dk[dk["position"] == pos]
+            for label, st, g in _series(dp, all_runs):
+                m = g.groupby("n_services", observed=True)["value"].median().sort_index()
+                ax.plot(m.index, m.values, color=st["color"], linestyle=ls, linewidth=1.1, marker=st["marker"],
+                        markersize=3.5, markerfacecolor="none")
+        _count_axis(ax, dk["n_services"].unique())
+        ax.set_ylim(bottom=0)
+        ax.set_title(k, fontsize="medium")
+        ax.set_xlabel("Services (log scale)")
+        _value_axis(ax, metric, "connect latency")
+    keys = [Line2D([], [], color="#555", linestyle=(0, (1, 1)), linewidth=0.9, label="straight-line fit")]
+    if len(all_runs) <= 1:  # several runs: one line per run, the positions would crowd it
+        keys[:0] = [Line2D([], [], color="#333", linestyle="--", linewidth=1.1, label="first Service (median)"),
+                    Line2D([], [], color="#333", linestyle=":", linewidth=1.1, label="last Service (median)")]
+    _legend(fig, axes, keys)
+    return fig
 
 
 def connect_latency(df: pd.DataFrame, stats: Sequence[str] = ("p50", "p99"), position: str = "random") -> Figure:
-    """TCP connect latency to a ClusterIP (p50 and p99) vs Service count, per mode, per kernel."""
+    """TCP connect latency to a ClusterIP (p50 and p99) vs Service count, per mode, per kernel.
+    Lines: median over repetitions of the per-repetition statistic; bands: min..max over repetitions."""
     title = f"Connect latency to a ClusterIP (position={position}) vs Service count"
-    (metric,) = metrics.in_figure("connect_latency")
+    (metric,) = metrics.in_figure("connect_latency")[:1]
     d = _sel(df, metric, position=position)
     ks = kernels(d)
     if d.empty:
         return _empty(title)
+    all_runs = runs(d)
     fig, axes = _figure(len(stats), len(ks), title)
     for j, k in enumerate(ks):
         dk = d[d["kernel"] == k]
         for i, stat in enumerate(stats):
             ax = axes[i, j]
-            _vs_n(ax, dk, stat)
-            ax.set_yscale("log")
+            _vs_n(ax, dk, stat, all_runs=all_runs)
             ax.set_title(f"{k}: {stat}", fontsize="medium")
-            _finish(ax, "Services" if i == len(stats) - 1 else None, f"{stat} connect [{_unit(metric)}]", i == 0)
+            ax.set_xlabel("Services (log scale)")
+            _value_axis(ax, metric, f"{stat} connect latency", log=True)
+    _legend(fig, axes)
     return fig
 
 
 def sync_latency(df: pd.DataFrame, stat: str = "p50") -> Figure:
-    """Time to program one Service change (add/update/delete) and a full sync, vs Service count."""
-    title = "Dataplane programming time vs Service count"
+    """Time to program one Service change (add/update/delete) and a full sync, vs Service count.
+    The title says who programmed the dataplane: the lab (the kernel's share only) or the real
+    kube-proxy (the rows' `target`). Lines: median over repetitions; bands: min..max."""
+    from harness.findings import programmed_by
+
     one_m, full_m = metrics.in_figure("sync_latency")  # one change, full sync
+    d = df[df["metric"].isin([one_m, full_m])]
+    who = programmed_by(d["target"].unique()) if "target" in d and len(d) else "unknown"
+    title = f"Dataplane programming time vs Service count, programmed by {who}"
     one = df[df["metric"] == one_m]
     changes = [c for c in ("add", "update", "delete") if (one["change"] == c).any()] if len(one) else []
     changes += sorted(set(map(str, one["change"].unique())) - set(changes) - {""}) if len(one) else []
     if len(one) and (one["change"] == "").any():
         changes.append("")
-    rows = [(one_m, c) for c in changes]
+    panels = [(one_m, c) for c in changes]
     if (df["metric"] == full_m).any():
-        rows.append((full_m, ""))
-    d = df[df["metric"].isin([one_m, full_m])]
+        panels.append((full_m, ""))
     ks = kernels(d)
-    if not rows or not ks:
+    if not panels or not ks:
         return _empty(title)
-    fig, axes = _figure(len(rows), len(ks), title)
+    all_runs = runs(d)
+    # panels side by side in rows of two, one block of rows per kernel
+    ncols = 2 if len(panels) > 1 else 1
+    per_k = -(-len(panels) // ncols)
+    fig, axes = _figure(per_k * len(ks), ncols, title)
     for j, k in enumerate(ks):
-        for i, (metric, change) in enumerate(rows):
-            ax = axes[i, j]
+        for i, (metric, change) in enumerate(panels):
+            ax = axes[j * per_k + i // ncols, i % ncols]
             dd = d[(d["kernel"] == k) & (d["metric"] == metric)]
             if metric == one_m:
                 dd = dd[dd["change"] == change]
-            _vs_n(ax, dd, stat)
-            ax.set_yscale("log")
+            _vs_n(ax, dd, stat, all_runs=all_runs)
             what = f"one change ({change or 'any'})" if metric == one_m else "full sync"
-            ax.set_title(f"{k}: {what}, {stat}", fontsize="medium")
-            _finish(ax, "Services" if i == len(rows) - 1 else None, f"{metric} [{_unit(metric)}]", i == 0)
+            ax.set_title(f"{k}: {what}", fontsize="medium")
+            ax.set_xlabel("Services (log scale)")
+            _value_axis(ax, metric, f"{stat} {what}", log=True)
+        for i in range(len(panels), per_k * ncols):
+            axes[j * per_k + i // ncols, i % ncols].set_axis_off()
+    _legend(fig, axes)
     return fig
 
 
@@ -157,6 +288,7 @@ def request_cdf(df: pd.DataFrame, metric: str | None = None, n_services: int | N
     ks = kernels(d)
     if d.empty:
         return _empty(title)
+    all_runs = runs(d)
     kas = [k for k in ("true", "false") if (d["keepalive"] == k).any()] or [""]
     fig, axes = _figure(len(kas), len(ks), title)
     for j, k in enumerate(ks):
@@ -166,23 +298,24 @@ def request_cdf(df: pd.DataFrame, metric: str | None = None, n_services: int | N
         for i, ka in enumerate(kas):
             ax = axes[i, j]
             dd = dk[dk["keepalive"] == ka] if ka else dk
-            for mode, g in dd.groupby("mode", observed=True, sort=True):
+            for label, st, g in _series(dd, all_runs):
                 v = np.sort(g["value"].to_numpy(float))
                 if not len(v):
                     continue
                 y = np.arange(1, len(v) + 1) / len(v)
-                st = _style(str(mode))
-                ax.step(v, y, where="post", color=st["color"], label=f"{mode} (n={len(v)})")
-            ax.set_xscale("log")
+                ax.step(v, y, where="post", color=st["color"], linestyle=st.get("linestyle", "-"), label=label)
             ax.set_ylim(0, 1.01)
-            ax.grid(True, which="both", alpha=0.25)
-            ax.set_title(f"{k}: N={n:,}, keepalive={ka or 'n/a'}", fontsize="medium")
-            _finish(ax, f"latency [{_unit(metric)}]", "fraction of requests", True)
+            ax.grid(True, which="major", alpha=0.25)
+            ax.set_title(f"{k}: {units.count(n)} Services, keepalive={ka or 'n/a'}", fontsize="medium")
+            ax.set_ylabel("fraction of requests")
+            _value_axis(ax, metric, "request latency", log=True, axis="x")
+    _legend(fig, axes)
     return fig
 
 
 def cpu_usage(df: pd.DataFrame, metric: str | None = None, stat: str = "p50") -> Figure:
-    """CPU cost of serving the load, per mode vs Service count, keepalive on and off."""
+    """CPU cost of serving the load, per mode vs Service count, keepalive on and off.
+    Lines: median over repetitions; bands: min..max."""
     preferred, *alternatives = metrics.in_figure("cpu_usage")  # first present one is drawn
     metric = metric or preferred
     d = df[df["metric"] == metric]
@@ -195,6 +328,7 @@ def cpu_usage(df: pd.DataFrame, metric: str | None = None, stat: str = "p50") ->
     ks = kernels(d)
     if d.empty:
         return _empty(title)
+    all_runs = runs(d)
     kas = [k for k in ("true", "false") if (d["keepalive"] == k).any()] or [""]
     fig, axes = _figure(len(kas), len(ks), title)
     for j, k in enumerate(ks):
@@ -202,20 +336,24 @@ def cpu_usage(df: pd.DataFrame, metric: str | None = None, stat: str = "p50") ->
             ax = axes[i, j]
             dd = d[d["kernel"] == k]
             dd = dd[dd["keepalive"] == ka] if ka else dd
-            _vs_n(ax, dd, stat)
+            _vs_n(ax, dd, stat, all_runs=all_runs)
             ax.set_title(f"{k}: keepalive={ka or 'n/a'}", fontsize="medium")
-            _finish(ax, "Services" if i == len(kas) - 1 else None, f"{metric} [{_unit(metric)}]", i == 0)
+            ax.set_xlabel("Services (log scale)")
+            _value_axis(ax, metric, "CPU busy" if metric.endswith("_pct") else metric)
+    _legend(fig, axes)
     return fig
 
 
 def iptables_position(df: pd.DataFrame, stat: str = "p50") -> Figure:
-    """iptables: connect latency to the first vs the last Service in the chain, vs Service count."""
-    (metric,) = metrics.in_figure("iptables_position")
+    """iptables: connect latency to the first vs the last Service in the chain, vs Service count.
+    Lines: median over repetitions of the per-repetition p50; bands: min..max."""
+    metric = metrics.in_figure("iptables_position")[0]
     d = df[(df["metric"] == metric) & (df["mode"] == "iptables")]
     title = "iptables: connect latency by rule position vs Service count"
     ks = kernels(d)
     if d.empty:
         return _empty(title)
+    all_runs = runs(d)
     fig, axes = _figure(1, len(ks), title)
     for j, k in enumerate(ks):
         ax = axes[0, j]
@@ -224,19 +362,27 @@ def iptables_position(df: pd.DataFrame, stat: str = "p50") -> Figure:
             dd = dk[dk["position"] == pos]
             if dd.empty:
                 continue
-            b = analysis.bands(dd, stat=stat).sort_values("n_services")
-            st = _style("iptables")
-            line = ax.plot(b["n_services"], b["center"], linestyle=ls, marker=st["marker"], label=pos)[0]
-            if (b["n_reps"] > 1).any():
-                ax.fill_between(b["n_services"], b["lo"], b["hi"], color=line.get_color(), alpha=0.15, linewidth=0)
-        ax.set_xscale("log")
-        ax.grid(True, which="both", alpha=0.25)
+            for i, run in enumerate(all_runs or [""]):
+                dr = dd[dd["run_id"] == run] if run else dd
+                b = analysis.bands(dr, stat=stat).sort_values("n_services")
+                if b.empty:
+                    continue
+                lab = pos if len(all_runs) <= 1 else f"{pos} ({run})"
+                line = ax.plot(b["n_services"], b["center"], linestyle=ls, marker=_style("iptables")["marker"],
+                               label=lab, alpha=1.0 if i == 0 else 0.6)[0]
+                if (b["n_reps"] > 1).any():
+                    ax.fill_between(b["n_services"], b["lo"], b["hi"], color=line.get_color(), alpha=0.15,
+                                    linewidth=0)
+        _count_axis(ax, dk["n_services"].unique())
         ax.set_title(f"{k}: {stat}", fontsize="medium")
-        _finish(ax, "Services", f"{stat} connect [{_unit(metric)}]", True)
+        ax.set_xlabel("Services (log scale)")
+        _value_axis(ax, metric, f"{stat} connect latency")
+    _legend(fig, axes)
     return fig
 
 
 FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
+    "hashing_vs_chain": hashing_vs_chain,
     "connect_latency": connect_latency,
     "sync_latency": sync_latency,
     "request_cdf": request_cdf,
@@ -263,6 +409,11 @@ def freeze_layout(fig: Figure) -> Figure:
         fig.canvas.draw()
         fig.set_layout_engine("none")
     return fig
+
+
+def axis_labels(fig: Figure) -> list[tuple[str, str]]:
+    """(x label, y label) of every visible panel: what a reader checks for units."""
+    return [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes if ax.get_visible() and ax.axison]
 
 
 def to_png(fig: Figure, dpi: int = 110) -> bytes:

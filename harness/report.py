@@ -18,11 +18,12 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from harness import analysis, metrics, plots, results
+from harness import analysis, findings, metrics, plots, results, units
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 FIGURE_TITLES = {
+    "hashing_vs_chain": "Hashing versus chain: connect latency vs Service count",
     "connect_latency": "Connect latency (p50, p99) vs Service count",
     "sync_latency": "Programming time: one change and full sync vs Service count",
     "request_cdf": "Request latency CDF at the largest Service count",
@@ -39,7 +40,14 @@ CAVEATS = [
     "Timed-out samples are kept at their timeout value and counted (column 'timed out'); tails "
     "that include them are upper bounds of what clients saw, not dropped samples.",
     "Bands and scaling fits use one value per repetition (the per-repetition p50): with few "
-    "repetitions the confidence intervals are wide and verdicts are cautious.",
+    "repetitions the confidence intervals are wide and verdicts are cautious. Comparisons pool the "
+    "repetitions' samples and follow the one decision rule stated under the findings.",
+    "Sync times (sync_one_s, sync_full_s) are the dataplane's programming time as the row's target "
+    "measured it: on the lab target the harness applies the rules itself (the kernel's share only, "
+    "no kube-proxy); on the local and cluster targets the real kube-proxy programmed them.",
+    "request_corrected_us counts from each request's intended start; request_lateness_us is the "
+    "load generator's own share of that (actual - intended start). A large lateness means the "
+    "generator, not the dataplane, ran late.",
     "Saturated points (the load generator could not keep its target rate) measure the load "
     "generator as much as the dataplane. Failed points have no samples; invalid points (validation "
     "failed) keep their samples in the tables. All of them are listed below so they can be discounted.",
@@ -102,16 +110,48 @@ def _present(df: pd.DataFrame, **flags: bool) -> list[str]:
     return [m for m in metrics.names(**flags) if m in have]
 
 
+def _scale(values: Iterable[float], unit: str) -> str | None:
+    """One time prefix for a column of values (the median's), so a table reads on one scale."""
+    v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    if unit not in metrics.TIME_UNITS or not v:
+        return None
+    med = sorted(abs(x) for x in v)[len(v) // 2]
+    return units.time_prefix(med * metrics.TIME_UNITS[unit])[0]
+
+
+def _q(v: Any, unit: str, prefix: str | None = None, sign: bool = False) -> str:
+    return units.quantity(v, unit, prefix=prefix, sign=sign)
+
+
+def _thin_summary(items: Sequence[tuple[str, str, str]]) -> list[str]:
+    """(kernel, mode, metric) triples too thin to use, one short line per kernel:
+    "host-6.18: connect_us, sync_full_s (12 series; modes iptables, nftables)"."""
+    out = []
+    for kernel in sorted({k for k, _, _ in items}):
+        mine = [(m, x) for k, m, x in items if k == kernel]
+        metrics_ = ", ".join(dict.fromkeys(x for _, x in mine))
+        modes = ", ".join(sorted({m for m, _ in mine}))
+        out.append(f"{kernel}: {metrics_} ({len(mine)} series; modes {modes})")
+    return out
+
+
 def fits_table(df: pd.DataFrame) -> dict:
+    """Scaling fits that could be made; the series too thin to fit are named once in `not_enough`."""
     f = analysis.scaling_fits(df, _present(df, fit=True))
-    rows = []
+    rows, thin = [], []
     for _, r in f.iterrows():
-        rows.append([r["kernel"], r["mode"], r["metric"], _tags(r), r["slope"],
-                     f"[{fmt(r['slope_lo'])}, {fmt(r['slope_hi'])}]", r["per_1k"],
-                     f"[{fmt(r['per_1k_lo'])}, {fmt(r['per_1k_hi'])}]", metrics.unit(r["metric"]), int(r["n_obs"]),
-                     r["verdict"]])
-    return _table(["kernel", "mode", "metric", "tags", "log-log slope", "95% CI", "per 1,000 Services",
-                   "95% CI", "unit", "obs", "verdict"], rows)
+        u = metrics.unit(r["metric"])
+        if r["verdict"] == analysis.INSUFFICIENT:
+            thin.append((str(r["kernel"]), str(r["mode"]), str(r["metric"])))
+            continue
+        growth = findings.growth_words(r) if r["verdict"] == analysis.SUPERLINEAR else r["verdict"]
+        rows.append([r["kernel"], r["mode"], r["metric"], _tags(r), growth,
+                     _q(r["per_1k"], u, sign=True), f"{_q(r['per_1k_lo'], u, sign=True)} to {_q(r['per_1k_hi'], u, sign=True)}",
+                     r["slope"], f"{fmt(r['slope_lo'])} to {fmt(r['slope_hi'])}", int(r["n_obs"]), u])
+    t = _table(["kernel", "mode", "metric", "tags", "growth", "per 1,000 Services", "95% CI",
+                "log-log slope", "95% CI", "obs", "unit"], rows)
+    t["not_enough"] = _thin_summary(thin)
+    return t
 
 
 def quantile_tables(df: pd.DataFrame) -> list[dict]:
@@ -122,29 +162,44 @@ def quantile_tables(df: pd.DataFrame) -> list[dict]:
         g = q[q["metric"] == metric]
         if g.empty:
             continue
+        u = metrics.unit(metric)
+        pre = _scale(g["p50"], u)
         rows = [[r["kernel"], r["mode"], int(r["n_services"]), _tags(r), int(r["reps"]), int(r["count"]),
-                 int(r["timed_out"]), r["p50"], r["p90"], r["p99"], r["p999"], r["mean"]]
+                 int(r["timed_out"])] + [_q(r[c], u, pre) for c in ("p50", "p90", "p99", "p999", "mean")]
                 for _, r in g.iterrows()]
         t = _table(["kernel", "mode", "Services", "tags", "reps", "samples", "timed out", "p50", "p90", "p99",
                     "p999", "mean"], rows)
-        t["metric"], t["unit"] = metric, metrics.unit(metric)
+        t["metric"], t["unit"] = metric, u
         out.append(t)
     return out
 
 
 def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
+    """Each mode against `baseline` at each kernel's largest count, decided by analysis.decision_rule();
+    comparisons with too few samples are named once in `not_enough`."""
     c = analysis.compare_modes(df, baseline, metrics=_present(df, compare=True), n_services=-1, n_boot=500)
-    rows = [[r["kernel"], f"{r['mode']} vs {r['baseline']}", int(r["n_services"]), r["metric"], _tags(r),
-             r["median_a"], r["median_b"], r["ratio"], f"[{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]", r["p_value"],
-             r["verdict"]] for _, r in c.iterrows()]
-    return _table(["kernel", "comparison", "Services", "metric", "tags", "median (baseline)", "median (mode)",
-                   "ratio", "95% CI", "p (Mann-Whitney)", "verdict"], rows)
+    rows, thin = [], []
+    for _, r in c.iterrows():
+        u = metrics.unit(r["metric"])
+        if not r["enough"]:
+            thin.append((str(r["kernel"]), str(r["mode"]), str(r["metric"])))
+            continue
+        pre = _scale([r["median_a"], r["median_b"]], u)
+        rows.append([r["kernel"], f"{r['mode']} vs {r['baseline']}", int(r["n_services"]), r["metric"], _tags(r),
+                     _q(r["median_a"], u, pre), _q(r["median_b"], u, pre),
+                     f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
+                     f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
+                     r["verdict"]])
+    t = _table(["kernel", "comparison", "Services", "metric", "tags", "median (baseline)", "median (mode)",
+                "ratio [95% CI]", "difference [95% CI]", "verdict"], rows)
+    t["not_enough"] = _thin_summary(thin)
+    return t
 
 
 def quality_table(df: pd.DataFrame, points: pd.DataFrame) -> tuple[dict, dict]:
     """(points called out: failed/invalid/pending/saturated, sample issues: unstable/timed out/...)"""
     dq = analysis.data_quality(df, points)
-    pts = dq[dq["kind"].isin(["failed", "invalid", "pending", "saturated", "unknown"])]
+    pts = dq[dq["kind"].isin(["failed", "invalid", "pending", "over_budget", "saturated", "unknown"])]
     rest = dq[~dq.index.isin(pts.index) & (dq["kind"] != "single_rep")]
     p_tab = _table(["kind", "kernel", "mode", "Services", "rep", "detail"],
                    [[r["kind"], r["kernel"], r["mode"], int(r["n_services"]), int(r["rep"]), r["detail"]]
@@ -221,10 +276,27 @@ def render_figures(df: pd.DataFrame, fig_dir: Path) -> list[dict]:
     return out
 
 
+def scenario_shape(meta: dict) -> str:
+    """The measurements a run's scenario enabled: runs laid side by side must share it."""
+    measure = (meta.get("scenario") or {}).get("measure") or {}
+    on = [k for k, v in measure.items() if not (isinstance(v, dict) and v.get("enabled") is False)]
+    return ",".join(sorted(on))
+
+
+def check_side_by_side(metas: Sequence[dict]) -> None:
+    """Refuse (one-line ResultsError) runs whose scenarios measured different things."""
+    shapes = {str(m.get("run_id")): scenario_shape(m) for m in metas}
+    if len(set(shapes.values())) > 1:
+        shown = ", ".join(f"{r}={v or 'none'}" for r, v in shapes.items())
+        raise results.ResultsError(f"cannot lay runs side by side: their scenarios measure different things "
+                                   f"({shown}); report them separately")
+
+
 def report_context(run_dirs, fig_dir: Path | None) -> dict:
     """Everything the templates show; `fig_dir=None` skips rendering figures (the slow part)."""
-    rs = results.load_runs(run_dirs)
+    rs = results.load_runs(run_dirs, keys=results.MUST_MATCH_REPORT)
     df, metas = rs.samples, rs.metas
+    check_side_by_side(metas)
     warns = list(rs.warnings)
     for m in metas:
         if m.get("status") != "complete":
@@ -238,17 +310,39 @@ def report_context(run_dirs, fig_dir: Path | None) -> dict:
         "runs": environment_info(metas),
         "kernels": sorted(map(str, df["kernel"].unique())),
         "modes": sorted(map(str, df["mode"].unique())),
-        "counts": sorted(int(n) for n in df["n_services"].unique()),
+        "counts": [units.count(n) for n in sorted(int(n) for n in df["n_services"].unique())],
         "n_samples": len(df), "n_points": n_points,
         "n_ok": int((rs.points["status"] == "ok").sum()) if n_points else 0,
         "warnings": warns, "caveats": CAVEATS,
+        "findings": findings.summary(df, rs.points),
+        "rule": analysis.decision_rule(),
         "figures": render_figures(df, fig_dir) if len(df) and fig_dir is not None else [],
         "fits": fits_table(df),
         "comparison": mode_comparison_table(df),
         "quantiles": quantile_tables(df),
         "points_quality": pts_tab, "samples_quality": samples_tab,
         "validation": validation_matrix(metas, rs.points),
+        "plans": plan_tables(metas),
     }
+
+
+def plan_tables(metas: Sequence[dict]) -> list[dict]:
+    """Per run: projected against actual seconds per phase and in total, and the points its budget
+    left unmeasured (with their projected cost and the command that measures them)."""
+    out = []
+    for m in metas:
+        plan = m.get("plan")
+        if not plan or not plan.get("phases"):
+            continue
+        rows = [[ph["phase"], ph["projected_s"], ph["actual_s"]] for ph in plan["phases"]]
+        rows.append(["total", plan.get("projected_total_s"), plan.get("actual_total_s")])
+        over = plan.get("over_budget") or []
+        out.append({"run_id": m.get("run_id"), "budget": plan.get("budget_text"),
+                    "phases": _table(["phase", "projected s", "actual s"], rows),
+                    "over_budget": _table(["point", "projected s", "command"],
+                                          [[o["point_id"], o["projected_s"], o["command"]] for o in over])
+                    if over else None})
+    return out
 
 
 def _env(autoescape: bool) -> Environment:
@@ -258,6 +352,23 @@ def _env(autoescape: bool) -> Environment:
     env.filters["md"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
     env.filters["tojson"] = lambda v: json.dumps(v, indent=2, default=str)
     return env
+
+
+def publish(run_dirs, out_dir) -> Path:
+    """A self-contained folder to put on any static host or attach to an issue: index.html (figures
+    inlined as SVG), report.md with figures/ (PNG and SVG), samples.parquet and samples.csv (every
+    raw sample of the runs), metadata.json (each run's metadata). Returns the index.html path."""
+    dirs = results.resolve_runs(run_dirs)
+    out = Path(out_dir)
+    html = build_report(dirs, out)
+    index = out / "index.html"
+    html.replace(index)
+    df = results.load(dirs, keys=results.MUST_MATCH_REPORT)
+    df.to_parquet(out / "samples.parquet", index=False)
+    df.to_csv(out / "samples.csv", index=False)
+    metas = [{k: v for k, v in results.load_metadata(d).items() if not str(k).startswith("_")} for d in dirs]
+    (out / "metadata.json").write_text(json.dumps(metas if len(metas) > 1 else metas[0], indent=2, default=str))
+    return index
 
 
 def build_report(run_dirs, out_dir) -> Path:

@@ -22,7 +22,7 @@ import glob as _glob
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,9 @@ POINTS_DIR = "points"
 # Keys that must be equal before runs are combined at all, and before two runs are compared.
 MUST_MATCH: tuple[str, ...] = ("schema_version", "target")
 MUST_MATCH_COMPARE: tuple[str, ...] = MUST_MATCH + ("kernel",)
+# A report lays runs side by side, one series per run (targets, kernels, releases, machines):
+# only the row format must match; every row says its target and kernel.
+MUST_MATCH_REPORT: tuple[str, ...] = ("schema_version",)
 # Keys that should match; a difference is reported as a warning, not refused.
 SHOULD_MATCH: tuple[str, ...] = ("harness.version", "machine.cpu_model", "machine.cores")
 
@@ -320,7 +323,7 @@ def write_samples(run_dir: str | os.PathLike, rows_iter: Iterable[Mapping[str, A
     return added
 
 
-def _finished_rows(run_dir: Path, skip: set[str] = frozenset()) -> list[dict[str, Any]]:
+def _finished_rows(run_dir: Path, skip: Set[str] = frozenset()) -> list[dict[str, Any]]:
     statuses = point_statuses(run_dir)
     rows: list[dict[str, Any]] = []
     for f in sorted((run_dir / POINTS_DIR).glob("*.jsonl")):

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from harness import metadata as md
+from harness import plan as plan_mod
 from harness.scenario import Scenario, ScenarioError, load_scenario
 
 RESULTS_DIR = md.REPO / "results"
@@ -79,6 +80,7 @@ class Run:
         self.dir = run_dir
         self.scenario = scenario
         self.meta = meta
+        self.over_budget: set[str] = set()  # planned points this invocation does not measure
         self.log_handler = logging.FileHandler(run_dir / "run.log")
         self.log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(self.log_handler)
@@ -114,7 +116,8 @@ class Run:
         rows = []
         for p in planned:
             st = done.get(p.point_id)
-            rows.append({**asdict(p), "status": st["status"] if st else "pending",
+            pending = "over_budget" if p.point_id in self.over_budget else "pending"
+            rows.append({**asdict(p), "status": st["status"] if st else pending,
                          **({k: v for k, v in st.items() if k not in asdict(p) and k != "status"} if st else {})})
         self.meta["points"] = rows
         self.save()
@@ -138,27 +141,117 @@ def discard_partial(run_dir: Path, done: dict[str, dict]) -> None:
 EventSink = Callable[[dict], None]
 
 
-def execute(run: Run, target, on_event: EventSink | None = None,
-            merge: Callable[[Path], Any] | None = None) -> str:
-    """Measure every pending point of `run` on `target`; returns the final run status.
+class BudgetExceeded(Exception):
+    """Raised from the event sink when a point finishes after the budget ran out: the target stops
+    its worker (as for Ctrl-C) and the runner marks the points left `over_budget`."""
+
+
+def prepare_plan(scenario: Scenario, target, budget_text: str | None, run: "Run | None" = None,
+                 budget_flag: str = "--budget") -> plan_mod.Plan:
+    """The plan of the points still to measure, fitted into the budget (BudgetError: exit 2,
+    nothing started). Call after target.preflight and before anything is created."""
+    kernel_plan = target.plan(scenario)
+    planned = plan_points(scenario, kernel_plan)
+    done = finished_points(run.dir) if run is not None else {}
+    todo = [p for p in planned if p.point_id not in done]
+    return plan_mod.build_plan(scenario, target.name, kernel_plan, todo, budget_text, budget_flag=budget_flag)
+
+
+def _record_plan(run: Run, plan: plan_mod.Plan, points_status: dict[str, dict], wall_s: float | None,
+                 earlier: dict | None = None) -> None:
+    """metadata["plan"]: the budget, what was projected and what was measured, per point and phase."""
+    from harness import costmodel as cm
+
+    meta = plan.to_meta(run.dir)
+    tot_p = {ph: 0.0 for ph in cm.PHASES}
+    tot_a = {ph: 0.0 for ph in cm.PHASES}
+    measured_s = 0.0
+    for pid, row in meta["points"].items():
+        st = points_status.get(pid)
+        if st is None or st.get("seconds") is None:  # (a worker that died writes no time)
+            continue
+        row["actual"] = {k: round(v, 2) for k, v in cm.actual_phases(st).items()}
+        row["actual_s"] = st.get("seconds")
+        measured_s += float(st.get("seconds") or 0)
+        for ph in cm.PHASES:
+            tot_p[ph] += row["projected"].get(ph, 0.0) if ph != "setup" else 0.0
+            tot_a[ph] += row["actual"].get(ph, 0.0)
+    # setup: what the run spent outside its points (guest boot, lab up, merge), against the setups projected
+    tot_p["setup"] = sum(pp.projected["setup"] for pp in plan.included)
+    if wall_s is not None:
+        tot_a["setup"] = max(0.0, wall_s - measured_s)
+    meta["phases"] = [{"phase": ph, "projected_s": round(tot_p[ph], 1), "actual_s": round(tot_a[ph], 1)}
+                      for ph in cm.PHASES]
+    meta["actual_total_s"] = round(wall_s, 1) if wall_s is not None else None
+    meta["budget_text"] = plan_mod.fmt_duration(plan.budget_s)
+    if earlier:  # the invocations before a --resume: their totals, and their points' rows
+        meta["earlier"] = [*earlier.get("earlier", []), {k: earlier.get(k) for k in (
+            "budget_s", "projected_total_s", "actual_total_s", "phases")}]
+        meta["points"] = {**{k: v for k, v in earlier.get("points", {}).items() if "actual" in v},
+                          **meta["points"]}
+    run.meta["plan"] = meta
+
+
+def _use_what_remains(run: Run, plan: plan_mod.Plan, planned: list[Point], elapsed: float,
+                      on_event: EventSink | None) -> list[Point]:
+    """After the planned points, the points left out that now fit what remains of the budget (the
+    run went faster than projected), by the projection refined with what was measured."""
+    if plan.budget_s is None or not run.over_budget:
+        return []
+    done = finished_points(run.dir)
+    left = plan.budget_s - elapsed
+    candidates = [p for p in planned if p.point_id in run.over_budget and p.point_id not in done]
+    fit = plan.refit(candidates, left) if candidates and left > 0 else []
+    if fit:
+        run.over_budget -= {p.point_id for p in fit}
+        msg = (f"{plan_mod.fmt_duration(left)} of the budget left: measuring {len(fit)} more point(s): "
+               + ", ".join(p.point_id for p in fit))
+        log.info("%s", msg)
+        run.refresh_points(planned)
+        if on_event:
+            on_event({"event": "log", "message": msg})
+            on_event({"event": "eta", "remaining_s": plan.remaining(done)})
+    return fit
+
+
+def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.Plan | None = None,
+            clock: Callable[[], float] = time.monotonic, merge: Callable[[Path], Any] | None = None) -> str:
+    """Measure every pending point of `run` on `target` that fits the plan's budget; returns the
+    final run status ("complete", "incomplete", or "over_budget": every point not measured was
+    left out for the budget).
 
     merge(run_dir), when given, merges the point files into the run's samples table before the
     run is closed (harness.results.merge_points; passed in: results sit above the runner)."""
     scenario = run.scenario
-    t0 = time.monotonic()
-    kernel_plan = target.plan(scenario)
+    t0 = clock()
+    if plan is None:
+        plan = prepare_plan(scenario, target, None, run)
+    kernel_plan = plan.kernel_plan
     planned = plan_points(scenario, kernel_plan)
     run.meta["kernel_plan"] = kernel_plan
     env = target.environment(kernel_plan)
     run.meta["kernels"] = env.get("kernels", run.meta.get("kernels", []))
     run.meta["tools"] = env.get("tools", {})
+    run.over_budget = {pp.point.point_id for pp in plan.over_budget}
     done = run.refresh_points(planned)
     discard_partial(run.dir, done)
-    todo = [p for p in planned if p.point_id not in done]
-    log.info("run %s: %d points planned, %d to do", run.dir.name, len(planned), len(todo))
+    fitting = {pp.point.point_id for pp in plan.included}
+    todo = [p for p in planned if p.point_id not in done and p.point_id in fitting]
+    log.info("run %s: %d points planned, %d to do, %d over budget", run.dir.name, len(planned), len(todo),
+             len(run.over_budget))
+    earlier = run.meta.get("plan")  # from the invocation this one resumes
+    _record_plan(run, plan, {}, None, earlier)
+    run.save()
+    if on_event:
+        on_event({"event": "plan_table", "text": plan.render(run.dir)})
+        on_event({"event": "eta", "remaining_s": plan.remaining(done)})
     status = "incomplete"
+    stopped_for_budget = False
 
     def sink(ev: dict) -> None:
+        if ev.get("event") == "plan" and run.over_budget:  # targets count every planned point
+            n_over = len(run.over_budget)
+            ev = {**ev, "total": ev["total"] - n_over, "done": max(0, ev.get("done", 0) - n_over)}
         if ev.get("event") in ("point_done", "kernel"):
             if ev.get("event") == "kernel":
                 kernels = {k["name"]: k for k in run.meta.get("kernels", [])}
@@ -171,24 +264,55 @@ def execute(run: Run, target, on_event: EventSink | None = None,
         log.info("%s", json.dumps(ev, default=str))
         if on_event:
             on_event(ev)
+        if ev.get("event") == "point_done":
+            finished = finished_points(run.dir)
+            if ev["point_id"] in finished:
+                plan.observe(ev["point_id"], finished[ev["point_id"]])
+            elapsed = clock() - t0
+            left = [p for p in todo if p.point_id not in finished]
+            if on_event:
+                on_event({"event": "eta", "remaining_s": plan.remaining(finished)})
+            if plan.budget_s is not None and left and elapsed >= plan.budget_s:
+                raise BudgetExceeded(f"budget {plan_mod.fmt_duration(plan.budget_s)} spent after "
+                                     f"{plan_mod.fmt_duration(elapsed)}: {len(left)} point(s) left unmeasured")
 
     try:
-        target.run_points(run, todo, sink)
-        done = run.refresh_points(planned)
-        status = "complete" if len(done) == len(planned) else "incomplete"
+        while todo:
+            target.run_points(run, todo, sink)
+            todo = _use_what_remains(run, plan, planned, clock() - t0, on_event)
+    except BudgetExceeded as e:
+        stopped_for_budget = True
+        log.warning("%s", e)
+        run.meta["budget_stop"] = str(e)
     except KeyboardInterrupt:
         status = "incomplete"
         log.warning("interrupted: %d of %d points finished", len(finished_points(run.dir)), len(planned))
         raise
     finally:
+        done = finished_points(run.dir)
+        if stopped_for_budget:
+            run.over_budget |= {p.point_id for p in planned if p.point_id not in done}
+            discard_partial(run.dir, done)  # the point the worker had begun is measured again whole
+        if len(done) == len(planned):
+            status = "complete"
+        elif run.over_budget and all(p.point_id in done or p.point_id in run.over_budget for p in planned):
+            status = "over_budget"
         run.refresh_points(planned)
         try:
             if merge is not None:
                 merge(run.dir)
         except Exception as e:  # keep the point files; the merge can be redone by `kpbench report`
             log.error("merging samples failed: %s", e)
-        run.meta["wall_s"] = round(run.meta.get("wall_s", 0) + time.monotonic() - t0, 1)
-        run.close(status)
+        wall = clock() - t0
+        _record_plan(run, plan, done, wall, earlier)
+        order = [p.point_id for p in planned]
+        run.meta["plan"]["over_budget"] = [
+            {"point_id": pp.point.point_id, "projected_s": round(pp.total, 1),
+             "command": plan.measure_command(pp, run.dir)}
+            for pp in sorted(plan.points, key=lambda pp: order.index(pp.point.point_id))
+            if pp.point.point_id in run.over_budget and pp.point.point_id not in done]
+        run.meta["wall_s"] = round(run.meta.get("wall_s", 0) + wall, 1)
+        run.close("complete" if status == "complete" else "incomplete")
     return status
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness import releases as versions
 from harness.errors import UserError
 from harness.modes import MODES
 
@@ -135,10 +136,22 @@ class ClusterSpec(_Strict):
     namespace_wait_s: float = Field(default=120, gt=0)
 
 
+FLAT_ALLOCATOR_ARGS = ["--emulated-version=1.33", "--feature-gates=MultiCIDRServiceAllocator=false"]
+
+
+def default_apiserver_args(kube_version: str) -> list[str]:
+    """The local apiserver's flags for a release: the flat ClusterIP allocator where the release
+    can still emulate 1.33 (kube-apiserver emulates down to its minor - 3: v1.36 at most). v1.37
+    refuses both ("emulation version 1.33 is not between [1.34, 1.37.0]"; at 1.34 the gate is
+    locked to true), so it runs with the upstream IPAddress allocator."""
+    return list(FLAT_ALLOCATOR_ARGS) if versions.parse(kube_version)[1] - 3 <= 33 else []
+
+
 class LocalSpec(_Strict):
     """Options of the local target (etcd + kube-apiserver + kube-proxy built by `make kube`)."""
 
-    kube_version: str = "v1.34.12"
+    # the old name of the top-level kube_proxy_version (kept working; the two must agree)
+    kube_version: str | None = None
     create_qps: float = Field(default=2000, gt=0)
     create_concurrency: int = Field(default=16, ge=1)
     # kube-proxy's config defaulting turns minSyncPeriod 0 into 1s: "1ms" is "sync at once"
@@ -146,7 +159,8 @@ class LocalSpec(_Strict):
     sync_period: str = "30s"
     # upstream 1.34's IPAddress allocator lists every IPAddress per allocation (~260 objects/s at
     # 5k Services); these flags restore the flat bitmap allocator. [] for the upstream default.
-    apiserver_args: list[str] = ["--emulated-version=1.33", "--feature-gates=MultiCIDRServiceAllocator=false"]
+    # Unset: default_apiserver_args(kube_proxy_version) (v1.37 cannot take these flags).
+    apiserver_args: list[str] = FLAT_ALLOCATOR_ARGS
     ready_timeout_s: float = Field(default=120, gt=0, description="apiserver /readyz and kube-proxy start")
     sync_timeout_s: float = Field(default=600, gt=0, description="kube-proxy start -> all Services programmed")
     # kube-proxy's nodePortAddresses; "primary" = the node's own address, as the lab programs
@@ -159,6 +173,9 @@ class Scenario(_Strict):
     name: str = "unnamed"
     description: str = ""
     target: Literal["lab", "local", "cluster"] = "lab"
+    # the kube-proxy release: the ruleset family the lab renders per mode, and the binaries the
+    # local target runs (`make kube KUBE_VERSION=...`)
+    kube_proxy_version: str = versions.DEFAULT_KUBE_VERSION
     modes: list[ModeName] = list(MODES)
     services: ServicesSpec = ServicesSpec(max=1000)
     model: ModelOptions = ModelOptions()
@@ -166,6 +183,7 @@ class Scenario(_Strict):
     kernel: Literal["auto", "host", "uml"] = "auto"
     iptables_backend: Literal["legacy", "nft"] = "legacy"
     seed: int = 1
+    budget: str | float = Field(default="none", description="time budget of `kpbench run`: 30m, 1h30m, 900s or none")
     validate_first: bool = Field(default=True, alias="validate")
     lab: LabSpec = LabSpec()
     ipvs: IPVSSpec = IPVSSpec()
@@ -182,6 +200,23 @@ class Scenario(_Strict):
         if len(set(v)) != len(v):
             raise ValueError("a mode is listed twice")
         return v
+
+    @model_validator(mode="after")
+    def _kube_proxy_version(self):
+        old = self.local.kube_version
+        if old is not None:
+            old = versions.normalize(old)
+            if "kube_proxy_version" in self.model_fields_set and versions.normalize(self.kube_proxy_version) != old:
+                raise ValueError(f"kube_proxy_version {self.kube_proxy_version} and local.kube_version {old} "
+                                 "differ: set kube_proxy_version only")
+            self.kube_proxy_version = old
+        self.kube_proxy_version = versions.normalize(self.kube_proxy_version)
+        for mode in self.modes:  # one line naming the release and the known ones, never a fallback
+            versions.family(mode, self.kube_proxy_version)
+        self.local.kube_version = self.kube_proxy_version
+        if "apiserver_args" not in self.local.model_fields_set:
+            self.local.apiserver_args = default_apiserver_args(self.kube_proxy_version)
+        return self
 
     def counts(self) -> list[int]:
         return self.services.expand()
@@ -210,6 +245,8 @@ def _format_error(source: str, err: ValidationError) -> str:
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif e["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
     extra = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
     return f"{source}: {loc}: {msg}{extra}"
 

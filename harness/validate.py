@@ -39,8 +39,9 @@ import statistics
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from harness.lab import netns
 from harness.model import Endpoint, Model, Service, ServicePort
@@ -135,7 +136,7 @@ class TinyHTTPServer:
         self.sock: socket.socket | None = None
         self.served = 0
 
-    def start(self) -> "TinyHTTPServer":
+    def start(self) -> TinyHTTPServer:
         def listen() -> socket.socket:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -150,14 +151,16 @@ class TinyHTTPServer:
         return self
 
     def _serve(self) -> None:
+        sock = self.sock
+        assert sock is not None  # start() binds it before it starts this thread
         sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
+        sel.register(sock, selectors.EVENT_READ)
         try:
             while not self._stop.is_set():
                 if not sel.select(timeout=0.1):
                     continue
                 try:
-                    conn, _ = self.sock.accept()
+                    conn, _ = sock.accept()
                 except (BlockingIOError, OSError):
                     continue
                 with conn:
@@ -216,11 +219,11 @@ class Requester:
                 try:
                     r = self.agent.http_get(ip, port, timeout=self.timeout)
                     r = dict(r, ok=True)
-                except Exception as e:  # AgentError: the agent's own error name ("refused", ...)
+                except Exception as e:  # noqa: BLE001 - AgentError: the agent's own error name ("refused", ...)
                     r = {"ok": False, "error": str(e) or type(e).__name__}
             else:
                 r = netns.call_in(ns, _http_get_here, ip, port, self.timeout)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a failed probe is a recorded cell result, not a crash
             r = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         r.setdefault("us", (time.perf_counter_ns() - t0) / 1000.0)
         return r
@@ -267,6 +270,7 @@ def matrix(lab: Any, model: Model, services: Mapping[str, Service]) -> list[Cell
     pa = next(p for p in model.pods if p.node == a)
     pb = next(p for p in model.pods if p.node == b)
     np_ = services[NODEPORT].ports[0].node_port
+    assert np_ is not None  # the NODEPORT Service is made with node_port=NODE_PORT
     ext = services[EXTERNAL].external_ips[0]
     pc, nc = f"pod client (node {a})", f"node {a}"
     nbl = f"node {b}"
@@ -325,7 +329,7 @@ def check_affinity(req: Requester, lab: Any, services: Mapping[str, Service], ke
     sticky = svc.affinity_timeout is not None
     path = (f"affinity ClientIP: {n} req -> 1 of {len(want)}" if sticky
             else f"no affinity: {n} req -> all {len(want)}")
-    spec = CellSpec(path, f"pod client", lab.client_ns, svc.cluster_ip, svc.ports[0].port,
+    spec = CellSpec(path, "pod client", lab.client_ns, svc.cluster_ip, svc.ports[0].port,
                     tuple(sorted(want)), key, 5)
     seen: Counter[str] = Counter()
     lat: list[float] = []
@@ -414,9 +418,9 @@ def validate_mode(lab: Any, agent: Any, dataplanes: Mapping[str, Any], model: Mo
                          "endpoints": [e.addr for e in s.endpoints]} for k, s in services.items()},
     }
     try:
-        for node, dp in dataplanes.items():
+        for dp in dataplanes.values():
             dp.full_sync(svc_list)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - recorded as the validation's error and failed cell
         err = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         result.update(error=f"programming the validation Services failed: {err}",
                       failed_cells=["program validation Services"],
@@ -519,7 +523,7 @@ def format_table(results_by_mode: Mapping[str, Mapping[str, Any] | None], *, col
         t.add_row(*row)
     t.add_section()
     t.add_row("[bold]result[/bold]", *(f"[{'green' if (results_by_mode[k] or {}).get('passed') else 'bold red'}]"
-                                       f"{_escape(f)}[/]" for k, f in zip(cols, footer)))
+                                       f"{_escape(f)}[/]" for k, f in zip(cols, footer, strict=True)))
     buf = StringIO()
     Console(file=buf, width=width, force_terminal=color, color_system="standard" if color else None,
             highlight=False).print(t)

@@ -3,8 +3,9 @@
 #
 #   kube/build.sh [VERSION] [OUT_DIR]
 #
-# VERSION (vX.Y.Z, optional): the Kubernetes release; default, and the only one with a committed
-#   go.sum, is the one kube/go.mod pins. Another version gets a module generated under
+# VERSION (vX.Y.Z, optional): the Kubernetes release, v1.33.0 or later; default, and the only one
+#   with a committed go.sum, is the one kube/go.mod pins. A release older than v1.33 or one the
+#   Go module proxy does not serve is a one-line error (exit 2) listing the built and served ones. Another version gets a module generated under
 #   .cache/kube/<VERSION>/src (same main packages, every staging module replaced with v0.Y.Z,
 #   go.sum verified against sum.golang.org by `go mod tidy`).
 # OUT_DIR: default ~/.cache/kpbench/kube/<VERSION>/bin (where harness/targets/localcluster.py looks).
@@ -37,6 +38,26 @@ kube_version="$pinned"
 if [[ $# -gt 0 && "$1" =~ ^v?[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
   kube_version="v${1#v}"
   shift
+elif [[ $# -gt 0 && "$1" =~ ^v?[0-9] ]]; then
+  echo "kube/build.sh: $1 is not a release like $pinned (vMAJOR.MINOR.PATCH)" >&2; exit 2
+fi
+
+# releases built here, and a one-line error for a release this script cannot build
+built_here() {
+  local b
+  b="$(cd "$cache_root/kube" 2>/dev/null && ls -d v*/bin/kube-proxy 2>/dev/null | cut -d/ -f1 | sort -V | xargs)"
+  echo "${b:-none}"
+}
+unbuildable() {  # $1: why
+  local served
+  served="$(cd "$here" && GOFLAGS=-mod=mod "$GO" list -m -versions k8s.io/kubernetes 2>/dev/null |
+            tr ' ' '\n' | grep -E '^v1\.(3[3-9]|[4-9][0-9])\.[0-9]+$' | sort -V | xargs)"
+  echo "kube/build.sh: cannot build $kube_version: $1 (built here: $(built_here); buildable: ${served:-any release from v1.33.0 the Go module proxy serves})" >&2
+  exit 2
+}
+minor="${kube_version#v1.}"; minor="${minor%%.*}"
+if [[ "$kube_version" != v1.* || "$minor" -lt 33 ]]; then
+  unbuildable "only releases from v1.33.0 on are supported"
 fi
 out="${1:-$cache_root/kube/$kube_version/bin}"
 
@@ -80,9 +101,12 @@ if [[ "$kube_version" != "$pinned" ]]; then
   echo "kube/build.sh: $kube_version is not the pinned $pinned; generating $moddir"
   rm -rf "$moddir" && mkdir -p "$moddir"
   cp -r "$here/cmd" "$moddir/"
-  kmod="$(cd "$moddir" && "$GO" mod download -json "k8s.io/kubernetes@$kube_version" |
-          sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')"
-  [[ -f "$kmod" ]] || { echo "kube/build.sh: k8s.io/kubernetes@$kube_version not available" >&2; exit 2; }
+  kmod="$(cd "$moddir" && "$GO" mod download -json "k8s.io/kubernetes@$kube_version" 2>/dev/null |
+          sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p' || true)"
+  if [[ ! -f "$kmod" ]]; then
+    rm -rf "$moddir"; rmdir "$out" "$(dirname "$out")" 2>/dev/null || true  # leave no empty release folder
+    unbuildable "the Go module proxy does not serve k8s.io/kubernetes@$kube_version"
+  fi
   staging_v="v0.${kube_version#v1.}"
   {
     echo "module kpbench/kube"

@@ -60,7 +60,7 @@ def read_kubeconfig(path: str | None) -> tuple[str, dict]:
 
 def resolve_context(doc: dict, context: str | None, path: str) -> tuple[str, str]:
     """-> (context name, server URL) after checking the context and its cluster exist."""
-    names = [c.get("name") for c in doc.get("contexts") or [] if isinstance(c, dict)]
+    names = [str(c["name"]) for c in doc.get("contexts") or [] if isinstance(c, dict) and c.get("name")]
     ctx = context or doc.get("current-context")
     if not ctx:
         raise ClusterError(f"kubeconfig {path} has no current-context: pass --context, one of {', '.join(names)}")
@@ -109,7 +109,7 @@ def check_reachable(conn: Connection, timeout: float = 5.0) -> dict:
                                f"(HTTP {e.status}): refresh the kubeconfig's credentials") from None
         raise ClusterError(f"the API server at {conn.server} answered /version with HTTP {e.status}: "
                            f"check {conn.where()} points at a Kubernetes API server") from None
-    except Exception as e:  # urllib3 errors: refused, timeout, TLS, name resolution
+    except Exception as e:  # noqa: BLE001 - urllib3 errors (refused, timeout, TLS, DNS) -> one-line ClusterError
         raise ClusterError(f"cannot reach the API server at {conn.server} ({_short(e)}) using {conn.where()}: "
                            "check the cluster is up and the kubeconfig's server address, or pass another "
                            "--context") from None

@@ -6,7 +6,8 @@ namespace, and is therefore deleted with it ("everything deleted by label at the
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from harness.cluster import LABEL_ROLE, LABEL_RUN, run_label_value
 
@@ -116,9 +117,9 @@ def endpoint_slices(ns: str, run_id: str, service_name: str, endpoints: Sequence
 
 
 def _host_volumes() -> tuple[list[dict], list[dict]]:
-    vols = [{"name": "lib-modules", "hostPath": {"path": "/lib/modules"}},
+    vols: list[dict] = [{"name": "lib-modules", "hostPath": {"path": "/lib/modules"}},
             {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}}]
-    mounts = [{"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
+    mounts: list[dict] = [{"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
               {"name": "xtables-lock", "mountPath": "/run/xtables.lock"}]
     return vols, mounts
 

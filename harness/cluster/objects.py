@@ -9,12 +9,11 @@ bulk create, its retry policy and its stats are harness.k8s.objects', shared wit
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
-from harness.cluster import LABEL_ROLE, LABEL_RUN, run_label_value
-from harness.cluster import manifests
+from harness.cluster import LABEL_ROLE, LABEL_RUN, manifests, run_label_value
 from harness.cluster.kube import Rest, is_status
 from harness.k8s.objects import SERVICES, SLICES, CreateStats, bulk_create, post_object
 from harness.k8s.ratelimit import TokenBucket
@@ -96,7 +95,7 @@ class ObjectStore:
             range(start, stop), bodies, lambda: self._post, limiter=self.bucket,
             executor=ThreadPoolExecutor(max_workers=self.workers), key=service_name, raise_errors=True,
             progress=(lambda st: on_progress(st.objects)) if on_progress else None, progress_every=500)
-        for i, data in zip(range(start, stop), firsts):
+        for i, data in zip(range(start, stop), firsts, strict=True):
             name = service_name(i)
             svc = json.loads(data) if data else self.rest.get(f"{SERVICES.format(ns=self.ns)}/{name}")
             self.services.append(CreatedService(name, (svc.get("spec") or {}).get("clusterIP", ""),
@@ -122,7 +121,7 @@ class ObjectStore:
         "/api/v1/namespaces/{ns}/configmaps",
     )
 
-    def _labelled(self) -> "list[tuple[str, str, list[dict]]]":
+    def _labelled(self) -> list[tuple[str, str, list[dict]]]:
         """(path, kind, items labelled with the run) per collection the API serves."""
         out = []
         for tmpl in self.COLLECTIONS:

@@ -9,6 +9,7 @@ qps: 50}'), else the defaults below.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -67,7 +68,7 @@ class ClusterOptions:
         return (ready or names)[: self.probe_count]
 
 
-def options_from(scenario: Any = None, env: dict | None = None) -> ClusterOptions:
+def options_from(scenario: Any = None, env: Mapping[str, str] | None = None) -> ClusterOptions:
     env = os.environ if env is None else env
     raw: Any = getattr(scenario, "cluster", None) if scenario is not None else None
     if raw is not None and hasattr(raw, "model_dump"):

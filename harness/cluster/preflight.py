@@ -7,10 +7,18 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
-from harness.cluster import (ANN_MODIFIED, KP_KEY, KP_NAME, KP_NAMESPACE, PAUSE_KEY, ClusterError)
-from harness.cluster import kubeproxy_config as kpc
+from harness.cluster import (
+    ANN_MODIFIED,
+    KP_KEY,
+    KP_NAME,
+    KP_NAMESPACE,
+    PAUSE_KEY,
+    ClusterError,
+    kubeproxy_config as kpc,
+)
 from harness.cluster.kube import Connection, Rest, api_error
 
 NOT_KUBEADM = "this cluster's kube-proxy is not configured the kubeadm way"
@@ -96,7 +104,7 @@ class PreflightReport:
                f"ConfigMap {KP_NAMESPACE}/{KP_NAME} {KP_KEY}: mode {kp.raw_mode or '(empty)'!r} -> runs {kp.mode}"]
         read = self.node_modes()
         if read:
-            out.append(f"node /proxyMode (via the API server's node proxy): "
+            out.append("node /proxyMode (via the API server's node proxy): "
                        + ", ".join(f"{k}={v}" for k, v in sorted(read.items())))
         else:
             why = next((n.proxy_mode_error for n in self.nodes if n.proxy_mode_error), "not tried")
@@ -132,7 +140,7 @@ def check_permissions(rest: Rest, conn: Connection, namespace: str = PREFLIGHT_N
                 "spec": {"resourceAttributes": ra}}
         try:
             st = rest.create("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body).get("status", {})
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - ApiException or transport error: reported as this permission's failure
             return p, False, f"review failed: {api_error(e)}"
         return p, bool(st.get("allowed")), st.get("reason", "")
 
@@ -159,7 +167,7 @@ def read_kube_proxy(rest: Rest) -> KubeProxyInfo:
     try:
         cm = rest.get_or_none(cm_path)
         ds = rest.get_or_none(ds_path)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - ApiException or transport error -> one-line ClusterError
         raise ClusterError(f"reading kube-proxy's ConfigMap/DaemonSet in {KP_NAMESPACE} failed ({api_error(e)}): "
                            "check the context's permissions") from None
     if cm is None and ds is None:
@@ -215,7 +223,7 @@ def check_not_owned(kp: KubeProxyInfo) -> None:
 def list_nodes(rest: Rest) -> list[NodeInfo]:
     try:
         items = rest.get("/api/v1/nodes").get("items") or []
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - ApiException or transport error -> one-line ClusterError
         raise ClusterError(f"listing nodes failed ({api_error(e)}): check the context's permissions") from None
     out = []
     for it in items:
@@ -240,7 +248,7 @@ def read_node_mode(rest: Rest, node: str, port: int = 10249, timeout: float = 3.
     """kube-proxy's /proxyMode on `node` through the API server -> (mode or None, error)."""
     try:
         text = rest.get(node_proxy_path(node, port, "proxyMode"), raw=True, timeout=(timeout, timeout))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the node's kube-proxy unreachable: returned as this node's error
         return None, api_error(e)
     mode = text.strip()
     return (mode, "") if mode in kpc.MODES else (None, f"unexpected answer {mode[:40]!r}")
@@ -250,7 +258,7 @@ def read_node_modes(rest: Rest, nodes: list[NodeInfo], port: int) -> None:
     if not nodes:
         return
     with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as ex:
-        for n, (mode, err) in zip(nodes, ex.map(lambda n: read_node_mode(rest, n.name, port), nodes)):
+        for n, (mode, err) in zip(nodes, ex.map(lambda n: read_node_mode(rest, n.name, port), nodes), strict=True):
             n.proxy_mode, n.proxy_mode_error = mode, err
 
 
@@ -284,7 +292,7 @@ def planned_changes(report: PreflightReport, modes: list[str], counts: list[int]
              f"created at {opts.qps:g}/s, burst {opts.burst}"]
     # `modes`: the mode of every point in run order; the first point always writes our config
     seq = [found] + [m for i, m in enumerate(modes) if i == 0 or m != modes[i - 1]] + [found]
-    switches = list(zip(seq, seq[1:]))
+    switches = list(pairwise(seq))
     after = kpc.with_mode(kp.doc, modes[0], opts.sync())
     fields = ", ".join(c for c in kpc.describe_change(kp.doc, after)) or "nothing"
     distinct = list(dict.fromkeys(modes))

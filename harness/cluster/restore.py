@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from harness.cluster import (ANN_MODIFIED, KP_KEY, KP_NAME, KP_NAMESPACE, LABEL_RUN, PAUSE_KEY, RESTORE_FILE,
-                             ClusterError, run_label_value)
-from harness.cluster import kubeproxy_config as kpc
+from harness.cluster import (
+    ANN_MODIFIED,
+    KP_KEY,
+    KP_NAME,
+    KP_NAMESPACE,
+    LABEL_RUN,
+    PAUSE_KEY,
+    RESTORE_FILE,
+    ClusterError,
+    kubeproxy_config as kpc,
+    run_label_value,
+)
 from harness.jsonfile import write_json
 
 VERSION = 1
@@ -55,7 +65,7 @@ class RestoreState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RestoreState":
+    def from_dict(cls, d: dict) -> RestoreState:
         if not isinstance(d, dict) or d.get("version") != VERSION:
             raise ClusterError(f"restore file version {d.get('version') if isinstance(d, dict) else '?'} is not "
                                f"{VERSION}: restore it by hand from its configmap.data")

@@ -17,12 +17,21 @@ tests against an API server without kubelets can stand in for steps 1 and 4.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from harness.cluster import (ANN_MODIFIED, KP_KEY, KP_NAME, KP_NAMESPACE, LABEL_RUN, PAUSE_KEY, RESTART_ANN,
-                             ClusterError, run_label_value)
-from harness.cluster import kubeproxy_config as kpc
-from harness.cluster import manifests
+from harness.cluster import (
+    ANN_MODIFIED,
+    KP_KEY,
+    KP_NAME,
+    KP_NAMESPACE,
+    LABEL_RUN,
+    PAUSE_KEY,
+    RESTART_ANN,
+    ClusterError,
+    kubeproxy_config as kpc,
+    manifests,
+    run_label_value,
+)
 from harness.cluster.kube import Rest, api_error, is_status
 from harness.cluster.preflight import list_nodes, read_node_mode
 from harness.cluster.restore import RestoreState, save
@@ -253,7 +262,7 @@ class KubeProxyController:
         sel = f"{LABEL_RUN}={run_label_value(self.state.run_id)}"
         try:
             items = self.rest.get("/api/v1/namespaces", query={"labelSelector": sel})["items"]
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - ApiException or transport error -> one-line ClusterRunError
             raise ClusterRunError(f"listing namespaces labelled {sel} failed: {api_error(e)}") from None
         from harness.cluster.objects import ObjectStore
 

@@ -1,8 +1,10 @@
-"""compare two runs point by point (ratio of medians, bootstrap CI, Mann-Whitney U)
+"""compare two runs point by point (ratio and difference of medians with bootstrap CIs)
 
     kpbench compare RUN_A RUN_B [--metric M ...] [--all] [--format text|md|csv]
 
-"1.8x slower" means RUN_B's median is 1.8 times RUN_A's. Runs must match on schema_version,
+"1.8x slower" means RUN_B's median is 1.8 times RUN_A's. The verdict follows the report's one
+decision rule (harness.analysis.decision_rule): different when the bootstrap CI of the ratio of
+medians excludes 1 (and the ratio is at least 2% from 1). Runs must match on schema_version,
 target and kernels; otherwise exit status 2 with a one-line error naming the key.
 """
 
@@ -10,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 NAME = "compare"
-HELP = "compare two runs point by point (ratio of medians, bootstrap CI, Mann-Whitney U)"
+HELP = "compare two runs point by point (ratio and difference of medians, bootstrap CIs)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only this metric (repeatable; default: all)")
     parser.add_argument("--all", action="store_true", help="also list points with no significant difference")
     parser.add_argument("--format", choices=["text", "md", "csv"], default="text")
-    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    parser.add_argument("--alpha", type=float, default=0.05,
+                        help="1 - the confidence level of the CIs that decide (default 0.05: 95%% CIs)")
     parser.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples")
 
 
@@ -33,7 +37,7 @@ def _tags(r) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import analysis, results
+    from harness import analysis, metrics, results, units
     from harness.report import fmt
 
     try:
@@ -49,15 +53,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"kpbench compare: error: {a} and {b} have no point in common"
               + (f" for metric(s) {', '.join(args.metric)}" if args.metric else ""), file=sys.stderr)
         return 2
-    shown = c if args.all else c[c["significant"]]
+    level = 1 - args.alpha
+    enough = c[c["enough"]]
+    thin = c[~c["enough"]]
+    shown = enough if args.all else enough[enough["significant"]]
     if args.format == "csv":
         shown.to_csv(sys.stdout, index=False)
         return 0
     lines = []
     for _, r in shown.iterrows():
         what = f"{r['metric']} {_tags(r)}".strip()
-        detail = (f"median {fmt(r['median_a'])} -> {fmt(r['median_b'])} {r['unit']}, ratio {fmt(r['ratio'])} "
-                  f"[95% CI {fmt(r['ci_lo'])}-{fmt(r['ci_hi'])}], p={r['p_value']:.2g}")
+        u = metrics.unit(r["metric"], str(r["unit"]))
+        q = partial(units.quantity, unit=u)
+        d = partial(units.quantity, unit=u, sign=True)
+        detail = (f"median {q(r['median_a'])} -> {q(r['median_b'])}, ratio {fmt(r['ratio'])} "
+                  f"[{level:.0%} CI {fmt(r['ci_lo'])}-{fmt(r['ci_hi'])}], difference {d(r['diff'])} "
+                  f"[{d(r['diff_lo'])} to {d(r['diff_hi'])}]")
         if args.format == "md":
             lines.append(f"| {r['kernel']} | {r['mode']} | {r['n_services']:,} | {what} | {r['verdict']} | {detail} |")
         else:
@@ -65,5 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "md":
         lines = ["| kernel | mode | Services | metric | verdict | detail |", "|---|---|---|---|---|---|"] + lines
     print(f"# {b.name} relative to {a.name}: {int(c['significant'].sum())} of {len(c)} points differ significantly")
+    print(f"# rule: {analysis.decision_rule(level)}")
     print("\n".join(lines) if lines else "no significant difference at any point")
+    if len(thin):
+        print(f"not enough repetitions to compare {len(thin)} point(s): "
+              + ", ".join(sorted({str(m) for m in thin["metric"]})))
     return 0

@@ -48,7 +48,7 @@ def run(args, *, waits=None, out=None) -> int:
         restore_cluster(ctl, state, path, log=say, delete_objects=not args.keep_objects)
     except ClusterError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure -> one line saying to run restore again
         raise ClusterError(f"restore did not finish ({type(e).__name__}: {str(e).splitlines()[0][:300]}): "
                            f"fix the cause and run `kpbench restore {args.run_dir}` again") from None
     print(f"restored: kube-proxy runs {state.original_mode} with the original config.conf"

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="parent folder of the run folder (default: results/)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an incomplete run")
     p.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
+    p.add_argument("--budget", metavar="DURATION",
+                   help="time budget: 30m, 1h30m, 900s or none (default: the scenario's; none with --resume)")
 
 
 def _terminate(signum, frame):
@@ -28,7 +30,8 @@ def _terminate(signum, frame):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run (or resume) and report; 0 when every point finished, 1 when some failed, 130 on Ctrl-C."""
+    """Run (or resume) and report; 0 when every point finished (or was left out for the budget), 1 when
+    some failed, 130 on Ctrl-C."""
     from harness import results, runner
     from harness.progress import ProgressView
     from harness.targets import make_target
@@ -49,13 +52,16 @@ def run(args: argparse.Namespace) -> int:
         cleanup_leftovers(lambda msg: print(f"cleaning up after an earlier run: {msg}", file=sys.stderr))
     target = make_target(scenario, args)
     target.preflight(scenario)
+    from_scenario = args.budget is None and run is None  # a resumed run measures all that is missing
+    plan = runner.prepare_plan(scenario, target, scenario.budget if from_scenario else args.budget, run,
+                               budget_flag="scenario budget" if from_scenario else "--budget")
     if run is None:
         run = runner.Run.create(scenario, Path(args.out) if args.out else runner.default_out())
     view = ProgressView(run.dir)
     signal.signal(signal.SIGTERM, _terminate)  # `kill` is handled like Ctrl-C: stop, clean up, keep
     try:
         with view:
-            status = runner.execute(run, target, view.on_event, merge=results.merge_points)
+            status = runner.execute(run, target, view.on_event, plan=plan, merge=results.merge_points)
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished point is kept in {run.dir}\n"
               f"continue with: kpbench run --resume {run.dir}", file=sys.stderr)
@@ -63,13 +69,18 @@ def run(args: argparse.Namespace) -> int:
     failed = [p["point_id"] for p in run.meta.get("points", []) if p.get("status") == "failed"]
     print(f"run {status}: {run.dir}" + (f" ({len(failed)} of {len(run.meta['points'])} points failed: "
                                        f"{', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''})" if failed else ""))
+    over = run.meta.get("plan", {}).get("over_budget") or []
+    if over:
+        print(f"kpbench: warning: budget {run.meta['plan'].get('budget_text')}: {len(over)} point(s) not measured "
+              f"(over_budget in metadata.json); measure them with: kpbench run --resume {run.dir} --budget none",
+              file=sys.stderr)
     if not args.no_report:
         from harness import report
 
         try:
             path = report.build_report([run.dir], run.dir / "report")
             print(f"report: {path}")
-        except Exception as e:  # the measurements are safe on disk; say so and keep the exit status honest
+        except Exception as e:  # noqa: BLE001 - the measurements are safe on disk; say so, exit status 1
             print(f"kpbench: the report could not be built ({e}); the results are in {run.dir}", file=sys.stderr)
             return 1
-    return 0 if status == "complete" and not failed else 1  # failed points are kept, and said
+    return 0 if status in ("complete", "over_budget") and not failed else 1  # failed points are kept, and said

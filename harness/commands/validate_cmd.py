@@ -15,8 +15,9 @@ import json
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.commands.privileges import require_root
 from harness.commands.scenario_args import add_scenario_arguments, scenario_from_args

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence
 
+from harness.releases import DEFAULT_KUBE_VERSION
 from harness.model import Service
 
 ChangeKind = Literal["add", "update", "delete"]
@@ -28,6 +29,9 @@ class DataplaneSettings:
     iptables_backend: Literal["legacy", "nft"] = "legacy"
     scheduler: str = "rr"  # IPVS
     masquerade_bit: int = 14
+    # the kube-proxy release whose ruleset is rendered; each mode maps it to its family
+    # (harness.releases.family, which refuses a release it does not know)
+    kube_version: str = DEFAULT_KUBE_VERSION
 
 
 class Dataplane(Protocol):

@@ -7,6 +7,13 @@ so one payload programs an empty namespace completely. A partial sync (apply) re
 top-level chains and only the changed Service's KUBE-SVC/KUBE-EXT/KUBE-SEP chains; chains that
 are no longer used are flushed and removed with -X in the same transaction.
 
+Families (harness.releases): one, v1.33, for v1.33.x-v1.37.x. pkg/proxy/iptables/proxier.go
+programs the same rules in v1.33.13, v1.34.12, v1.35.4, v1.36.3 and v1.37.2; what changed is not
+rendered state: v1.34 and v1.36+ skip the hourly forced full sync in large-cluster mode (> 1000
+endpoints; v1.35 does not), v1.37 writes `--random-fully` unconditionally (older releases when
+iptables supports it, as every iptables here does), and `--cleanup` also removes KUBE-MARK-MASQ,
+KUBE-PROXY-FIREWALL and the canary chains since v1.34.
+
 Standard library only (the worker imports this inside UML).
 """
 
@@ -15,6 +22,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Iterator, Sequence
 
+from harness import releases as versions
 from harness.dataplane import names
 from harness.dataplane._tool import stream
 from harness.dataplane.base import Change, DataplaneSettings
@@ -53,6 +61,7 @@ class IptablesDataplane:
     def __init__(self, ns: str | None, settings: DataplaneSettings | None = None):
         self.ns = ns
         self.settings = settings or DataplaneSettings()
+        self.family = versions.family(self.mode, self.settings.kube_version)  # one family so far
         b = self.settings.iptables_backend
         if b not in ("legacy", "nft"):
             raise ValueError(f"iptables_backend must be legacy or nft, not {b!r}")

@@ -18,6 +18,12 @@ test) installs the pod routes first.
 render() prints ipvsadm-restore lines, then `ipset restore` lines, then the iptables payload, each
 section introduced by a `#` comment line. Standard library + pyroute2 only (no pandas: UML).
 The netlink plumbing and message templates are in ipvs_netlink.py.
+
+Families (harness.releases): one, v1.33, for v1.33.x-v1.37.x. pkg/proxy/ipvs/proxier.go
+programs the same virtual servers, ipsets and iptables rules in v1.33.13 ... v1.37.2; what changed
+is not rendered state: v1.34.0-v1.34.3 and v1.35.0 stopped the periodic resync (syncPeriod) when
+nothing changed, v1.34.4 / v1.35.1 / v1.36 restored it; v1.35 logs the deprecation (KEP-5495);
+v1.37 writes `--random-fully` unconditionally and adds the KubeProxyIPVS feature gate (on).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import socket
 import struct
 from typing import Iterable, Sequence
 
+from harness import releases as versions
 from harness.dataplane.base import Change, DataplaneSettings
 from harness.dataplane._tool import stream
 from harness.dataplane.ipvs_netlink import (F_CREATE, F_EXCL, F_REQUEST, NetlinkBatch, _genl_family_id, _Templates,
@@ -77,6 +84,7 @@ class IpvsDataplane:
         endpoint as local (hairpin SNAT then works for all pods of a single-node test)."""
         self.ns = ns
         self.settings = settings or DataplaneSettings()
+        self.family = versions.family(self.mode, self.settings.kube_version)  # one family so far
         self.node = node
         self.scheduler = self.settings.scheduler or "rr"
         self.mark = "%#010x" % (1 << self.settings.masquerade_bit)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from harness.k8s import KubeError
 from harness.k8s.endpoint import ApiEndpoint
@@ -125,11 +125,12 @@ def post_object(post: Post, path: str, body: dict, *, limiter: TokenBucket, max_
     else, or the last retry, raises KubeError.
     """
     delay = 0.05
+    status: int | None
     for attempt in range(max_retries + 1):
         limiter.acquire()
         try:
             status, data = post(path, body)
-        except Exception as e:  # ApiException (non-2xx), urllib3 errors
+        except Exception as e:  # noqa: BLE001 - ApiException (non-2xx), urllib3 errors: retried or raised below
             status = getattr(e, "status", None)
             data = getattr(e, "body", None) or str(e)
         if isinstance(data, str):
@@ -218,11 +219,13 @@ def post_typed(client, path: str, body: dict, timeout: float = 60) -> tuple[int,
     ns = body["metadata"]["namespace"]
     try:
         if body["kind"] == "Service":
-            k.CoreV1Api(client).create_namespaced_service(ns, k.V1Service.from_dict(body),
-                                                          _request_timeout=timeout)
+            svc = k.V1Service.from_dict(body)
+            assert svc is not None  # from_dict returns None only for a None dict
+            k.CoreV1Api(client).create_namespaced_service(ns, svc, _request_timeout=timeout)
         else:
-            k.DiscoveryV1Api(client).create_namespaced_endpoint_slice(
-                ns, k.V1EndpointSlice.from_dict(body), _request_timeout=timeout)
+            eps = k.V1EndpointSlice.from_dict(body)
+            assert eps is not None  # from_dict returns None only for a None dict
+            k.DiscoveryV1Api(client).create_namespaced_endpoint_slice(ns, eps, _request_timeout=timeout)
     except ApiException as e:
         return e.status, (e.body or "").encode() if isinstance(e.body, str) else (e.body or b"")
     return 201, b""
@@ -329,6 +332,7 @@ def list_names(api: ApiEndpoint, namespace: str, kind: str = "services") -> list
 
         names: list[str] = []
         token = None
+        r: Any  # V1ServiceList or V1EndpointSliceList; the API server fills every item's name
         while True:
             if kind == "services":
                 r = k.CoreV1Api(client).list_namespaced_service(namespace, limit=5000, _continue=token)

@@ -14,8 +14,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from harness.lab import netns, registry
 from harness.lab.netns import LabError
@@ -158,11 +158,11 @@ class Backends:
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop every nginx (TERM, then KILL of its process group), remove the temp dir (idempotent)."""
-        for name, p in self.procs.items():
+        for p in self.procs.values():
             if p.poll() is None:
                 _signal_group(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for name, p in self.procs.items():
+        for p in self.procs.values():
             try:
                 p.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -179,7 +179,7 @@ class Backends:
             registry.unregister("tmpdir", self.workdir.name)
             self.workdir = None
 
-    def __enter__(self) -> "Backends":
+    def __enter__(self) -> Backends:
         self.start()
         return self
 

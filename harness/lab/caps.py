@@ -20,11 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from harness.lab import netns, uml
 from harness.jsonfile import write_json
+from harness.lab import netns, uml
 from harness.lab.netns import LabError
 from harness.modes import BRIDGE_MODE, MODES, mode as mode_spec
 
@@ -125,7 +126,7 @@ def probe_kernel(kernel: str = "host") -> dict[str, Any]:
         try:
             netns.call_in(scratch, add_dummy)
             caps["dummy"] = True
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a probe: any failure means no dummy links, and `why` says it
             caps["dummy"] = False
             why["dummy"] = f"the {kernel} kernel has no dummy links (CONFIG_DUMMY): {e}"
 

@@ -14,7 +14,7 @@ import re
 import shutil
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from harness.lab import netns, registry
 from harness.lab.topology import delete_namespaces
@@ -116,8 +116,8 @@ def cleanup_leftovers(log: Callable[[str], None] | None = print, *, force: bool 
             note(f"killed pid {pid} ({_cmdline(pid)[:60].strip()}) in namespace {name}")
     for name in delete_namespaces(doomed):
         note(f"removed namespace {name}")
-    for name, (path, rec) in claimed.items():
-        if name not in netns.list_namespaces() and (stale(rec) or name in doomed):
+    for ns_name, (path, rec) in claimed.items():
+        if ns_name not in netns.list_namespaces() and (stale(rec) or ns_name in doomed):
             _unlink(path)
 
     # 3. other records (labs, temp dirs) of dead owners; then unclaimed temp dirs

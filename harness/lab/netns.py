@@ -10,8 +10,9 @@ import ctypes
 import os
 import subprocess
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from harness.errors import UserError
 from harness.lab import registry
@@ -148,7 +149,7 @@ def call_in(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             enter(name)
             box["ok"] = fn(*args, **kwargs)
-        except BaseException as e:  # re-raised in the caller's thread
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             box["err"] = e
 
     t = threading.Thread(target=target, name=f"netns-{name}", daemon=True)

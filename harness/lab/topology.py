@@ -23,13 +23,17 @@ import ipaddress
 import os
 import subprocess
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 
 from harness.lab import netns, registry
 from harness.lab.netns import LabError
 from harness.model import Model, Pod
+
+if TYPE_CHECKING:
+    from harness.lab.backends import Backends
 
 UNDERLAY_CIDR = "10.255.0.0/24"
 BRIDGE = "cbr0"
@@ -92,16 +96,16 @@ def namespace_pids(names: Sequence[str]) -> dict[str, list[int]]:
             st = os.stat(f"/proc/{d}/ns/net")
         except OSError:
             continue
-        n = inodes.get((st.st_dev, st.st_ino))
-        if n:
-            out[n].append(int(d))
+        owner = inodes.get((st.st_dev, st.st_ino))
+        if owner:
+            out[owner].append(int(d))
     return out
 
 
 def delete_namespaces(names: Sequence[str]) -> list[str]:
     """Kill every process in the namespaces, then delete them (idempotent); returns those removed."""
     present = [n for n in names if os.path.exists(f"{netns.NETNS_DIR}/{n}")]
-    for n, pids in namespace_pids(present).items():
+    for pids in namespace_pids(present).values():
         for pid in pids:
             try:
                 os.kill(pid, 9)
@@ -129,7 +133,7 @@ class Lab:
         self.tag = tag
         self.nodes = nodes
         self.with_backends = backends
-        self.backends = None  # harness.lab.backends.Backends once up
+        self.backends: Backends | None = None  # once up
         self.timings: dict[str, float] = {}
         self._up = False
         underlay = list(ipaddress.ip_network(UNDERLAY_CIDR).hosts())
@@ -177,7 +181,7 @@ class Lab:
                           "ns": self.pod_ns(p)} for p in self.model.pods]}
 
     # --- lifecycle -------------------------------------------------------------------------
-    def up(self) -> "Lab":
+    def up(self) -> Lab:
         t0 = time.monotonic()
         existing = [n for n in self.namespaces if os.path.exists(f"{netns.NETNS_DIR}/{n}")]
         if existing:
@@ -216,7 +220,7 @@ class Lab:
         self._up = False
         self.timings["down_s"] = time.monotonic() - t0
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self.up()
 
     def __exit__(self, *exc: object) -> None:
@@ -285,7 +289,7 @@ class Lab:
                 ipr.route("add", dst="0.0.0.0/0", gateway=BLACKHOLE_GW)
         except LabError:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - netlink/OS errors -> one-line LabError naming the node
             raise LabError(f"building node {node} in {self.node_ns(node)} failed: {e}") from None
         finally:
             for fd in fds:
@@ -300,7 +304,7 @@ class Lab:
                 ipr.addr("add", index=i, address=ip, prefixlen=cidr.prefixlen)
                 ipr.link("set", index=i, state="up")
                 ipr.route("add", dst="0.0.0.0/0", gateway=self.gateway(node))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - netlink/OS errors -> one-line LabError naming the pod
             raise LabError(f"configuring pod {ip} failed: {e}") from None
 
 

@@ -26,9 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 from harness.lab import registry
 from harness.lab.netns import LabError
@@ -207,7 +207,7 @@ class Guest:
                 raise LabError(f"cannot mount {m} in the guest: use a path of letters, digits, ._-/")
         return cmdline_env
 
-    def start(self) -> "Guest":
+    def start(self) -> Guest:
         ok, why = available(self.linux)
         if not ok:
             raise LabError(f"cannot boot a UML guest: {why}")
@@ -370,7 +370,7 @@ class Guest:
             parts.append("console: " + con[-600:].replace("\n", " | "))
         return (": " + "; ".join(parts)) if parts else ""
 
-    def __enter__(self) -> "Guest":
+    def __enter__(self) -> Guest:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

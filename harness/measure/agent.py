@@ -51,6 +51,7 @@ import struct
 import subprocess
 import sys
 import time
+from typing import IO, Any
 
 _pc = time.perf_counter_ns
 _sleep = time.sleep
@@ -81,7 +82,7 @@ def cmd_connect(req: dict) -> dict:
     targets = [(str(t[0]), int(t[1])) for t in req["targets"]]
     rounds = int(req.get("samples", 1))
     tv = _timeval(float(req.get("timeout", 1.0)))
-    out = []
+    out: list[list[Any]] = []
     append = out.append
     for _ in range(rounds):
         for i, addr in enumerate(targets):
@@ -196,10 +197,11 @@ def _poll_loop(ip: str, port: int, expect: str, interval: float, timeout: float,
                 events = poller.poll(0)
         else:
             events = poller.poll(1)
-        for fd, ev in events:
-            a = live.get(fd)
-            if a is None:
+        for fd, _ev in events:
+            found = live.get(fd)
+            if found is None:
                 continue
+            a = found
             now = _pc()
             if a.state == "connecting":
                 code = a.sock.getsockopt(_SOL, socket.SO_ERROR)
@@ -291,6 +293,7 @@ def main() -> int:
         line = line.strip()
         if not line:
             continue
+        rep: dict[str, Any]
         try:
             req = json.loads(line)
             cmd = req.get("cmd")
@@ -308,7 +311,7 @@ def main() -> int:
                 return 0
             else:
                 rep = {"ok": False, "error": f"unknown command {cmd!r}"}
-        except Exception as e:  # keep serving: report, never die on one bad command
+        except Exception as e:  # noqa: BLE001 - keep serving: report, never die on one bad command
             rep = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         send(rep)
     return 0
@@ -405,6 +408,11 @@ class Agent(AgentClient):
             [python or sys.executable, "-u", "-m", "harness.measure.agent"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+        # all three are PIPEs, so Popen set them
+        assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
+        self._stdin: IO[str] = self.proc.stdin
+        self._stdout: IO[str] = self.proc.stdout
+        self._stderr: IO[str] = self.proc.stderr
         self._polling = False
         try:
             self.pid = self.ping()["pid"]
@@ -414,15 +422,15 @@ class Agent(AgentClient):
 
     def _send(self, obj: dict) -> None:
         if self.proc.poll() is not None:
-            raise AgentError(f"agent exited ({self.proc.returncode}): {self.proc.stderr.read()[-2000:]}")
-        self.proc.stdin.write(json.dumps(obj) + "\n")
-        self.proc.stdin.flush()
+            raise AgentError(f"agent exited ({self.proc.returncode}): {self._stderr.read()[-2000:]}")
+        self._stdin.write(json.dumps(obj) + "\n")
+        self._stdin.flush()
 
     def _read_line(self, timeout: float) -> str:
-        line = self.proc.stdout.readline()  # the agent itself bounds every command by its timeout
+        line = self._stdout.readline()  # the agent itself bounds every command by its timeout
         if not line:
             self.proc.wait(timeout=5)
-            raise AgentError(f"agent exited ({self.proc.returncode}): {self.proc.stderr.read()[-2000:]}")
+            raise AgentError(f"agent exited ({self.proc.returncode}): {self._stderr.read()[-2000:]}")
         return line
 
     def close(self) -> None:
@@ -433,10 +441,10 @@ class Agent(AgentClient):
                     self.poll_result()
                 self._send({"cmd": "quit"})
                 p.wait(timeout=5)
-            except Exception:
+            except Exception:  # noqa: BLE001 - whatever the polite quit failed on, the agent is killed
                 p.kill()
                 p.wait()
-        for f in (p.stdin, p.stdout, p.stderr):
+        for f in (self._stdin, self._stdout, self._stderr):
             try:
                 f.close()
             except OSError:  # closing stdin flushes it: BrokenPipeError when the agent is gone already

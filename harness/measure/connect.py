@@ -15,7 +15,8 @@ timed_out=True: a censored sample meaning "not connected within the timeout".
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from harness.measure.agent import Agent
 from harness.model import Service
@@ -78,7 +79,7 @@ def measure_connect(agent: Agent, ctx: PointContext, model_services: Sequence[Se
     rows: list[dict[str, Any]] = []
     seq: dict[str, int] = {}
     timeout_us = timeout * 1e6
-    for (ip, port, kind), (us, err) in zip(plan, results):
+    for (_ip, _port, kind), (us, err) in zip(plan, results, strict=True):
         k = seq.get(kind, 0)
         seq[kind] = k + 1
         failed = bool(err)

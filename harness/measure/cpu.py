@@ -50,8 +50,9 @@ def snapshot(path: str = "/proc/stat") -> CpuSnapshot:
     f0 = lines[0].split()
     assert f0[0] == "cpu", f"unexpected {path}"
     v = [int(x) for x in f0[1:9]] + [0] * max(0, 9 - len(f0))
+    user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
     ncpu = sum(1 for ln in lines[1:] if ln.startswith("cpu") and ln[3:4].isdigit())
-    return CpuSnapshot(t, *v[:8], ncpu=max(1, ncpu))
+    return CpuSnapshot(t, user, nice, system, idle, iowait, irq, softirq, steal, ncpu=max(1, ncpu))
 
 
 def delta(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
@@ -80,7 +81,7 @@ def cpu_rows(ctx: PointContext, before: CpuSnapshot, after: CpuSnapshot,
 class CpuPhase:
     """``with CpuPhase() as ph: ...`` then ``ph.rows(ctx, keepalive=True)``."""
 
-    def __enter__(self) -> "CpuPhase":
+    def __enter__(self) -> CpuPhase:
         self.before = snapshot()
         self.after: CpuSnapshot | None = None
         return self

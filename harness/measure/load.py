@@ -9,6 +9,8 @@ per-request records and turns them into rows (tag keepalive=true|false on every 
   omission: a stalled request delays the following ones of its user);
   a failed request (timeout, refused, reset, non-200) gives both rows with value = timeout (us)
   and timed_out=True;
+- ``request_lateness_us``: actual start - intended start, per request (failed ones too): the load
+  generator's own lateness, so a reader can tell the generator's delay from the dataplane's;
 - summary: ``load_target_rps``, ``load_achieved_rps`` (requests started in the phase / duration),
   ``load_requests``, ``load_failures``, ``load_missed`` (intended but never started: the client
   fell behind), ``load_connections`` (TCP connections the client opened, setup included),
@@ -25,8 +27,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from harness.measure.cpu import CpuSnapshot, cpu_rows
 from harness.model import Service
@@ -114,6 +117,8 @@ def _rows(ctx: PointContext, records: list[list], summary: dict[str, Any], keepa
     rows: list[dict[str, Any]] = []
     t_us = timeout * 1e6
     for seq, _user, intended, start, end, ok, err, _new in sorted(records):
+        rows.append(ctx.row("request_lateness_us", max(0, start - intended) / 1000.0, "us", seq=seq,
+                            keepalive=keepalive))
         if ok:
             rows.append(ctx.row("request_us", (end - start) / 1000.0, "us", seq=seq, keepalive=keepalive))
             rows.append(ctx.row("request_corrected_us", (end - intended) / 1000.0, "us", seq=seq,

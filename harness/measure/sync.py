@@ -23,7 +23,8 @@ restored (not measured) and checked, so N stays constant.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from harness.dataplane.base import Change, Dataplane
 from harness.measure.agent import Agent

@@ -70,6 +70,7 @@ class LabPoints:
             cluster_cidr=self.scenario.lab.pod_cidr, service_cidr=self.scenario.lab.service_cidr,
             node_ips=tuple(self.lab.node_ip(n) for n in self.model.spec.nodes),
             iptables_backend=self.scenario.iptables_backend, scheduler=self.scenario.ipvs.scheduler,
+            kube_version=self.scenario.kube_proxy_version or DataplaneSettings.kube_version,
         )
 
     def stop(self) -> None:

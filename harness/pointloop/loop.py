@@ -97,8 +97,9 @@ class PointLoop:
         yield
         status["phases"][key] = round(time.monotonic() - t, 2)
 
-    def run(self, points: Sequence[JobPoint]) -> None:
-        """Measure every point; a point that raises is recorded as failed and the next one runs."""
+    def run(self, points: Sequence[JobPoint], setup_s: float | None = None) -> None:
+        """Measure every point; a point that raises is recorded as failed and the next one runs.
+        `setup_s` (the target's start) goes into the first point's phases (plan: projected vs actual)."""
         for p in points:
             self.emit({"event": "point_start", "point_id": p.point_id, "kernel_kind": p.kernel,
                        "kernel": self.target.kernel, "mode": p.mode, "n_services": p.n_services, "rep": p.rep,
@@ -111,6 +112,8 @@ class PointLoop:
             except Exception as e:
                 status = self.target.point_failed(p, e) or failed_status(p, self.target.kernel, e)
             status["seconds"] = round(time.monotonic() - t0, 2)
+            if setup_s is not None:
+                status.setdefault("phases", {})["setup_s"], setup_s = setup_s, None
             status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             write_json(self.run_dir / "points" / f"{p.point_id}.json", status)
             self.emit({"event": "point_done", "point_id": p.point_id, "status": status["status"],

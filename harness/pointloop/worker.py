@@ -15,6 +15,7 @@ import json
 import platform
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -97,8 +98,10 @@ def main(argv: list[str] | None, target_class: Callable[[Job], Any]) -> int:
     try:
         if job.validate_only:
             return run_validate_only(target, job)
+        t_setup = time.monotonic()
         target.start()
-        PointLoop(target, job.scenario, job.run_dir, emit_event).run(job.points)
+        setup_s = round(time.monotonic() - t_setup, 2)
+        PointLoop(target, job.scenario, job.run_dir, emit_event).run(job.points, setup_s=setup_s)
         return 0
     except KeyboardInterrupt:
         emit("log", message="worker interrupted; cleaning up")

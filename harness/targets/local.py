@@ -46,7 +46,9 @@ class LocalTarget(LabTarget):
                 raise LabError(f"{tool} not found: run `make setup` (installs iproute2, iptables, nftables, nginx-light)")
         from harness.targets import localcluster as lc
 
-        self._binaries = lc.find_binaries(lc.CACHE_ROOT / "kube" / scenario.local.kube_version / "bin")  # one line: "... not found in ...: run `make kube` ..."
+        from harness.targets.local_binaries import binaries_for
+
+        self._binaries = binaries_for(scenario.kube_proxy_version)  # one line: "... not built: run `make kube ...`"
         check_capacity(scenario)
         import ipaddress
 

@@ -97,7 +97,7 @@ def kube_proxy_cleanup(netns: str, binary: str | Path | None = None, timeout: fl
             return p.stderr
         if log:
             log(f"kube-proxy --cleanup in {netns} (attempt {attempt}): exit {p.returncode}:\n{p.stderr[-6000:]}")
-    errors = [l for l in p.stderr.splitlines() if l.startswith("E")] or p.stderr.strip().splitlines()
+    errors = [line for line in p.stderr.splitlines() if line.startswith("E")] or p.stderr.strip().splitlines()
     raise LocalClusterError(f"kube-proxy --cleanup in {netns} failed twice (exit {p.returncode}): "
                             f"{' | '.join(errors[:3])[-900:]}")
 

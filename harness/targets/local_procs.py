@@ -48,8 +48,8 @@ class Proc:
         component's start-up flag dump would otherwise bury the cause. The whole log stays in
         `self.log` (a run keeps it in local-logs/)."""
         lines = self.log_tail(400).splitlines()
-        why = [l for l in lines if _CAUSE.match(l)][:6]
-        last = [l for l in lines[-tail:] if l not in why]
+        why = [line for line in lines if _CAUSE.match(line)][:6]
+        last = [line for line in lines[-tail:] if line not in why]
         return "\n".join(why + last)
 
     def stop(self, timeout: float = 10.0) -> int | None:

@@ -21,8 +21,10 @@ ascending, as the runner plans them):
   Service IP (KUBE-SERVICES rules, the nftables service-ips / no-endpoint-services maps, or the
   KUBE-CLUSTER-IP ipset) AND a connect to the last Service succeeds;
 * fidelity: what kube-proxy installed (the lab dataplane's own counts() read from node a) against
-  what the lab dataplane installs for the same Services (plus default/kubernetes) in a scratch
-  namespace `kpb-<tag>-fid`; point status `fidelity` and `fidelity_differences`;
+  what the lab dataplane of the same release installs for the same Services (plus
+  default/kubernetes) in a scratch namespace `kpb-<tag>-fid`, and for iptables and nftables the
+  two listings rule by rule (harness.targets.fidelity); point status `fidelity` and
+  `fidelity_differences`;
 * connect and load exactly as the lab (harness.measure);
 * sync_one_s / sync_apply_s through harness.measure.sync.measure_sync_one with a Dataplane whose
   apply() is API calls (ApiDataplane); `program_us` = API call return -> served, in microseconds;
@@ -55,6 +57,7 @@ from harness.pointloop.loop import JobPoint, failed_status
 from harness.pointloop.worker import Job, emit, main as worker_main
 from harness.samples import PointContext, SampleWriter
 from harness.k8s.rest import request as _request
+from harness.targets import fidelity as fidelity_diff
 from harness.targets import localcluster as lc
 from harness.targets.local_dataplane import ApiDataplane
 from harness.targets.local_kubeproxy import metric_rows
@@ -113,7 +116,9 @@ class LocalPoints(LabPoints):
             self.cluster.start()
             emit("log", message=f"local: apiserver reachable from the guest in {time.monotonic() - t0:.1f} s")
         else:
-            binaries = lc.find_binaries(lc.CACHE_ROOT / "kube" / self.local.kube_version / "bin")
+            from harness.targets.local_binaries import binaries_for
+
+            binaries = binaries_for(self.scenario.kube_proxy_version or self.local.kube_version)
             emit("log", message=f"local: starting etcd + kube-apiserver ({binaries.kube_apiserver})")
             self.cluster = lc.LocalCluster(
                 tag=self.job.tag, binaries=binaries, service_cidr=self.scenario.lab.service_cidr,
@@ -466,17 +471,21 @@ class LocalPoints(LabPoints):
         dp = make_dataplane(mode, self.fid_ns, replace(self.settings, node_ips=(self.lab.node_ip("a"),)), node="a")
         d = self.run_dir / "fidelity"
         d.mkdir(exist_ok=True)
-        (d / f"{point_id}-kube-proxy.txt").write_text(self._dump(self.lab.node_ns("a"), mode))
+        kp_dump = self._dump(self.lab.node_ns("a"), mode)
+        (d / f"{point_id}-kube-proxy.txt").write_text(kp_dump)
         try:
             dp.full_sync(self._all_services(services))
             lab_counts = dp.counts()
-            (d / f"{point_id}-lab.txt").write_text(self._dump(self.fid_ns, mode))
+            lab_dump = self._dump(self.fid_ns, mode)
+            (d / f"{point_id}-lab.txt").write_text(lab_dump)
         finally:
             dp.cleanup()
         fid = {k: {"kube_proxy": kp_counts.get(k), "lab": lab_counts.get(k)}
                for k in sorted(set(kp_counts) | set(lab_counts))}
         diffs = [f"{k}: kube-proxy {v['kube_proxy']}, lab {v['lab']}" for k, v in fid.items()
                  if v["kube_proxy"] != v["lab"]]
+        # and rule by rule (harness.targets.fidelity lists what is left out as cosmetic)
+        diffs += [f"ruleset {x}" for x in fidelity_diff.differences(mode, kp_dump, lab_dump)]
         return fid, diffs
 
     def sync_one(self, p: JobPoint, ctx: PointContext, services, status: dict) -> list[dict]:

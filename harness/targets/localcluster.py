@@ -42,12 +42,26 @@ from pathlib import Path
 
 from harness.k8s.endpoint import ApiEndpoint, write_kubeconfig
 from harness.k8s.kubeproxy_config import DEFAULT_CLUSTER_CIDR, HEALTHZ_PORT, METRICS_PORT
-from harness.k8s.objects import (MANAGED_BY, CreateStats, create_node, create_services, endpoint_slice_bodies,
-                                 ensure_namespaces, list_names, service_body)
-from harness.lab import netns as lab_netns
-from harness.lab import registry
-from harness.targets.local_binaries import (CACHE_ROOT, REPO, Binaries, default_bin_dir, find_binaries,
-                                            kube_version, pinned_kube_version)
+from harness.k8s.objects import (
+    MANAGED_BY,
+    CreateStats,
+    create_node,
+    create_services,
+    endpoint_slice_bodies,
+    ensure_namespaces,
+    list_names,
+    service_body,
+)
+from harness.lab import netns as lab_netns, registry
+from harness.targets.local_binaries import (
+    CACHE_ROOT,
+    REPO,
+    Binaries,
+    default_bin_dir,
+    find_binaries,
+    kube_version,
+    pinned_kube_version,
+)
 from harness.targets.local_kubeproxy import KubeProxy, kube_proxy_cleanup, scrape_metrics, start_kube_proxy
 from harness.targets.local_pki import make_pki
 from harness.targets.local_procs import LocalClusterError, Proc, http_get, spawn
@@ -113,7 +127,7 @@ class LocalCluster:
 
     # ---- lifecycle
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         try:
             self.start()
         except BaseException:
@@ -124,7 +138,7 @@ class LocalCluster:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         _install_cleanup(self)
         if self._workdir_arg:
             self._workdir_arg.mkdir(parents=True, exist_ok=True)
@@ -313,12 +327,12 @@ class LocalCluster:
                 "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount",
                 f"--v={self.apiserver_verbosity}",
                 *self.apiserver_args]
-        self.apiserver = self._spawn("kube-apiserver", argv)
+        self.apiserver = apiserver = self._spawn("kube-apiserver", argv)
 
         def alive() -> None:
-            if not self.apiserver.alive():
-                raise LocalClusterError(f"kube-apiserver exited with {self.apiserver.popen.returncode}:\n"
-                                        f"{self.apiserver.failure()}")
+            if not apiserver.alive():
+                raise LocalClusterError(f"kube-apiserver exited with {apiserver.popen.returncode}:\n"
+                                        f"{apiserver.failure()}")
         last = self._wait_readyz(self.api_addr, self.ready_timeout, attempt_timeout=3, alive=alive)
         if last is not None:
             raise LocalClusterError(f"kube-apiserver not ready after {self.ready_timeout:.0f} s ({last}); "
@@ -356,7 +370,7 @@ class LocalCluster:
 
     # ---- kube-proxy on a node of this cluster
 
-    def start_kube_proxy(self, node_netns: str, node_name: str, mode: str, **kw) -> "KubeProxy":
+    def start_kube_proxy(self, node_netns: str, node_name: str, mode: str, **kw) -> KubeProxy:
         """Attach `node_netns` to the API bridge (once) and run kube-proxy for `node_name` there."""
         assert self.workdir
         self.attach_node(node_netns)
@@ -398,7 +412,7 @@ class GuestCluster(LocalCluster):
         self.tokens = dict(c["tokens"])
         self._ca_file = Path(c["ca_file"])
 
-    def start(self, ready_timeout: float = 60.0) -> "GuestCluster":
+    def start(self, ready_timeout: float = 60.0) -> GuestCluster:
         _install_cleanup(self)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"kpb-{self.tag}-"))
         os.chmod(self.workdir, 0o700)

@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+from harness import releases as versions
 from harness.dataplane import make_dataplane, render
 from harness.dataplane.base import Change, DataplaneSettings
 from harness.lab import netns
@@ -23,6 +24,7 @@ from harness.modes import MODES
 pytestmark = pytest.mark.kernel
 _seq = itertools.count()
 NODE_IP = "10.255.0.1"
+V134 = "v1.34.12"  # the nftables counts below are that release's (v1.36+: expected_nftables_v136)
 
 
 @pytest.fixture
@@ -84,9 +86,11 @@ def test_iptables_payload_accepted(ns, backend):
         netns.run(ns, [f"iptables-{backend}-restore", "--noflush", "--test"], input=text)
 
 
-def test_nftables_payload_accepted(ns):
+@pytest.mark.parametrize("release", [versions.representative("nftables", f) for f in versions.families("nftables")])
+def test_nftables_payload_accepted(ns, release):
     for services in (small(), model_200()[1]):
         for settings in (DataplaneSettings(node_ips=(NODE_IP,)), DataplaneSettings()):
+            settings = dataclasses.replace(settings, kube_version=release)
             netns.run(ns, ["nft", "-c", "-f", "-"], input=render("nftables", services, settings))
 
 
@@ -134,6 +138,52 @@ def expected_nftables(services):
     return c
 
 
+def expected_nftables_v136(services, single_dnat: bool):
+    """v1.36+ (single_dnat: v1.37): no mark-for-masquerade chain, one masquerade rule in
+    `services`, endpoint chains only with affinity, a shared hairpin-connections set."""
+    c = {"chains": 15, "rules": 22, "cluster_ips": 0, "service_ips": 0, "service_nodeports": 0,
+         "no_endpoint_services": 0, "no_endpoint_nodeports": 0, "hairpin_connections": 0}
+    hairpin = set()
+    for s in services:
+        e = len(s.endpoints)
+        c["cluster_ips"] += 1
+        np_ = bool(s.ports[0].node_port)
+        if e == 0:
+            c["no_endpoint_services"] += 1
+            c["no_endpoint_nodeports"] += np_
+            continue
+        aff = s.affinity_timeout is not None
+        c["chains"] += 1 + (e if aff else 0) + np_
+        c["rules"] += 1 + (3 * e if aff else 0) + 2 * np_
+        c["service_ips"] += 1
+        c["service_nodeports"] += np_
+        hairpin.update((x.ip, x.port) for x in s.endpoints)
+    c["hairpin_connections"] = len(hairpin)
+    return c
+
+
+@pytest.mark.parametrize("release", ["v1.36.3", "v1.37.2"])
+def test_nftables_v136_program_apply_cleanup(ns, release):
+    m, services = model_200()
+    one = [s.with_endpoints(s.endpoints[:1]) for s in services[:20]]  # v1.37's plain dnat
+    services = one + list(services[20:])
+    dp = make_dataplane("nftables", ns, DataplaneSettings(node_ips=(NODE_IP,), kube_version=release))
+    single = release == "v1.37.2"
+    dp.full_sync(services)
+    exp = expected_nftables_v136(services, single)
+    assert subset(dp.counts(), exp) == exp
+    plain = one[15]  # one endpoint, no affinity
+    chain = next(c for c in dp.objects(plain).chains if c.startswith("service-"))
+    listing = netns.run(ns, ["nft", "list", "chain", "ip", "kube-proxy", chain]).stdout
+    assert ("numgen" not in listing) == single and "dnat" in listing
+    for kind, change, after in changes(m, services):
+        dp.apply(after, change)
+        exp = expected_nftables_v136(after, single)
+        assert subset(dp.counts(), exp) == exp, kind
+    dp.cleanup()
+    assert dp.counts()["table"] == 0
+
+
 def expected_ipvs(services, node_ips=1):
     vs = rs = members = 0
     for s in services:
@@ -178,7 +228,7 @@ def test_iptables_program_apply_cleanup(ns, backend):
 
 def test_nftables_program_apply_cleanup(ns):
     m, services = model_200()
-    dp = make_dataplane("nftables", ns, DataplaneSettings(node_ips=(NODE_IP,)))
+    dp = make_dataplane("nftables", ns, DataplaneSettings(node_ips=(NODE_IP,), kube_version=V134))
     dp.full_sync(services)
     exp = expected_nftables(services)
     assert subset(dp.counts(), exp) == exp

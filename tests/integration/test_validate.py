@@ -157,6 +157,15 @@ def test_matrix_passes(lab, mode):
     json.dumps(res)  # goes into metadata.json as is
 
 
+@pytest.mark.parametrize("release", [r for r in ("v1.33.13", "v1.34.12", "v1.36.3")])
+def test_nftables_matrix_passes_for_every_release_family(lab, release):
+    """The default release is test_matrix_passes'; each older nftables family carries the traffic too."""
+    lab_, agent, model, settings = lab
+    res = _run((lab_, agent, model, replace(settings, kube_version=release)), "nftables")
+    assert res["passed"], f"nftables {release}: failing cells:\n{_explain(res)}"
+    assert res["no_endpoints_behaviour"] == "reject"
+
+
 def test_format_table_names_every_path_and_mode(lab):
     results = {m: baseline(lab, m) for m in HOST_MODES}
     text = V.format_table({**results, "ipvs": None})
@@ -216,6 +225,9 @@ def _drop_hairpin_masquerade(mode: str, svc: Service):
             assert len(rules) == 1, f"no hairpin masquerade rule in {sep}:\n{save}"
             netns.run(dp.ns, [f"iptables-{dp.settings.iptables_backend}", "-w", "5", "-t", "nat", "-D",
                               *_split(rules[0][3:])])
+        elif getattr(dp, "shared_masq", False):  # nftables v1.36+: the hairpin-connections element
+            key = f"{ep.ip} . {ep.ip} . tcp . {ep.port}"
+            netns.run(dp.ns, ["nft", f"delete element ip kube-proxy hairpin-connections {{ {key} }}"])
         else:
             p = svc.ports[0]
             chain = names.nft_endpoint_chain(svc.namespace, svc.name, p.protocol, p.name, ep.ip, ep.port)
@@ -239,6 +251,14 @@ def test_hairpin_cell_needs_the_hairpin_masquerade(lab, mode):
     hairpin cell fails (the reply would come from the pod's own address)."""
     res = _run(lab, mode, {"a": _drop_hairpin_masquerade(mode, _services(lab)[V.HAIRPIN])})
     _assert_exactly(lab, mode, res, {"pod->svc->same pod (hairpin)"})
+
+
+def test_hairpin_cell_needs_the_endpoint_chain_masquerade_before_v136(lab):
+    """nftables before v1.36 masquerades hairpin traffic in each endpoint chain (v1.36+: a set)."""
+    lab_, agent, model, settings = lab
+    fx = (lab_, agent, model, replace(settings, kube_version="v1.34.12"))
+    res = _run(fx, "nftables", {"a": _drop_hairpin_masquerade("nftables", _services(lab)[V.HAIRPIN])})
+    _assert_exactly(fx, "nftables", res, {"pod->svc->same pod (hairpin)"}, base=_run(fx, "nftables"))
 
 
 @pytest.mark.parametrize("mode", HOST_MODES)

@@ -1,7 +1,9 @@
 """Rendering of the three proxy modes: kube-proxy's names, rule counts, golden outputs.
 
-Goldens live in tests/golden/dataplane_<mode>.txt; regenerate (after checking the diff by hand
-against /work/shared/reference/kube-proxy-dataplane.md) with KPB_UPDATE_GOLDEN=1.
+Goldens live in tests/golden/dataplane_<mode>.txt for the family of v1.34 (the release these
+tests were written for) and dataplane_<mode>_<family>.txt for the other families; regenerate
+(after checking the diff by hand against /work/shared/reference/kube-proxy-dataplane.md and the
+release's pkg/proxy/<mode>/proxier.go) with KPB_UPDATE_GOLDEN=1.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import releases as versions
 from harness.dataplane import make_dataplane, names, render
 from harness.dataplane.base import DataplaneSettings
 from harness.dataplane.iptables import IptablesDataplane
@@ -20,7 +23,8 @@ from harness.model import Endpoint, ModelSpec, Service, ServicePort, build_model
 from harness.modes import MODES
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-SETTINGS = DataplaneSettings(node_ips=("10.255.0.1",))
+V134 = "v1.34.12"  # the shape tests below describe this release (nftables changed in v1.36 and v1.37)
+SETTINGS = DataplaneSettings(node_ips=("10.255.0.1",), kube_version=V134)
 
 
 def small_services() -> list[Service]:
@@ -65,7 +69,7 @@ def test_rendered_names_use_the_model_port_string():
     ipt = render("iptables", [svc])
     assert ":KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]" in ipt
     assert "-A KUBE-SEP-SXIVWICOYRO3J4NJ -m comment --comment ns1/svc1:p80 -s 10.180.0.1 -j KUBE-MARK-MASQ" in ipt
-    nft = render("nftables", [svc])
+    nft = render("nftables", [svc], DataplaneSettings(kube_version=V134))
     assert "add chain ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80\n" in nft
     assert "numgen random mod 1 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 }" in nft
 
@@ -136,7 +140,7 @@ def test_partial_sync_payload_rewrites_only_the_changed_service():
 
 # --------------------------------------------------------------------------- nftables / ipvs shape
 def test_nftables_rules_per_service_port():
-    dp = make_dataplane("nftables", None)
+    dp = make_dataplane("nftables", None, DataplaneSettings(kube_version=V134))
     one = dp.render(build_model(ModelSpec(n_services=1, endpoints=3)).services)
     two = dp.render(build_model(ModelSpec(n_services=2, endpoints=3)).services)
     per = [line for line in two.splitlines() if line not in set(one.splitlines())]
@@ -155,10 +159,16 @@ def test_ipvs_render_sections():
 
 
 # --------------------------------------------------------------------------- goldens
-@pytest.mark.parametrize("mode", MODES)  # every registered mode needs its golden
-def test_golden(mode):
-    text = render(mode, small_services(), SETTINGS)
-    path = GOLDEN / f"dataplane_{mode}.txt"
+# every registered mode needs its goldens, one per ruleset family
+GOLDEN_CASES = [(mode, fam) for mode in MODES for fam in versions.families(mode)]
+
+
+@pytest.mark.parametrize("mode,family", GOLDEN_CASES)
+def test_golden(mode, family):
+    release = versions.representative(mode, family)
+    text = render(mode, small_services(), dataclasses.replace(SETTINGS, kube_version=release))
+    own = versions.family(mode, V134) == family
+    path = GOLDEN / (f"dataplane_{mode}.txt" if own else f"dataplane_{mode}_{family}.txt")
     if os.environ.get("KPB_UPDATE_GOLDEN"):
         path.write_text(text)
     assert path.exists(), f"missing golden {path}: run with KPB_UPDATE_GOLDEN=1 and review it"

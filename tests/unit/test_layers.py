@@ -17,7 +17,7 @@ HARNESS = Path(__file__).resolve().parents[2] / "harness"
 # lowest first; a module may import from its own layer and the ones below it
 LAYERS: dict[str, list[str]] = {
     "base": ["harness", "harness.scenario", "harness.model", "harness.samples", "harness.modes",
-             "harness.metrics", "harness.errors", "harness.jsonfile"],
+             "harness.metrics", "harness.errors", "harness.jsonfile", "harness.releases", "harness.units"],
     "dataplane/lab": ["harness.dataplane", "harness.dataplane._tool", "harness.dataplane.base",
                       "harness.dataplane.iptables", "harness.dataplane.ipvs", "harness.dataplane.ipvs_netlink",
                       "harness.dataplane.names", "harness.dataplane.nftables",
@@ -32,7 +32,7 @@ LAYERS: dict[str, list[str]] = {
                 "harness.targets.local_binaries", "harness.targets.local_dataplane",
                 "harness.targets.local_kubeproxy", "harness.targets.local_pki",
                 "harness.targets.local_procs", "harness.targets.local_worker", "harness.targets.localcluster",
-                "harness.targets.fidelity", "harness.targets.kube_binaries",
+                "harness.targets.fidelity",
                 "harness.k8s", "harness.k8s.endpoint", "harness.k8s.kubeproxy_config", "harness.k8s.metrics",
                 "harness.k8s.objects", "harness.k8s.ratelimit", "harness.k8s.rest",
                 "harness.cluster", "harness.cluster.backend", "harness.cluster.kube",
@@ -40,7 +40,7 @@ LAYERS: dict[str, list[str]] = {
                 "harness.cluster.objects", "harness.cluster.options", "harness.cluster.preflight",
                 "harness.cluster.probe", "harness.cluster.restore", "harness.cluster.switch"],
     "runner": ["harness.runner", "harness.plan", "harness.costmodel", "harness.progress", "harness.metadata"],
-    "results": ["harness.results", "harness.analysis", "harness.plots", "harness.report"],
+    "results": ["harness.results", "harness.analysis", "harness.plots", "harness.report", "harness.findings"],
     "commands": ["harness.commands", "harness.commands.clean_cmd", "harness.commands.compare_cmd",
                  "harness.commands.doctor_cmd", "harness.commands.privileges", "harness.commands.render_cmd",
                  "harness.commands.report_cmd", "harness.commands.restore_cmd", "harness.commands.run_cmd",

@@ -31,4 +31,7 @@ def test_notebook_executes_against_canned_run(monkeypatch):
     assert str(CANNED) in text
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs if "data" in o)
     assert "grows linearly with the number of Services" in html and "flat within noise" in html
+    first_md = next(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})
+                    and "Findings" in o["data"]["text/markdown"])
+    assert "through iptables costs" in first_md and "Decision rule" in first_md  # the report's findings
     assert elapsed < 120  # ~30 s on 2 shared cores

@@ -1,0 +1,234 @@
+"""How long each phase of a point takes, as a function of the Service count N.
+
+Every phase of a point is projected per target (lab / local), kernel (host / uml) and mode from
+measured figures of this project's 2-core machines (the source is written beside each
+coefficient), then refined with what the run has measured so far (`Refiner`): a phase's
+projection for the remaining points is scaled by actual / projected of the largest point already
+measured for the same phase, target, kernel and mode; an unmeasured key takes the median factor of
+the other keys of its kernel (the machine being slower or faster than when the figures were taken).
+
+Phases (seconds):
+  setup      once per kernel group: guest boot, Python imports, lab up, etcd + apiserver (local)
+  validate   once per mode and kernel group: the functional traffic matrix
+  api        local target: creating / deleting Services + EndpointSlices up to N (~273 objects/s)
+  sync_full  program N Services from empty on both nodes (and check them)
+  connect    connect probes: random, first / last, direct to pod IPs
+  load       the load phases (one per keepalive variant)
+  sync_one   one-change syncs (add / update / delete) x count
+  other      per-point rest (kube-proxy stop and cleanup, status writing)
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Mapping
+
+PHASES = ("setup", "validate", "api", "sync_full", "connect", "load", "sync_one", "other")
+API_OBJECTS_PER_S = 273.0  # stop 10: bench_api_create.py, 50,000 Services + slices, 273 objects/s overall
+
+
+@dataclass(frozen=True)
+class Poly:
+    """a + b*N + c*N^2 seconds."""
+
+    a: float = 0.0
+    b: float = 0.0
+    c: float = 0.0
+
+    def __call__(self, n: int) -> float:
+        return self.a + self.b * n + self.c * n * n
+
+    @property
+    def growth(self) -> str:
+        return "quadratic" if self.c else "linear" if self.b else "constant"
+
+
+@dataclass(frozen=True)
+class KernelCosts:
+    """Costs that depend on the kernel (and target) but not on the mode."""
+
+    setup: float  # s per kernel group
+    connect_probe: float  # s per connect attempt
+    load_overhead: float  # s per load variant beyond its duration (locust start, import)
+    validate: float  # s per mode
+    other: float  # s per point
+
+
+# kernel costs. host lab: canned run tests/canned/run-real-host (wall 36.2 s, 4 points 34.9 s;
+# connect 0.08 s for 500 probes; load 3.6-3.9 s per 3 s variant; validate 0.22-0.33 s).
+# uml lab: stop 9 run 20261201T073300Z-e5cab4 (load 26-37 s for two 10 s variants; point wall
+# minus phases 3-5 s for 3,100 probes; boot 1.5-2.3 s, `import locust` 3.4 s, lab up 2-4 s).
+# local: stop 10 runs (apiserver ready ~10 s; kube-proxy stop + cleanup + fidelity per point).
+KERNEL = {
+    ("lab", "host"): KernelCosts(setup=1.5, connect_probe=0.0002, load_overhead=0.8, validate=0.3, other=0.3),
+    ("lab", "uml"): KernelCosts(setup=20.0, connect_probe=0.0012, load_overhead=5.5, validate=10.0, other=2.0),
+    ("local", "host"): KernelCosts(setup=15.0, connect_probe=0.0002, load_overhead=1.0, validate=5.0, other=5.0),
+    ("local", "uml"): KernelCosts(setup=45.0, connect_probe=0.0012, load_overhead=5.5, validate=60.0, other=30.0),
+}
+
+
+@dataclass(frozen=True)
+class ModeCosts:
+    """sync_full: the whole phase (both nodes); sync_one: one change (capped at the sync timeout)."""
+
+    sync_full: Poly
+    sync_one: Poly
+    ruleset: str
+
+
+_IPT = "iptables-{backend}, one KUBE-SVC chain per Service: full sync linear in N"
+_IPVS = "IPVS virtual servers + ipset hash sets: full sync linear in N"
+_IPVS_FORK = ("IPVS + ipsets, kube-proxy forks one `ipset add` per entry (~0.2 s per fork in UML): "
+              "full sync linear in N, ~0.55 s per Service")
+_NFT = ("nftables, one anonymous `numgen ... vmap` set per Service: full sync QUADRATIC in N (the kernel "
+        "names each anonymous set by scanning every set of the table; kubernetes/kubernetes#139513)")
+
+MODE = {
+    # lab, host 6.18: iptables-legacy-restore of 50k Services 3.4 s per node (kernel-and-lab-notes);
+    # sync_full_s 0.045 s at 1k, 0.21 s at 5k per node; one change 0.033 / 0.13 s at 1k / 5k plus
+    # ~0.12 s of polling per change (canned run-real-host: 0.93 s for 6 changes at 50-200).
+    ("lab", "host", "iptables"): ModeCosts(Poly(0.05, 0.00012), Poly(0.12, 0.000025), _IPT),
+    # no IPVS on this host: a kernel that has it is assumed ~3x faster than the UML guest
+    ("lab", "host", "ipvs"): ModeCosts(Poly(0.5, 0.0003), Poly(0.12, 0.000001), _IPVS),
+    # nft -f per node: 0.24 s at 1k, 3.2 s at 5k (lab vs real table), 31 s at 10k (stop 9)
+    ("lab", "host", "nftables"): ModeCosts(Poly(0.1, 0.0001, 4e-7), Poly(0.13, 0.0000095), _NFT),
+    # lab, kpbench UML 6.1 (stop 9, run 20261201T073300Z-e5cab4, both nodes, 21 changes per point):
+    # iptables full 2.3 / 2.9 / 3.0 / 4.7 s at 1k / 2k / 5k / 10k, restore of 50k 11.6 s per node;
+    # sync_one phase 28 / 45 / 99 / 179 s -> 0.57 + 0.0008 N per change
+    ("lab", "uml", "iptables"): ModeCosts(Poly(2.0, 0.00035), Poly(0.57, 0.0008), _IPT),
+    # ipvs full 7.2 / 7.5 / 9.9 / 14.6 s; sync_one phase 13-19 s
+    ("lab", "uml", "ipvs"): ModeCosts(Poly(6.4, 0.00082), Poly(0.7, 0.0000004), _IPVS),
+    # nftables full 13.9 / 23 / 79 / ~340 s, 20k node a alone 617 s; sync_one phase 23 / 27 / 28 / 30 s
+    ("lab", "uml", "nftables"): ModeCosts(Poly(10.0, 0.0, 3.3e-6), Poly(1.05, 0.000038), _NFT),
+    # local (real kube-proxy v1.34.12), host (stop 10, runs 20261201T101010Z-0cf45c and
+    # 20261201T103756Z-553d07): sync_full_s 0.69 / 1.83 / 3.4 / 7.2 s at 1k / 5k / 10k / 20k; the
+    # phase also stops and cleans the previous mode and runs the fidelity dump (point 122 / 160 s
+    # at 10k / 20k); one change 0.088 / 0.42 / 0.99 / 2.3 s
+    ("local", "host", "iptables"): ModeCosts(Poly(3.0, 0.002), Poly(0.05, 0.00011), _IPT),
+    # nftables: sync_full_s 1.48 / 10.8 / 30.7 / 228 s; phase (point 359 / 1,159 s at 10k / 20k
+    # minus changes and load) ~156 / 507 s; one change 0.43 / 2.8 / 8.6 / >=30 s
+    ("local", "host", "nftables"): ModeCosts(Poly(1.0, 0.003, 1.0e-6), Poly(0.1, 0.0004, 5e-8), _NFT),
+    ("local", "host", "ipvs"): ModeCosts(Poly(3.0, 0.003), Poly(0.1, 0.0001), _IPVS),
+    # local UML (stop 10, run 20261201T095914Z-c8f38a): ipvs full 67 / 175 s at 100 / 300 Services
+    # (one `ipset add` fork per entry, ~0.2 s per fork in UML), one change 16 / 30 s
+    ("local", "uml", "ipvs"): ModeCosts(Poly(13.0, 0.54), Poly(9.0, 0.07), _IPVS_FORK),
+    # not measured: the lab's UML costs plus kube-proxy's forks (~1 s per sync in UML)
+    ("local", "uml", "iptables"): ModeCosts(Poly(8.0, 0.001), Poly(1.5, 0.0017), _IPT),
+    ("local", "uml", "nftables"): ModeCosts(Poly(15.0, 0.0, 5e-6), Poly(2.0, 0.0001), _NFT),
+}
+
+
+def mode_costs(target: str, kernel: str, mode: str) -> ModeCosts:
+    """The coefficients of a mode; a mode registered without figures of its own (harness.modes)
+    is projected as iptables on the same kernel, and its ruleset line says so."""
+    key = (cost_target(target), kernel_kind(kernel))
+    hit = MODE.get((*key, mode))
+    if hit is not None:
+        return hit
+    base = MODE[(*key, "iptables")]
+    return ModeCosts(base.sync_full, base.sync_one, f"{mode}: no measured cost figures yet, projected as iptables")
+
+
+def kernel_kind(kernel: str) -> str:
+    """The runner's kernel names (host, uml, local, local-uml, cluster) -> host | uml."""
+    return "uml" if "uml" in kernel else "host"
+
+
+def cost_target(target: str) -> str:
+    # the cluster target has no figures of its own: a real kube-proxy, like the local target
+    return "lab" if target == "lab" else "local"
+
+
+def ruleset(target: str, kernel: str, mode: str, iptables_backend: str = "legacy") -> str:
+    return mode_costs(target, kernel, mode).ruleset.format(backend=iptables_backend)
+
+
+def full_sync_growth(target: str, kernel: str, mode: str) -> str:
+    return mode_costs(target, kernel, mode).sync_full.growth
+
+
+@dataclass
+class PointShape:
+    """What a point costs depends on: its place (target, kernel, mode, N) and the scenario's counts."""
+
+    target: str
+    kernel: str
+    mode: str
+    n: int
+
+
+def sync_changes(scenario) -> int:
+    s = scenario.measure.sync
+    return -(-s.samples // len(s.kinds)) * len(s.kinds)
+
+
+def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int) -> dict[str, float]:
+    """Projected seconds per phase of one point, from the measured coefficients alone."""
+    key = (cost_target(shape.target), kernel_kind(shape.kernel))
+    kc, mc = KERNEL[key], mode_costs(shape.target, shape.kernel, shape.mode)
+    m, n = scenario.measure, shape.n
+    probes = m.connect.samples + 2 * m.connect.edge_samples + m.connect.direct_samples
+    out = {
+        "validate": kc.validate if validate else 0.0,
+        "api": 2 * abs(api_delta) / API_OBJECTS_PER_S if key[0] == "local" else 0.0,
+        "sync_full": mc.sync_full(n),
+        "connect": probes * kc.connect_probe,
+        "load": (len(m.load.keepalive) * (m.load.duration_s + kc.load_overhead)) if m.load.enabled else 0.0,
+        "sync_one": sync_changes(scenario) * min(mc.sync_one(n), m.sync.timeout_s),
+        "other": kc.other,
+    }
+    return out
+
+
+def setup_cost(target: str, kernel: str) -> float:
+    return KERNEL[(cost_target(target), kernel_kind(kernel))].setup
+
+
+def actual_phases(status: Mapping) -> dict[str, float]:
+    """A finished point's status (worker's `phases` and `seconds`) -> seconds per phase of PHASES
+    (a failed point's time before its error, in phases not reported, counts as `other`)."""
+    ph = status.get("phases") or {}
+    api = float(ph.get("api_reconcile_s", 0.0))
+    out = {
+        "validate": float(ph.get("validate_s", 0.0)),
+        "api": api,
+        "sync_full": max(0.0, float(ph.get("sync_full_s", 0.0)) - api),  # the local worker times api inside it
+        "connect": float(ph.get("connect_s", 0.0)),
+        "load": sum(float(v) for k, v in ph.items() if k.startswith("load_")),
+        "sync_one": float(ph.get("sync_one_s", 0.0)),
+    }
+    seconds = status.get("seconds")
+    out["other"] = max(0.0, float(seconds) - sum(out.values())) if seconds is not None else 0.0
+    return out
+
+
+MIN_REFINE_S = 0.5  # below this a phase's time is mostly noise: not used to rescale
+
+
+@dataclass
+class Refiner:
+    """actual / projected per (target, kernel, mode, phase), from the largest N measured so far."""
+
+    factors: dict[tuple, tuple[int, float]] = field(default_factory=dict)
+
+    def observe(self, shape: PointShape, projected: Mapping[str, float], actual: Mapping[str, float]) -> None:
+        for phase, p in projected.items():
+            a = actual.get(phase)
+            if a is None or phase in ("setup", "validate", "other") or max(p, a) < MIN_REFINE_S or p <= 0:
+                continue
+            key = (shape.target, kernel_kind(shape.kernel), shape.mode, phase)
+            prev = self.factors.get(key)
+            if prev is None or shape.n >= prev[0]:
+                self.factors[key] = (shape.n, min(max(a / p, 0.05), 20.0))
+
+    def factor(self, shape: PointShape, phase: str) -> float:
+        hit = self.factors.get((shape.target, kernel_kind(shape.kernel), shape.mode, phase))
+        if hit:
+            return hit[1]
+        same_kernel = [f for (t, k, _, _), (_, f) in self.factors.items()
+                       if t == shape.target and k == kernel_kind(shape.kernel)]
+        return statistics.median(same_kernel) if same_kernel else 1.0
+
+    def refine(self, shape: PointShape, phases: Mapping[str, float]) -> dict[str, float]:
+        return {ph: s * self.factor(shape, ph) for ph, s in phases.items()}

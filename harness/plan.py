@@ -1,0 +1,275 @@
+"""The plan of a run, before anything is measured: every point, where it runs and why, what it is
+projected to cost (harness.costmodel), and which points a time budget leaves out.
+
+Points run in the target's order: grouped by kernel (one worker per kernel), in sweep order within
+a group. A point that does not fit the budget is left out (status `over_budget`), said in the plan
+with its projected cost and the command that measures it; later, cheaper points may still fit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from harness import costmodel as cm
+from harness.scenario import ScenarioError
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+NO_BUDGET = ("none", "unlimited", "inf")
+
+
+class BudgetError(ScenarioError):
+    """--budget does not parse, is negative or is below what one point of each mode needs."""
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'30m', '1h30m', '900s', '900', 'none' -> seconds (None = no budget); ValueError otherwise."""
+    if text is None:
+        return None
+    t = str(text).strip().lower().replace(" ", "")
+    if t in NO_BUDGET:
+        return None
+    if t.startswith("-"):
+        raise ValueError("negative")
+    m = _DURATION.match(t)
+    if not t or not m or not any(m.groups()):
+        raise ValueError("not a duration")
+    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """Seconds -> '1h05m', '12m30s', '45s' (rounded up to whole seconds)."""
+    if seconds is None:
+        return "none"
+    s = int(-(-seconds // 1))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def fmt_short(seconds: float) -> str:
+    """Like fmt_duration, with a tenth of a second below 10 s."""
+    return f"{seconds:.1f}s" if seconds < 10 else fmt_duration(seconds)
+
+
+@dataclass
+class PlannedPoint:
+    point: object  # runner.Point
+    shape: cm.PointShape
+    projected: dict[str, float]  # phase -> seconds (setup included for the first point of a group)
+    fits: bool = True
+
+    @property
+    def total(self) -> float:
+        return sum(self.projected.values())
+
+
+@dataclass
+class Plan:
+    scenario: object
+    target: str
+    kernel_plan: dict[str, list[str]]
+    kernel_reasons: dict[str, str]
+    budget_s: float | None
+    points: list[PlannedPoint]
+    minimum_s: float
+    refiner: cm.Refiner = field(default_factory=cm.Refiner)
+
+    @property
+    def included(self) -> list[PlannedPoint]:
+        return [p for p in self.points if p.fits]
+
+    @property
+    def over_budget(self) -> list[PlannedPoint]:
+        return [p for p in self.points if not p.fits]
+
+    @property
+    def projected_total(self) -> float:
+        return sum(p.total for p in self.included)
+
+    def measure_command(self, pp: PlannedPoint, run_dir) -> str:
+        kernel = cm.kernel_kind(pp.point.kernel)
+        return (f"kpbench run {run_dir}/scenario.yaml --services {pp.point.n_services} --modes {pp.point.mode} "
+                f"--kernel {kernel} --budget none")
+
+    def remaining(self, done: Iterable[str]) -> float:
+        """Refined projection of the included points not in `done`."""
+        done = set(done)
+        return sum(sum(self.refiner.refine(p.shape, p.projected).values())
+                   for p in self.included if p.point.point_id not in done)
+
+    def refit(self, points: list, seconds_left: float) -> list:
+        """Of `points` (left out so far), those that fit `seconds_left` by the refined projection,
+        measured by a new worker (its setup and validation charged again); they join the plan."""
+        fit = []
+
+        def keep(p, cost, so_far):
+            return so_far + cost <= seconds_left
+
+        by_id = {pp.point.point_id: i for i, pp in enumerate(self.points)}
+        for pp in project(self.scenario, self.target, points, keep, refine=self.refiner.refine):
+            if pp.fits and pp.point.point_id in by_id:
+                self.points[by_id[pp.point.point_id]] = pp
+                fit.append(pp.point)
+        return fit
+
+    def observe(self, point_id: str, status: Mapping) -> None:
+        pp = next((p for p in self.points if p.point.point_id == point_id), None)
+        if pp is not None and status.get("status") in ("ok", "invalid"):
+            self.refiner.observe(pp.shape, pp.projected, cm.actual_phases(status))
+
+    def render(self, run_dir=None) -> str:
+        """The plan as printed before the first point."""
+        sc = self.scenario
+        lines = [f"plan: {len(self.points)} points, target {self.target}, budget {fmt_duration(self.budget_s)}"]
+        for mode, kernels in self.kernel_plan.items():
+            lines.append(f"  {mode} on {', '.join(kernels)}: {self.kernel_reasons.get(mode, '')}")
+            for k in dict.fromkeys(cm.kernel_kind(k) for k in kernels):
+                lines.append(f"    ruleset ({k}): {cm.ruleset(self.target, k, mode, sc.iptables_backend)}")
+        lines.append(f"  {'kernel':<10} {'mode':<9} {'services':>8} {'rep':>3} {'full sync':>9} {'point':>8}  fits")
+        for pp in self.points:
+            p = pp.point
+            lines.append(f"  {p.kernel:<10} {p.mode:<9} {p.n_services:>8} {p.rep:>3} "
+                         f"{fmt_short(pp.projected['sync_full']):>9} {fmt_short(pp.total):>8}  "
+                         f"{'yes' if pp.fits else 'OVER BUDGET'}")
+        lines.append(f"  projected: {fmt_duration(self.projected_total)} for {len(self.included)} points"
+                     + (f" (budget {fmt_duration(self.budget_s)})" if self.budget_s is not None else ""))
+        over = self.over_budget
+        if over:
+            cost = sum(p.total for p in over)
+            lines.append(f"  NOT measured in this budget: {len(over)} point(s), projected {fmt_duration(cost)} more:")
+            for pp in over:
+                lines.append(f"    {pp.point.point_id} ({fmt_short(pp.total)}): {self.measure_command(pp, run_dir)}")
+            if run_dir is not None:
+                lines.append(f"    or all of them afterwards: kpbench run --resume {run_dir} --budget none")
+        return "\n".join(lines)
+
+    def to_meta(self, run_dir=None) -> dict:
+        return {
+            "budget_s": self.budget_s,
+            "minimum_s": round(self.minimum_s, 1),
+            "projected_total_s": round(self.projected_total, 1),
+            "points": {pp.point.point_id: {"projected": {k: round(v, 2) for k, v in pp.projected.items()},
+                                           "projected_s": round(pp.total, 1), "fits": pp.fits,
+                                           "ruleset": cm.ruleset(self.target, pp.point.kernel, pp.point.mode,
+                                                                 self.scenario.iptables_backend),
+                                           "full_sync_growth": cm.full_sync_growth(self.target, pp.point.kernel,
+                                                                                   pp.point.mode)}
+                       for pp in self.points},
+            "over_budget": [{"point_id": pp.point.point_id, "projected_s": round(pp.total, 1),
+                             "command": self.measure_command(pp, run_dir)} for pp in self.over_budget],
+        }
+
+
+def run_order(points: list) -> list:
+    """The order the lab / local targets measure points in: grouped by kernel, first seen first."""
+    groups: dict[str, list] = {}
+    for p in points:
+        groups.setdefault(p.kernel, []).append(p)
+    return [p for g in groups.values() for p in g]
+
+
+def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: True,
+            refine=None) -> list[PlannedPoint]:
+    """Projected phases of `points` in run order; a point for which keep(point, cost, so_far) is
+    False is marked not fitting, and the state it would have set up (setup, validation, API
+    objects) is charged to the next kept point. refine(shape, phases), if given, turns the
+    model's phases into the cost that keep() and so_far see (the phases kept are the model's)."""
+    out: list[PlannedPoint] = []
+    started: set[str] = set()
+    validated: set[tuple[str, str]] = set()
+    api_n: dict[str, int] = {}
+    so_far = 0.0
+    for p in run_order(points):
+        shape = cm.PointShape(target, p.kernel, p.mode, p.n_services)
+        validate = scenario.validate_first and (p.kernel, p.mode) not in validated
+        phases = cm.base_phases(scenario, shape, validate=validate,
+                                api_delta=p.n_services - api_n.get(p.kernel, 0))
+        phases = {"setup": 0.0 if p.kernel in started else cm.setup_cost(target, p.kernel), **phases}
+        pp = PlannedPoint(p, shape, phases)  # the model's figures: the refiner's reference
+        cost = sum(refine(shape, phases).values()) if refine else pp.total
+        pp.fits = bool(keep(p, cost, so_far))
+        if pp.fits:
+            so_far += cost
+            started.add(p.kernel)
+            validated.add((p.kernel, p.mode))
+            api_n[p.kernel] = p.n_services
+        out.append(pp)
+    return out
+
+
+def minimum_points(points: list) -> list:
+    """The smallest point of each (kernel, mode): what 'one point of each mode' means."""
+    best: dict[tuple[str, str], object] = {}
+    for p in points:
+        k = (p.kernel, p.mode)
+        if k not in best or (p.n_services, p.rep) < (best[k].n_services, best[k].rep):
+            best[k] = p
+    return list(best.values())
+
+
+def build_plan(scenario, target: str, kernel_plan: dict[str, list[str]], points: list,
+               budget_text: str | None, kernel_reasons: Mapping[str, str] | None = None,
+               budget_flag: str = "--budget") -> Plan:
+    """Project `points` (those still to measure) and fit them into the budget; BudgetError for a
+    budget that does not parse, is negative or cannot hold one point of each mode."""
+    minimum = sum(pp.total for pp in project(scenario, target, minimum_points(points)))
+    need = f"this plan needs at least {fmt_duration(minimum)} (one point of each mode)"
+    try:
+        budget = parse_duration(budget_text)
+    except ValueError as e:
+        hint = "must not be negative" if str(e) == "negative" else "is not a duration (e.g. 30m, 1h30m, 900s, none)"
+        raise BudgetError(f"{budget_flag} {budget_text!r} {hint}; {need}") from None
+    if budget is not None and points and budget < minimum:
+        raise BudgetError(f"{budget_flag} {budget_text} is too small: {need}; "
+                          f"give --budget {fmt_duration(minimum * 1.2)} or more, or --budget none")
+    if budget is None:
+        planned = project(scenario, target, points)
+    else:
+        # one point of each mode is always kept (the minimum, reserved until reached); the others
+        # as far as the budget goes, in run order
+        reserve = {pp.point.point_id: pp.total for pp in project(scenario, target, minimum_points(points))}
+
+        def keep(p, cost, so_far):
+            if reserve.pop(p.point_id, None) is not None:
+                return True
+            return so_far + cost + sum(reserve.values()) <= budget
+
+        planned = project(scenario, target, points, keep)
+    reasons = dict(kernel_reasons or {})
+    for mode, kernels in kernel_plan.items():
+        reasons.setdefault(mode, kernel_reason(scenario, mode, kernels))
+    return Plan(scenario, target, kernel_plan, reasons, budget, planned, minimum)
+
+
+def kernel_reason(scenario, mode: str, kernels: list[str]) -> str:
+    """Why `mode` runs where it runs (from the runner's kernel planning, harness.lab.caps)."""
+    kinds = [cm.kernel_kind(k) for k in kernels]
+    if scenario.kernel != "auto":
+        return f"--kernel {scenario.kernel} asked for"
+    if mode not in scenario.modes:
+        return "added: iptables is measured on every kernel used, as the bridge between kernels"
+    if kinds == ["uml"]:
+        why = _host_lacks(mode, scenario.iptables_backend)
+        if why is None:
+            return "the host kernel could, but another mode needs the UML guest: every mode on one kernel"
+        return f"{why}: measured in the UML guest"
+    if "uml" in kinds and "host" in kinds:
+        return "on both kernels: the bridge between the host and the UML guest"
+    return "the host kernel runs it"
+
+
+def _host_lacks(mode: str, iptables_backend: str) -> str | None:
+    """What the host kernel lacks for `mode` (harness.lab.caps' probe, cached), or None."""
+    from harness.lab import caps
+
+    try:
+        return caps.unsupported(caps.host_caps(), mode, iptables_backend)
+    except Exception:  # a reason is not worth failing the plan
+        return "see `kpbench doctor`"
