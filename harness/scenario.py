@@ -94,6 +94,8 @@ class SyncSpec(_Strict):
     kinds: list[Literal["add", "update", "delete"]] = ["add", "update", "delete"]
     poll_interval_ms: float = Field(default=1.0, gt=0, le=1.0)
     timeout_s: float = Field(default=30, gt=0)
+    adaptive: bool = Field(default=True, description="samples is a cap per kind: stop once the 95% CI of "
+                           "each kind's median is within +-5% (never below the report's floor)")
 
 
 class LoadSpec(_Strict):

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from harness.dataplane import make_dataplane
 from harness.dataplane.base import DataplaneSettings
 from harness.lab.netns import LabError
+from harness.measure.adaptive import sync_stop_rule
 from harness.model import ModelSpec, build_model
 from harness.modes import mode as mode_spec
 from harness.pointloop.loop import JobPoint
@@ -146,9 +147,13 @@ class LabPoints:
         s = self.scenario.measure.sync
         kinds = tuple(s.kinds)
         per_kind = -(-s.samples // len(kinds))  # scenario gives samples per point, spread over kinds
-        return sync.measure_sync_one(self.agent, self.use_mode(p.mode)["a"], services, self.model, ctx,
+        stop = sync_stop_rule(per_kind) if s.adaptive else None
+        rows = sync.measure_sync_one(self.agent, self.use_mode(p.mode)["a"], services, self.model, ctx,
                                      restore=False, samples=per_kind, kinds=kinds, timeout=s.timeout_s,
-                                     interval=s.poll_interval_ms / 1000)
+                                     interval=s.poll_interval_ms / 1000, stop=stop)
+        if stop is not None:
+            status.setdefault("adaptive", {}).update(stop.summary())
+        return rows
 
     def end_point(self, p: JobPoint, ctx: PointContext, out: SampleWriter, status: dict) -> None:
         """After the last measurement of a point (the lab: nothing)."""
