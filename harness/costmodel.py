@@ -119,11 +119,40 @@ MODE = {
 }
 
 
-def mode_costs(target: str, kernel: str, mode: str) -> ModeCosts:
+_NFT_DNAT = ("nftables, plain `dnat` for single-endpoint Services (kube-proxy v1.37+: no anonymous "
+             "`numgen` set, so not the quadratic naming scan): full sync linear in N")
+
+# nftables family v1.37 with one endpoint per Service (harness.releases; dataplane/nftables.py
+# single_dnat). lab host 6.18: sync_full phase (both nodes) 1.23 s at 5k, 3.48 s at 20k (run
+# 20261204T231522Z-0820bd, bench13). The others are not measured yet: UML taken as ~4x the host
+# (the iptables ratio), local (real kube-proxy) as its linear term without the quadratic one.
+NFT_DNAT_FULL = {
+    ("lab", "host"): Poly(0.5, 0.00015),
+    ("lab", "uml"): Poly(10.0, 0.0006),
+    ("local", "host"): Poly(1.0, 0.003),
+    ("local", "uml"): Poly(15.0, 0.006),
+}
+
+
+def single_dnat(scenario) -> bool:
+    """True when the scenario's nftables ruleset is the plain-dnat one (family v1.37+, 1 endpoint)."""
+    from harness.releases import family
+
+    try:
+        fam = family("nftables", scenario.kube_proxy_version)
+    except Exception:  # noqa: BLE001 - an unknown release is refused elsewhere; project the old family
+        return False
+    return scenario.model.endpoints == 1 and int(fam.split(".")[1]) >= 37
+
+
+def mode_costs(target: str, kernel: str, mode: str, scenario=None) -> ModeCosts:
     """The coefficients of a mode; a mode registered without figures of its own (harness.modes)
-    is projected as iptables on the same kernel, and its ruleset line says so."""
+    is projected as iptables on the same kernel, and its ruleset line says so. With `scenario`,
+    the ruleset family of its kube-proxy release is taken into account (nftables v1.37+)."""
     key = (cost_target(target), kernel_kind(kernel))
     hit = MODE.get((*key, mode))
+    if hit is not None and mode == "nftables" and scenario is not None and single_dnat(scenario):
+        return ModeCosts(NFT_DNAT_FULL[key], hit.sync_one, _NFT_DNAT)
     if hit is not None:
         return hit
     base = MODE[(*key, "iptables")]
@@ -140,12 +169,23 @@ def cost_target(target: str) -> str:
     return "lab" if target == "lab" else "local"
 
 
-def ruleset(target: str, kernel: str, mode: str, iptables_backend: str = "legacy") -> str:
-    return mode_costs(target, kernel, mode).ruleset.format(backend=iptables_backend)
+def ruleset(target: str, kernel: str, mode: str, iptables_backend: str = "legacy", scenario=None) -> str:
+    """The ruleset a point programs, in words; with `scenario`, prefixed by its kube-proxy release
+    and the mode's ruleset family (harness.releases)."""
+    text = mode_costs(target, kernel, mode, scenario).ruleset.format(backend=iptables_backend)
+    if scenario is None:
+        return text
+    from harness.releases import family
+
+    try:
+        fam = family(mode, scenario.kube_proxy_version)
+    except Exception:  # noqa: BLE001 - a mode without families (registry) or an unknown release
+        return f"kube-proxy {scenario.kube_proxy_version}: {text}"
+    return f"kube-proxy {scenario.kube_proxy_version} ({mode} ruleset family {fam}): {text}"
 
 
-def full_sync_growth(target: str, kernel: str, mode: str) -> str:
-    return mode_costs(target, kernel, mode).sync_full.growth
+def full_sync_growth(target: str, kernel: str, mode: str, scenario=None) -> str:
+    return mode_costs(target, kernel, mode, scenario).sync_full.growth
 
 
 @dataclass
@@ -159,14 +199,22 @@ class PointShape:
 
 
 def sync_changes(scenario) -> int:
+    """Expected one-change syncs of a point: the cap per kind, or with adaptive sampling the
+    floor plus half the way to the cap (the refiner corrects it with what the run spends)."""
+    from harness.measure.adaptive import sync_stop_rule
+
     s = scenario.measure.sync
-    return -(-s.samples // len(s.kinds)) * len(s.kinds)
+    cap = -(-s.samples // len(s.kinds))
+    if getattr(s, "adaptive", False):
+        rule = sync_stop_rule(cap)
+        cap = min(cap, -(-(rule.floor + cap) // 2))
+    return cap * len(s.kinds)
 
 
 def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int) -> dict[str, float]:
     """Projected seconds per phase of one point, from the measured coefficients alone."""
     key = (cost_target(shape.target), kernel_kind(shape.kernel))
-    kc, mc = KERNEL[key], mode_costs(shape.target, shape.kernel, shape.mode)
+    kc, mc = KERNEL[key], mode_costs(shape.target, shape.kernel, shape.mode, scenario)
     m, n = scenario.measure, shape.n
     probes = m.connect.samples + 2 * m.connect.edge_samples + m.connect.direct_samples
     out = {

@@ -8,8 +8,8 @@ deterministic for a given sample stream. Sampling stops when, for every series w
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 LEVEL = 0.95
 REL = 0.05
@@ -19,7 +19,7 @@ MIN_FOR_CI = 6
 
 def _binom_cdf(k: int, n: int) -> float:
     """P(X <= k) for X ~ Binomial(n, 1/2)."""
-    return sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
 
 
 def median_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float] | None:
@@ -77,17 +77,22 @@ class StopRule:
             return True
         if min(counts) < max(self.floor, MIN_FOR_CI):
             return False
-        return all((w := ci_halfwidth_rel(v, self.level)) is not None and w <= self.rel
-                   for v in self.series.values())
+        return all(
+            (w := ci_halfwidth_rel(v, self.level)) is not None and w <= self.rel for v in self.series.values()
+        )
 
     def summary(self) -> dict[str, dict]:
         """Per series: samples spent, the CI reached (+-relative), whether it met the target."""
         out = {}
         for key, v in self.series.items():
             w = ci_halfwidth_rel(v, self.level)
-            out[key] = {"samples": len(v), "cap": self.cap, "floor": self.floor,
-                        "ci_rel": None if w is None or math.isinf(w) else round(w, 4),
-                        "ci_met": w is not None and w <= self.rel}
+            out[key] = {
+                "samples": len(v),
+                "cap": self.cap,
+                "floor": self.floor,
+                "ci_rel": None if w is None or math.isinf(w) else round(w, 4),
+                "ci_met": w is not None and w <= self.rel,
+            }
         return out
 
 
@@ -97,7 +102,7 @@ def spread_order(n: int) -> list[int]:
     if n <= 0:
         return []
     bits = max(1, (n - 1).bit_length())
-    order = [int(format(i, f"0{bits}b")[::-1], 2) for i in range(2 ** bits)]
+    order = [int(format(i, f"0{bits}b")[::-1], 2) for i in range(2**bits)]
     return [i for i in order if i < n]
 
 

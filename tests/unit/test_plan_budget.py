@@ -130,8 +130,11 @@ def test_refiner_ignores_phases_too_short_to_say_anything():
 KP = {"iptables": ["uml"], "ipvs": ["uml"], "nftables": ["uml"]}
 
 
-def default_points(max_n=50000):
-    sc = load_scenario("default", [(["services"], {"max": max_n, "min": 1000})])
+def default_points(max_n=50000, version=None):
+    over = [(["services"], {"max": max_n, "min": 1000})]
+    if version:
+        over.append((["kube_proxy_version"], version))
+    sc = load_scenario("default", over)
     return sc, runner.plan_points(sc, KP)
 
 
@@ -146,7 +149,7 @@ def test_no_budget_keeps_every_point():
 
 
 def test_budget_leaves_out_what_does_not_fit_and_says_so():
-    sc, pts = default_points()
+    sc, pts = default_points(version="v1.36.3")  # the anonymous-vmap nftables family: quadratic
     plan = pl.build_plan(sc, "lab", KP, pts, "30m")
     assert plan.projected_total <= 1800
     over = {p.point.point_id for p in plan.over_budget}
