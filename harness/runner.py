@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
@@ -47,13 +47,9 @@ def plan_points(scenario: Scenario, kernel_plan: dict[str, list[str]]) -> list[P
     """
     points: list[Point] = []
     # a kernel plan may add a mode (iptables, measured on every kernel as the bridge between them)
-    modes = list(scenario.modes) + [m for m in kernel_plan if m not in scenario.modes]
-    for n in scenario.counts():
-        for rep in range(1, scenario.repetitions + 1):
-            shift = (rep - 1) % len(modes)
-            for mode in modes[shift:] + modes[:shift]:
-                for kernel in kernel_plan[mode]:
-                    points.append(Point(f"{kernel}-{mode}-{n}-r{rep}", kernel, mode, n, rep, len(points)))
+    for n, rep, mode in scenario.sweep(extra_modes=list(kernel_plan)):
+        for kernel in kernel_plan[mode]:
+            points.append(Point(f"{kernel}-{mode}-{n}-r{rep}", kernel, mode, n, rep, len(points)))
     return points
 
 
@@ -219,12 +215,13 @@ def _use_what_remains(run: Run, plan: plan_mod.Plan, planned: list[Point], elaps
 
 
 def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.Plan | None = None,
-            clock: Callable[[], float] = time.monotonic) -> str:
+            clock: Callable[[], float] = time.monotonic, merge: Callable[[Path], Any] | None = None) -> str:
     """Measure every pending point of `run` on `target` that fits the plan's budget; returns the
     final run status ("complete", "incomplete", or "over_budget": every point not measured was
-    left out for the budget)."""
-    from harness import results
+    left out for the budget).
 
+    merge(run_dir), when given, merges the point files into the run's samples table before the
+    run is closed (harness.results.merge_points; passed in: results sit above the runner)."""
     scenario = run.scenario
     t0 = clock()
     if plan is None:
@@ -302,7 +299,8 @@ def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.
             status = "over_budget"
         run.refresh_points(planned)
         try:
-            results.merge_points(run.dir)
+            if merge is not None:
+                merge(run.dir)
         except Exception as e:  # keep the point files; the merge can be redone by `kpbench report`
             log.error("merging samples failed: %s", e)
         wall = clock() - t0
