@@ -95,7 +95,8 @@ class Plan:
 
     def measure_command(self, pp: PlannedPoint, run_dir) -> str:
         kernel = cm.kernel_kind(pp.point.kernel)
-        return (f"kpbench run {run_dir}/scenario.yaml --services {pp.point.n_services} --modes {pp.point.mode} "
+        src = f"{run_dir}/scenario.yaml" if run_dir is not None else getattr(self.scenario, "name", "SCENARIO")
+        return (f"kpbench run {src} --services {pp.point.n_services} --modes {pp.point.mode} "
                 f"--kernel {kernel} --budget none")
 
     def remaining(self, done: Iterable[str]) -> float:
