@@ -359,7 +359,7 @@ def plan_tables(metas: Sequence[dict]) -> list[dict]:
         out.append({"run_id": m.get("run_id"), "budget": plan.get("budget_text"),
                     "phases": _table(["phase", "projected s", "actual s"], rows),
                     "points": _table(["point", "programmed by", "ruleset", "full sync projected s",
-                                      "full sync actual s", "one-change syncs: samples (95% CI of median)"], cells)
+                                      "full sync actual s", "samples spent/cap (95% CI of the median)"], cells)
                     if cells else None,
                     "over_budget": _table(["point", "projected s", "command"],
                                           [[o["point_id"], o["projected_s"], o["command"]] for o in over])

@@ -87,6 +87,8 @@ class ConnectSpec(_Strict):
     edge_samples: int = Field(default=300, ge=0)
     direct_samples: int = Field(default=500, ge=0)
     timeout_ms: float = Field(default=1000, gt=0)
+    adaptive: bool = Field(default=True, description="the sample counts are caps: stop once each kind's median "
+                           "95% CI is within +-5% (never below the report's floor)")
 
 
 class SyncSpec(_Strict):

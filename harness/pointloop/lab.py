@@ -132,10 +132,14 @@ class LabPoints:
         from harness.measure import connect
 
         sc, c = self.scenario, self.scenario.measure.connect
-        return connect.measure_connect(
+        spent: dict | None = {} if c.adaptive else None
+        rows = connect.measure_connect(
             self.agent, ctx, services, len(services), samples=c.samples,
             rng=random.Random(sc.seed * 1000 + p.rep), timeout=c.timeout_ms / 1000,
-            edge_samples=c.edge_samples, direct_samples=c.direct_samples)
+            edge_samples=c.edge_samples, direct_samples=c.direct_samples, adaptive=spent)
+        if spent:
+            status.setdefault("adaptive", {}).update(spent)
+        return rows
 
     def load_namespace(self) -> str | None:
         return self.lab.client_ns

@@ -1,5 +1,7 @@
 """The adaptive stopping rule on deterministic sample streams."""
 
+import random
+
 from harness.measure.adaptive import MIN_FOR_CI, StopRule, ci_halfwidth_rel, median_ci, spread_order
 
 
@@ -77,3 +79,61 @@ def test_spread_order_prefixes_cover_the_range():
     assert sorted(order) == list(range(7))
     assert order[:2] == [0, 4] and max(order[:4]) >= 5
     assert spread_order(0) == [] and spread_order(1) == [0]
+
+
+class SteadyAgent:
+    """Connects in a constant 50 us, or alternating 50 / 500 us (wide): deterministic streams."""
+
+    def __init__(self, wide=False):
+        self.wide, self.n = wide, 0
+
+    def connect(self, targets, samples=1, timeout=1.0):
+        out = []
+        for i, _t in enumerate(targets):
+            self.n += 1
+            out.append([i, 500.0 if self.wide and self.n % 2 else 50.0, ""])
+        return out
+
+
+def _connect(agent, spent):
+    from harness.measure.connect import measure_connect
+    from harness.model import ModelSpec, build_model
+    from harness.samples import PointContext
+
+    m = build_model(ModelSpec(n_services=50))
+    ctx = PointContext("run", "pt", "lab", "host", "iptables", "legacy", 50, 1, 0)
+    return measure_connect(
+        agent,
+        ctx,
+        m.services,
+        50,
+        2000,
+        random.Random(0),
+        1.0,
+        edge_samples=300,
+        direct_samples=500,
+        adaptive=spent,
+    )
+
+
+def test_connect_probes_stop_once_every_kind_is_tight_never_below_the_floor():
+    spent: dict = {}
+    rows = _connect(SteadyAgent(), spent)
+    assert len(rows) < 2000 + 600 + 500
+    for kind, metric in (
+        ("random", "connect_us"),
+        ("first", "connect_us"),
+        ("last", "connect_us"),
+        ("direct", "connect_direct_us"),
+    ):
+        got = [r for r in rows if r["metric"] == metric and r.get("position", "") in (kind, "")]
+        assert len(got) >= 100  # the report's floor (harness.metrics min_samples)
+        assert spent[f"{metric} {kind}"]["ci_met"]
+
+
+def test_connect_probes_take_every_sample_when_the_ci_stays_wide():
+    spent: dict = {}
+    rows = _connect(SteadyAgent(wide=True), spent)
+    assert len(rows) == 2000 + 600 + 500
+    assert not spent["connect_us random"]["ci_met"] and spent["connect_us random"]["samples"] == 2000
+    assert len(_connect(SteadyAgent(), None)) == 3100  # not adaptive: every planned attempt
