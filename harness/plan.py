@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping, cast
 
 from harness import costmodel as cm
 from harness.scenario import ScenarioError
@@ -161,7 +161,7 @@ class Plan:
         the host kernel runs (iptables, nftables), so the choice of the lab is stated, not implied."""
         if self.target != "lab":
             return None
-        host = [replace(pp.point, kernel="local") for pp in self.points if cm.kernel_kind(pp.point.kernel) == "host"]
+        host = [replace(cast(Any, pp.point), kernel="local") for pp in self.points if cm.kernel_kind(pp.point.kernel) == "host"]
         if not host:
             return None
         cost = sum(pp.total for pp in project(self.scenario, "local", host))

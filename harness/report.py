@@ -352,7 +352,7 @@ def plan_tables(metas: Sequence[dict]) -> list[dict]:
         rows = [[ph["phase"], ph["projected_s"], ph["actual_s"]] for ph in plan["phases"]]
         rows.append(["total", plan.get("projected_total_s"), plan.get("actual_total_s")])
         over = plan.get("over_budget") or []
-        who = PROGRAMMED_BY.get(m.get("target"), m.get("target"))
+        who = PROGRAMMED_BY.get(str(m.get("target")), m.get("target"))
         cells = [[pid, who, r.get("ruleset", ""), r.get("full_sync_projected_s", r.get("projected", {}).get("sync_full")),
                   (r.get("actual") or {}).get("sync_full"), _samples_spent(r.get("adaptive"))]
                  for pid, r in (plan.get("points") or {}).items() if r.get("fits", True)]
