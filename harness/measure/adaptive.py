@@ -17,11 +17,6 @@ REL = 0.05
 MIN_FOR_CI = 6
 
 
-def _binom_cdf(k: int, n: int) -> float:
-    """P(X <= k) for X ~ Binomial(n, 1/2)."""
-    return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-
-
 def median_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float] | None:
     """(median, low, high): the order-statistic `level` CI of the median; None below MIN_FOR_CI
     samples (no such CI exists)."""
@@ -30,10 +25,17 @@ def median_ci(values: Sequence[float], level: float = LEVEL) -> tuple[float, flo
         return None
     xs = sorted(values)
     alpha = 1 - level
-    # the largest k with P(X <= k-1) <= alpha/2: CI = [x_(k), x_(n-k+1)] (1-based ranks)
-    k = 1
-    while _binom_cdf(k, n) <= alpha / 2:
+    # the smallest k >= 1 with P(X <= k) > alpha/2, X ~ Binomial(n, 1/2): CI = [x_(k), x_(n-k+1)]
+    # (1-based ranks); the CDF summed incrementally in exact integers (n is in the thousands)
+    from fractions import Fraction
+
+    bound = Fraction(alpha).limit_denominator(10**6) / 2 * 2**n  # alpha/2 in units of 2^-n, exact
+    c, k = n, 1  # c = comb(n, k)
+    cum = 1 + n
+    while cum <= bound:
         k += 1
+        c = c * (n - k + 1) // k
+        cum += c
     med = (xs[(n - 1) // 2] + xs[n // 2]) / 2
     return med, xs[k - 1], xs[n - k]
 
