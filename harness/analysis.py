@@ -133,7 +133,7 @@ def bands(df_or_q: pd.DataFrame, stat: str = "p50", how: str = "minmax", level: 
             c, lo, hi = float(np.median(v)), float(v.min()), float(v.max())
         else:
             raise ValueError(f"bands(how={how!r}): expected 'minmax' or 'ci'")
-        recs.append({**dict(zip(keys, k)), "center": c, "lo": lo, "hi": hi, "n_reps": n})
+        recs.append({**dict(zip(keys, k, strict=True)), "center": c, "lo": lo, "hi": hi, "n_reps": n})
     return pd.DataFrame(recs, columns=cols)
 
 
@@ -249,7 +249,7 @@ def scaling_fits(df: pd.DataFrame, metrics: Sequence[str] | None = None, stat: s
         return pd.DataFrame(columns=cols)
     recs = []
     for k, g in q.groupby(keys, sort=True, dropna=False):
-        rec = dict(zip(keys, k))
+        rec = dict(zip(keys, k, strict=True))
         f = fit_series(g["n_services"].to_numpy(), g[stat].to_numpy(), level=level, min_effect=min_effect)
         unit = _unit(str(rec["metric"]), str(rec.get("unit", "")))
         recs.append({**rec, **f.__dict__, "per_1k_unit": unit, "stat": stat})
@@ -389,7 +389,7 @@ def _compare_frames(da: pd.DataFrame, db: pd.DataFrame, keys: list[str], **kw) -
     gb = {(k if isinstance(k, tuple) else (k,)): g["value"].to_numpy(float) for k, g in _groupby(db, keys)}
     recs = []
     for k in sorted(set(ga) & set(gb), key=lambda t: tuple(str(x) for x in t)):
-        rec = dict(zip(keys, k))
+        rec = dict(zip(keys, k, strict=True))
         metric = str(rec.get("metric", ""))
         recs.append({**rec, **compare_samples(ga[k], gb[k], metric=metric,
                                               unit=_unit(metric, str(rec.get("unit", ""))), **kw)})
@@ -409,7 +409,7 @@ def compare_modes(df: pd.DataFrame, baseline: str = "iptables", *, metrics: Sequ
         df = df[df["metric"].isin(list(metrics))]
     keys = ["kernel", "n_services", "metric", "unit"] + TAG_KEYS
     frames = []
-    for kernel, dk in _groupby(df, ["kernel"]):
+    for _kernel, dk in _groupby(df, ["kernel"]):
         if n_services is not None:
             n = int(dk["n_services"].max()) if n_services == -1 else n_services
             dk = dk[dk["n_services"] == n]
@@ -462,7 +462,7 @@ def data_quality(df: pd.DataFrame, points: pd.DataFrame | None = None, *, cv_thr
                      "detail": f"{r['timed_out']} of {r['count']} samples timed out (kept at the timeout value)"})
     keys = _present(q, POOLED_KEYS)
     for k, g in (q.groupby(keys, sort=True, dropna=False) if not q.empty else []):
-        r = dict(zip(keys, k))
+        r = dict(zip(keys, k, strict=True))
         base = {"kernel": r["kernel"], "mode": r["mode"], "n_services": int(r["n_services"]), "rep": -1,
                 "metric": r["metric"], "tags": tags(r)}
         med = g["p50"].dropna().to_numpy(float)

@@ -32,13 +32,20 @@ import errno
 import os
 import socket
 import struct
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from harness import releases as versions
-from harness.dataplane.base import Change, DataplaneSettings
 from harness.dataplane._tool import stream
-from harness.dataplane.ipvs_netlink import (F_CREATE, F_EXCL, F_REQUEST, NetlinkBatch, _genl_family_id, _Templates,
-                                            netlink_socket)
+from harness.dataplane.base import Change, DataplaneSettings
+from harness.dataplane.ipvs_netlink import (
+    F_CREATE,
+    F_EXCL,
+    F_REQUEST,
+    NetlinkBatch,
+    _genl_family_id,
+    _Templates,
+    netlink_socket,
+)
 from harness.lab.netns import LabError, run
 from harness.model import Service
 

@@ -12,7 +12,7 @@ import os
 import select
 import socket
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 from harness.lab.netns import LabError, call_in
 

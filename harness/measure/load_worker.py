@@ -29,12 +29,8 @@ one of them at random. A connection the server closed is reopened (and counted).
 from __future__ import annotations
 
 import locust  # noqa: F401  (first: gevent monkey-patching)
-import gevent
-from gevent.event import Event
-from locust import User, task
-from locust.env import Environment
-from locust.exception import StopUser
 
+# isort: split
 import argparse
 import json
 import os
@@ -42,6 +38,12 @@ import random
 import socket
 import sys
 import time
+
+import gevent
+from gevent.event import Event
+from locust import User, task
+from locust.env import Environment
+from locust.exception import StopUser
 
 from harness.measure.cpu import snapshot
 

@@ -23,12 +23,11 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
-from harness.cluster import ClusterError, namespace_for
-from harness.cluster import kubeproxy_config as kpc
-from harness.cluster import manifests
+from harness.cluster import ClusterError, kubeproxy_config as kpc, manifests, namespace_for
 from harness.cluster.kube import Connection, Rest, connect
 from harness.cluster.options import ClusterOptions, options_from
 from harness.cluster.preflight import PreflightReport, planned_changes, run_preflight
@@ -306,16 +305,19 @@ class _Session:
             raise RuntimeError(f"the last Service {last.name} was not served within {ms.sync.timeout_s * 10:.0f}s")
         port = kpc.metrics_port(kpc.with_mode({}, p.mode, self.opts.sync()))
 
+        from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
         def scrape() -> dict:
             try:
                 return scrape_node(self.rest, node, port)
-            except Exception:  # the node proxy cannot reach the port: read it from the probe pod
+            except (ApiException, HTTPError, OSError):  # node proxy cannot reach the port: ask the probe pod
                 return scrape_via_probe(self.t.conn.api, self.ns, pod, port)
 
         self.scrape = scrape
         try:
             self.before = scrape()
-        except Exception as e:  # no first scrape, no sync delta: this point has no program_us, and says why
+        except Exception as e:  # noqa: BLE001 - no first scrape, no sync delta: this point has no program_us, and says why
             self.before = None
             status["flags"]["metrics"] = f"kube-proxy metrics not scraped: {e}"[:200]
         return ctx, svcs
@@ -333,7 +335,7 @@ class _Session:
         timeout = c.timeout_ms / 1000
         seq: dict[str, int] = {}
         rows = []
-        for (ip, prt, kind), (us, err) in zip(plan, run_plan(self.probe, plan, timeout)):
+        for (_ip, _prt, kind), (us, err) in zip(plan, run_plan(self.probe, plan, timeout), strict=True):
             k = seq.get(kind, 0)
             seq[kind] = k + 1
             v = timeout * 1e6 if err else us
@@ -358,7 +360,7 @@ class _Session:
             d = sync_delta_us(self.before, after) if self.before is not None else None
             if d:
                 out.write(ctx.row("program_us", d[0], "us", seq=d[1], path="kube-proxy-metrics"))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - recorded in the point's flags: the point keeps its other samples
             status["flags"]["metrics"] = f"kube-proxy metrics not scraped: {e}"[:200]
 
     def _sync_add(self, agent, ctx: PointContext, j: int, timeout_s: float) -> dict:

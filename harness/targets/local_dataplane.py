@@ -8,7 +8,8 @@ target that Dataplane is the API server plus the real kube-proxy of the worker
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from harness.dataplane.base import Change
 from harness.model import Service
@@ -26,7 +27,7 @@ class ApiDataplane:
     returning when the API calls return.
     """
 
-    def __init__(self, w: "LocalPoints", mode: str, node: str = "a"):
+    def __init__(self, w: LocalPoints, mode: str, node: str = "a"):
         self.w, self.mode, self.node = w, mode, node
         self.created: list[Service] = []
 

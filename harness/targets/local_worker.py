@@ -44,10 +44,12 @@ import signal
 import subprocess
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 from harness.dataplane import make_dataplane
+from harness.k8s.rest import request as _request
 from harness.lab import netns
 from harness.lab.netns import LabError
 from harness.model import Endpoint, Service, ServicePort
@@ -56,9 +58,7 @@ from harness.pointloop.lab import LabPoints
 from harness.pointloop.loop import JobPoint, failed_status
 from harness.pointloop.worker import Job, emit, main as worker_main
 from harness.samples import PointContext, SampleWriter
-from harness.k8s.rest import request as _request
-from harness.targets import fidelity as fidelity_diff
-from harness.targets import localcluster as lc
+from harness.targets import fidelity as fidelity_diff, localcluster as lc
 from harness.targets.local_dataplane import ApiDataplane
 from harness.targets.local_kubeproxy import metric_rows
 
@@ -75,7 +75,7 @@ def node_name(node: str) -> str:
 
 
 def _now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _post_all(client, bodies: Sequence[tuple[str, dict]], ok: tuple[int, ...] = (200, 201, 202)) -> None:
@@ -248,7 +248,7 @@ class LocalPoints(LabPoints):
 
     def api_create(self, svc: Service, trigger: bool = False) -> None:
         ns = svc.namespace
-        bodies = [("/api/v1/namespaces/%s/services" % ns, lc.service_body(svc))]
+        bodies = [(f"/api/v1/namespaces/{ns}/services", lc.service_body(svc))]
         bodies += [(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", b)
                    for b in self._slices(svc, trigger)]
 
@@ -363,7 +363,7 @@ class LocalPoints(LabPoints):
         for n, kp in self.proxies.items():
             if not kp.alive():
                 tail = kp.proc.log_tail(20)
-                last = " | ".join(l.strip() for l in tail.splitlines()[-3:])[-500:]
+                last = " | ".join(ln.strip() for ln in tail.splitlines()[-3:])[-500:]
                 rc = kp.proc.popen.returncode
                 how = f"{rc} ({signal.Signals(-rc).name})" if rc < 0 and -rc in signal.valid_signals() else str(rc)
                 err = KubeProxyCrashed(f"kube-proxy ({kp.mode}) on {node_name(n)} exited with status {how}: {last}")
@@ -518,7 +518,7 @@ class LocalPoints(LabPoints):
                 self.check_proxies()
             except KubeProxyCrashed as c:
                 crash = c
-            except Exception as e:  # the apiserver went too: that is the point's error
+            except Exception as e:  # noqa: BLE001 - the apiserver went too: recorded as the point's error
                 return failed_status(p, self.kernel, e)
         if crash is None:
             return None
