@@ -39,7 +39,7 @@ Standard library only (the worker imports this inside UML).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 
 from harness import releases as versions
 from harness.dataplane import names
@@ -278,7 +278,7 @@ class NftablesDataplane:
         return "".join(out)
 
     @staticmethod
-    def _add_lines(o: ServiceObjects, out: list[str], flush: set[str] = frozenset()) -> None:
+    def _add_lines(o: ServiceObjects, out: list[str], flush: Container[str] = frozenset()) -> None:
         t = TABLE
         for name, spec in o.sets.items():
             out.append(f"add set {t} {name} {{ {spec} }}\n")

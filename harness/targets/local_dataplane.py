@@ -49,9 +49,9 @@ class ApiDataplane:
         if restart:
             self.w.ensure_proxies(self.mode, restart=True)
         timeout = self.w.local.sync_timeout_s
-        self.w.wait_programmed({s.cluster_ip for s in services}, self.w.lab.nodes, timeout)
+        self.w.wait_programmed({s.cluster_ip for s in services}, self.w.running_lab().nodes, timeout)
         if restart:
-            for n in self.w.lab.nodes:
+            for n in self.w.running_lab().nodes:
                 self.w.wait_sync_finished(n, since=t_wall, timeout=timeout)
 
     def apply(self, services: Sequence[Service], change: Change) -> None:
