@@ -218,9 +218,9 @@ def fit_series(n: Sequence[float], y: Sequence[float], unit: str = "", *, level:
     """Fit one series: y (per-rep statistic) against Service count n. Costs (per_1k, intercept)
     come out in y's own unit; `unit` names it for the caller and does not rescale anything."""
     x = np.asarray(n, float)
-    y = np.asarray(y, float)
-    ok = ~np.isnan(y) & (x > 0)
-    x, yu = x[ok], y[ok]
+    ya = np.asarray(y, float)
+    ok = ~np.isnan(ya) & (x > 0)
+    x, yu = x[ok], ya[ok]
     n_counts = len(np.unique(x))
     pos = yu > 0
     if n_counts < 2 or len(x) < 3:
@@ -330,22 +330,22 @@ def compare_samples(a: Sequence[float], b: Sequence[float], *, n_boot: int = 200
     """
     if alpha is not None:
         level = 1 - alpha
-    a = np.asarray(a, float)
-    a = a[~np.isnan(a)]
-    b = np.asarray(b, float)
-    b = b[~np.isnan(b)]
-    out = {"n_a": len(a), "n_b": len(b), "median_a": math.nan, "median_b": math.nan, "ratio": math.nan,
+    xa = np.asarray(a, float)
+    xa = xa[~np.isnan(xa)]
+    xb = np.asarray(b, float)
+    xb = xb[~np.isnan(xb)]
+    out = {"n_a": len(xa), "n_b": len(xb), "median_a": math.nan, "median_b": math.nan, "ratio": math.nan,
            "ci_lo": math.nan, "ci_hi": math.nan, "diff": math.nan, "diff_lo": math.nan, "diff_hi": math.nan,
            "p_value": math.nan, "significant": False, "enough": False,
            "verdict": "no significant difference"}
-    if len(a) < MIN_COMPARE_SAMPLES or len(b) < MIN_COMPARE_SAMPLES:
+    if len(xa) < MIN_COMPARE_SAMPLES or len(xb) < MIN_COMPARE_SAMPLES:
         out["verdict"] = NOT_ENOUGH
         return out
-    ma, mb = float(np.median(a)), float(np.median(b))
+    ma, mb = float(np.median(xa)), float(np.median(xb))
     ratio = mb / ma if ma else math.nan
-    lo, hi, d_lo, d_hi = _boot_medians(a, b, n_boot, level, np.random.default_rng(seed))
+    lo, hi, d_lo, d_hi = _boot_medians(xa, xb, n_boot, level, np.random.default_rng(seed))
     try:
-        p = float(_st.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+        p = float(_st.mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
     except ValueError:  # all values identical
         p = 1.0
     sig = bool(np.isfinite(lo) and (lo > 1 or hi < 1) and abs(ratio - 1) >= min_effect)

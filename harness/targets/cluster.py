@@ -132,6 +132,7 @@ class ClusterTarget:
         if self.conn is None or self.report is None:
             self.preflight(run.scenario)
         conn, rep, opts = self.conn, self.report, self.options
+        assert conn is not None and rep is not None and opts is not None, "preflight() sets all three"
         rest = Rest(conn.api)
         run_id = run.meta.get("run_id") or run.dir.name
         ns = namespace_for(run_id)
@@ -188,7 +189,11 @@ class _Session:
         from harness.cluster.objects import ObjectStore
 
         self.t, self.rundata, self.rest, self.ctl, self.state, self.ns, self.sink = target, run, rest, ctl, state, ns, sink
+        assert target.options is not None and target.report is not None and target.conn is not None, \
+            "run_points() ran preflight()"
         self.opts: ClusterOptions = target.options
+        self.report: PreflightReport = target.report
+        self.conn: Connection = target.conn
         self.sc = run.scenario
         self.store = ObjectStore(rest, ns, state.run_id, qps=self.opts.qps, burst=self.opts.burst,
                                  workers=self.opts.create_workers)
@@ -205,7 +210,7 @@ class _Session:
         self.store.ensure_namespace()
         replicas = opts.backend_replicas_for(sc.model.endpoints)
         self.store.create_backend(opts.image, replicas)
-        for node in opts.probe_nodes_for(self.t.report.nodes):
+        for node in opts.probe_nodes_for(self.report.nodes):
             self.store._create(f"/api/v1/namespaces/{self.ns}/pods",
                                manifests.probe_pod(self.ns, self.state.run_id, node, opts.image))
         self._wait_ready(replicas)
@@ -215,7 +220,7 @@ class _Session:
         while True:
             self.endpoints = self.store.backend_endpoints()
             probes = self._ready_probes()
-            if len(self.endpoints) >= replicas and len(probes) == len(self.opts.probe_nodes_for(self.t.report.nodes)):
+            if len(self.endpoints) >= replicas and len(probes) == len(self.opts.probe_nodes_for(self.report.nodes)):
                 return
             if time.monotonic() > deadline:
                 raise ClusterError(f"backend/probe pods not ready after {self.opts.ready_timeout_s:.0f}s "
@@ -236,7 +241,7 @@ class _Session:
 
         node, pod = sorted(self._ready_probes().items())[0]
         if node not in self.agents:
-            self.agents[node] = RemoteAgent(self.t.conn.api, self.ns, pod)
+            self.agents[node] = RemoteAgent(self.conn.api, self.ns, pod)
         return node, pod, self.agents[node]
 
     def ensure_services(self, n: int) -> None:
@@ -312,7 +317,7 @@ class _Session:
             try:
                 return scrape_node(self.rest, node, port)
             except (ApiException, HTTPError, OSError):  # node proxy cannot reach the port: ask the probe pod
-                return scrape_via_probe(self.t.conn.api, self.ns, pod, port)
+                return scrape_via_probe(self.conn.api, self.ns, pod, port)
 
         self.scrape = scrape
         try:
@@ -356,6 +361,7 @@ class _Session:
         from harness.cluster.probe import sync_delta_us
 
         try:
+            assert self.scrape is not None, "begin_point() set the scraper"
             after = self.scrape()
             d = sync_delta_us(self.before, after) if self.before is not None else None
             if d:
