@@ -133,7 +133,7 @@ def bands(df_or_q: pd.DataFrame, stat: str = "p50", how: str = "minmax", level: 
             c, lo, hi = float(np.median(v)), float(v.min()), float(v.max())
         else:
             raise ValueError(f"bands(how={how!r}): expected 'minmax' or 'ci'")
-        recs.append({**dict(zip(keys, k)), "center": c, "lo": lo, "hi": hi, "n_reps": n})
+        recs.append({**dict(zip(keys, k, strict=True)), "center": c, "lo": lo, "hi": hi, "n_reps": n})
     return pd.DataFrame(recs, columns=cols)
 
 
@@ -218,9 +218,9 @@ def fit_series(n: Sequence[float], y: Sequence[float], unit: str = "", *, level:
     """Fit one series: y (per-rep statistic) against Service count n. Costs (per_1k, intercept)
     come out in y's own unit; `unit` names it for the caller and does not rescale anything."""
     x = np.asarray(n, float)
-    y = np.asarray(y, float)
-    ok = ~np.isnan(y) & (x > 0)
-    x, yu = x[ok], y[ok]
+    ya = np.asarray(y, float)
+    ok = ~np.isnan(ya) & (x > 0)
+    x, yu = x[ok], ya[ok]
     n_counts = len(np.unique(x))
     pos = yu > 0
     if n_counts < 2 or len(x) < 3:
@@ -249,7 +249,7 @@ def scaling_fits(df: pd.DataFrame, metrics: Sequence[str] | None = None, stat: s
         return pd.DataFrame(columns=cols)
     recs = []
     for k, g in q.groupby(keys, sort=True, dropna=False):
-        rec = dict(zip(keys, k))
+        rec = dict(zip(keys, k, strict=True))
         f = fit_series(g["n_services"].to_numpy(), g[stat].to_numpy(), level=level, min_effect=min_effect)
         unit = _unit(str(rec["metric"]), str(rec.get("unit", "")))
         recs.append({**rec, **f.__dict__, "per_1k_unit": unit, "stat": stat})
@@ -330,22 +330,22 @@ def compare_samples(a: Sequence[float], b: Sequence[float], *, n_boot: int = 200
     """
     if alpha is not None:
         level = 1 - alpha
-    a = np.asarray(a, float)
-    a = a[~np.isnan(a)]
-    b = np.asarray(b, float)
-    b = b[~np.isnan(b)]
-    out = {"n_a": len(a), "n_b": len(b), "median_a": math.nan, "median_b": math.nan, "ratio": math.nan,
+    xa = np.asarray(a, float)
+    xa = xa[~np.isnan(xa)]
+    xb = np.asarray(b, float)
+    xb = xb[~np.isnan(xb)]
+    out = {"n_a": len(xa), "n_b": len(xb), "median_a": math.nan, "median_b": math.nan, "ratio": math.nan,
            "ci_lo": math.nan, "ci_hi": math.nan, "diff": math.nan, "diff_lo": math.nan, "diff_hi": math.nan,
            "p_value": math.nan, "significant": False, "enough": False,
            "verdict": "no significant difference"}
-    if len(a) < MIN_COMPARE_SAMPLES or len(b) < MIN_COMPARE_SAMPLES:
+    if len(xa) < MIN_COMPARE_SAMPLES or len(xb) < MIN_COMPARE_SAMPLES:
         out["verdict"] = NOT_ENOUGH
         return out
-    ma, mb = float(np.median(a)), float(np.median(b))
+    ma, mb = float(np.median(xa)), float(np.median(xb))
     ratio = mb / ma if ma else math.nan
-    lo, hi, d_lo, d_hi = _boot_medians(a, b, n_boot, level, np.random.default_rng(seed))
+    lo, hi, d_lo, d_hi = _boot_medians(xa, xb, n_boot, level, np.random.default_rng(seed))
     try:
-        p = float(_st.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+        p = float(_st.mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
     except ValueError:  # all values identical
         p = 1.0
     sig = bool(np.isfinite(lo) and (lo > 1 or hi < 1) and abs(ratio - 1) >= min_effect)
@@ -389,7 +389,7 @@ def _compare_frames(da: pd.DataFrame, db: pd.DataFrame, keys: list[str], **kw) -
     gb = {(k if isinstance(k, tuple) else (k,)): g["value"].to_numpy(float) for k, g in _groupby(db, keys)}
     recs = []
     for k in sorted(set(ga) & set(gb), key=lambda t: tuple(str(x) for x in t)):
-        rec = dict(zip(keys, k))
+        rec = dict(zip(keys, k, strict=True))
         metric = str(rec.get("metric", ""))
         recs.append({**rec, **compare_samples(ga[k], gb[k], metric=metric,
                                               unit=_unit(metric, str(rec.get("unit", ""))), **kw)})
@@ -409,7 +409,7 @@ def compare_modes(df: pd.DataFrame, baseline: str = "iptables", *, metrics: Sequ
         df = df[df["metric"].isin(list(metrics))]
     keys = ["kernel", "n_services", "metric", "unit"] + TAG_KEYS
     frames = []
-    for kernel, dk in _groupby(df, ["kernel"]):
+    for _kernel, dk in _groupby(df, ["kernel"]):
         if n_services is not None:
             n = int(dk["n_services"].max()) if n_services == -1 else n_services
             dk = dk[dk["n_services"] == n]
@@ -462,7 +462,7 @@ def data_quality(df: pd.DataFrame, points: pd.DataFrame | None = None, *, cv_thr
                      "detail": f"{r['timed_out']} of {r['count']} samples timed out (kept at the timeout value)"})
     keys = _present(q, POOLED_KEYS)
     for k, g in (q.groupby(keys, sort=True, dropna=False) if not q.empty else []):
-        r = dict(zip(keys, k))
+        r = dict(zip(keys, k, strict=True))
         base = {"kernel": r["kernel"], "mode": r["mode"], "n_services": int(r["n_services"]), "rep": -1,
                 "metric": r["metric"], "tags": tags(r)}
         med = g["p50"].dropna().to_numpy(float)

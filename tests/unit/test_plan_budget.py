@@ -4,9 +4,7 @@ import json
 
 import pytest
 
-from harness import costmodel as cm
-from harness import plan as pl
-from harness import runner
+from harness import costmodel as cm, plan as pl, runner
 from harness.scenario import load_scenario, parse_override
 
 
