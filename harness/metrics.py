@@ -90,7 +90,7 @@ REGISTRY: tuple[Metric, ...] = (
            table=True, fit=True, split=("path",)),
     Metric("disrupt_connect_us", "us",
            "disruption prober: each new connection to a Service that exists before and after a sync "
-           "(`sync=full|add|update|delete`, `phase=before|during|after`); failures kept, value = timeout",
+           "(`sync=full|cold|add|update|delete`, `phase=before|during|after`); failures kept, value = timeout",
            figures=("disruption_timeline",), table=True, split=("sync", "phase")),
     Metric("disrupt_failed", "count",
            "disruption prober: one row per failed new connection (`error=refused|reset|unreachable|"

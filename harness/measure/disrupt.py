@@ -6,12 +6,12 @@ connections at a fixed open-loop rate to Services that exist before and after th
 few keepalive connections sending requests). `measure_during` starts it, waits `window_s`
 (phase before), runs the sync (phase during, from the sync's own perf_counter_ns timestamps),
 waits `window_s` again (phase after) and turns the records into rows, each tagged with the sync
-kind (full / add / update / delete) and the phase:
+kind (full / cold / add / update / delete) and the phase:
 
 - ``disrupt_connect_us``: every new-connection attempt (a failed one: value = timeout,
   timed_out=True, its reason in ``error``);
-- ``disrupt_failed``: one row per failed attempt (value 1, reason tag refused / reset /
-  unreachable / timeout), so failure counts are sums and the rate is failed / attempts;
+- ``disrupt_failed``: one row per failed attempt (value 1, the reason in ``error``: refused /
+  reset / unreachable / timeout), so failure counts are sums and the rate is failed / attempts;
 - ``disrupt_request_us``: every request on the keepalive connections (failures as above);
 - ``disrupt_gap_ms``: per phase, the longest interval with no successful new connection;
 - ``disrupt_sync_us``: the sync observed, on the same time axis.
@@ -184,8 +184,11 @@ class Observed:
 
 def measure_during(ns: str | None, targets: Sequence[tuple[str, int]], sync: Callable[[], None],
                    ctx: PointContext, kind: str, *, rate: float, keepalive: int, window_s: float,
-                   timeout: float) -> Observed:
-    """Probe `targets` for window_s, run `sync()`, probe window_s more -> rows tagged sync=kind."""
+                   timeout: float, prepare: Callable[[], None] | None = None) -> Observed:
+    """Probe `targets` for window_s, run `sync()`, probe window_s more -> rows tagged sync=kind.
+    `prepare` runs before the prober starts (not observed: e.g. emptying the dataplane)."""
+    if prepare is not None:
+        prepare()
     prober = Prober(ns, targets, rate=rate, keepalive=keepalive, timeout=timeout)
     try:
         time.sleep(window_s)
@@ -194,12 +197,10 @@ def measure_during(ns: str | None, targets: Sequence[tuple[str, int]], sync: Cal
         t1 = time.perf_counter_ns()
         time.sleep(window_s)
         hi = time.perf_counter_ns()
+        time.sleep(timeout)  # every attempt started before `hi` resolves (connects or times out)
     except BaseException:
         prober.close()
         raise
     rec = prober.stop()
-    # attempts started in the last `timeout` before the stop may still have been pending: cut there
-    lo = prober.t_running_ns
-    hi = min(hi, rec.t_last_ns - int(timeout * 1e9)) if hi - t1 > timeout * 1e9 else hi
-    out = rows(rec, ctx, kind, t0, t1, lo, hi, timeout)
+    out = rows(rec, ctx, kind, t0, t1, prober.t_running_ns, hi, timeout)
     return Observed(out, (t1 - t0) / 1e9, rec.saturation(), len(rec.attempts))

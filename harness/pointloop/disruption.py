@@ -6,7 +6,9 @@ With the point's N Services programmed and serving (after the connect and load p
    kube-proxy's first sync after a restart writes it (`warm_sync`), timed without the prober
    (``sync_full_warm_s`` path=quiet, when ``baseline``) and with it (path=prober, plus the
    disruption rows). Their ratio is the prober's own cost, kept in status["disruption"].
-2. ``add`` / ``update`` / ``delete`` - one change each through the dataplane's apply, observed by
+2. ``cold`` - the full sync from an empty dataplane (emptied before the prober starts): beside the
+   warm case, how long the existing Services' clients are refused while the ruleset is written.
+3. ``add`` / ``update`` / ``delete`` - one change each through the dataplane's apply, observed by
    the prober, then undone (not observed) so the other phases still see the same N Services.
 
 The probed Services are `targets` of the N spread over the ruleset, none of them the one changed.
@@ -104,6 +106,10 @@ def measure_disruption(dp: Any, ns: str, services: Sequence[Service], model: Mod
             rows.append(ctx.row("sync_full_warm_s", obs.sync_s, "s", path="prober"))
             if base_s:
                 info["prober_slowdown"] = round(obs.sync_s / base_s, 3)
+        elif kind == "cold":  # from empty: the probed Services exist only once the sync is done
+            obs = disrupt.measure_during(ns, targets, lambda: dp.full_sync(services), ctx, kind,
+                                         rate=spec.rate, keepalive=spec.keepalive_conns,
+                                         window_s=spec.window_s, timeout=timeout, prepare=dp.cleanup)
         else:
             if kind not in changed:
                 continue

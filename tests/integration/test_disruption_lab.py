@@ -22,7 +22,7 @@ from harness.scenario import Scenario
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
 
-KINDS = {"full", "add", "update", "delete"}
+KINDS = {"full", "cold", "add", "update", "delete"}
 
 
 def _scenario(mode: str) -> Scenario:
