@@ -73,3 +73,20 @@ def test_saturation_when_attempts_start_late():
     late = disrupt.Records(attempts=[[i, 1.0, "", 50_000.0 if i % 10 == 0 else 0.0] for i in range(1000)])
     assert late.saturation() and "late" in late.saturation()[0]
     assert disrupt.Records().saturation() == ["no attempt recorded"]
+
+
+def test_report_table_and_timeline_from_rows():
+    import pandas as pd
+
+    from harness import plots, report, samples
+
+    df = pd.DataFrame(disrupt.rows(_rec(), CTX, "full", 30 * MS, 70 * MS, 0, 99 * MS, timeout_s=1.0))
+    df[list(samples.TAGS)] = df[list(samples.TAGS)].fillna("")
+    t = report.disruption_table(df)
+    (row,) = t["rows"]
+    cols = dict(zip(t["columns"], row))
+    assert cols["sync"] == "full" and cols["attempts before"] == "30" and cols["failed % before"] == "0.00"
+    assert cols["attempts during"] == "41" and cols["failed % during"] == f"{100 * 20 / 41:.2f}"
+    assert cols["longest gap during"] == "21.0 ms"
+    fig = plots.disruption_timeline(df)
+    assert ("time from the sync's start (ms)", "connect latency (us)") in plots.axis_labels(fig)
