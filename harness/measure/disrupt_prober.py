@@ -133,14 +133,6 @@ def run(cfg: dict, stop_fd: int, send) -> dict:
                 poller.register(k.sock.fileno(), select.POLLOUT)
             elif k.state == "idle" and now >= k.next:
                 ka_send(k, now)
-            elif k.state in ("sent", "connecting") and now - k.t0 > timeout_ns:
-                k.state = "sent"
-                ka_down(k, now, "timeout")
-        for fd in [fd for fd, (_s, t0, _l) in live.items() if now - t0 >= timeout_ns]:
-            s, t0, late_us = live.pop(fd)
-            poller.unregister(fd)
-            s.close()
-            attempts.append([t0, (now - t0) / 1000.0, "timeout", late_us])
         wait_ms = max(0, min(next_start - _pc(), 1_000_000) // 1_000_000)
         for fd, _ev in poller.poll(wait_ms):
             now = _pc()
@@ -197,6 +189,18 @@ def run(cfg: dict, stop_fd: int, send) -> dict:
             requests.append([k.t0, (now - k.t0) / 1000.0, "" if ok else "status"])
             k.state, k.buf, k.next = "idle", b"", k.t0 + req_ns
             poller.modify(fd, 0)
+        # expire only after the events are collected: when the prober itself was descheduled for
+        # longer than the timeout, connections that completed meanwhile are not counted as timeouts
+        now = _pc()
+        for k in kas:
+            if k.state in ("sent", "connecting") and now - k.t0 > timeout_ns:
+                k.state = "sent"
+                ka_down(k, now, "timeout")
+        for fd in [fd for fd, (_s, t0, _l) in live.items() if now - t0 >= timeout_ns]:
+            s, t0, late_us = live.pop(fd)
+            poller.unregister(fd)
+            s.close()
+            attempts.append([t0, (now - t0) / 1000.0, "timeout", late_us])
 
 
 def main() -> int:
