@@ -114,7 +114,8 @@ class DisruptionSpec(_Strict):
     window_s: float = Field(default=2.0, gt=0, description="probing before and after each sync")
     timeout_ms: float = Field(default=1000, gt=0)
     targets: int = Field(default=16, ge=1, description="Services probed (programmed before and after)")
-    kinds: list[Literal["full", "cold", "add", "update", "delete"]] = ["full", "cold", "add", "update", "delete"]
+    # cold last: its refused attempts leave conntrack entries that a reused source port can hit
+    kinds: list[Literal["full", "cold", "add", "update", "delete"]] = ["full", "add", "update", "delete", "cold"]
     baseline: bool = Field(default=True, description="warm full sync also timed without the prober")
 
 
