@@ -90,3 +90,13 @@ def test_report_table_and_timeline_from_rows():
     assert cols["longest gap during"] == "21.0 ms"
     fig = plots.disruption_timeline(df)
     assert ("time from the sync's start (ms)", "connect latency (us)") in plots.axis_labels(fig)
+
+
+def test_the_plan_counts_the_disruption_phase_only_when_enabled():
+    from harness import costmodel
+    from harness.scenario import Scenario
+
+    mc = costmodel.mode_costs("lab", "host", "iptables")
+    assert costmodel.disruption_cost(Scenario(), mc, 1000) == 0.0
+    on = Scenario.model_validate({"measure": {"disruption": {"enabled": True, "window_s": 2, "timeout_ms": 1000}}})
+    assert costmodel.disruption_cost(on, mc, 1000) > 5 * (2 * 2 + 1)  # five kinds, plus their syncs
