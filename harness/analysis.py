@@ -27,7 +27,7 @@ from harness import metrics as _metrics
 QUANTILES: dict[str, float] = {"p50": 0.50, "p90": 0.90, "p99": 0.99, "p999": 0.999}
 # Tags that split a series (the sample's "error" tag does not: failed samples stay in their
 # series at their timeout value and are counted).
-TAG_KEYS = ["position", "keepalive", "change", "path"]
+TAG_KEYS = ["position", "keepalive", "change", "path", "sync", "phase"]
 SERIES_KEYS = ["kernel", "mode", "metric", "unit"] + TAG_KEYS  # one curve vs Service count
 POINT_KEYS = ["run_id", "kernel", "mode", "n_services", "rep", "metric", "unit"] + TAG_KEYS
 POOLED_KEYS = ["kernel", "mode", "n_services", "metric", "unit"] + TAG_KEYS

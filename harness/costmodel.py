@@ -176,9 +176,23 @@ def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int) 
         "connect": probes * kc.connect_probe,
         "load": (len(m.load.keepalive) * (m.load.duration_s + kc.load_overhead)) if m.load.enabled else 0.0,
         "sync_one": sync_changes(scenario) * min(mc.sync_one(n), m.sync.timeout_s),
-        "other": kc.other,
+        "other": kc.other + disruption_cost(scenario, mc, n),
     }
     return out
+
+
+def disruption_cost(scenario, mc: ModeCosts, n: int) -> float:
+    """The disruption phase (measure.disruption; counted in `other`): per sync kind two probing
+    windows and one attempt timeout, plus its syncs (full: three warm rewrites, cold: one from
+    empty, each one-change kind: the change and its undo). mc.sync_full covers both nodes: an
+    overestimate of node a's rewrite alone."""
+    d = scenario.measure.disruption
+    if not d.enabled:
+        return 0.0
+    changes = sum(k in d.kinds for k in ("add", "update", "delete"))
+    return (len(d.kinds) * (2 * d.window_s + d.timeout_ms / 1000)
+            + (3 * ("full" in d.kinds) + ("cold" in d.kinds)) * mc.sync_full(n)
+            + 2 * changes * min(mc.sync_one(n), scenario.measure.sync.timeout_s))
 
 
 def setup_cost(target: str, kernel: str) -> float:

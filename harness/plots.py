@@ -381,6 +381,47 @@ def iptables_position(df: pd.DataFrame, stat: str = "p50") -> Figure:
     return fig
 
 
+def disruption_timeline(df: pd.DataFrame) -> Figure:
+    """Disruption prober at the largest Service count: each new connection's latency (log scale) at
+    its start time relative to the sync's start, failures as red marks along the top, the sync
+    shaded from its start to its end. One row of panels per (kernel, mode), one column per sync
+    kind; the first repetition of each."""
+    m_conn, m_fail, m_sync = metrics.in_figure("disruption_timeline")
+    title = "Disruption during a sync: new connections to existing Services"
+    d = df[df["metric"].isin([m_conn, m_sync])]
+    if d.empty:
+        return _empty(title)
+    d = d[d["n_services"] == d["n_services"].max()]
+    d = d[d["rep"] == d["rep"].min()]
+    rows_ = sorted({(str(k), str(m)) for k, m in zip(d["kernel"], d["mode"])})
+    kinds = [k for k in ("full", "cold", "add", "update", "delete") if k in set(d["sync"].astype(str))]
+    fig, axes = _figure(len(rows_), len(kinds), f"{title} ({units.count(int(d['n_services'].max()))} Services)")
+    for i, (k, mode) in enumerate(rows_):
+        for j, kind in enumerate(kinds):
+            ax = axes[i, j]
+            dk = d[(d["kernel"] == k) & (d["mode"] == mode) & (d["sync"] == kind)]
+            sync = dk[dk["metric"] == m_sync]
+            c = dk[dk["metric"] == m_conn]
+            if sync.empty or c.empty:
+                ax.set_axis_off()
+                continue
+            t0, length_ms = float(sync["seq"].iloc[0]) / 1e3, float(sync["value"].iloc[0]) / 1e3
+            x = c["seq"].astype(float) / 1e3 - t0
+            ok = ~c["timed_out"].astype(bool) & (c["error"].astype(str) == "")
+            ax.scatter(x[ok], c["value"][ok].astype(float), s=3, color=_style(mode)["color"], label="connected")
+            bad = ~ok & (c["error"].astype(str) != "pending")
+            if bad.any():
+                ax.scatter(x[bad], c["value"][bad].astype(float), s=10, marker="x", color="black",
+                           label="failed (at timeout)")
+            ax.axvspan(0, max(length_ms, 0.5), color="#888", alpha=0.25, linewidth=0, label="sync")
+            ax.set_yscale("log")
+            ax.set_title(f"{k} {mode}: {kind}", fontsize="medium")
+            ax.set_xlabel("time from the sync's start (ms)")
+            ax.set_ylabel("connect latency (us)")
+    _legend(fig, axes)
+    return fig
+
+
 FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "hashing_vs_chain": hashing_vs_chain,
     "connect_latency": connect_latency,
@@ -389,6 +430,7 @@ FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "request_cdf_corrected": lambda df: request_cdf(df, metric=metrics.in_figure("request_cdf_corrected")[0]),
     "cpu_usage": cpu_usage,
     "iptables_position": iptables_position,
+    "disruption_timeline": disruption_timeline,
 }
 
 
@@ -396,7 +438,8 @@ def figures(df: pd.DataFrame) -> dict[str, Figure]:
     """Every report figure, by name (skips figures whose metric is absent)."""
     out = {}
     for name, fn in FIGURES.items():
-        if name == "request_cdf_corrected" and not df["metric"].isin(metrics.in_figure(name)).any():
+        if name in ("request_cdf_corrected", "disruption_timeline") and \
+                not df["metric"].isin(metrics.in_figure(name)).any():
             continue
         out[name] = fn(df)
     return out

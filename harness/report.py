@@ -196,6 +196,32 @@ def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
     return t
 
 
+def disruption_table(df: pd.DataFrame) -> dict:
+    """Per kernel, mode, Service count and sync kind: the disruption prober's failure rate and longest
+    gap during the sync against the baseline before it (rates pooled over repetitions, gaps the
+    worst repetition's)."""
+    conn, fail, gap = "disrupt_connect_us", "disrupt_failed", "disrupt_gap_ms"
+    for m in (conn, fail, gap):
+        metrics.get(m)  # registered: the rows' meaning and units come from there
+    d = df[df["metric"].isin([conn, fail, gap])]
+    rows = []
+    if not d.empty:
+        keys = ["kernel", "mode", "n_services", "sync"]
+        for (k, mode, n, kind), g in d.groupby(keys, observed=True, sort=True):
+            cells = []
+            for ph in ("before", "during"):
+                gp = g[g["phase"] == ph]
+                tries = int((gp["metric"] == conn).sum())
+                fails = int((gp["metric"] == fail).sum())
+                cells += [tries, f"{100 * fails / tries:.2f}" if tries else "-"]
+            gaps = {ph: g[(g["metric"] == gap) & (g["phase"] == ph)]["value"].max() for ph in ("before", "during")}
+            ratio = fmt(gaps["during"] / gaps["before"]) if gaps["before"] and gaps["before"] > 0 else "-"
+            rows.append([k, mode, int(n), kind, *cells, _q(gaps["before"], "ms"), _q(gaps["during"], "ms"), ratio])
+    return _table(["kernel", "mode", "Services", "sync", "attempts before", "failed % before",
+                   "attempts during", "failed % during", "longest gap before", "longest gap during",
+                   "gap during / before"], rows)
+
+
 def quality_table(df: pd.DataFrame, points: pd.DataFrame) -> tuple[dict, dict]:
     """(points called out: failed/invalid/pending/saturated, sample issues: unstable/timed out/...)"""
     dq = analysis.data_quality(df, points)
@@ -320,6 +346,7 @@ def report_context(run_dirs, fig_dir: Path | None) -> dict:
         "fits": fits_table(df),
         "comparison": mode_comparison_table(df),
         "quantiles": quantile_tables(df),
+        "disruption": disruption_table(df),
         "points_quality": pts_tab, "samples_quality": samples_tab,
         "validation": validation_matrix(metas, rs.points),
         "plans": plan_tables(metas),

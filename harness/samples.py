@@ -34,12 +34,16 @@ COLUMNS: tuple[str, ...] = (
     "path",
     "timed_out",
     "error",
+    "sync",
+    "phase",
 )
 
 # error: "" for a good sample; otherwise why it failed ("timeout", "refused", "unreachable", an
 # errno name, an HTTP status ...). A failed sample keeps its row with value = the timeout
 # (censored: "not served within the timeout") and timed_out = true.
-TAGS = ("position", "keepalive", "change", "path", "error")
+# sync / phase: disruption rows (harness.measure.disrupt): the sync kind observed and the phase
+# (before / during / after it) an attempt started in
+TAGS = ("position", "keepalive", "change", "path", "error", "sync", "phase")
 
 
 @dataclass

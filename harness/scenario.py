@@ -105,10 +105,25 @@ class LoadSpec(_Strict):
     timeout_s: float = Field(default=2, gt=0)
 
 
+class DisruptionSpec(_Strict):
+    """Background prober during syncs (harness.measure.disrupt)."""
+
+    enabled: bool = False
+    rate: float = Field(default=500, gt=0, description="new connections per second, open loop")
+    keepalive_conns: int = Field(default=2, ge=0)
+    window_s: float = Field(default=2.0, gt=0, description="probing before and after each sync")
+    timeout_ms: float = Field(default=1000, gt=0)
+    targets: int = Field(default=16, ge=1, description="Services probed (programmed before and after)")
+    # cold last: its refused attempts leave conntrack entries that a reused source port can hit
+    kinds: list[Literal["full", "cold", "add", "update", "delete"]] = ["full", "add", "update", "delete", "cold"]
+    baseline: bool = Field(default=True, description="warm full sync also timed without the prober")
+
+
 class MeasureSpec(_Strict):
     connect: ConnectSpec = ConnectSpec()
     sync: SyncSpec = SyncSpec()
     load: LoadSpec = LoadSpec()
+    disruption: DisruptionSpec = DisruptionSpec()
 
 
 class IPVSSpec(_Strict):

@@ -150,6 +150,14 @@ class LabPoints:
                                      restore=False, samples=per_kind, kinds=kinds, timeout=s.timeout_s,
                                      interval=s.poll_interval_ms / 1000)
 
+    def disrupt(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], status: dict) -> list[dict]:
+        """Rows of the disruption phase: the prober in the client namespace while node a's dataplane
+        is rewritten (warm full sync) and changed (one change of each kind, undone after)."""
+        from harness.pointloop.disruption import measure_disruption
+
+        return measure_disruption(self.use_mode(p.mode)["a"], self.lab.client_ns, services, self.model, ctx,
+                                  self.scenario.measure.disruption, status)
+
     def end_point(self, p: JobPoint, ctx: PointContext, out: SampleWriter, status: dict) -> None:
         """After the last measurement of a point (the lab: nothing)."""
 

@@ -2,7 +2,8 @@
 
 Per point: validation of the mode (once per mode, where the target validates), the full sync
 (the target programs the point's N Services, timed), connect probes, the load phases (with and
-without keepalive, where the target has a client namespace), the one-change syncs (last: the
+without keepalive, where the target has a client namespace), the disruption phase (where the
+target has `disrupt` and the scenario enables it), the one-change syncs (last: the
 changes are not undone) and the target's end-of-point readings; then the status file
 RUN/points/<point_id>.json next to the samples RUN/points/<point_id>.jsonl.
 
@@ -119,6 +120,16 @@ class PointLoop:
             self.emit({"event": "point_done", "point_id": p.point_id, "status": status["status"],
                        "error": status.get("error"), "seconds": status["seconds"]})
 
+    def run_disruption(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], out: SampleWriter,
+                       status: dict) -> None:
+        """The disruption phase (scenario measure.disruption), where the target has one: the prober
+        running while the dataplane is reprogrammed (harness.pointloop.disruption)."""
+        disrupt = getattr(self.target, "disrupt", None)
+        if not self.scenario.measure.disruption.enabled or disrupt is None:
+            return
+        with self.phase(p, "disruption", status, "disruption_s"):
+            out.extend(disrupt(p, ctx, services, status))
+
     def run_point(self, p: JobPoint) -> dict:
         """The measurement sequence of one point -> its status."""
         from harness.measure import load
@@ -158,6 +169,8 @@ class PointLoop:
                             status["flags"].setdefault("saturated", {})[f"keepalive={ka}"] = {
                                 "reasons": res.reasons, **{k: v for k, v in res.summary.items()
                                                            if isinstance(v, (int, float, str))}}
+            self.run_disruption(p, ctx, services, out, status)
+            fh.flush()
             # last: the changes are not undone (each would cost another apply), so the state after
             # this phase is no longer the N Services the other phases measured
             with self.phase(p, "sync_one", status, "sync_one_s"):
