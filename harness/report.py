@@ -66,19 +66,7 @@ def fmt(v: Any, digits: int = 3) -> str:
         x = float(v)
     except (TypeError, ValueError):
         return str(v)
-    if math.isnan(x):
-        return ""
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    mag = math.floor(math.log10(abs(x)))
-    if mag >= digits - 1:
-        return f"{x:,.0f}"
-    dec = digits - 1 - mag
-    if dec > 6:
-        return f"{x:.{digits - 1}e}"
-    return f"{x:,.{dec}f}"
+    return units.significant(x, digits)
 
 
 def _tags(r: pd.Series | dict) -> str:
