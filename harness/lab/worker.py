@@ -38,10 +38,11 @@ def emit(event: str, **fields: Any) -> None:
     _out.flush()
 
 
-def model_spec(scenario: dict, n_services: int) -> ModelSpec:
+def model_spec(scenario: dict, n_services: int, endpoints: int | None = None) -> ModelSpec:
     m, lab = scenario["model"], scenario["lab"]
+    eps = m["endpoints"] if isinstance(m["endpoints"], list) else [m["endpoints"]]
     return ModelSpec(
-        n_services=n_services, endpoints=m["endpoints"], ports_per_service=m["ports_per_service"],
+        n_services=n_services, endpoints=max(eps) if endpoints is None else endpoints, ports_per_service=m["ports_per_service"],
         service_cidr=lab["service_cidr"], pod_cidr=lab["pod_cidr"], pods_per_node=lab["pods_per_node"],
         node_ports=min(m["node_ports"], n_services), affinity=min(m["affinity"], n_services),
         seed=scenario["seed"],
@@ -61,7 +62,10 @@ class Worker:
         self.run_dir = Path(job["run_dir"])
         self.kernel = kernel_label(job["kernel"])
         n_max = max(p["n_services"] for p in job["points"])
+        # the lab's pods come from the model with the most endpoints per Service (its pods serve a
+        # superset of the ports of any smaller count's); a point uses its own count's model
         self.model = build_model(model_spec(self.scenario, n_max))
+        self.models = {self.model.spec.endpoints: self.model}
         self.lab = None
         self.agent = None
         self.dataplanes: dict[str, Any] = {}
@@ -114,15 +118,32 @@ class Worker:
                                for n in self.model.spec.nodes}
         return self.dataplanes
 
+    def use_point(self, p: dict) -> None:
+        """The point's release (lab: its ruleset family; dataplanes of another release are
+        removed) and its endpoints-per-Service model (a sweep over releases or endpoint counts)."""
+        release = p.get("kube_proxy_version") or self.settings.kube_version
+        if release != self.settings.kube_version:
+            for dp in self.dataplanes.values():
+                dp.cleanup()
+            self.dataplanes = {}
+            self.settings = replace(self.settings, kube_version=release)
+        eps = p.get("endpoints")
+        if eps is not None and eps != self.model.spec.endpoints:
+            if eps not in self.models:
+                self.models[eps] = build_model(replace(self.model.spec, endpoints=eps))
+            self.model = self.models[eps]
+
     # -- one point ----------------------------------------------------------------------------
     def run_point(self, p: dict) -> dict:
         from harness.measure import connect, load
 
         sc, ms = self.scenario, self.scenario["measure"]
+        self.use_point(p)
         ctx = PointContext(run_id=self.job["run_id"], point_id=p["point_id"], target=self.target_name,
                            kernel=self.kernel, mode=p["mode"],
                            iptables_backend=sc["iptables_backend"] if mode_spec(p["mode"]).iptables_based else "",
-                           n_services=p["n_services"], endpoints=sc["model"]["endpoints"], rep=p["rep"])
+                           n_services=p["n_services"], endpoints=self.model.spec.endpoints, rep=p["rep"],
+                           kube_proxy_version=self.settings.kube_version)
         status: dict[str, Any] = {"point_id": p["point_id"], "kernel": self.kernel, "status": "ok",
                                   "error": None, "flags": {}, "phases": {}}
         services = self.model.services[: p["n_services"]]
@@ -134,11 +155,12 @@ class Worker:
                 emit("phase", point_id=p["point_id"], phase=name)
                 return time.monotonic()
 
-            if sc.get("validate", True) and p["mode"] not in self.validated:
+            checked = (p["mode"], self.settings.kube_version)  # each release's family is validated
+            if sc.get("validate", True) and checked not in self.validated:
                 t = phase("validate")
-                self.validated[p["mode"]] = self.validate(p["mode"])
+                self.validated[checked] = self.validate(p["mode"])
                 status["phases"]["validate_s"] = round(time.monotonic() - t, 2)
-            val = self.validated.get(p["mode"])
+            val = self.validated.get(checked)
             if val is not None:
                 status["validation"] = {"passed": val["passed"], "failed_cells": val["failed_cells"]}
                 if not val["passed"]:
@@ -217,7 +239,9 @@ class Worker:
         res = validate_mode(self.lab, self.agent, dps, self.model, self.settings)
         for dp in dps.values():
             dp.cleanup()
-        emit("validation", key=f"{self.kernel}/{mode}", result=res)
+        release = self.settings.kube_version
+        several = len(self.scenario.get("versions") or []) > 1
+        emit("validation", key=f"{self.kernel}/{mode}" + (f"/{release}" if several else ""), result=res)
         return res
 
     def run(self) -> int:

@@ -130,8 +130,9 @@ def test_refiner_ignores_phases_too_short_to_say_anything():
 KP = {"iptables": ["uml"], "ipvs": ["uml"], "nftables": ["uml"]}
 
 
-def default_points(max_n=50000):
-    sc = load_scenario("default", [(["services"], {"max": max_n, "min": 1000})])
+def default_points(max_n=50000, release=None):
+    extra = [(["kube_proxy_version"], release)] if release else []
+    sc = load_scenario("default", [(["services"], {"max": max_n, "min": 1000}), *extra])
     return sc, runner.plan_points(sc, KP)
 
 
@@ -146,7 +147,7 @@ def test_no_budget_keeps_every_point():
 
 
 def test_budget_leaves_out_what_does_not_fit_and_says_so():
-    sc, pts = default_points()
+    sc, pts = default_points(release="v1.34.12")  # nftables' quadratic family
     plan = pl.build_plan(sc, "lab", KP, pts, "30m")
     assert plan.projected_total <= 1800
     over = {p.point.point_id for p in plan.over_budget}
