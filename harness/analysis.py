@@ -467,7 +467,7 @@ def compare_releases(df: pd.DataFrame, baseline: str | None = None, *, metrics: 
     baseline = baseline or (rels[0] if rels else None)
     keys = ["kernel", "mode", "endpoints", "n_services", "metric", "unit"] + TAG_KEYS
     frames = []
-    for kernel, dk in _groupby(df, ["kernel"]) if baseline else ():
+    for _kernel, dk in _groupby(df, ["kernel"]) if baseline else ():
         if n_services is not None:
             n = int(dk["n_services"].max()) if n_services == -1 else n_services
             dk = dk[dk["n_services"] == n]

@@ -74,14 +74,14 @@ def _variant_series(d: pd.DataFrame, mode: str, dm: pd.DataFrame, st: dict):
         return None
     keys = sorted({tuple(r) for r in d[cols].astype(str).drop_duplicates().itertuples(index=False)},
                   key=lambda t: tuple(analysis._release_key(x) if c == "kube_proxy_version" else (int(x),)
-                                      for c, x in zip(cols, t)))
+                                      for c, x in zip(cols, t, strict=True)))
     out = []
     for i, key in enumerate(keys):
         sel = dm
-        for c, v in zip(cols, key):
+        for c, v in zip(cols, key, strict=True):
             sel = sel[sel[c].astype(str) == v]
         if len(sel):
-            words = [v if c == "kube_proxy_version" else f"{v} ep" for c, v in zip(cols, key)]
+            words = [v if c == "kube_proxy_version" else f"{v} ep" for c, v in zip(cols, key, strict=True)]
             out.append((f"{mode} {' '.join(words)}", {**st, "linestyle": RUN_LINESTYLES[i % len(RUN_LINESTYLES)],
                                                       "fillstyle": VARIANT_MARKER_FILL[i % len(VARIANT_MARKER_FILL)]},
                         sel))

@@ -42,8 +42,7 @@ def _tags(r) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness import analysis, metrics, results, units
-    from harness.report import fmt
+    from harness import analysis, results
 
     try:
         a = results.resolve_runs([args.run_a])[0]
