@@ -382,10 +382,11 @@ def load_run_samples(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 def run_release(meta: Mapping[str, Any]) -> str:
     """The single kube-proxy release of a run's metadata: scenario.kube_proxy_version, else the
-    older local.kube_version, else the local target's kube-proxy binary's version, else ""."""
+    older local.kube_version, else the local target's kube-proxy binary's version, else "" (a
+    cluster run: only the version its tools recorded; the scenario's release is not what it ran)."""
     sc = meta.get("scenario") or {}
     v = sc.get("kube_proxy_version") or (sc.get("local") or {}).get("kube_version")
-    if not v:
+    if meta.get("target") == "cluster" or not v:
         got = str((meta.get("tools") or {}).get("kube-proxy") or "").split()
         v = next((w for w in got if w.startswith("v1.")), "")
     return str(v)

@@ -131,6 +131,13 @@ def test_old_runs_without_the_column_read_as_their_metadatas_release(tmp_path):
     assert set(results.load_points(d)["kube_proxy_version"]) == {"v1.34.12"}
 
 
+def test_a_cluster_runs_release_is_what_its_tools_recorded_never_the_scenario_default():
+    meta = {"target": "cluster", "scenario": {"kube_proxy_version": "v1.37.2"}}
+    assert results.run_release(meta) == ""
+    assert results.run_release({**meta, "tools": {"kube-proxy": "Kubernetes v1.35.4"}}) == "v1.35.4"
+    assert results.run_release({"target": "lab", "scenario": {"kube_proxy_version": "v1.36.3"}}) == "v1.36.3"
+
+
 def test_the_sweep_run_loads_with_both_releases():
     df = results.load(SWEEP)
     assert analysis.releases(df) == ["v1.34.12", "v1.37.2"]
