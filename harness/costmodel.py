@@ -26,6 +26,25 @@ from typing import Mapping
 
 PHASES = ("setup", "validate", "api", "sync_full", "connect", "load", "sync_one", "other")
 API_OBJECTS_PER_S = 273.0  # stop 10: bench_api_create.py, 50,000 Services + slices, 273 objects/s overall
+# the upstream IPAddress allocator (v1.37, which cannot turn it off) walks every IPAddress per
+# allocation: seconds per object at S Services, fitted to bench_api_create.py --services 20000
+# --chunk 5000 on v1.37.2 (3.7 / 5.9 / 15.0 / 23.9 ms per object for Services 0-5k / 5k-10k /
+# 10k-15k / 15k-20k, 2 cores, load average ~3)
+API_UPSTREAM_S_PER_OBJECT = (6.656e-11, 6.092e-08, 2.7723e-03)  # c*S^2 + b*S + a
+
+
+def api_seconds(scenario, n_from: int, n_to: int) -> float:
+    """Creating (or deleting) Services + slices from n_from to n_to in the local apiserver: a flat
+    rate with the bitmap allocator (local.apiserver_args), else the upstream allocator's growing
+    cost per object, integrated over the Service count."""
+    if any("MultiCIDRServiceAllocator=false" in a for a in scenario.local.apiserver_args):
+        return 2 * abs(n_to - n_from) / API_OBJECTS_PER_S
+    c, b, a = API_UPSTREAM_S_PER_OBJECT
+
+    def cumulative(n: float) -> float:
+        return c * n**3 / 3 + b * n**2 / 2 + a * n
+
+    return 2 * abs(cumulative(n_to) - cumulative(n_from))
 
 
 @dataclass(frozen=True)
@@ -202,7 +221,8 @@ def sync_changes(scenario) -> int:
     return -(-s.samples // len(s.kinds)) * len(s.kinds)
 
 
-def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int) -> dict[str, float]:
+def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int,
+                api_from: int | None = None) -> dict[str, float]:
     """Projected seconds per phase of one point, from the measured coefficients alone."""
     key = (cost_target(shape.target), kernel_kind(shape.kernel))
     kc, mc = KERNEL[key], mode_costs(shape.target, shape.kernel, shape.mode, shape.release, shape.endpoints)
@@ -210,7 +230,8 @@ def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int) 
     probes = m.connect.samples + 2 * m.connect.edge_samples + m.connect.direct_samples
     out = {
         "validate": kc.validate if validate else 0.0,
-        "api": 2 * abs(api_delta) / API_OBJECTS_PER_S if key[0] == "local" else 0.0,
+        "api": (api_seconds(scenario, shape.n - api_delta if api_from is None else api_from, shape.n)
+                if key[0] == "local" else 0.0),
         "sync_full": mc.sync_full(n),
         "connect": probes * kc.connect_probe,
         "load": (len(m.load.keepalive) * (m.load.duration_s + kc.load_overhead)) if m.load.enabled else 0.0,

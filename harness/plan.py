@@ -208,7 +208,7 @@ def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: Tr
         shape = cm.PointShape(target, p.kernel, p.mode, p.n_services, release, eps)
         validate = scenario.validate_first and (p.kernel, p.mode, release) not in validated
         phases = cm.base_phases(scenario, shape, validate=validate,
-                                api_delta=p.n_services - api_n.get(p.kernel, 0))
+                                api_delta=p.n_services - api_n.get(p.kernel, 0), api_from=api_n.get(p.kernel, 0))
         phases = {"setup": 0.0 if p.kernel in started else cm.setup_cost(target, p.kernel), **phases}
         pp = PlannedPoint(p, shape, phases)  # the model's figures: the refiner's reference
         cost = sum(refine(shape, phases).values()) if refine else pp.total

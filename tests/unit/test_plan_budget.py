@@ -76,7 +76,8 @@ def test_phases_follow_the_scenario():
     assert ph["api"] == 0  # the lab has no API
     assert ph["load"] == pytest.approx(2 * (3 + cm.KERNEL[("lab", "host")].load_overhead))
     assert cm.base_phases(sc, shape, validate=False, api_delta=0)["validate"] == 0
-    local = cm.base_phases(sc, cm.PointShape("local", "local", "iptables", 200), validate=False, api_delta=150)
+    flat = load_scenario("quick", [parse_override("kube_proxy_version=v1.34.12")])  # the bitmap allocator
+    local = cm.base_phases(flat, cm.PointShape("local", "local", "iptables", 200), validate=False, api_delta=150)
     assert local["api"] == pytest.approx(2 * 150 / cm.API_OBJECTS_PER_S)
 
 

@@ -244,3 +244,15 @@ def test_two_runs_of_one_release_each_are_compared_across_releases(tmp_path, cap
     assert len(c) and "kube_proxy_version" not in c.columns  # paired across releases, not on them
     assert compare_cmd.run(_compare_args([str(a), str(b), "--metric", "sync_full_s"])) == 0
     assert "(kube-proxy v1.37.2 vs v1.34.12)" in capsys.readouterr().out
+
+
+def test_the_local_api_phase_is_projected_by_the_allocator_the_release_runs():
+    from harness import costmodel as cm
+
+    flat = scen("target=local", "kube_proxy_version=v1.34.12")
+    upstream = scen("target=local")  # v1.37.2: the IPAddress allocator cannot be turned off
+    assert cm.api_seconds(flat, 0, 5000) == pytest.approx(10000 / cm.API_OBJECTS_PER_S)
+    # measured on v1.37.2: 37 + 59 + 150 + 239 s for 4 x 5,000 Services + slices
+    assert cm.api_seconds(upstream, 0, 20000) == pytest.approx(485, rel=0.1)
+    assert cm.api_seconds(upstream, 10000, 20000) > 3 * cm.api_seconds(upstream, 0, 10000) / 2
+    assert cm.api_seconds(upstream, 20000, 10000) == cm.api_seconds(upstream, 10000, 20000)
