@@ -330,7 +330,7 @@ def check_side_by_side(metas: Sequence[dict]) -> None:
 
 def report_context(run_dirs, fig_dir: Path | None) -> dict:
     """Everything the templates show; `fig_dir=None` skips rendering figures (the slow part)."""
-    rs = results.load_runs(run_dirs)
+    rs = results.load_runs(run_dirs, keys=results.MUST_MATCH_REPORT)
     df, metas = rs.samples, rs.metas
     check_side_by_side(metas)
     warns = list(rs.warnings)
@@ -401,7 +401,7 @@ def publish(run_dirs, out_dir) -> Path:
     html = build_report(dirs, out)
     index = out / "index.html"
     html.replace(index)
-    df = results.load(dirs)
+    df = results.load(dirs, keys=results.MUST_MATCH_REPORT)
     df.to_parquet(out / "samples.parquet", index=False)
     df.to_csv(out / "samples.csv", index=False)
     metas = [{k: v for k, v in results.load_metadata(d).items() if not str(k).startswith("_")} for d in dirs]

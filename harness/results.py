@@ -41,6 +41,9 @@ POINTS_DIR = "points"
 # Keys that must be equal before runs are combined at all, and before two runs are compared.
 MUST_MATCH: tuple[str, ...] = ("schema_version", "target")
 MUST_MATCH_COMPARE: tuple[str, ...] = MUST_MATCH + ("kernel",)
+# A report lays runs side by side, one series per run (targets, kernels, releases, machines):
+# only the row format must match; every row says its target and kernel.
+MUST_MATCH_REPORT: tuple[str, ...] = ("schema_version",)
 # Keys that should match; a difference is reported as a warning, not refused.
 SHOULD_MATCH: tuple[str, ...] = ("harness.version", "machine.cpu_model", "machine.cores")
 

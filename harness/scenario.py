@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -276,6 +276,17 @@ class Scenario(_Strict):
 
     def counts(self) -> list[int]:
         return self.services.expand()
+
+    def sweep(self, extra_modes: Sequence[str] = ()) -> list[tuple[int, int, str]]:
+        """(Service count, repetition, mode) in run order: counts ascending, modes interleaved and
+        rotated per repetition (slow drift of the machine must not look like a mode effect)."""
+        modes = list(self.modes) + [m for m in extra_modes if m not in self.modes]
+        order = []
+        for n in self.counts():
+            for rep in range(1, self.repetitions + 1):
+                shift = (rep - 1) % len(modes)
+                order += [(n, rep, mode) for mode in modes[shift:] + modes[:shift]]
+        return order
 
     def resolved(self) -> dict[str, Any]:
         """The fully expanded scenario, as saved beside the results."""

@@ -32,7 +32,7 @@ def _terminate(signum, frame):
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) and report; 0 when every point finished (or was left out for the budget), 1 when
     some failed, 130 on Ctrl-C."""
-    from harness import runner
+    from harness import results, runner
     from harness.progress import ProgressView
     from harness.targets import make_target
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)  # `kill` is handled like Ctrl-C: stop, clean up, keep
     try:
         with view:
-            status = runner.execute(run, target, view.on_event, plan=plan)
+            status = runner.execute(run, target, view.on_event, plan=plan, merge=results.merge_points)
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished point is kept in {run.dir}\n"
               f"continue with: kpbench run --resume {run.dir}", file=sys.stderr)

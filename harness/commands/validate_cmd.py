@@ -2,7 +2,7 @@
 kernels the target runs them on, printed as one table; exit status 1 when any cell fails.
 
 For the lab target the matrix runs through the same worker mechanism as `kpbench run`
-(`python -m harness.lab.worker JOB.json`, on the host or inside the UML guest) with a job flagged
+(`python -m harness.pointloop JOB.json`, on the host or inside the UML guest) with a job flagged
 ``"validate_only": true``: the worker builds the lab, validates each mode and exits. The job file,
 the worker log and validation-<kernel>.json stay in a folder `validate-<stamp>-<id>` under the
 results directory. Other targets validate through a `validate(scenario)` method when they have one.
@@ -82,7 +82,7 @@ def validate_on_kernel(scenario, kernel: str, modes: list[str], work_dir: Path,
 
     log_path = work_dir / f"worker-{kernel}.log"
     if kernel == "host":
-        argv = [sys.executable, "-m", "harness.lab.worker", str(job_path)]
+        argv = [sys.executable, "-m", "harness.pointloop", str(job_path)]
         rc = run_host_worker(argv, log_path, on_line, job["tag"])
     else:
         from harness.lab import uml

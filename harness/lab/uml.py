@@ -131,7 +131,7 @@ def available(linux: str = LINUX_UML) -> tuple[bool, str]:
 
 def default_command(job: str | Path) -> list[str]:
     return [str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable,
-            "-m", "harness.lab.worker", str(job)]
+            "-m", "harness.pointloop", str(job)]
 
 
 @dataclass

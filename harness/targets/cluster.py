@@ -34,8 +34,8 @@ from harness.cluster.options import ClusterOptions, options_from
 from harness.cluster.preflight import PreflightReport, planned_changes, run_preflight
 from harness.cluster.restore import restore_cluster, restore_path, save_initial, state_from_cluster
 from harness.cluster.switch import CM_PATH, KubeProxyController, Waits
-from harness.jsonfile import write_json
 from harness.modes import mode as mode_spec
+from harness.pointloop.loop import PointLoop
 from harness.samples import PointContext, SampleWriter
 
 log = logging.getLogger("kpbench")
@@ -106,9 +106,7 @@ class ClusterTarget:
         for line in rep.lines():
             self.out(line)
         self.out("the run will:")
-        from harness.runner import plan_points
-
-        order = [p.mode for p in plan_points(scenario, self.plan(scenario))]
+        order = [mode for _, _, mode in scenario.sweep()]  # one kernel per mode: the points' modes
         for line in planned_changes(rep, order, scenario.counts(), opts):
             self.out(f"  - {line}")
         self.out(f"  probe nodes: {', '.join(probe_nodes)}")
@@ -179,7 +177,13 @@ def _raise_interrupt(signum, frame):
 
 
 class _Session:
-    """One run's objects and measurements (everything between save and restore)."""
+    """One run's objects and measurements (everything between save and restore): the cluster's
+    PointTarget, whose points the one point loop (harness.pointloop) measures."""
+
+    target_name = KERNEL
+    kernel = KERNEL
+    validates = False  # the validation matrix needs the lab's namespaces
+    records_phases = False  # a point's phases here: mode_switch_s and create_s
 
     def __init__(self, target: ClusterTarget, run, rest: Rest, ctl: KubeProxyController, state, ns: str, sink):
         from harness.cluster.objects import ObjectStore
@@ -193,6 +197,9 @@ class _Session:
         self.agents: dict[str, Any] = {}
         self.endpoints: list[tuple[str, str | None]] = []
         self.next_index = 0
+        self.probe: Any = None  # the point's probe agent, its kube-proxy metrics reader and first reading
+        self.scrape: Callable[[], dict] | None = None
+        self.before: dict | None = None
 
     def setup(self) -> None:
         opts, sc = self.opts, self.sc
@@ -248,33 +255,33 @@ class _Session:
     def run(self, points) -> None:
         self.setup()
         try:
-            for p in points:
-                self.sink({"event": "point_start", "point_id": p.point_id, "kernel": p.kernel, "mode": p.mode,
-                           "n_services": p.n_services, "rep": p.rep})
-                t0 = time.monotonic()
-                try:
-                    status = self.point(p)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as e:
-                    status = {"point_id": p.point_id, "kernel": KERNEL, "status": "failed",
-                              "error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
-                status["seconds"] = round(time.monotonic() - t0, 2)
-                out = self.rundata.dir / "points" / f"{p.point_id}.json"
-                write_json(out, status)
-                self.sink({"event": "point_done", "point_id": p.point_id, "status": status["status"],
-                           "error": status.get("error"), "seconds": status["seconds"]})
+            PointLoop(self, self.sc, self.rundata.dir, self.sink).run(points)
         finally:
             for a in self.agents.values():
                 a.close()
 
-    def point(self, p) -> dict:
-        from harness.cluster.probe import scrape_node, scrape_via_probe, sync_delta_us
-        from harness.measure.connect import run_plan
+    # -- the PointTarget: kube-proxy's DaemonSet programs, the probe pod probes -----------------
+    def start(self) -> None:
+        """Nothing: run() sets the run's objects up."""
+
+    def stop(self) -> None:
+        """Nothing: the target restores kube-proxy and deletes the run's objects."""
+
+    def validate(self, mode: str) -> dict | None:
+        return None
+
+    def load_namespace(self) -> str | None:
+        return None  # no load generator on the cluster
+
+    def point_failed(self, p, error: Exception) -> dict | None:
+        return None
+
+    def program(self, p, out: SampleWriter, status: dict) -> tuple[PointContext, list]:
+        """kube-proxy in the point's mode (switched when needed), the Service set grown or shrunk
+        to N, then wait until the last Service is served and read kube-proxy's metrics."""
+        from harness.cluster.probe import scrape_node, scrape_via_probe
 
         sc, ms = self.sc, self.sc.measure
-        status: dict[str, Any] = {"point_id": p.point_id, "kernel": KERNEL, "status": "ok", "error": None,
-                                  "flags": {}, "phases": {}}
         if p.mode != self.mode:
             t = time.monotonic()
             running = self.mode or self.state.original_mode
@@ -289,6 +296,7 @@ class _Session:
                            mode=p.mode, iptables_backend="", n_services=p.n_services,
                            endpoints=sc.model.endpoints, rep=p.rep)
         node, pod, agent = self.agent()
+        self.probe = agent
         status["probe_node"] = node
         svcs = self.store.services
         last = svcs[-1]
@@ -304,46 +312,54 @@ class _Session:
             except Exception:  # the node proxy cannot reach the port: read it from the probe pod
                 return scrape_via_probe(self.t.conn.api, self.ns, pod, port)
 
+        self.scrape = scrape
         try:
-            before = scrape()
+            self.before = scrape()
         except Exception as e:  # no first scrape, no sync delta: this point has no program_us, and says why
-            before = None
+            self.before = None
             status["flags"]["metrics"] = f"kube-proxy metrics not scraped: {e}"[:200]
-        rows_path = self.rundata.dir / "points" / f"{p.point_id}.jsonl"
-        rng = random.Random(sc.seed + p.rep)
-        with rows_path.open("w") as fh:
-            w = SampleWriter(fh)
-            c = ms.connect
-            plan = [(*_addr(rng.choice(svcs)), "random") for _ in range(c.samples)]
-            plan += [x for _ in range(c.edge_samples) for x in ((*_addr(svcs[0]), "first"), (*_addr(svcs[-1]), "last"))]
-            plan += [(ip, manifests.BACKEND_PORT, "direct") for ip, _ in
-                     (rng.choice(self.endpoints) for _ in range(c.direct_samples if self.endpoints else 0))]
-            rng.shuffle(plan)
-            timeout = c.timeout_ms / 1000
-            seq: dict[str, int] = {}
-            for (ip, prt, kind), (us, err) in zip(plan, run_plan(agent, plan, timeout)):
-                k = seq.get(kind, 0)
-                seq[kind] = k + 1
-                v = timeout * 1e6 if err else us
-                if kind == "direct":
-                    w.write(ctx.row("connect_direct_us", v, "us", seq=k, timed_out=bool(err), path="pod"))
-                else:
-                    w.write(ctx.row("connect_us", v, "us", seq=k, timed_out=bool(err), position=kind,
+        return ctx, svcs
+
+    def connect(self, p, ctx: PointContext, svcs, status: dict) -> list[dict]:
+        from harness.measure.connect import run_plan
+
+        rng = random.Random(self.sc.seed + p.rep)
+        c = self.sc.measure.connect
+        plan = [(*_addr(rng.choice(svcs)), "random") for _ in range(c.samples)]
+        plan += [x for _ in range(c.edge_samples) for x in ((*_addr(svcs[0]), "first"), (*_addr(svcs[-1]), "last"))]
+        plan += [(ip, manifests.BACKEND_PORT, "direct") for ip, _ in
+                 (rng.choice(self.endpoints) for _ in range(c.direct_samples if self.endpoints else 0))]
+        rng.shuffle(plan)
+        timeout = c.timeout_ms / 1000
+        seq: dict[str, int] = {}
+        rows = []
+        for (ip, prt, kind), (us, err) in zip(plan, run_plan(self.probe, plan, timeout)):
+            k = seq.get(kind, 0)
+            seq[kind] = k + 1
+            v = timeout * 1e6 if err else us
+            if kind == "direct":
+                rows.append(ctx.row("connect_direct_us", v, "us", seq=k, timed_out=bool(err), path="pod"))
+            else:
+                rows.append(ctx.row("connect_us", v, "us", seq=k, timed_out=bool(err), position=kind,
                                     path="clusterip"))
-            fh.flush()
-            # rule-present latency: one added Service, from the create request to the first connect
-            for j in range(ms.sync.samples if "add" in ms.sync.kinds else 0):
-                w.write(self._sync_add(agent, ctx, j, ms.sync.timeout_s))
-            fh.flush()
-            try:
-                after = scrape()
-                d = sync_delta_us(before, after) if before is not None else None
-                if d:
-                    w.write(ctx.row("program_us", d[0], "us", seq=d[1], path="kube-proxy-metrics"))
-            except Exception as e:
-                status["flags"]["metrics"] = f"kube-proxy metrics not scraped: {e}"[:200]
-            status["samples"] = w.count
-        return status
+        return rows
+
+    def sync_one(self, p, ctx: PointContext, svcs, status: dict) -> list[dict]:
+        """Rule-present latency: one added Service, from the create request to the first connect."""
+        s = self.sc.measure.sync
+        return [self._sync_add(self.probe, ctx, j, s.timeout_s) for j in range(s.samples if "add" in s.kinds else 0)]
+
+    def end_point(self, p, ctx: PointContext, out: SampleWriter, status: dict) -> None:
+        """kube-proxy's own sync time between the two scrapes (program_us)."""
+        from harness.cluster.probe import sync_delta_us
+
+        try:
+            after = self.scrape()
+            d = sync_delta_us(self.before, after) if self.before is not None else None
+            if d:
+                out.write(ctx.row("program_us", d[0], "us", seq=d[1], path="kube-proxy-metrics"))
+        except Exception as e:
+            status["flags"]["metrics"] = f"kube-proxy metrics not scraped: {e}"[:200]
 
     def _sync_add(self, agent, ctx: PointContext, j: int, timeout_s: float) -> dict:
         """One added Service: created without endpoints (not served), the probe starts polling its

@@ -1,6 +1,6 @@
 """The lab target: kube-proxy's dataplane reproduced in network namespaces of a real kernel.
 
-Points are grouped by kernel; each group is handed to one worker (harness.lab.worker), run as a
+Points are grouped by kernel; each group is handed to one worker (harness.pointloop), run as a
 host subprocess or inside a UML guest. A worker that dies is recorded against the point it was
 measuring and a new one continues with the rest.
 """
@@ -94,7 +94,7 @@ class LabTarget:
             if restarts > MAX_RESTARTS:
                 raise LabError(f"the {kernel} worker died {restarts} times; see {run.dir}/worker-{kernel}.log")
 
-    worker_module = "harness.lab.worker"
+    worker_module = "harness.pointloop"
 
     def write_job(self, run, kernel: str, pts: list, tag: str | None = None,
                   extra: dict | None = None) -> tuple[dict, list[str]]:

@@ -46,7 +46,7 @@ class LocalTarget(LabTarget):
                 raise LabError(f"{tool} not found: run `make setup` (installs iproute2, iptables, nftables, nginx-light)")
         from harness.targets import localcluster as lc
 
-        from harness.targets.kube_binaries import binaries_for
+        from harness.targets.local_binaries import binaries_for
 
         self._binaries = binaries_for(scenario.kube_proxy_version)  # one line: "... not built: run `make kube ...`"
         for release in scenario.releases():  # a version sweep runs each release's kube-proxy

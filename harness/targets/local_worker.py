@@ -39,7 +39,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -49,17 +48,18 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from harness.dataplane import make_dataplane
-from harness.dataplane.base import Change
 from harness.lab import netns
 from harness.lab.netns import LabError
-from harness.lab import worker
-from harness.lab.worker import Worker, emit
 from harness.model import Endpoint, Service, ServicePort
 from harness.modes import MODES, mode as mode_spec
+from harness.pointloop.lab import LabPoints
+from harness.pointloop.loop import JobPoint, failed_status
+from harness.pointloop.worker import Job, emit, main as worker_main
 from harness.samples import PointContext, SampleWriter
 from harness.k8s.rest import request as _request
 from harness.targets import fidelity as fidelity_diff
 from harness.targets import localcluster as lc
+from harness.targets.local_dataplane import ApiDataplane
 from harness.targets.local_kubeproxy import metric_rows
 
 TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
@@ -88,70 +88,13 @@ def _post_all(client, bodies: Sequence[tuple[str, dict]], ok: tuple[int, ...] = 
             raise lc.LocalClusterError(f"POST {body['kind']} {name}: HTTP {status}: {data[:300]!r}")
 
 
-class ApiDataplane:
-    """The Dataplane protocol implemented by API calls: kube-proxy does the programming.
-
-    full_sync(services): create those of `services` not in the API yet and wait until both nodes
-    program them (used by the validation matrix); cleanup() deletes what full_sync created.
-    apply(): the change as API calls (create Service + EndpointSlices / patch the slices / delete),
-    returning when the API calls return.
-    """
-
-    def __init__(self, w: "LocalWorker", mode: str, node: str = "a"):
-        self.w, self.mode, self.node = w, mode, node
-        self.created: list[Service] = []
-
-    def render(self, services: Sequence[Service]) -> str:
-        raise NotImplementedError("the local target renders nothing itself: kube-proxy does")
-
-    def full_sync(self, services: Sequence[Service]) -> None:
-        """Create what is missing, then (re)start kube-proxy: its first sync holds every Service,
-        so "programmed" can wait for a sync that ended after the start (kube-proxy writes a
-        mode's state in several steps; ipvs: the iptables rules after the ipsets)."""
-        if self.node != "a":
-            return  # node a's call creates the objects and waits for every node
-        new = [s for s in services if (s.namespace, s.name) not in self.w.in_api]
-        for s in new:
-            self.w.api_create(s)
-        self.created += new
-        restart = bool(new) or not self.w.proxies_running(self.mode)
-        t_wall = time.time()
-        if restart:
-            self.w.ensure_proxies(self.mode, restart=True)
-        timeout = self.w.local["sync_timeout_s"]
-        self.w.wait_programmed({s.cluster_ip for s in services}, self.w.lab.nodes, timeout)
-        if restart:
-            for n in self.w.lab.nodes:
-                self.w.wait_sync_finished(n, since=t_wall, timeout=timeout)
-
-    def apply(self, services: Sequence[Service], change: Change) -> None:
-        if self.node != "a":
-            return
-        if change.kind == "add":
-            self.w.api_create(change.service, trigger=True)
-        elif change.kind == "update":
-            self.w.api_update(change.service, trigger=True)
-        elif change.kind == "delete":
-            self.w.api_delete(change.service)
-        else:
-            raise ValueError(f"unknown change kind {change.kind!r}")
-
-    def counts(self) -> dict[str, int]:
-        return self.w.kernel_counts(self.node, self.mode)
-
-    def cleanup(self) -> None:
-        for s in self.created:
-            self.w.api_delete(s)
-        self.created = []
-
-
-class LocalWorker(Worker):
+class LocalPoints(LabPoints):
     target_name = "local"
 
-    def __init__(self, job: dict):
+    def __init__(self, job: Job):
         super().__init__(job)
-        self.local = self.scenario["local"]
-        self.backend = self.scenario["iptables_backend"]
+        self.local = self.scenario.local
+        self.backend = self.scenario.iptables_backend
         self.cluster: lc.LocalCluster | None = None
         self.proxies: dict[str, lc.KubeProxy] = {}
         self.proxy_mode: str | None = None
@@ -169,18 +112,18 @@ class LocalWorker(Worker):
     def start(self) -> None:
         t0 = time.monotonic()
         if self.job.get("local_cluster"):  # in a UML guest: the host runs etcd + kube-apiserver
-            self.cluster = lc.GuestCluster(self.job["local_cluster"], self.job["tag"])
+            self.cluster = lc.GuestCluster(self.job.get("local_cluster"), self.job.tag)
             emit("log", message=f"local: reaching the host's kube-apiserver {self.cluster.server} over the TAP link")
             self.cluster.start()
             emit("log", message=f"local: apiserver reachable from the guest in {time.monotonic() - t0:.1f} s")
         else:
-            from harness.targets.kube_binaries import binaries_for
+            from harness.targets.local_binaries import binaries_for
 
-            binaries = binaries_for(self.scenario.get("kube_proxy_version") or self.local["kube_version"])
+            binaries = binaries_for(self.scenario.kube_proxy_version or self.local.kube_version)
             emit("log", message=f"local: starting etcd + kube-apiserver ({binaries.kube_apiserver})")
             self.cluster = lc.LocalCluster(
-                tag=self.job["tag"], binaries=binaries, service_cidr=self.scenario["lab"]["service_cidr"],
-                apiserver_args=list(self.local["apiserver_args"]), ready_timeout=self.local["ready_timeout_s"])
+                tag=self.job.tag, binaries=binaries, service_cidr=self.scenario.lab.service_cidr,
+                apiserver_args=list(self.local.apiserver_args), ready_timeout=self.local.ready_timeout_s)
             self.cluster.start()  # LocalClusterError with the log tail if it does not come up
             emit("log", message=f"local: apiserver ready in {time.monotonic() - t0:.1f} s")
         super().start()
@@ -267,7 +210,7 @@ class LocalWorker(Worker):
         objs = [
             ("/apis/networking.k8s.io/v1/servicecidrs",
              {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "kubernetes"},
-              "spec": {"cidrs": [self.scenario["lab"]["service_cidr"]]}}),
+              "spec": {"cidrs": [self.scenario.lab.service_cidr]}}),
             (f"{rbac}/clusterroles",
              {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
               "metadata": {"name": "kpbench:kube-proxy-servicecidrs"},
@@ -370,8 +313,8 @@ class LocalWorker(Worker):
         missing = [s for key, s in want.items() if key not in self.in_api]
         if not missing:
             return None
-        stats = lc.create_services(self.cluster, missing, qps=self.local["create_qps"],
-                                   concurrency=self.local["create_concurrency"], node_names=self._node_names())
+        stats = lc.create_services(self.cluster, missing, qps=self.local.create_qps,
+                                   concurrency=self.local.create_concurrency, node_names=self._node_names())
         for s in missing:
             self.in_api[(s.namespace, s.name)] = s
         return stats
@@ -396,9 +339,9 @@ class LocalWorker(Worker):
         for n in self.model.spec.nodes:
             self.proxies[n] = self.cluster.start_kube_proxy(
                 self.lab.node_ns(n), node_name(n), mode, wait_ready=0, env=self.env, binary=self.kube_proxy_binary(),
-                cluster_cidr=self.scenario["lab"]["pod_cidr"], sync_period=self.local["sync_period"],
-                min_sync_period=self.local["min_sync_period"], ipvs_scheduler=self.scenario["ipvs"]["scheduler"],
-                node_port_addresses=self.local["node_port_addresses"] or None)
+                cluster_cidr=self.scenario.lab.pod_cidr, sync_period=self.local.sync_period,
+                min_sync_period=self.local.min_sync_period, ipvs_scheduler=self.scenario.ipvs.scheduler,
+                node_port_addresses=self.local.node_port_addresses or None)
         self.proxy_mode = mode
         self.proxy_release = self.settings.kube_version
         self.proxy_starts += 1
@@ -407,9 +350,9 @@ class LocalWorker(Worker):
         """kube-proxy of the point's release (use_point): a version sweep restarts it per release,
         against the apiserver of the newest release of the sweep."""
         release = self.settings.kube_version
-        if release == self.scenario["kube_proxy_version"]:
+        if release == self.scenario.kube_proxy_version:
             return self.cluster.binaries.kube_proxy
-        from harness.targets.kube_binaries import binaries_for
+        from harness.targets.local_binaries import binaries_for
 
         return binaries_for(release).kube_proxy
 
@@ -506,25 +449,25 @@ class LocalWorker(Worker):
         ips = {s.cluster_ip for s in self._all_services(services)}
         t0, t_wall = time.perf_counter_ns(), time.time()
         self.start_proxies(mode)
-        t_kernel = self.wait_programmed(ips, ["a"], self.local["sync_timeout_s"])
+        t_kernel = self.wait_programmed(ips, ["a"], self.local.sync_timeout_s)
         t1 = t_kernel
         last = services[-1] if services else None
         if last is not None and last.endpoints:
             res = self.agent.poll(last.cluster_ip, last.ports[0].port, "served", interval=0.001,
-                                  timeout=self.local["sync_timeout_s"], attempt_timeout=0.2)
+                                  timeout=self.local.sync_timeout_s, attempt_timeout=0.2)
             if not res["satisfied"]:
                 raise LabError(f"kube-proxy ({mode}) programmed {len(ips)} Services but a connect to the last, "
                                f"{last.cluster_ip}:{last.ports[0].port}, failed: {res.get('detail')}")
             t1 = max(t1, res["t_ns"])
         out.extend([ctx.row("sync_full_s", (t1 - t0) / 1e9, "s")])
         status["sync_full"] = {"kernel_s": round((t_kernel - t0) / 1e9, 4), "served_s": round((t1 - t0) / 1e9, 4)}
-        self.wait_programmed(ips, [n for n in self.model.spec.nodes if n != "a"], self.local["sync_timeout_s"])
+        self.wait_programmed(ips, [n for n in self.model.spec.nodes if n != "a"], self.local.sync_timeout_s)
         # kube-proxy may still be writing the rest of its first sync (ipvs: the iptables rules come
         # after the ipsets): count what a finished one left. Every Service was in the API before
         # kube-proxy started, so any sync that ended after its start covers them all.
-        self.wait_sync_finished("a", since=t_wall, timeout=self.local["sync_timeout_s"])
+        self.wait_sync_finished("a", since=t_wall, timeout=self.local.sync_timeout_s)
         status["counts"] = self.kernel_counts("a", mode)
-        if self.local["fidelity"]:
+        if self.local.fidelity:
             status["fidelity"], status["fidelity_differences"] = self.fidelity(mode, services, status["counts"],
                                                                                ctx.point_id)
 
@@ -536,7 +479,7 @@ class LocalWorker(Worker):
         """Counts of kube-proxy's state on node a against the lab dataplane's for the same Services;
         both dumps are kept in RUN/fidelity/<point>-{kube-proxy,lab}.txt."""
         if self.fid_ns is None:
-            self.fid_ns = netns.ns_name(self.job["tag"], "fid")
+            self.fid_ns = netns.ns_name(self.job.tag, "fid")
             netns.create(self.fid_ns)
         dp = make_dataplane(mode, self.fid_ns, replace(self.settings, node_ips=(self.lab.node_ip("a"),)), node="a")
         d = self.run_dir / "fidelity"
@@ -558,8 +501,8 @@ class LocalWorker(Worker):
         diffs += [f"ruleset {x}" for x in fidelity_diff.differences(mode, kp_dump, lab_dump)]
         return fid, diffs
 
-    def sync_one(self, dps, services, ctx: PointContext, **kw) -> list[dict]:
-        rows = super().sync_one(dps, services, ctx, **kw)
+    def sync_one(self, p: JobPoint, ctx: PointContext, services, status: dict) -> list[dict]:
+        rows = super().sync_one(p, ctx, services, status)
         apply = {(r["change"], r["seq"]): r["value"] for r in rows if r["metric"] == "sync_apply_s"}
         extra = []
         for r in rows:
@@ -572,7 +515,7 @@ class LocalWorker(Worker):
                                  timed_out=r["timed_out"], change=r["change"], error=r["error"]))
         return rows + extra
 
-    def end_point(self, p: dict, ctx: PointContext, out: SampleWriter, status: dict) -> None:
+    def end_point(self, p: JobPoint, ctx: PointContext, out: SampleWriter, status: dict) -> None:
         self.check_proxies()
         m = lc.scrape_metrics(self.lab.node_ns("a"), self.proxies["a"].metrics_port)
         status["kube_proxy"] = {"proxy_mode": m["proxy_mode"], "starts": self.proxy_starts}
@@ -580,29 +523,27 @@ class LocalWorker(Worker):
             raise LabError(f"kube-proxy on node-a reports mode {m['proxy_mode']!r}, expected {ctx.mode}")
         out.extend(metric_rows(ctx, m["metrics"]))
 
-    def run_point(self, p: dict) -> dict:
-        try:
-            return super().run_point(p)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as e:
-            crash = e if isinstance(e, KubeProxyCrashed) else None
-            if crash is None:
-                try:
-                    self.check_proxies()
-                except KubeProxyCrashed as c:
-                    crash = c
-            if crash is None:
-                raise
-            self.stop_proxies()  # the next point starts it again
-            return {"point_id": p["point_id"], "kernel": self.kernel, "status": "failed",
-                    "error": f"{type(crash).__name__}: {crash}".splitlines()[0][:800],
-                    "kube_proxy_log_tail": getattr(crash, "log_tail", ""),
-                    "traceback": traceback.format_exc(limit=8)}
+    def point_failed(self, p: JobPoint, error: Exception) -> dict | None:
+        """A kube-proxy that exited fails the point with its log tail; it is restarted for the next."""
+        crash = error if isinstance(error, KubeProxyCrashed) else None
+        if crash is None:
+            try:
+                self.check_proxies()
+            except KubeProxyCrashed as c:
+                crash = c
+            except Exception as e:  # the apiserver went too: that is the point's error
+                return failed_status(p, self.kernel, e)
+        if crash is None:
+            return None
+        self.stop_proxies()  # the next point starts it again
+        return {"point_id": p.point_id, "kernel": self.kernel, "status": "failed",
+                "error": f"{type(crash).__name__}: {crash}".splitlines()[0][:800],
+                "kube_proxy_log_tail": getattr(crash, "log_tail", ""),
+                "traceback": traceback.format_exc(limit=8)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return worker.main(argv, LocalWorker)
+    return worker_main(argv, LocalPoints)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def test_budget_spent_mid_run_stops_the_real_worker_after_its_point(tmp_path):
                                                                       "host-iptables-50-r1.jsonl"]
     tag = json.loads((run.dir / ".jobs" / "host.json").read_text())["tag"]
     assert not [n for n in set(netns.list_namespaces()) - before if n.startswith(f"{netns.PREFIX}{tag}-")]
-    p = subprocess.run(["pgrep", "-f", f"harness.lab.worker {run.dir}"], capture_output=True, text=True)
+    p = subprocess.run(["pgrep", "-f", f"harness.pointloop {run.dir}"], capture_output=True, text=True)
     assert p.stdout.strip() == ""
 
     p = kpbench("run", "--resume", str(run.dir), "--no-report")

@@ -37,7 +37,7 @@ def no_leftovers(before: set[str], run: Path | None = None):
         left = {n for n in left if any(n.startswith(f"{netns.PREFIX}{t}-") for t in tags)}
     assert not left, f"lab namespaces left behind: {sorted(left)}"
     if run is not None:
-        p = subprocess.run(["pgrep", "-f", f"harness.lab.worker {run}"], capture_output=True, text=True)
+        p = subprocess.run(["pgrep", "-f", f"harness.pointloop {run}"], capture_output=True, text=True)
         assert p.stdout.strip() == "", "worker processes left behind"
 
 

@@ -181,9 +181,9 @@ def test_apiserver_flags_follow_the_release():
 
 
 def test_a_release_that_is_not_built_is_one_line_naming_it(tmp_path, monkeypatch):
-    from harness.targets import kube_binaries, localcluster as lc
+    from harness.targets import local_binaries as kube_binaries, localcluster as lc
 
-    monkeypatch.setattr(lc, "CACHE_ROOT", tmp_path)
+    monkeypatch.setattr(kube_binaries, "CACHE_ROOT", tmp_path)
     monkeypatch.delenv("KUBE_BIN_DIR", raising=False)
     built = tmp_path / "kube" / "v1.34.12" / "bin"
     built.mkdir(parents=True)

@@ -1,0 +1,174 @@
+"""The measurement sequence of one point, written once for the lab, local and cluster targets.
+
+Per point: validation of the mode (once per mode, where the target validates), the full sync
+(the target programs the point's N Services, timed), connect probes, the load phases (with and
+without keepalive, where the target has a client namespace), the one-change syncs (last: the
+changes are not undone) and the target's end-of-point readings; then the status file
+RUN/points/<point_id>.json next to the samples RUN/points/<point_id>.jsonl.
+
+What differs between targets (how to program, where to probe) is a `PointTarget`.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+from harness.jsonfile import write_json
+from harness.samples import PointContext, SampleWriter
+from harness.scenario import Scenario
+
+Emit = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class JobPoint:
+    """One point as a worker's job file lists it (the runner's Point, across the process boundary)."""
+
+    point_id: str
+    kernel: str
+    mode: str
+    n_services: int
+    rep: int
+    order: int = 0
+    kube_proxy_version: str = ""  # a version sweep: the point's release ("": the scenario's)
+    endpoints: int | None = None  # a sweep over endpoints per Service: the point's count
+
+
+class PointTarget(Protocol):
+    """How one target programs a point's Services and where it probes them."""
+
+    target_name: str  # rows' `target` tag
+    kernel: str  # rows' and statuses' kernel label
+    validates: bool  # run the validation matrix once per mode (scenario `validate`)
+    records_phases: bool  # phase events and status["phases"] times of the loop's own phases
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def validate(self, mode: str) -> dict | None:
+        """The validation matrix of `mode` (None: not validated)."""
+
+    def program(self, p: JobPoint, out: SampleWriter, status: dict) -> tuple[PointContext, Sequence[Any]]:
+        """Bring the dataplane to the point's N Services (rows of the timed full sync, counts in
+        `status`); -> the point's row context and its Services."""
+
+    def connect(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], status: dict) -> list[dict]:
+        """Connect-latency rows from the target's probe."""
+
+    def load_namespace(self) -> str | None:
+        """The client namespace the load generator runs in (None: this target has no load phase)."""
+
+    def sync_one(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], status: dict) -> list[dict]:
+        """Rows of the one-change syncs."""
+
+    def end_point(self, p: JobPoint, ctx: PointContext, out: SampleWriter, status: dict) -> None:
+        """After the last measurement of a point."""
+
+    def point_failed(self, p: JobPoint, error: Exception) -> dict | None:
+        """A failed point's status when the target knows better than the loop (None: the loop's)."""
+
+
+def failed_status(p: JobPoint, kernel: str, error: BaseException) -> dict:
+    """The status of a point that raised `error` (call it while handling the error)."""
+    return {"point_id": p.point_id, "kernel": kernel, "status": "failed",
+            "error": f"{type(error).__name__}: {error}".splitlines()[0][:500],
+            "traceback": traceback.format_exc(limit=8)}
+
+
+class PointLoop:
+    """Runs points on a `PointTarget`, writing their samples and statuses under `run_dir`."""
+
+    def __init__(self, target: PointTarget, scenario: Scenario, run_dir: Path, emit: Emit):
+        self.target, self.scenario, self.run_dir, self.emit = target, scenario, Path(run_dir), emit
+        self.validated: dict[tuple[str, str], dict | None] = {}
+
+    @contextmanager
+    def phase(self, p: JobPoint, name: str, status: dict, key: str) -> Iterator[None]:
+        """Time the loop phase `name` into status["phases"][key] (when the target records phases)."""
+        if not self.target.records_phases:
+            yield
+            return
+        self.emit({"event": "phase", "point_id": p.point_id, "phase": name})
+        t = time.monotonic()
+        yield
+        status["phases"][key] = round(time.monotonic() - t, 2)
+
+    def run(self, points: Sequence[JobPoint], setup_s: float | None = None) -> None:
+        """Measure every point; a point that raises is recorded as failed and the next one runs.
+        `setup_s` (the target's start) goes into the first point's phases (plan: projected vs actual)."""
+        for p in points:
+            self.emit({"event": "point_start", "point_id": p.point_id, "kernel_kind": p.kernel,
+                       "kernel": self.target.kernel, "mode": p.mode, "n_services": p.n_services, "rep": p.rep,
+                       "order": p.order, "kube_proxy_version": p.kube_proxy_version, "endpoints": p.endpoints})
+            t0 = time.monotonic()
+            try:
+                status = self.run_point(p)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:
+                status = self.target.point_failed(p, e) or failed_status(p, self.target.kernel, e)
+            status["seconds"] = round(time.monotonic() - t0, 2)
+            if setup_s is not None:
+                status.setdefault("phases", {})["setup_s"], setup_s = setup_s, None
+            status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            write_json(self.run_dir / "points" / f"{p.point_id}.json", status)
+            self.emit({"event": "point_done", "point_id": p.point_id, "status": status["status"],
+                       "error": status.get("error"), "seconds": status["seconds"]})
+
+    def run_point(self, p: JobPoint) -> dict:
+        """The measurement sequence of one point -> its status."""
+        from harness.measure import load
+
+        t, sc, ms = self.target, self.scenario, self.scenario.measure
+        status: dict[str, Any] = {"point_id": p.point_id, "kernel": t.kernel, "status": "ok",
+                                  "error": None, "flags": {}, "phases": {}}
+        with (self.run_dir / "points" / f"{p.point_id}.jsonl").open("w") as fh:
+            out = SampleWriter(fh)
+            use_point = getattr(t, "use_point", None)  # a version / endpoints sweep: the point's own
+            if use_point is not None:
+                use_point(p)
+            checked = (p.mode, p.kube_proxy_version)  # each release's ruleset family is validated
+            if t.validates and sc.validate_first and checked not in self.validated:
+                with self.phase(p, "validate", status, "validate_s"):
+                    self.validated[checked] = t.validate(p.mode)
+            val = self.validated.get(checked)
+            if val is not None:
+                status["validation"] = {"passed": val["passed"], "failed_cells": val["failed_cells"]}
+                if not val["passed"]:
+                    status["status"] = "invalid"
+
+            with self.phase(p, "sync_full", status, "sync_full_s"):
+                ctx, services = t.program(p, out, status)
+            fh.flush()
+            with self.phase(p, "connect", status, "connect_s"):
+                out.extend(t.connect(p, ctx, services, status))
+            fh.flush()
+
+            client_ns = t.load_namespace()
+            if ms.load.enabled and client_ns is not None:
+                L = ms.load
+                for keepalive in L.keepalive:
+                    ka = str(keepalive).lower()
+                    with self.phase(p, f"load keepalive={ka}", status, f"load_keepalive_{ka}_s"):
+                        res = load.measure_load(
+                            client_ns, ctx, services, users=L.users, rate=L.rate, duration=L.duration_s,
+                            keepalive=keepalive, timeout=L.timeout_s, seed=sc.seed * 1000 + p.rep)
+                        out.extend(res.rows)
+                        if res.saturated:
+                            status["flags"].setdefault("saturated", {})[f"keepalive={ka}"] = {
+                                "reasons": res.reasons, **{k: v for k, v in res.summary.items()
+                                                           if isinstance(v, (int, float, str))}}
+            # last: the changes are not undone (each would cost another apply), so the state after
+            # this phase is no longer the N Services the other phases measured
+            with self.phase(p, "sync_one", status, "sync_one_s"):
+                out.extend(t.sync_one(p, ctx, services, status))
+            fh.flush()
+            t.end_point(p, ctx, out, status)
+            status["samples"] = out.count
+        return status
