@@ -28,9 +28,12 @@ QUANTILES: dict[str, float] = {"p50": 0.50, "p90": 0.90, "p99": 0.99, "p999": 0.
 # Tags that split a series (the sample's "error" tag does not: failed samples stay in their
 # series at their timeout value and are counted).
 TAG_KEYS = ["position", "keepalive", "change", "path", "sync", "phase"]
-SERIES_KEYS = ["kernel", "mode", "metric", "unit"] + TAG_KEYS  # one curve vs Service count
-POINT_KEYS = ["run_id", "kernel", "mode", "n_services", "rep", "metric", "unit"] + TAG_KEYS
-POOLED_KEYS = ["kernel", "mode", "n_services", "metric", "unit"] + TAG_KEYS
+# the axes of a sweep beside mode and count: the kube-proxy release and endpoints per Service
+# (constant in most runs; a version sweep varies them and they split series like the mode does)
+VARIANT_KEYS = ["kube_proxy_version", "endpoints"]
+SERIES_KEYS = ["kernel", "mode", *VARIANT_KEYS, "metric", "unit"] + TAG_KEYS  # one curve vs Service count
+POINT_KEYS = ["run_id", "kernel", "mode", *VARIANT_KEYS, "n_services", "rep", "metric", "unit"] + TAG_KEYS
+POOLED_KEYS = ["kernel", "mode", *VARIANT_KEYS, "n_services", "metric", "unit"] + TAG_KEYS
 
 TIME_UNITS = _metrics.TIME_UNITS
 HIGHER_IS_BETTER = set(_metrics.names(higher_is_better=True))
@@ -355,7 +358,19 @@ def compare_samples(a: Sequence[float], b: Sequence[float], *, n_boot: int = 200
     return out
 
 
-COMPARE_KEYS = ["kernel", "mode", "n_services", "metric", "unit"] + TAG_KEYS
+COMPARE_KEYS = ["kernel", "mode", *VARIANT_KEYS, "n_services", "metric", "unit"] + TAG_KEYS
+
+
+def _swept(da: pd.DataFrame, db: pd.DataFrame, keys: Sequence[str]) -> list[str]:
+    """`keys` without the variant keys (release, endpoints) that each run holds one value of:
+    two runs of one release each are compared across releases (the version effect); a key
+    either run sweeps pairs its points."""
+    out = []
+    for k in keys:
+        if k in VARIANT_KEYS and k in da and k in db and da[k].nunique() <= 1 and db[k].nunique() <= 1:
+            continue
+        out.append(k)
+    return out
 
 
 def compare(run_a, run_b, *, metrics: Sequence[str] | None = None, keys: Sequence[str] = COMPARE_KEYS,
@@ -378,7 +393,7 @@ def compare(run_a, run_b, *, metrics: Sequence[str] | None = None, keys: Sequenc
     db = run_b if isinstance(run_b, pd.DataFrame) else results.load(run_b)
     if metrics is not None:
         da, db = da[da["metric"].isin(list(metrics))], db[db["metric"].isin(list(metrics))]
-    return _compare_frames(da, db, _present(da, keys), n_boot=n_boot, level=level, alpha=alpha,
+    return _compare_frames(da, db, _swept(da, db, _present(da, keys)), n_boot=n_boot, level=level, alpha=alpha,
                            min_effect=min_effect, seed=seed)
 
 
@@ -407,7 +422,7 @@ def compare_modes(df: pd.DataFrame, baseline: str = "iptables", *, metrics: Sequ
     """
     if metrics is not None:
         df = df[df["metric"].isin(list(metrics))]
-    keys = ["kernel", "n_services", "metric", "unit"] + TAG_KEYS
+    keys = ["kernel", *VARIANT_KEYS, "n_services", "metric", "unit"] + TAG_KEYS
     frames = []
     for _kernel, dk in _groupby(df, ["kernel"]):
         if n_services is not None:
@@ -423,6 +438,49 @@ def compare_modes(df: pd.DataFrame, baseline: str = "iptables", *, metrics: Sequ
             frames.append(c)
     if not frames:
         return pd.DataFrame(columns=["kernel", "mode", "baseline"] + keys[1:])
+    return pd.concat(frames, ignore_index=True)
+
+
+def releases(df: pd.DataFrame) -> list[str]:
+    """The kube-proxy releases in the data, oldest first."""
+    if "kube_proxy_version" not in df or df.empty:
+        return []
+    vs = {str(v) for v in df["kube_proxy_version"].unique() if str(v)}
+    return sorted(vs, key=_release_key)
+
+
+def _release_key(v: str) -> tuple:
+    try:
+        return tuple(int(x) for x in v.lstrip("v").split("."))
+    except ValueError:
+        return (0, v)
+
+
+def compare_releases(df: pd.DataFrame, baseline: str | None = None, *, metrics: Sequence[str] | None = None,
+                     n_services: int | None = None, **kw) -> pd.DataFrame:
+    """Each kube-proxy release against `baseline` (default: the oldest in the data) within each
+    kernel and mode (never across them), per endpoints per Service, N and tags: the version
+    effect, with the statistics of compare_modes(). `n_services=-1`: each kernel's largest count."""
+    if metrics is not None:
+        df = df[df["metric"].isin(list(metrics))]
+    rels = releases(df)
+    baseline = baseline or (rels[0] if rels else None)
+    keys = ["kernel", "mode", "endpoints", "n_services", "metric", "unit"] + TAG_KEYS
+    frames = []
+    for _kernel, dk in _groupby(df, ["kernel"]) if baseline else ():
+        if n_services is not None:
+            n = int(dk["n_services"].max()) if n_services == -1 else n_services
+            dk = dk[dk["n_services"] == n]
+        base = dk[dk["kube_proxy_version"] == baseline]
+        if base.empty:
+            continue
+        for rel in [r for r in rels if r != baseline]:
+            c = _compare_frames(base, dk[dk["kube_proxy_version"] == rel], _present(dk, keys), **kw)
+            c.insert(2, "kube_proxy_version", rel)
+            c.insert(3, "baseline", baseline)
+            frames.append(c)
+    if not frames:
+        return pd.DataFrame(columns=["kernel", "mode", "kube_proxy_version", "baseline"] + keys[2:])
     return pd.concat(frames, ignore_index=True)
 
 

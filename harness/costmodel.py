@@ -26,6 +26,25 @@ from typing import Mapping
 
 PHASES = ("setup", "validate", "api", "sync_full", "connect", "load", "sync_one", "other")
 API_OBJECTS_PER_S = 273.0  # stop 10: bench_api_create.py, 50,000 Services + slices, 273 objects/s overall
+# the upstream IPAddress allocator (v1.37, which cannot turn it off) walks every IPAddress per
+# allocation: seconds per object at S Services, fitted to bench_api_create.py --services 20000
+# --chunk 5000 on v1.37.2 (3.7 / 5.9 / 15.0 / 23.9 ms per object for Services 0-5k / 5k-10k /
+# 10k-15k / 15k-20k, 2 cores, load average ~3)
+API_UPSTREAM_S_PER_OBJECT = (6.656e-11, 6.092e-08, 2.7723e-03)  # c*S^2 + b*S + a
+
+
+def api_seconds(scenario, n_from: int, n_to: int) -> float:
+    """Creating (or deleting) Services + slices from n_from to n_to in the local apiserver: a flat
+    rate with the bitmap allocator (local.apiserver_args), else the upstream allocator's growing
+    cost per object, integrated over the Service count."""
+    if any("MultiCIDRServiceAllocator=false" in a for a in scenario.local.apiserver_args):
+        return 2 * abs(n_to - n_from) / API_OBJECTS_PER_S
+    c, b, a = API_UPSTREAM_S_PER_OBJECT
+
+    def cumulative(n: float) -> float:
+        return c * n**3 / 3 + b * n**2 / 2 + a * n
+
+    return 2 * abs(cumulative(n_to) - cumulative(n_from))
 
 
 @dataclass(frozen=True)
@@ -119,13 +138,49 @@ MODE = {
 }
 
 
-def mode_costs(target: str, kernel: str, mode: str) -> ModeCosts:
-    """The coefficients of a mode; a mode registered without figures of its own (harness.modes)
-    is projected as iptables on the same kernel, and its ruleset line says so."""
+# nftables' full sync per ruleset family (harness.releases), relative to the figures above (taken
+# with v1.34.12): the quadratic term's factor, from `nft -f` of kube-proxy's ruleset on the host
+# kernel, 1 endpoint per Service: 5,000 Services v1.34.12 5.24 s, v1.36.3 3.51 s, v1.37.2 0.43 s;
+# 10,000: v1.34.12 19.3 s, v1.37.2 0.46 s; 2 endpoints, v1.37.2, 5,000: 3.62 s.
+NFT_FAMILY_QUADRATIC = {"v1.33": 1.0, "v1.34": 1.0, "v1.36": 0.67, "v1.37": 0.69}
+_NFT_FAMILY = {
+    "v1.36": ("nftables, one anonymous `numgen ... map` per Service (v1.36): full sync QUADRATIC in N, "
+              "~0.67x v1.34's (kubernetes/kubernetes#139513)"),
+    "v1.37": ("nftables, a plain `dnat` for single-endpoint Services and one anonymous map per "
+              "multi-endpoint Service (v1.37): full sync QUADRATIC in N with 2+ endpoints (~0.69x v1.34's)"),
+}
+# v1.37, one endpoint: no anonymous set, `nft -f` 0.43 / 0.46 s per node at 5,000 / 10,000 on the
+# host (so ~0.00009 s per Service for both nodes); the UML guest assumed ~3x slower, as its
+# iptables' linear coefficient is (0.00035 vs 0.00012), not measured for this family
+NFT_V137_LINEAR = {"host": 0.00009, "uml": 0.00027}
+_NFT_V137_ONE = ("nftables, a plain `dnat` per single-endpoint Service, no anonymous set (v1.37, "
+                 "kubernetes/kubernetes#140723): full sync linear in N")
+
+
+def release_costs(base: ModeCosts, mode: str, release: str, endpoints: int, kernel: str = "host") -> ModeCosts:
+    """`base` (figures taken with v1.34.12) adjusted to the ruleset family `mode` programs in
+    `release` with `endpoints` per Service (only nftables' families differ in cost)."""
+    if mode != "nftables" or not release:
+        return base
+    from harness import releases
+
+    fam = releases.family(mode, release)
+    if fam == "v1.37" and endpoints <= 1:
+        sf = base.sync_full
+        return ModeCosts(Poly(sf.a, sf.b + NFT_V137_LINEAR[kernel_kind(kernel)]), base.sync_one, _NFT_V137_ONE)
+    f = NFT_FAMILY_QUADRATIC.get(fam, 1.0)
+    sf = base.sync_full
+    return ModeCosts(Poly(sf.a, sf.b, sf.c * f), base.sync_one, _NFT_FAMILY.get(fam, base.ruleset))
+
+
+def mode_costs(target: str, kernel: str, mode: str, release: str = "", endpoints: int = 1) -> ModeCosts:
+    """The coefficients of a mode (of `release`'s ruleset family, if given); a mode registered
+    without figures of its own (harness.modes) is projected as iptables on the same kernel, and
+    its ruleset line says so."""
     key = (cost_target(target), kernel_kind(kernel))
     hit = MODE.get((*key, mode))
     if hit is not None:
-        return hit
+        return release_costs(hit, mode, release, endpoints, kernel)
     base = MODE[(*key, "iptables")]
     return ModeCosts(base.sync_full, base.sync_one, f"{mode}: no measured cost figures yet, projected as iptables")
 
@@ -140,12 +195,13 @@ def cost_target(target: str) -> str:
     return "lab" if target == "lab" else "local"
 
 
-def ruleset(target: str, kernel: str, mode: str, iptables_backend: str = "legacy") -> str:
-    return mode_costs(target, kernel, mode).ruleset.format(backend=iptables_backend)
+def ruleset(target: str, kernel: str, mode: str, iptables_backend: str = "legacy", release: str = "",
+            endpoints: int = 1) -> str:
+    return mode_costs(target, kernel, mode, release, endpoints).ruleset.format(backend=iptables_backend)
 
 
-def full_sync_growth(target: str, kernel: str, mode: str) -> str:
-    return mode_costs(target, kernel, mode).sync_full.growth
+def full_sync_growth(target: str, kernel: str, mode: str, release: str = "", endpoints: int = 1) -> str:
+    return mode_costs(target, kernel, mode, release, endpoints).sync_full.growth
 
 
 @dataclass
@@ -156,6 +212,8 @@ class PointShape:
     kernel: str
     mode: str
     n: int
+    release: str = ""  # the kube-proxy release (its ruleset family's cost)
+    endpoints: int = 1
 
 
 def sync_changes(scenario) -> int:
@@ -163,15 +221,17 @@ def sync_changes(scenario) -> int:
     return -(-s.samples // len(s.kinds)) * len(s.kinds)
 
 
-def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int) -> dict[str, float]:
+def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int,
+                api_from: int | None = None) -> dict[str, float]:
     """Projected seconds per phase of one point, from the measured coefficients alone."""
     key = (cost_target(shape.target), kernel_kind(shape.kernel))
-    kc, mc = KERNEL[key], mode_costs(shape.target, shape.kernel, shape.mode)
+    kc, mc = KERNEL[key], mode_costs(shape.target, shape.kernel, shape.mode, shape.release, shape.endpoints)
     m, n = scenario.measure, shape.n
     probes = m.connect.samples + 2 * m.connect.edge_samples + m.connect.direct_samples
     out = {
         "validate": kc.validate if validate else 0.0,
-        "api": 2 * abs(api_delta) / API_OBJECTS_PER_S if key[0] == "local" else 0.0,
+        "api": (api_seconds(scenario, shape.n - api_delta if api_from is None else api_from, shape.n)
+                if key[0] == "local" else 0.0),
         "sync_full": mc.sync_full(n),
         "connect": probes * kc.connect_probe,
         "load": (len(m.load.keepalive) * (m.load.duration_s + kc.load_overhead)) if m.load.enabled else 0.0,
@@ -217,6 +277,12 @@ def actual_phases(status: Mapping) -> dict[str, float]:
     return out
 
 
+def _variant(shape: PointShape) -> str:
+    """What the refiner keeps factors per: the mode, and its release and endpoint count (families
+    cost differently, and the model of one is no guide to another's error)."""
+    return f"{shape.mode}@{shape.release}/e{shape.endpoints}" if shape.release else shape.mode
+
+
 MIN_REFINE_S = 0.5  # below this a phase's time is mostly noise: not used to rescale
 
 
@@ -231,13 +297,13 @@ class Refiner:
             a = actual.get(phase)
             if a is None or phase in ("setup", "validate", "other") or max(p, a) < MIN_REFINE_S or p <= 0:
                 continue
-            key = (shape.target, kernel_kind(shape.kernel), shape.mode, phase)
+            key = (shape.target, kernel_kind(shape.kernel), _variant(shape), phase)
             prev = self.factors.get(key)
             if prev is None or shape.n >= prev[0]:
                 self.factors[key] = (shape.n, min(max(a / p, 0.05), 20.0))
 
     def factor(self, shape: PointShape, phase: str) -> float:
-        hit = self.factors.get((shape.target, kernel_kind(shape.kernel), shape.mode, phase))
+        hit = self.factors.get((shape.target, kernel_kind(shape.kernel), _variant(shape), phase))
         if hit:
             return hit[1]
         same_kernel = [f for (t, k, _, _), (_, f) in self.factors.items()

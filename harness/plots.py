@@ -63,13 +63,43 @@ def runs(df: pd.DataFrame) -> list[str]:
     return sorted(map(str, df["run_id"].dropna().unique())) if len(df) and "run_id" in df else []
 
 
+VARIANT_MARKER_FILL = ["full", "none", "left", "bottom"]
+
+
+def _variant_series(d: pd.DataFrame, mode: str, dm: pd.DataFrame, st: dict):
+    """(label, style, rows) per (release, endpoints) of `mode` when the data sweeps either: one
+    series per (mode, release), told apart by line style and marker fill."""
+    cols = [c for c in ("kube_proxy_version", "endpoints") if c in d and d[c].nunique() > 1]
+    if not cols:
+        return None
+    keys = sorted({tuple(r) for r in d[cols].astype(str).drop_duplicates().itertuples(index=False)},
+                  key=lambda t: tuple(analysis._release_key(x) if c == "kube_proxy_version" else (int(x),)
+                                      for c, x in zip(cols, t, strict=True)))
+    out = []
+    for i, key in enumerate(keys):
+        sel = dm
+        for c, v in zip(cols, key, strict=True):
+            sel = sel[sel[c].astype(str) == v]
+        if len(sel):
+            words = [v if c == "kube_proxy_version" else f"{v} ep" for c, v in zip(cols, key, strict=True)]
+            out.append((f"{mode} {' '.join(words)}", {**st, "linestyle": RUN_LINESTYLES[i % len(RUN_LINESTYLES)],
+                                                      "fillstyle": VARIANT_MARKER_FILL[i % len(VARIANT_MARKER_FILL)]},
+                        sel))
+    return out
+
+
 def _series(d: pd.DataFrame, all_runs: Sequence[str]):
-    """(label, style, rows) per mode, and per run when several runs are laid side by side."""
+    """(label, style, rows) per mode, per (release, endpoints) when the data sweeps them, and per
+    run when several runs are laid side by side."""
     for mode in sorted(map(str, d["mode"].unique())):
         dm = d[d["mode"] == mode]
         st = dict(_style(mode))
         if len(all_runs) <= 1:
-            yield mode, st, dm
+            variants = _variant_series(d, mode, dm, st)
+            if variants is None:
+                yield mode, st, dm
+            else:
+                yield from variants
             continue
         for i, run in enumerate(all_runs):
             dr = dm[dm["run_id"] == run]

@@ -173,7 +173,8 @@ def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
             thin.append((str(r["kernel"]), str(r["mode"]), str(r["metric"])))
             continue
         pre = _scale([r["median_a"], r["median_b"]], u)
-        rows.append([r["kernel"], f"{r['mode']} vs {r['baseline']}", int(r["n_services"]), r["metric"], _tags(r),
+        rows.append([r["kernel"], f"{r['mode']} vs {r['baseline']}{_variant(r, df)}", int(r["n_services"]),
+                     r["metric"], _tags(r),
                      _q(r["median_a"], u, pre), _q(r["median_b"], u, pre),
                      f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
                      f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
@@ -208,6 +209,41 @@ def disruption_table(df: pd.DataFrame) -> dict:
     return _table(["kernel", "mode", "Services", "sync", "attempts before", "failed % before",
                    "attempts during", "failed % during", "longest gap before", "longest gap during",
                    "gap during / before"], rows)
+
+
+def _variant(r, df: pd.DataFrame) -> str:
+    """' (v1.37.2, 2 endpoints)' for a row of a run that swept releases or endpoints, else ''."""
+    parts = []
+    if "kube_proxy_version" in df and df["kube_proxy_version"].nunique() > 1 and r.get("kube_proxy_version"):
+        parts.append(str(r["kube_proxy_version"]))
+    if "endpoints" in df and df["endpoints"].nunique() > 1 and "endpoints" in r:
+        parts.append(f"{int(r['endpoints'])} endpoints")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def version_comparison_table(df: pd.DataFrame) -> dict | None:
+    """Each kube-proxy release against the oldest measured, per kernel, mode and endpoints at each
+    kernel's largest count (the version effect); None when the data holds one release."""
+    rels = analysis.releases(df)
+    if len(rels) < 2:
+        return None
+    c = analysis.compare_releases(df, rels[0], metrics=_present(df, compare=True), n_services=-1, n_boot=500)
+    rows, thin = [], []
+    for _, r in c.iterrows():
+        u = metrics.unit(r["metric"])
+        if not r["enough"]:
+            thin.append((str(r["kernel"]), f"{r['mode']} {r['kube_proxy_version']}", str(r["metric"])))
+            continue
+        pre = _scale([r["median_a"], r["median_b"]], u)
+        rows.append([r["kernel"], r["mode"], f"{r['kube_proxy_version']} vs {r['baseline']}", int(r["endpoints"]),
+                     int(r["n_services"]), r["metric"], _tags(r), _q(r["median_a"], u, pre), _q(r["median_b"], u, pre),
+                     f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
+                     f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
+                     r["verdict"]])
+    t = _table(["kernel", "mode", "comparison", "endpoints", "Services", "metric", "tags", "median (baseline)",
+                "median (release)", "ratio [95% CI]", "difference [95% CI]", "verdict"], rows)
+    t["not_enough"] = _thin_summary(thin)
+    return t
 
 
 def quality_table(df: pd.DataFrame, points: pd.DataFrame) -> tuple[dict, dict]:
@@ -333,6 +369,8 @@ def report_context(run_dirs, fig_dir: Path | None) -> dict:
         "figures": render_figures(df, fig_dir) if len(df) and fig_dir is not None else [],
         "fits": fits_table(df),
         "comparison": mode_comparison_table(df),
+        "version_comparison": version_comparison_table(df),
+        "releases": analysis.releases(df),
         "quantiles": quantile_tables(df),
         "disruption": disruption_table(df),
         "points_quality": pts_tab, "samples_quality": samples_tab,

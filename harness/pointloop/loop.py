@@ -36,6 +36,8 @@ class JobPoint:
     n_services: int
     rep: int
     order: int = 0
+    kube_proxy_version: str = ""  # a version sweep: the point's release ("": the scenario's)
+    endpoints: int | None = None  # a sweep over endpoints per Service: the point's count
 
 
 class PointTarget(Protocol):
@@ -85,7 +87,7 @@ class PointLoop:
 
     def __init__(self, target: PointTarget, scenario: Scenario, run_dir: Path, emit: Emit):
         self.target, self.scenario, self.run_dir, self.emit = target, scenario, Path(run_dir), emit
-        self.validated: dict[str, dict | None] = {}
+        self.validated: dict[tuple[str, str], dict | None] = {}
 
     @contextmanager
     def phase(self, p: JobPoint, name: str, status: dict, key: str) -> Iterator[None]:
@@ -104,7 +106,7 @@ class PointLoop:
         for p in points:
             self.emit({"event": "point_start", "point_id": p.point_id, "kernel_kind": p.kernel,
                        "kernel": self.target.kernel, "mode": p.mode, "n_services": p.n_services, "rep": p.rep,
-                       "order": p.order})
+                       "order": p.order, "kube_proxy_version": p.kube_proxy_version, "endpoints": p.endpoints})
             t0 = time.monotonic()
             try:
                 status = self.run_point(p)
@@ -139,10 +141,14 @@ class PointLoop:
                                   "error": None, "flags": {}, "phases": {}}
         with (self.run_dir / "points" / f"{p.point_id}.jsonl").open("w") as fh:
             out = SampleWriter(fh)
-            if t.validates and sc.validate_first and p.mode not in self.validated:
+            use_point = getattr(t, "use_point", None)  # a version / endpoints sweep: the point's own
+            if use_point is not None:
+                use_point(p)
+            checked = (p.mode, p.kube_proxy_version)  # each release's ruleset family is validated
+            if t.validates and sc.validate_first and checked not in self.validated:
                 with self.phase(p, "validate", status, "validate_s"):
-                    self.validated[p.mode] = t.validate(p.mode)
-            val = self.validated.get(p.mode)
+                    self.validated[checked] = t.validate(p.mode)
+            val = self.validated.get(checked)
             if val is not None:
                 status["validation"] = {"passed": val["passed"], "failed_cells": val["failed_cells"]}
                 if not val["passed"]:

@@ -103,6 +103,7 @@ class LocalPoints(LabPoints):
         self.cluster: lc.LocalCluster | None = None
         self.proxies: dict[str, lc.KubeProxy] = {}
         self.proxy_mode: str | None = None
+        self.proxy_release: str | None = None
         self.proxy_starts = 0
         self.in_api: dict[tuple[str, str], Service] = {}
         self.api_ex: ThreadPoolExecutor | None = None
@@ -366,15 +367,27 @@ class LocalPoints(LabPoints):
         cluster, lab = self.running_cluster(), self.running_lab()
         for n in self.model.spec.nodes:
             self.proxies[n] = cluster.start_kube_proxy(
-                lab.node_ns(n), node_name(n), mode, wait_ready=0, env=self.env,
+                lab.node_ns(n), node_name(n), mode, wait_ready=0, env=self.env, binary=self.kube_proxy_binary(),
                 cluster_cidr=self.scenario.lab.pod_cidr, sync_period=self.local.sync_period,
                 min_sync_period=self.local.min_sync_period, ipvs_scheduler=self.scenario.ipvs.scheduler,
                 node_port_addresses=self.local.node_port_addresses or None)
         self.proxy_mode = mode
+        self.proxy_release = self.settings.kube_version
         self.proxy_starts += 1
 
+    def kube_proxy_binary(self):
+        """kube-proxy of the point's release (use_point): a version sweep restarts it per release,
+        against the apiserver of the newest release of the sweep."""
+        release = self.settings.kube_version
+        if release == self.scenario.kube_proxy_version:
+            return self.running_cluster().binaries.kube_proxy
+        from harness.targets.local_binaries import binaries_for
+
+        return binaries_for(release).kube_proxy
+
     def proxies_running(self, mode: str) -> bool:
-        return self.proxy_mode == mode and bool(self.proxies) and all(kp.alive() for kp in self.proxies.values())
+        return (self.proxy_mode == mode and self.proxy_release == self.settings.kube_version and bool(self.proxies)
+                and all(kp.alive() for kp in self.proxies.values()))
 
     def ensure_proxies(self, mode: str, restart: bool = False) -> None:
         """kube-proxy of `mode` running on every node: from a clean kernel when another mode (or
