@@ -29,9 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness.dataplane import make_dataplane  # noqa: E402
 from harness.dataplane.base import Change, DataplaneSettings  # noqa: E402
-from harness.releases import DEFAULT_KUBE_VERSION  # noqa: E402
 from harness.lab import netns  # noqa: E402
 from harness.model import Endpoint, ModelSpec, build_model  # noqa: E402
+from harness.releases import DEFAULT_KUBE_VERSION  # noqa: E402
 
 ALL_MODES = ("iptables-legacy", "iptables-nft", "nftables", "ipvs")
 

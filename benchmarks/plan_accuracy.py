@@ -14,8 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness import plan as pl
-from harness import runner
+from harness import plan as pl, runner
 from harness.scenario import load_scenario
 
 

@@ -27,10 +27,13 @@ from harness import metrics as _metrics
 QUANTILES: dict[str, float] = {"p50": 0.50, "p90": 0.90, "p99": 0.99, "p999": 0.999}
 # Tags that split a series (the sample's "error" tag does not: failed samples stay in their
 # series at their timeout value and are counted).
-TAG_KEYS = ["position", "keepalive", "change", "path"]
-SERIES_KEYS = ["kernel", "mode", "metric", "unit"] + TAG_KEYS  # one curve vs Service count
-POINT_KEYS = ["run_id", "kernel", "mode", "n_services", "rep", "metric", "unit"] + TAG_KEYS
-POOLED_KEYS = ["kernel", "mode", "n_services", "metric", "unit"] + TAG_KEYS
+TAG_KEYS = ["position", "keepalive", "change", "path", "sync", "phase"]
+# the axes of a sweep beside mode and count: the kube-proxy release and endpoints per Service
+# (constant in most runs; a version sweep varies them and they split series like the mode does)
+VARIANT_KEYS = ["kube_proxy_version", "endpoints"]
+SERIES_KEYS = ["kernel", "mode", *VARIANT_KEYS, "metric", "unit"] + TAG_KEYS  # one curve vs Service count
+POINT_KEYS = ["run_id", "kernel", "mode", *VARIANT_KEYS, "n_services", "rep", "metric", "unit"] + TAG_KEYS
+POOLED_KEYS = ["kernel", "mode", *VARIANT_KEYS, "n_services", "metric", "unit"] + TAG_KEYS
 
 TIME_UNITS = _metrics.TIME_UNITS
 HIGHER_IS_BETTER = set(_metrics.names(higher_is_better=True))
@@ -133,7 +136,7 @@ def bands(df_or_q: pd.DataFrame, stat: str = "p50", how: str = "minmax", level: 
             c, lo, hi = float(np.median(v)), float(v.min()), float(v.max())
         else:
             raise ValueError(f"bands(how={how!r}): expected 'minmax' or 'ci'")
-        recs.append({**dict(zip(keys, k)), "center": c, "lo": lo, "hi": hi, "n_reps": n})
+        recs.append({**dict(zip(keys, k, strict=True)), "center": c, "lo": lo, "hi": hi, "n_reps": n})
     return pd.DataFrame(recs, columns=cols)
 
 
@@ -218,9 +221,9 @@ def fit_series(n: Sequence[float], y: Sequence[float], unit: str = "", *, level:
     """Fit one series: y (per-rep statistic) against Service count n. Costs (per_1k, intercept)
     come out in y's own unit; `unit` names it for the caller and does not rescale anything."""
     x = np.asarray(n, float)
-    y = np.asarray(y, float)
-    ok = ~np.isnan(y) & (x > 0)
-    x, yu = x[ok], y[ok]
+    ya = np.asarray(y, float)
+    ok = ~np.isnan(ya) & (x > 0)
+    x, yu = x[ok], ya[ok]
     n_counts = len(np.unique(x))
     pos = yu > 0
     if n_counts < 2 or len(x) < 3:
@@ -249,7 +252,7 @@ def scaling_fits(df: pd.DataFrame, metrics: Sequence[str] | None = None, stat: s
         return pd.DataFrame(columns=cols)
     recs = []
     for k, g in q.groupby(keys, sort=True, dropna=False):
-        rec = dict(zip(keys, k))
+        rec = dict(zip(keys, k, strict=True))
         f = fit_series(g["n_services"].to_numpy(), g[stat].to_numpy(), level=level, min_effect=min_effect)
         unit = _unit(str(rec["metric"]), str(rec.get("unit", "")))
         recs.append({**rec, **f.__dict__, "per_1k_unit": unit, "stat": stat})
@@ -330,22 +333,22 @@ def compare_samples(a: Sequence[float], b: Sequence[float], *, n_boot: int = 200
     """
     if alpha is not None:
         level = 1 - alpha
-    a = np.asarray(a, float)
-    a = a[~np.isnan(a)]
-    b = np.asarray(b, float)
-    b = b[~np.isnan(b)]
-    out = {"n_a": len(a), "n_b": len(b), "median_a": math.nan, "median_b": math.nan, "ratio": math.nan,
+    xa = np.asarray(a, float)
+    xa = xa[~np.isnan(xa)]
+    xb = np.asarray(b, float)
+    xb = xb[~np.isnan(xb)]
+    out = {"n_a": len(xa), "n_b": len(xb), "median_a": math.nan, "median_b": math.nan, "ratio": math.nan,
            "ci_lo": math.nan, "ci_hi": math.nan, "diff": math.nan, "diff_lo": math.nan, "diff_hi": math.nan,
            "p_value": math.nan, "significant": False, "enough": False,
            "verdict": "no significant difference"}
-    if len(a) < MIN_COMPARE_SAMPLES or len(b) < MIN_COMPARE_SAMPLES:
+    if len(xa) < MIN_COMPARE_SAMPLES or len(xb) < MIN_COMPARE_SAMPLES:
         out["verdict"] = NOT_ENOUGH
         return out
-    ma, mb = float(np.median(a)), float(np.median(b))
+    ma, mb = float(np.median(xa)), float(np.median(xb))
     ratio = mb / ma if ma else math.nan
-    lo, hi, d_lo, d_hi = _boot_medians(a, b, n_boot, level, np.random.default_rng(seed))
+    lo, hi, d_lo, d_hi = _boot_medians(xa, xb, n_boot, level, np.random.default_rng(seed))
     try:
-        p = float(_st.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+        p = float(_st.mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
     except ValueError:  # all values identical
         p = 1.0
     sig = bool(np.isfinite(lo) and (lo > 1 or hi < 1) and abs(ratio - 1) >= min_effect)
@@ -355,7 +358,19 @@ def compare_samples(a: Sequence[float], b: Sequence[float], *, n_boot: int = 200
     return out
 
 
-COMPARE_KEYS = ["kernel", "mode", "n_services", "metric", "unit"] + TAG_KEYS
+COMPARE_KEYS = ["kernel", "mode", *VARIANT_KEYS, "n_services", "metric", "unit"] + TAG_KEYS
+
+
+def _swept(da: pd.DataFrame, db: pd.DataFrame, keys: Sequence[str]) -> list[str]:
+    """`keys` without the variant keys (release, endpoints) that each run holds one value of:
+    two runs of one release each are compared across releases (the version effect); a key
+    either run sweeps pairs its points."""
+    out = []
+    for k in keys:
+        if k in VARIANT_KEYS and k in da and k in db and da[k].nunique() <= 1 and db[k].nunique() <= 1:
+            continue
+        out.append(k)
+    return out
 
 
 def compare(run_a, run_b, *, metrics: Sequence[str] | None = None, keys: Sequence[str] = COMPARE_KEYS,
@@ -378,7 +393,7 @@ def compare(run_a, run_b, *, metrics: Sequence[str] | None = None, keys: Sequenc
     db = run_b if isinstance(run_b, pd.DataFrame) else results.load(run_b)
     if metrics is not None:
         da, db = da[da["metric"].isin(list(metrics))], db[db["metric"].isin(list(metrics))]
-    return _compare_frames(da, db, _present(da, keys), n_boot=n_boot, level=level, alpha=alpha,
+    return _compare_frames(da, db, _swept(da, db, _present(da, keys)), n_boot=n_boot, level=level, alpha=alpha,
                            min_effect=min_effect, seed=seed)
 
 
@@ -389,7 +404,7 @@ def _compare_frames(da: pd.DataFrame, db: pd.DataFrame, keys: list[str], **kw) -
     gb = {(k if isinstance(k, tuple) else (k,)): g["value"].to_numpy(float) for k, g in _groupby(db, keys)}
     recs = []
     for k in sorted(set(ga) & set(gb), key=lambda t: tuple(str(x) for x in t)):
-        rec = dict(zip(keys, k))
+        rec = dict(zip(keys, k, strict=True))
         metric = str(rec.get("metric", ""))
         recs.append({**rec, **compare_samples(ga[k], gb[k], metric=metric,
                                               unit=_unit(metric, str(rec.get("unit", ""))), **kw)})
@@ -407,9 +422,9 @@ def compare_modes(df: pd.DataFrame, baseline: str = "iptables", *, metrics: Sequ
     """
     if metrics is not None:
         df = df[df["metric"].isin(list(metrics))]
-    keys = ["kernel", "n_services", "metric", "unit"] + TAG_KEYS
+    keys = ["kernel", *VARIANT_KEYS, "n_services", "metric", "unit"] + TAG_KEYS
     frames = []
-    for kernel, dk in _groupby(df, ["kernel"]):
+    for _kernel, dk in _groupby(df, ["kernel"]):
         if n_services is not None:
             n = int(dk["n_services"].max()) if n_services == -1 else n_services
             dk = dk[dk["n_services"] == n]
@@ -423,6 +438,49 @@ def compare_modes(df: pd.DataFrame, baseline: str = "iptables", *, metrics: Sequ
             frames.append(c)
     if not frames:
         return pd.DataFrame(columns=["kernel", "mode", "baseline"] + keys[1:])
+    return pd.concat(frames, ignore_index=True)
+
+
+def releases(df: pd.DataFrame) -> list[str]:
+    """The kube-proxy releases in the data, oldest first."""
+    if "kube_proxy_version" not in df or df.empty:
+        return []
+    vs = {str(v) for v in df["kube_proxy_version"].unique() if str(v)}
+    return sorted(vs, key=_release_key)
+
+
+def _release_key(v: str) -> tuple:
+    try:
+        return tuple(int(x) for x in v.lstrip("v").split("."))
+    except ValueError:
+        return (0, v)
+
+
+def compare_releases(df: pd.DataFrame, baseline: str | None = None, *, metrics: Sequence[str] | None = None,
+                     n_services: int | None = None, **kw) -> pd.DataFrame:
+    """Each kube-proxy release against `baseline` (default: the oldest in the data) within each
+    kernel and mode (never across them), per endpoints per Service, N and tags: the version
+    effect, with the statistics of compare_modes(). `n_services=-1`: each kernel's largest count."""
+    if metrics is not None:
+        df = df[df["metric"].isin(list(metrics))]
+    rels = releases(df)
+    baseline = baseline or (rels[0] if rels else None)
+    keys = ["kernel", "mode", "endpoints", "n_services", "metric", "unit"] + TAG_KEYS
+    frames = []
+    for _kernel, dk in _groupby(df, ["kernel"]) if baseline else ():
+        if n_services is not None:
+            n = int(dk["n_services"].max()) if n_services == -1 else n_services
+            dk = dk[dk["n_services"] == n]
+        base = dk[dk["kube_proxy_version"] == baseline]
+        if base.empty:
+            continue
+        for rel in [r for r in rels if r != baseline]:
+            c = _compare_frames(base, dk[dk["kube_proxy_version"] == rel], _present(dk, keys), **kw)
+            c.insert(2, "kube_proxy_version", rel)
+            c.insert(3, "baseline", baseline)
+            frames.append(c)
+    if not frames:
+        return pd.DataFrame(columns=["kernel", "mode", "kube_proxy_version", "baseline"] + keys[2:])
     return pd.concat(frames, ignore_index=True)
 
 
@@ -462,7 +520,7 @@ def data_quality(df: pd.DataFrame, points: pd.DataFrame | None = None, *, cv_thr
                      "detail": f"{r['timed_out']} of {r['count']} samples timed out (kept at the timeout value)"})
     keys = _present(q, POOLED_KEYS)
     for k, g in (q.groupby(keys, sort=True, dropna=False) if not q.empty else []):
-        r = dict(zip(keys, k))
+        r = dict(zip(keys, k, strict=True))
         base = {"kernel": r["kernel"], "mode": r["mode"], "n_services": int(r["n_services"]), "rep": -1,
                 "metric": r["metric"], "tags": tags(r)}
         med = g["p50"].dropna().to_numpy(float)

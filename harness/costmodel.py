@@ -26,6 +26,25 @@ from typing import Mapping
 
 PHASES = ("setup", "validate", "api", "sync_full", "connect", "load", "sync_one", "other")
 API_OBJECTS_PER_S = 273.0  # stop 10: bench_api_create.py, 50,000 Services + slices, 273 objects/s overall
+# the upstream IPAddress allocator (v1.37, which cannot turn it off) walks every IPAddress per
+# allocation: seconds per object at S Services, fitted to bench_api_create.py --services 20000
+# --chunk 5000 on v1.37.2 (3.7 / 5.9 / 15.0 / 23.9 ms per object for Services 0-5k / 5k-10k /
+# 10k-15k / 15k-20k, 2 cores, load average ~3)
+API_UPSTREAM_S_PER_OBJECT = (6.656e-11, 6.092e-08, 2.7723e-03)  # c*S^2 + b*S + a
+
+
+def api_seconds(scenario, n_from: int, n_to: int) -> float:
+    """Creating (or deleting) Services + slices from n_from to n_to in the local apiserver: a flat
+    rate with the bitmap allocator (local.apiserver_args), else the upstream allocator's growing
+    cost per object, integrated over the Service count."""
+    if any("MultiCIDRServiceAllocator=false" in a for a in scenario.local.apiserver_args):
+        return 2 * abs(n_to - n_from) / API_OBJECTS_PER_S
+    c, b, a = API_UPSTREAM_S_PER_OBJECT
+
+    def cumulative(n: float) -> float:
+        return c * n**3 / 3 + b * n**2 / 2 + a * n
+
+    return 2 * abs(cumulative(n_to) - cumulative(n_from))
 
 
 @dataclass(frozen=True)
@@ -120,42 +139,49 @@ MODE = {
 }
 
 
-_NFT_DNAT = ("nftables, plain `dnat` for single-endpoint Services (kube-proxy v1.37+: no anonymous "
-             "`numgen` set, so not the quadratic naming scan): full sync linear in N")
-
-# nftables family v1.37 with one endpoint per Service (harness.releases; dataplane/nftables.py
-# single_dnat). lab host 6.18: sync_full phase (both nodes) 1.23 s at 5k, 3.48 s at 20k (run
-# 20261204T231522Z-0820bd, bench13). The others are not measured yet: UML taken as ~4x the host
-# (the iptables ratio), local (real kube-proxy) as its linear term without the quadratic one.
-NFT_DNAT_FULL = {
-    ("lab", "host"): Poly(0.5, 0.00015),
-    ("lab", "uml"): Poly(10.0, 0.0006),
-    ("local", "host"): Poly(1.0, 0.003),
-    ("local", "uml"): Poly(15.0, 0.006),
+# nftables' full sync per ruleset family (harness.releases), relative to the figures above (taken
+# with v1.34.12): the quadratic term's factor, from `nft -f` of kube-proxy's ruleset on the host
+# kernel, 1 endpoint per Service: 5,000 Services v1.34.12 5.24 s, v1.36.3 3.51 s, v1.37.2 0.43 s;
+# 10,000: v1.34.12 19.3 s, v1.37.2 0.46 s; 2 endpoints, v1.37.2, 5,000: 3.62 s.
+NFT_FAMILY_QUADRATIC = {"v1.33": 1.0, "v1.34": 1.0, "v1.36": 0.67, "v1.37": 0.69}
+_NFT_FAMILY = {
+    "v1.36": ("nftables, one anonymous `numgen ... map` per Service (v1.36): full sync QUADRATIC in N, "
+              "~0.67x v1.34's (kubernetes/kubernetes#139513)"),
+    "v1.37": ("nftables, a plain `dnat` for single-endpoint Services and one anonymous map per "
+              "multi-endpoint Service (v1.37): full sync QUADRATIC in N with 2+ endpoints (~0.69x v1.34's)"),
 }
+# v1.37, one endpoint: no anonymous set, `nft -f` 0.43 / 0.46 s per node at 5,000 / 10,000 on the
+# host (so ~0.00009 s per Service for both nodes); the UML guest assumed ~3x slower, as its
+# iptables' linear coefficient is (0.00035 vs 0.00012), not measured for this family
+NFT_V137_LINEAR = {"host": 0.00009, "uml": 0.00027}
+_NFT_V137_ONE = ("nftables, a plain `dnat` per single-endpoint Service, no anonymous set (v1.37, "
+                 "kubernetes/kubernetes#140723): full sync linear in N")
 
 
-def single_dnat(scenario) -> bool:
-    """True when the scenario's nftables ruleset is the plain-dnat one (family v1.37+, 1 endpoint)."""
-    from harness.releases import family
+def release_costs(base: ModeCosts, mode: str, release: str, endpoints: int, kernel: str = "host") -> ModeCosts:
+    """`base` (figures taken with v1.34.12) adjusted to the ruleset family `mode` programs in
+    `release` with `endpoints` per Service (only nftables' families differ in cost)."""
+    if mode != "nftables" or not release:
+        return base
+    from harness import releases
 
-    try:
-        fam = family("nftables", scenario.kube_proxy_version)
-    except Exception:  # noqa: BLE001 - an unknown release is refused elsewhere; project the old family
-        return False
-    return scenario.model.endpoints == 1 and int(fam.split(".")[1]) >= 37
+    fam = releases.family(mode, release)
+    if fam == "v1.37" and endpoints <= 1:
+        sf = base.sync_full
+        return ModeCosts(Poly(sf.a, sf.b + NFT_V137_LINEAR[kernel_kind(kernel)]), base.sync_one, _NFT_V137_ONE)
+    f = NFT_FAMILY_QUADRATIC.get(fam, 1.0)
+    sf = base.sync_full
+    return ModeCosts(Poly(sf.a, sf.b, sf.c * f), base.sync_one, _NFT_FAMILY.get(fam, base.ruleset))
 
 
-def mode_costs(target: str, kernel: str, mode: str, scenario=None) -> ModeCosts:
-    """The coefficients of a mode; a mode registered without figures of its own (harness.modes)
-    is projected as iptables on the same kernel, and its ruleset line says so. With `scenario`,
-    the ruleset family of its kube-proxy release is taken into account (nftables v1.37+)."""
+def mode_costs(target: str, kernel: str, mode: str, release: str = "", endpoints: int = 1) -> ModeCosts:
+    """The coefficients of a mode (of `release`'s ruleset family, if given); a mode registered
+    without figures of its own (harness.modes) is projected as iptables on the same kernel, and
+    its ruleset line says so."""
     key = (cost_target(target), kernel_kind(kernel))
     hit = MODE.get((*key, mode))
-    if hit is not None and mode == "nftables" and scenario is not None and single_dnat(scenario):
-        return ModeCosts(NFT_DNAT_FULL[key], hit.sync_one, _NFT_DNAT)
     if hit is not None:
-        return hit
+        return release_costs(hit, mode, release, endpoints, kernel)
     base = MODE[(*key, "iptables")]
     return ModeCosts(base.sync_full, base.sync_one, f"{mode}: no measured cost figures yet, projected as iptables")
 
@@ -170,23 +196,13 @@ def cost_target(target: str) -> str:
     return "lab" if target == "lab" else "local"
 
 
-def ruleset(target: str, kernel: str, mode: str, iptables_backend: str = "legacy", scenario=None) -> str:
-    """The ruleset a point programs, in words; with `scenario`, prefixed by its kube-proxy release
-    and the mode's ruleset family (harness.releases)."""
-    text = mode_costs(target, kernel, mode, scenario).ruleset.format(backend=iptables_backend)
-    if scenario is None:
-        return text
-    from harness.releases import family
-
-    try:
-        fam = family(mode, scenario.kube_proxy_version)
-    except Exception:  # noqa: BLE001 - a mode without families (registry) or an unknown release
-        return f"kube-proxy {scenario.kube_proxy_version}: {text}"
-    return f"kube-proxy {scenario.kube_proxy_version} ({mode} ruleset family {fam}): {text}"
+def ruleset(target: str, kernel: str, mode: str, iptables_backend: str = "legacy", release: str = "",
+            endpoints: int = 1) -> str:
+    return mode_costs(target, kernel, mode, release, endpoints).ruleset.format(backend=iptables_backend)
 
 
-def full_sync_growth(target: str, kernel: str, mode: str, scenario=None) -> str:
-    return mode_costs(target, kernel, mode, scenario).sync_full.growth
+def full_sync_growth(target: str, kernel: str, mode: str, release: str = "", endpoints: int = 1) -> str:
+    return mode_costs(target, kernel, mode, release, endpoints).sync_full.growth
 
 
 @dataclass
@@ -197,6 +213,8 @@ class PointShape:
     kernel: str
     mode: str
     n: int
+    release: str = ""  # the kube-proxy release (its ruleset family's cost)
+    endpoints: int = 1
 
 
 def sync_changes(scenario) -> int:
@@ -212,22 +230,38 @@ def sync_changes(scenario) -> int:
     return cap * len(s.kinds)
 
 
-def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int) -> dict[str, float]:
+def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int,
+                api_from: int | None = None) -> dict[str, float]:
     """Projected seconds per phase of one point, from the measured coefficients alone."""
     key = (cost_target(shape.target), kernel_kind(shape.kernel))
-    kc, mc = KERNEL[key], mode_costs(shape.target, shape.kernel, shape.mode, scenario)
+    kc, mc = KERNEL[key], mode_costs(shape.target, shape.kernel, shape.mode, shape.release, shape.endpoints)
     m, n = scenario.measure, shape.n
     probes = m.connect.samples + 2 * m.connect.edge_samples + m.connect.direct_samples
     out = {
         "validate": kc.validate if validate else 0.0,
-        "api": 2 * abs(api_delta) / API_OBJECTS_PER_S if key[0] == "local" else 0.0,
+        "api": (api_seconds(scenario, shape.n - api_delta if api_from is None else api_from, shape.n)
+                if key[0] == "local" else 0.0),
         "sync_full": mc.sync_full(n),
         "connect": probes * kc.connect_probe,
         "load": (len(m.load.keepalive) * (m.load.duration_s + kc.load_overhead)) if m.load.enabled else 0.0,
         "sync_one": sync_changes(scenario) * min(mc.sync_one(n), m.sync.timeout_s),
-        "other": kc.other,
+        "other": kc.other + disruption_cost(scenario, mc, n),
     }
     return out
+
+
+def disruption_cost(scenario, mc: ModeCosts, n: int) -> float:
+    """The disruption phase (measure.disruption; counted in `other`): per sync kind two probing
+    windows and one attempt timeout, plus its syncs (full: three warm rewrites, cold: one from
+    empty, each one-change kind: the change and its undo). mc.sync_full covers both nodes: an
+    overestimate of node a's rewrite alone."""
+    d = scenario.measure.disruption
+    if not d.enabled:
+        return 0.0
+    changes = sum(k in d.kinds for k in ("add", "update", "delete"))
+    return (len(d.kinds) * (2 * d.window_s + d.timeout_ms / 1000)
+            + (3 * ("full" in d.kinds) + ("cold" in d.kinds)) * mc.sync_full(n)
+            + 2 * changes * min(mc.sync_one(n), scenario.measure.sync.timeout_s))
 
 
 def setup_cost(target: str, kernel: str) -> float:
@@ -252,6 +286,12 @@ def actual_phases(status: Mapping) -> dict[str, float]:
     return out
 
 
+def _variant(shape: PointShape) -> str:
+    """What the refiner keeps factors per: the mode, and its release and endpoint count (families
+    cost differently, and the model of one is no guide to another's error)."""
+    return f"{shape.mode}@{shape.release}/e{shape.endpoints}" if shape.release else shape.mode
+
+
 MIN_REFINE_S = 0.5  # below this a phase's time is mostly noise: not used to rescale
 
 
@@ -266,13 +306,13 @@ class Refiner:
             a = actual.get(phase)
             if a is None or phase in ("setup", "validate", "other") or max(p, a) < MIN_REFINE_S or p <= 0:
                 continue
-            key = (shape.target, kernel_kind(shape.kernel), shape.mode, phase)
+            key = (shape.target, kernel_kind(shape.kernel), _variant(shape), phase)
             prev = self.factors.get(key)
             if prev is None or shape.n >= prev[0]:
                 self.factors[key] = (shape.n, min(max(a / p, 0.05), 20.0))
 
     def factor(self, shape: PointShape, phase: str) -> float:
-        hit = self.factors.get((shape.target, kernel_kind(shape.kernel), shape.mode, phase))
+        hit = self.factors.get((shape.target, kernel_kind(shape.kernel), _variant(shape), phase))
         if hit:
             return hit[1]
         same_kernel = [f for (t, k, _, _), (_, f) in self.factors.items()

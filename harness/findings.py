@@ -6,6 +6,8 @@
 - the fitted growth per mode (flat / linear / faster than linear, with the cost per 1,000
   Services in readable units);
 - crossovers: the Service count where one mode overtakes another;
+- the version effect, when the run swept kube-proxy releases: each release against the oldest,
+  per mode and endpoints per Service, with the same statistics as the mode comparison;
 - what the run could not measure (failed / invalid / saturated / over-budget points, series
   with too few repetitions).
 
@@ -74,6 +76,40 @@ def compare_sentence(n: int, m: metrics.Metric, mode: str, base: str, r: dict, l
             f"ratio {ci} {_ratio(f_lo)} to {_ratio(f_hi)}).")
 
 
+def release_sentence(n: int, m: metrics.Metric, mode: str, release: str, base: str, r: dict,
+                     endpoints: str = "", level: float = 0.95) -> str:
+    """The version effect in words, e.g. "At 50,000 Services (1 endpoint per Service),
+    nftables: a full sync with v1.37.2 takes 0.02x v1.34.12's (-5.1 s, 95% CI ...; ratio 95% CI ...)"."""
+    at = f"At {units.count(n)} Services{endpoints}, {mode}: {m.headline}"
+    ci = f"{level:.0%} CI"
+    if not r.get("enough"):
+        return (f"{at}: {release} and {base} could not be compared, not enough repetitions "
+                f"({r['n_b']} and {r['n_a']} samples).")
+    if not r["significant"]:
+        return (f"{at} is the same with {release} and {base} within noise (ratio {r['ratio']:.2f}, "
+                f"{ci} {r['ci_lo']:.2f} to {r['ci_hi']:.2f}).")
+    q = lambda v: units.quantity(v, m.unit, sign=True)  # noqa: E731
+    return (f"{at} with {release} takes {_ratio(r['ratio'])} {base}'s ({q(r['diff'])}, {ci} {q(r['diff_lo'])} "
+            f"to {q(r['diff_hi'])}; ratio {ci} {_ratio(r['ci_lo'])} to {_ratio(r['ci_hi'])}).")
+
+
+def _variants(d: pd.DataFrame) -> list[tuple[str, int]]:
+    """(release, endpoints) pairs in the data: one unless the run swept releases or endpoints."""
+    if "kube_proxy_version" not in d or "endpoints" not in d or d.empty:
+        return [("", -1)]
+    pairs = d[["kube_proxy_version", "endpoints"]].drop_duplicates().itertuples(index=False)
+    return sorted({(str(r), int(e)) for r, e in pairs}, key=lambda p: (analysis._release_key(p[0]), p[1]))
+
+
+def _eps_words(e: int) -> str:
+    return f" ({e} endpoint{'s' if e != 1 else ''} per Service)"
+
+
+def _variant_label(release: str, e: int, several_rel: bool, several_eps: bool) -> str:
+    parts = ([release] if several_rel else []) + ([f"{e} endpoint{'s' if e != 1 else ''}"] if several_eps else [])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def growth_words(fit: pd.Series | dict) -> str:
     """flat / linear / faster than linear (about quadratic) / sub-linear / shrinks, from a fit."""
     v = fit["verdict"]
@@ -130,6 +166,28 @@ def _crossing(n0: float, r0: float, n1: float, r1: float) -> float:
     f = l0 / (l0 - l1) if l0 != l1 else 0.5
     n = float(np.exp(np.log(n0) + f * (np.log(n1) - np.log(n0))))
     return float(f"{n:.2g}")
+
+
+def version_effect(dk: pd.DataFrame, heads: Sequence[metrics.Metric], n_max: int, *, level: float = 0.95,
+                   n_boot: int = 1000) -> list[str]:
+    """Each release against the oldest in `dk` (one kernel of one run) at `n_max`, per headline
+    metric, mode and endpoints per Service; [] when the data holds one release."""
+    rels = analysis.releases(dk)
+    if len(rels) < 2:
+        return []
+    several_eps = dk["endpoints"].nunique() > 1
+    out = []
+    for m in heads:
+        d = _headline_rows(dk, m)
+        d = d[d["n_services"] == n_max]
+        if d.empty:
+            continue
+        c = analysis.compare_releases(d, rels[0], metrics=[m.name], n_boot=n_boot, level=level)
+        for _, r in c.iterrows():
+            eps = _eps_words(int(r["endpoints"])) if several_eps or int(r["endpoints"]) != 1 else ""
+            out.append(release_sentence(n_max, m, str(r["mode"]), str(r["kube_proxy_version"]), rels[0], r,
+                                        eps, level))
+    return out
 
 
 def _medians(d: pd.DataFrame) -> pd.DataFrame:
@@ -201,29 +259,36 @@ def summary(df: pd.DataFrame, points: pd.DataFrame | None = None, baseline: str 
         label = kernel if len(runs) == 1 else f"{kernel}, run {run}"
         n_max = int(dk["n_services"].max())
         modes = sorted(map(str, dk["mode"].unique()))
-        k = {"kernel": label, "n_services": n_max, "modes": modes, "compare": [], "growth": [],
+        k = {"kernel": label, "n_services": n_max, "modes": modes, "compare": [], "growth": [], "versions": [],
              "crossovers": [], "programmed_by": programmed_by(dk["target"].unique()) if "target" in dk else "unknown"}
         unfit: list[str] = []
+        variants = _variants(dk)
+        several_rel = len({r for r, _ in variants}) > 1
+        several_eps = len({e for _, e in variants}) > 1
         for m in heads:
-            d = _headline_rows(dk, m)
-            if d.empty:
+            d_all = _headline_rows(dk, m)
+            if d_all.empty:
                 continue
-            at_max = d[d["n_services"] == n_max]
-            base = at_max[at_max["mode"] == baseline]["value"].to_numpy(float)
-            for mode in modes:
-                if mode == baseline or base.size == 0:
-                    continue
-                r = analysis.compare_samples(base, at_max[at_max["mode"] == mode]["value"].to_numpy(float),
-                                             n_boot=n_boot, level=level, metric=m.name, unit=m.unit)
-                k["compare"].append(compare_sentence(n_max, m, mode, baseline, r, level))
-            fits = analysis.scaling_fits(d, [m.name], level=level)
-            for _, f in fits.iterrows():
-                if f["verdict"] == analysis.INSUFFICIENT:
-                    unfit.append(f"{f['mode']} ({m.headline}: {int(f['n_obs'])} observation(s) at "
-                                 f"{int(f['n_counts'])} count(s))")
-                else:
-                    k["growth"].append(growth_sentence(m, str(f["mode"]), f))
-            k["crossovers"] += crossovers(_medians(d), m)
+            for release, e in variants:  # modes are compared within one release and endpoint count
+                d = d_all if e < 0 else d_all[(d_all["kube_proxy_version"] == release) & (d_all["endpoints"] == e)]
+                vl = _variant_label(release, e, several_rel, several_eps)
+                at_max = d[d["n_services"] == n_max]
+                base = at_max[at_max["mode"] == baseline]["value"].to_numpy(float)
+                for mode in modes:
+                    if mode == baseline or base.size == 0:
+                        continue
+                    r = analysis.compare_samples(base, at_max[at_max["mode"] == mode]["value"].to_numpy(float),
+                                                 n_boot=n_boot, level=level, metric=m.name, unit=m.unit)
+                    k["compare"].append(compare_sentence(n_max, m, mode, baseline, r, level).rstrip(".") + vl + ".")
+                fits = analysis.scaling_fits(d, [m.name], level=level)
+                for _, f in fits.iterrows():
+                    if f["verdict"] == analysis.INSUFFICIENT:
+                        unfit.append(f"{f['mode']}{vl} ({m.headline}: {int(f['n_obs'])} observation(s) at "
+                                     f"{int(f['n_counts'])} count(s))")
+                    else:
+                        k["growth"].append(growth_sentence(m, f"{f['mode']}{vl}", f))
+                k["crossovers"] += [c.rstrip(".") + vl + "." for c in crossovers(_medians(d), m)]
+        k["versions"] = version_effect(dk, heads, n_max, level=level, n_boot=n_boot)
         if unfit:
             k["growth"].append("Not fitted, not enough repetitions (a fit needs 3 per-repetition values at 2 or "
                                "more Service counts): " + "; ".join(unfit) + ".")
@@ -240,6 +305,9 @@ def markdown(s: dict) -> str:
         lines += [f"### Kernel {k['kernel']}: at {units.count(k['n_services'])} Services",
                   "", f"Sync times programmed by {k['programmed_by']}.", ""]
         lines += [f"- {x}" for x in k["compare"]]
+        if k.get("versions"):
+            lines += ["", "Version effect (each release against the oldest measured):", ""]
+            lines += [f"- {x}" for x in k["versions"]]
         if k["growth"]:
             lines += ["", "Growth with the number of Services:", ""] + [f"- {x}" for x in k["growth"]]
         lines += ["", "Crossovers: " + (" ".join(k["crossovers"]) or "none: no mode overtakes another."), ""]

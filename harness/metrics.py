@@ -21,10 +21,10 @@ from functools import lru_cache
 # Units a metric may have. Time units carry their factor to microseconds.
 TIME_UNITS: dict[str, float] = {"s": 1e6, "ms": 1e3, "us": 1.0, "ns": 1e-3}
 UNITS: dict[str, str] = {
-    "s": "seconds", "us": "microseconds", "pct": "percent", "count": "a count", "rps": "per second",
+    "s": "seconds", "ms": "milliseconds", "us": "microseconds", "pct": "percent", "count": "a count", "rps": "per second",
 }
 # Names end in their unit, so a reader of samples.parquet can tell the unit from the name.
-NAME_SUFFIX_UNIT: dict[str, str] = {"_s": "s", "_us": "us", "_pct": "pct", "_rps": "rps"}
+NAME_SUFFIX_UNIT: dict[str, str] = {"_s": "s", "_ms": "ms", "_us": "us", "_pct": "pct", "_rps": "rps"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,27 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("sync_full_s", "s",
            "programming all N Services from an empty dataplane (a kube-proxy restart)",
            figures=("sync_latency",), table=True, fit=True, compare=True, headline="a full sync"),
+    Metric("sync_full_warm_s", "s",
+           "rewriting all N Services over the live dataplane the way kube-proxy's first sync after a "
+           "restart does (`path=prober|quiet`: with / without the disruption prober running)",
+           table=True, fit=True, split=("path",)),
+    Metric("disrupt_connect_us", "us",
+           "disruption prober: each new connection to a Service that exists before and after a sync "
+           "(`sync=full|cold|add|update|delete`, `phase=before|during|after`); failures kept, value = timeout",
+           figures=("disruption_timeline",), table=True, split=("sync", "phase")),
+    Metric("disrupt_failed", "count",
+           "disruption prober: one row per failed new connection (`error=refused|reset|unreachable|"
+           "timeout`); failure rate = rows / disrupt_connect_us rows",
+           figures=("disruption_timeline",), split=("sync", "phase")),
+    Metric("disrupt_request_us", "us",
+           "disruption prober: each request on an established keepalive connection during a sync",
+           split=("sync", "phase")),
+    Metric("disrupt_gap_ms", "ms",
+           "disruption prober: longest interval with no successful new connection, per sync and phase",
+           table=True, split=("sync", "phase")),
+    Metric("disrupt_sync_us", "us",
+           "disruption prober: the sync observed (value its length, `seq` its start on the attempts' axis)",
+           figures=("disruption_timeline",), split=("sync",)),
     Metric("program_us", "us",
            "local target: one change from the API call's return until it is served; cluster target: "
            "kube-proxy's mean sync time from its own metrics (`path=kube-proxy-metrics`)",

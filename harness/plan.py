@@ -95,9 +95,14 @@ class Plan:
 
     def measure_command(self, pp: PlannedPoint, run_dir) -> str:
         kernel = cm.kernel_kind(pp.point.kernel)
+        extra = ""
+        if len(self.scenario.releases()) > 1:
+            extra += f" --set kube_proxy_version={pp.point.kube_proxy_version}"
+        if len(self.scenario.endpoint_counts()) > 1:
+            extra += f" --set model.endpoints={pp.point.endpoints}"
         src = f"{run_dir}/scenario.yaml" if run_dir is not None else getattr(self.scenario, "name", "SCENARIO")
         return (f"kpbench run {src} --services {pp.point.n_services} --modes {pp.point.mode} "
-                f"--kernel {kernel} --budget none")
+                f"--kernel {kernel}{extra} --budget none")
 
     def remaining(self, done: Iterable[str]) -> float:
         """Refined projection of the included points not in `done`."""
@@ -133,14 +138,20 @@ class Plan:
         real = self.real_kube_proxy_note()
         if real:
             lines.append(f"  {real}")
+        rels, eps = sc.releases(), sc.endpoint_counts()
+        variants = [(r, e) for r in rels for e in eps]
         for mode, kernels in self.kernel_plan.items():
             lines.append(f"  {mode} on {', '.join(kernels)}: {self.kernel_reasons.get(mode, '')}")
             for k in dict.fromkeys(cm.kernel_kind(k) for k in kernels):
-                lines.append(f"    ruleset ({k}): {cm.ruleset(self.target, k, mode, sc.iptables_backend, sc)}")
-        lines.append(f"  {'kernel':<10} {'mode':<9} {'services':>8} {'rep':>3} {'full sync':>9} {'point':>8}  fits")
+                for r, e in variants:
+                    which = f"{k}, {r}" + (f", {e} endpoint(s)" if len(eps) > 1 else "")
+                    lines.append(f"    ruleset ({which}): {cm.ruleset(self.target, k, mode, sc.iptables_backend, r, e)}")
+        lines.append(f"  {'kernel':<10} {'mode':<9} {'release':<9} {'eps':>3} {'services':>8} {'rep':>3} "
+                     f"{'full sync':>9} {'point':>8}  fits")
         for pp in self.points:
             p = pp.point
-            lines.append(f"  {p.kernel:<10} {p.mode:<9} {p.n_services:>8} {p.rep:>3} "
+            lines.append(f"  {p.kernel:<10} {p.mode:<9} {pp.shape.release:<9} {pp.shape.endpoints:>3} "
+                         f"{p.n_services:>8} {p.rep:>3} "
                          f"{fmt_short(pp.projected['sync_full']):>9} {fmt_short(pp.total):>8}  "
                          f"{'yes' if pp.fits else 'OVER BUDGET'}")
         lines.append(f"  projected: {fmt_duration(self.projected_total)} for {len(self.included)} points"
@@ -177,10 +188,14 @@ class Plan:
             "projected_total_s": round(self.projected_total, 1),
             "points": {pp.point.point_id: {"projected": {k: round(v, 2) for k, v in pp.projected.items()},
                                            "projected_s": round(pp.total, 1), "fits": pp.fits,
+                                           "kube_proxy_version": pp.shape.release,
+                                           "endpoints": pp.shape.endpoints,
                                            "ruleset": cm.ruleset(self.target, pp.point.kernel, pp.point.mode,
-                                                                 self.scenario.iptables_backend, self.scenario),
-                                           "full_sync_growth": cm.full_sync_growth(self.target, pp.point.kernel,
-                                                                                   pp.point.mode, self.scenario),
+                                                                 self.scenario.iptables_backend, pp.shape.release,
+                                                                 pp.shape.endpoints),
+                                           "full_sync_growth": cm.full_sync_growth(
+                                               self.target, pp.point.kernel, pp.point.mode, pp.shape.release,
+                                               pp.shape.endpoints),
                                            "full_sync_projected_s": round(pp.projected["sync_full"], 2)}
                        for pp in self.points},
             "programmed_by": programmed_by(self.target),
@@ -220,14 +235,17 @@ def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: Tr
     model's phases into the cost that keep() and so_far see (the phases kept are the model's)."""
     out: list[PlannedPoint] = []
     started: set[str] = set()
-    validated: set[tuple[str, str]] = set()
+    validated: set[tuple[str, str, str]] = set()
     api_n: dict[str, int] = {}
     so_far = 0.0
     for p in run_order(points):
-        shape = cm.PointShape(target, p.kernel, p.mode, p.n_services)
-        validate = scenario.validate_first and (p.kernel, p.mode) not in validated
+        release = getattr(p, "kube_proxy_version", "") or scenario.kube_proxy_version
+        eps = getattr(p, "endpoints", None)
+        eps = max(scenario.endpoint_counts()) if eps is None else eps
+        shape = cm.PointShape(target, p.kernel, p.mode, p.n_services, release, eps)
+        validate = scenario.validate_first and (p.kernel, p.mode, release) not in validated
         phases = cm.base_phases(scenario, shape, validate=validate,
-                                api_delta=p.n_services - api_n.get(p.kernel, 0))
+                                api_delta=p.n_services - api_n.get(p.kernel, 0), api_from=api_n.get(p.kernel, 0))
         phases = {"setup": 0.0 if p.kernel in started else cm.setup_cost(target, p.kernel), **phases}
         pp = PlannedPoint(p, shape, phases)  # the model's figures: the refiner's reference
         cost = sum(refine(shape, phases).values()) if refine else pp.total
@@ -235,17 +253,18 @@ def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: Tr
         if pp.fits:
             so_far += cost
             started.add(p.kernel)
-            validated.add((p.kernel, p.mode))
+            validated.add((p.kernel, p.mode, release))
             api_n[p.kernel] = p.n_services
         out.append(pp)
     return out
 
 
 def minimum_points(points: list) -> list:
-    """The smallest point of each (kernel, mode): what 'one point of each mode' means."""
-    best: dict[tuple[str, str], object] = {}
+    """The smallest point of each (kernel, mode, release, endpoints): what 'one point of each
+    mode' means (in a sweep over releases or endpoint counts: of each mode of each)."""
+    best: dict[tuple, object] = {}
     for p in points:
-        k = (p.kernel, p.mode)
+        k = (p.kernel, p.mode, getattr(p, "kube_proxy_version", ""), getattr(p, "endpoints", None))
         if k not in best or (p.n_services, p.rep) < (best[k].n_services, best[k].rep):
             best[k] = p
     return list(best.values())

@@ -63,13 +63,43 @@ def runs(df: pd.DataFrame) -> list[str]:
     return sorted(map(str, df["run_id"].dropna().unique())) if len(df) and "run_id" in df else []
 
 
+VARIANT_MARKER_FILL = ["full", "none", "left", "bottom"]
+
+
+def _variant_series(d: pd.DataFrame, mode: str, dm: pd.DataFrame, st: dict):
+    """(label, style, rows) per (release, endpoints) of `mode` when the data sweeps either: one
+    series per (mode, release), told apart by line style and marker fill."""
+    cols = [c for c in ("kube_proxy_version", "endpoints") if c in d and d[c].nunique() > 1]
+    if not cols:
+        return None
+    keys = sorted({tuple(r) for r in d[cols].astype(str).drop_duplicates().itertuples(index=False)},
+                  key=lambda t: tuple(analysis._release_key(x) if c == "kube_proxy_version" else (int(x),)
+                                      for c, x in zip(cols, t, strict=True)))
+    out = []
+    for i, key in enumerate(keys):
+        sel = dm
+        for c, v in zip(cols, key, strict=True):
+            sel = sel[sel[c].astype(str) == v]
+        if len(sel):
+            words = [v if c == "kube_proxy_version" else f"{v} ep" for c, v in zip(cols, key, strict=True)]
+            out.append((f"{mode} {' '.join(words)}", {**st, "linestyle": RUN_LINESTYLES[i % len(RUN_LINESTYLES)],
+                                                      "fillstyle": VARIANT_MARKER_FILL[i % len(VARIANT_MARKER_FILL)]},
+                        sel))
+    return out
+
+
 def _series(d: pd.DataFrame, all_runs: Sequence[str]):
-    """(label, style, rows) per mode, and per run when several runs are laid side by side."""
+    """(label, style, rows) per mode, per (release, endpoints) when the data sweeps them, and per
+    run when several runs are laid side by side."""
     for mode in sorted(map(str, d["mode"].unique())):
         dm = d[d["mode"] == mode]
         st = dict(_style(mode))
         if len(all_runs) <= 1:
-            yield mode, st, dm
+            variants = _variant_series(d, mode, dm, st)
+            if variants is None:
+                yield mode, st, dm
+            else:
+                yield from variants
             continue
         for i, run in enumerate(all_runs):
             dr = dm[dm["run_id"] == run]
@@ -381,6 +411,47 @@ def iptables_position(df: pd.DataFrame, stat: str = "p50") -> Figure:
     return fig
 
 
+def disruption_timeline(df: pd.DataFrame) -> Figure:
+    """Disruption prober at the largest Service count: each new connection's latency (log scale) at
+    its start time relative to the sync's start, failures as red marks along the top, the sync
+    shaded from its start to its end. One row of panels per (kernel, mode), one column per sync
+    kind; the first repetition of each."""
+    m_conn, m_fail, m_sync = metrics.in_figure("disruption_timeline")
+    title = "Disruption during a sync: new connections to existing Services"
+    d = df[df["metric"].isin([m_conn, m_sync])]
+    if d.empty:
+        return _empty(title)
+    d = d[d["n_services"] == d["n_services"].max()]
+    d = d[d["rep"] == d["rep"].min()]
+    rows_ = sorted({(str(k), str(m)) for k, m in zip(d["kernel"], d["mode"])})
+    kinds = [k for k in ("full", "cold", "add", "update", "delete") if k in set(d["sync"].astype(str))]
+    fig, axes = _figure(len(rows_), len(kinds), f"{title} ({units.count(int(d['n_services'].max()))} Services)")
+    for i, (k, mode) in enumerate(rows_):
+        for j, kind in enumerate(kinds):
+            ax = axes[i, j]
+            dk = d[(d["kernel"] == k) & (d["mode"] == mode) & (d["sync"] == kind)]
+            sync = dk[dk["metric"] == m_sync]
+            c = dk[dk["metric"] == m_conn]
+            if sync.empty or c.empty:
+                ax.set_axis_off()
+                continue
+            t0, length_ms = float(sync["seq"].iloc[0]) / 1e3, float(sync["value"].iloc[0]) / 1e3
+            x = c["seq"].astype(float) / 1e3 - t0
+            ok = ~c["timed_out"].astype(bool) & (c["error"].astype(str) == "")
+            ax.scatter(x[ok], c["value"][ok].astype(float), s=3, color=_style(mode)["color"], label="connected")
+            bad = ~ok & (c["error"].astype(str) != "pending")
+            if bad.any():
+                ax.scatter(x[bad], c["value"][bad].astype(float), s=10, marker="x", color="black",
+                           label="failed (at timeout)")
+            ax.axvspan(0, max(length_ms, 0.5), color="#888", alpha=0.25, linewidth=0, label="sync")
+            ax.set_yscale("log")
+            ax.set_title(f"{k} {mode}: {kind}", fontsize="medium")
+            ax.set_xlabel("time from the sync's start (ms)")
+            ax.set_ylabel("connect latency (us)")
+    _legend(fig, axes)
+    return fig
+
+
 FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "hashing_vs_chain": hashing_vs_chain,
     "connect_latency": connect_latency,
@@ -389,6 +460,7 @@ FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "request_cdf_corrected": lambda df: request_cdf(df, metric=metrics.in_figure("request_cdf_corrected")[0]),
     "cpu_usage": cpu_usage,
     "iptables_position": iptables_position,
+    "disruption_timeline": disruption_timeline,
 }
 
 
@@ -396,7 +468,8 @@ def figures(df: pd.DataFrame) -> dict[str, Figure]:
     """Every report figure, by name (skips figures whose metric is absent)."""
     out = {}
     for name, fn in FIGURES.items():
-        if name == "request_cdf_corrected" and not df["metric"].isin(metrics.in_figure(name)).any():
+        if name in ("request_cdf_corrected", "disruption_timeline") and \
+                not df["metric"].isin(metrics.in_figure(name)).any():
             continue
         out[name] = fn(df)
     return out

@@ -62,7 +62,8 @@ class ProgressView:
         if kind == "plan":
             self.progress.update(self._task(), total=ev["total"], completed=ev.get("done", 0))
         elif kind == "point_start":
-            self.current = f"{ev['kernel']} {ev['mode']} n={ev['n_services']} rep {ev['rep']}"
+            rel = f" {ev['kube_proxy_version']}" if ev.get("kube_proxy_version") else ""
+            self.current = f"{ev['kernel']} {ev['mode']}{rel} n={ev['n_services']} rep {ev['rep']}"
             self.progress.update(self._task(), description=self.current)
         elif kind == "phase":
             self.progress.update(self._task(), description=f"{self.current}: {ev['phase']}")

@@ -66,19 +66,7 @@ def fmt(v: Any, digits: int = 3) -> str:
         x = float(v)
     except (TypeError, ValueError):
         return str(v)
-    if math.isnan(x):
-        return ""
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    mag = math.floor(math.log10(abs(x)))
-    if mag >= digits - 1:
-        return f"{x:,.0f}"
-    dec = digits - 1 - mag
-    if dec > 6:
-        return f"{x:.{digits - 1}e}"
-    return f"{x:,.{dec}f}"
+    return units.significant(x, digits)
 
 
 def _tags(r: pd.Series | dict) -> str:
@@ -185,13 +173,75 @@ def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
             thin.append((str(r["kernel"]), str(r["mode"]), str(r["metric"])))
             continue
         pre = _scale([r["median_a"], r["median_b"]], u)
-        rows.append([r["kernel"], f"{r['mode']} vs {r['baseline']}", int(r["n_services"]), r["metric"], _tags(r),
+        rows.append([r["kernel"], f"{r['mode']} vs {r['baseline']}{_variant(r, df)}", int(r["n_services"]),
+                     r["metric"], _tags(r),
                      _q(r["median_a"], u, pre), _q(r["median_b"], u, pre),
                      f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
                      f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
                      r["verdict"]])
     t = _table(["kernel", "comparison", "Services", "metric", "tags", "median (baseline)", "median (mode)",
                 "ratio [95% CI]", "difference [95% CI]", "verdict"], rows)
+    t["not_enough"] = _thin_summary(thin)
+    return t
+
+
+def disruption_table(df: pd.DataFrame) -> dict:
+    """Per kernel, mode, Service count and sync kind: the disruption prober's failure rate and longest
+    gap during the sync against the baseline before it (rates pooled over repetitions, gaps the
+    worst repetition's)."""
+    conn, fail, gap = "disrupt_connect_us", "disrupt_failed", "disrupt_gap_ms"
+    for m in (conn, fail, gap):
+        metrics.get(m)  # registered: the rows' meaning and units come from there
+    d = df[df["metric"].isin([conn, fail, gap])]
+    rows = []
+    if not d.empty:
+        keys = ["kernel", "mode", "n_services", "sync"]
+        for (k, mode, n, kind), g in d.groupby(keys, observed=True, sort=True):
+            cells = []
+            for ph in ("before", "during"):
+                gp = g[g["phase"] == ph]
+                tries = int((gp["metric"] == conn).sum())
+                fails = int((gp["metric"] == fail).sum())
+                cells += [tries, f"{100 * fails / tries:.2f}" if tries else "-"]
+            gaps = {ph: g[(g["metric"] == gap) & (g["phase"] == ph)]["value"].max() for ph in ("before", "during")}
+            ratio = fmt(gaps["during"] / gaps["before"]) if gaps["before"] and gaps["before"] > 0 else "-"
+            rows.append([k, mode, int(n), kind, *cells, _q(gaps["before"], "ms"), _q(gaps["during"], "ms"), ratio])
+    return _table(["kernel", "mode", "Services", "sync", "attempts before", "failed % before",
+                   "attempts during", "failed % during", "longest gap before", "longest gap during",
+                   "gap during / before"], rows)
+
+
+def _variant(r, df: pd.DataFrame) -> str:
+    """' (v1.37.2, 2 endpoints)' for a row of a run that swept releases or endpoints, else ''."""
+    parts = []
+    if "kube_proxy_version" in df and df["kube_proxy_version"].nunique() > 1 and r.get("kube_proxy_version"):
+        parts.append(str(r["kube_proxy_version"]))
+    if "endpoints" in df and df["endpoints"].nunique() > 1 and "endpoints" in r:
+        parts.append(f"{int(r['endpoints'])} endpoints")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def version_comparison_table(df: pd.DataFrame) -> dict | None:
+    """Each kube-proxy release against the oldest measured, per kernel, mode and endpoints at each
+    kernel's largest count (the version effect); None when the data holds one release."""
+    rels = analysis.releases(df)
+    if len(rels) < 2:
+        return None
+    c = analysis.compare_releases(df, rels[0], metrics=_present(df, compare=True), n_services=-1, n_boot=500)
+    rows, thin = [], []
+    for _, r in c.iterrows():
+        u = metrics.unit(r["metric"])
+        if not r["enough"]:
+            thin.append((str(r["kernel"]), f"{r['mode']} {r['kube_proxy_version']}", str(r["metric"])))
+            continue
+        pre = _scale([r["median_a"], r["median_b"]], u)
+        rows.append([r["kernel"], r["mode"], f"{r['kube_proxy_version']} vs {r['baseline']}", int(r["endpoints"]),
+                     int(r["n_services"]), r["metric"], _tags(r), _q(r["median_a"], u, pre), _q(r["median_b"], u, pre),
+                     f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
+                     f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
+                     r["verdict"]])
+    t = _table(["kernel", "mode", "comparison", "endpoints", "Services", "metric", "tags", "median (baseline)",
+                "median (release)", "ratio [95% CI]", "difference [95% CI]", "verdict"], rows)
     t["not_enough"] = _thin_summary(thin)
     return t
 
@@ -319,7 +369,10 @@ def report_context(run_dirs, fig_dir: Path | None) -> dict:
         "figures": render_figures(df, fig_dir) if len(df) and fig_dir is not None else [],
         "fits": fits_table(df),
         "comparison": mode_comparison_table(df),
+        "version_comparison": version_comparison_table(df),
+        "releases": analysis.releases(df),
         "quantiles": quantile_tables(df),
+        "disruption": disruption_table(df),
         "points_quality": pts_tab, "samples_quality": samples_tab,
         "validation": validation_matrix(metas, rs.points),
         "plans": plan_tables(metas),

@@ -54,8 +54,12 @@ _TYPES = {c: pa.int64() for c in _INT} | {"value": pa.float64(), "timed_out": pa
 _ARROW_SCHEMA = pa.schema([(c, _TYPES.get(c, pa.string())) for c in COLUMNS])
 # Columns stored as categoricals after loading (low-cardinality strings).
 CATEGORICAL = tuple(c for c in COLUMNS if c not in _TYPES)
-# Columns a row may omit: tags default to "", seq to 0, timed_out to false.
-_OPTIONAL = set(TAGS) | {"seq", "timed_out"}
+# Columns a row may omit: tags default to "", seq to 0, timed_out to false, kube_proxy_version to
+# the run's single release (rows of runs made before the release was a column, or of a target
+# that does not know it, say "" and are filled from metadata.json when loaded).
+RELEASE = "kube_proxy_version"
+_OPTIONAL = set(TAGS) | {"seq", "timed_out", RELEASE}
+_EMPTY_STR = set(TAGS) | {RELEASE}
 
 
 class ResultsError(UserError):
@@ -255,7 +259,7 @@ def _normalize_rows(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
             raise ResultsError(f"sample row {i}: missing column(s) {missing}")
         for c in COLUMNS:
             v = r.get(c)
-            if c in TAGS:
+            if c in _EMPTY_STR:
                 v = "" if v is None else (("true" if v else "false") if isinstance(v, bool) else str(v))
             elif c == "seq":
                 v = int(v or 0)
@@ -280,7 +284,7 @@ def _read_parquet_table(path: Path) -> pa.Table:
     if required:
         raise ResultsError(f"{path}: missing column(s) {required}")
     for c in missing:  # a file written before an optional column (a tag) existed
-        default = "" if c in TAGS else (0 if c == "seq" else False)
+        default = "" if c in _EMPTY_STR else (0 if c == "seq" else False)
         t = t.append_column(c, pa.array([default] * t.num_rows, type=_ARROW_SCHEMA.field(c).type))
     return t.select(list(COLUMNS)).cast(_ARROW_SCHEMA)
 
@@ -372,7 +376,23 @@ def load_run_samples(run_dir: str | os.PathLike) -> pd.DataFrame:
     if extra:
         tables.append(_normalize_rows(extra))
     t = pa.concat_tables(tables) if tables else _ARROW_SCHEMA.empty_table()
-    return t.to_pandas()
+    df = t.to_pandas()
+    unset = df[RELEASE] == ""
+    if unset.any():
+        df.loc[unset, RELEASE] = run_release(load_metadata(run_dir)) if is_run_dir(run_dir) else ""
+    return df
+
+
+def run_release(meta: Mapping[str, Any]) -> str:
+    """The single kube-proxy release of a run's metadata: scenario.kube_proxy_version, else the
+    older local.kube_version, else the local target's kube-proxy binary's version, else "" (a
+    cluster run: only the version its tools recorded; the scenario's release is not what it ran)."""
+    sc = meta.get("scenario") or {}
+    v = sc.get("kube_proxy_version") or (sc.get("local") or {}).get("kube_version")
+    if meta.get("target") == "cluster" or not v:
+        got = str((meta.get("tools") or {}).get("kube-proxy") or "").split()
+        v = next((w for w in got if w.startswith("v1.")), "")
+    return str(v)
 
 
 def load(spec: str | os.PathLike | Iterable[str | os.PathLike], *,
@@ -410,13 +430,14 @@ def load_points(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> pd.Dat
             sat = flags.get("saturated") if isinstance(flags, Mapping) else None
             rows.append({
                 "run_id": str(meta.get("run_id")), "point_id": pid, "kernel": str(p.get("kernel", "")),
-                "mode": str(p.get("mode", "")), "n_services": int(p.get("n_services") or 0),
+                "mode": str(p.get("mode", "")), RELEASE: str(p.get(RELEASE) or run_release(meta)),
+                "n_services": int(p.get("n_services") or 0),
                 "rep": int(p.get("rep") or 0), "status": str(p.get("status", "unknown")),
                 "error": str(p.get("error") or ""), "saturated": bool(sat),
                 "saturated_detail": json.dumps(sat, sort_keys=True, default=str) if sat else "",
                 "flags": flags, "validation": p.get("validation"),
             })
-    cols = ["run_id", "point_id", "kernel", "mode", "n_services", "rep", "status", "error",
+    cols = ["run_id", "point_id", "kernel", "mode", RELEASE, "n_services", "rep", "status", "error",
             "saturated", "saturated_detail", "flags", "validation"]
     return pd.DataFrame(rows, columns=cols)
 

@@ -37,19 +37,39 @@ class Point:
     n_services: int
     rep: int
     order: int
+    kube_proxy_version: str = ""  # the release this point's kube-proxy (lab: its ruleset family) is
+    endpoints: int | None = None  # endpoints per Service (None: the scenario's single count)
+
+
+def point_id(kernel: str, mode: str, n: int, rep: int, release: str | None = None,
+             endpoints: int | None = None) -> str:
+    """'host-nftables-1000-r1'; a sweep over releases or endpoint counts adds them:
+    'host-nftables-v1.34.12-e2-1000-r1' (single-release ids stay as older runs wrote them)."""
+    parts = [kernel, mode] + ([release] if release else []) + ([f"e{endpoints}"] if endpoints is not None else [])
+    return "-".join(parts + [str(n), f"r{rep}"])
 
 
 def plan_points(scenario: Scenario, kernel_plan: dict[str, list[str]]) -> list[Point]:
-    """Service count x repetition x mode, modes interleaved and rotated per repetition.
+    """Service count x repetition x (mode, release, endpoints), the combinations interleaved and
+    rotated per repetition (a release or endpoint-count sweep is one more axis beside the mode).
 
-    Rotating the mode order between repetitions keeps slow drift of the machine (thermal,
-    background load) from looking like a mode effect.
+    Rotating the order between repetitions keeps slow drift of the machine (thermal, background
+    load) from looking like a mode (or release) effect.
     """
     points: list[Point] = []
     # a kernel plan may add a mode (iptables, measured on every kernel as the bridge between them)
-    for n, rep, mode in scenario.sweep(extra_modes=list(kernel_plan)):
-        for kernel in kernel_plan[mode]:
-            points.append(Point(f"{kernel}-{mode}-{n}-r{rep}", kernel, mode, n, rep, len(points)))
+    modes = list(scenario.modes) + [m for m in kernel_plan if m not in scenario.modes]
+    releases = scenario.releases()
+    eps = scenario.endpoint_counts()
+    combos = [(m, r, e) for m in modes for r in releases for e in eps]
+    for n in scenario.counts():
+        for rep in range(1, scenario.repetitions + 1):
+            shift = (rep - 1) % len(combos)
+            for mode, rel, e in combos[shift:] + combos[:shift]:
+                for kernel in kernel_plan[mode]:
+                    pid = point_id(kernel, mode, n, rep, rel if len(releases) > 1 else None,
+                                   e if len(eps) > 1 else None)
+                    points.append(Point(pid, kernel, mode, n, rep, len(points), rel, e))
     return points
 
 

@@ -20,6 +20,7 @@ COLUMNS: tuple[str, ...] = (
     "target",
     "kernel",
     "mode",
+    "kube_proxy_version",
     "iptables_backend",
     "n_services",
     "endpoints",
@@ -34,12 +35,16 @@ COLUMNS: tuple[str, ...] = (
     "path",
     "timed_out",
     "error",
+    "sync",
+    "phase",
 )
 
 # error: "" for a good sample; otherwise why it failed ("timeout", "refused", "unreachable", an
 # errno name, an HTTP status ...). A failed sample keeps its row with value = the timeout
 # (censored: "not served within the timeout") and timed_out = true.
-TAGS = ("position", "keepalive", "change", "path", "error")
+# sync / phase: disruption rows (harness.measure.disrupt): the sync kind observed and the phase
+# (before / during / after it) an attempt started in
+TAGS = ("position", "keepalive", "change", "path", "error", "sync", "phase")
 
 
 @dataclass
@@ -55,6 +60,8 @@ class PointContext:
     n_services: int
     endpoints: int
     rep: int
+    # the point's kube-proxy release ("": the run's single release, read from its metadata)
+    kube_proxy_version: str = ""
 
     def row(self, metric: str, value: float, unit: str | None = None, *, seq: int = 0,
             timed_out: bool = False, **tags: Any) -> dict[str, Any]:
@@ -66,7 +73,8 @@ class PointContext:
             raise ValueError(f"unknown sample tags: {sorted(unknown)}")
         r = {
             "run_id": self.run_id, "point_id": self.point_id, "target": self.target,
-            "kernel": self.kernel, "mode": self.mode, "iptables_backend": self.iptables_backend,
+            "kernel": self.kernel, "mode": self.mode, "kube_proxy_version": self.kube_proxy_version,
+            "iptables_backend": self.iptables_backend,
             "n_services": self.n_services, "endpoints": self.endpoints, "rep": self.rep,
             "metric": metric, "value": float(value), "unit": unit, "seq": int(seq),
             "timed_out": bool(timed_out),

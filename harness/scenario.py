@@ -76,7 +76,8 @@ class LabSpec(_Strict):
 
 
 class ModelOptions(_Strict):
-    endpoints: int = Field(default=1, ge=0, le=1000)
+    # endpoints per Service; a list ([1, 2]) is one more axis of the sweep, interleaved like modes
+    endpoints: int | list[int] = Field(default=1)
     ports_per_service: int = Field(default=1, ge=1, le=16)
     node_ports: int = Field(default=0, ge=0)
     affinity: int = Field(default=0, ge=0)
@@ -109,10 +110,25 @@ class LoadSpec(_Strict):
     timeout_s: float = Field(default=2, gt=0)
 
 
+class DisruptionSpec(_Strict):
+    """Background prober during syncs (harness.measure.disrupt)."""
+
+    enabled: bool = False
+    rate: float = Field(default=500, gt=0, description="new connections per second, open loop")
+    keepalive_conns: int = Field(default=2, ge=0)
+    window_s: float = Field(default=2.0, gt=0, description="probing before and after each sync")
+    timeout_ms: float = Field(default=1000, gt=0)
+    targets: int = Field(default=16, ge=1, description="Services probed (programmed before and after)")
+    # cold last: its refused attempts leave conntrack entries that a reused source port can hit
+    kinds: list[Literal["full", "cold", "add", "update", "delete"]] = ["full", "add", "update", "delete", "cold"]
+    baseline: bool = Field(default=True, description="warm full sync also timed without the prober")
+
+
 class MeasureSpec(_Strict):
     connect: ConnectSpec = ConnectSpec()
     sync: SyncSpec = SyncSpec()
     load: LoadSpec = LoadSpec()
+    disruption: DisruptionSpec = DisruptionSpec()
 
 
 class IPVSSpec(_Strict):
@@ -179,7 +195,11 @@ class Scenario(_Strict):
     target: Literal["lab", "local", "cluster"] = "lab"
     # the kube-proxy release: the ruleset family the lab renders per mode, and the binaries the
     # local target runs (`make kube KUBE_VERSION=...`)
+    # (a comma list "v1.34.12,v1.37.2", or `versions`, sweeps releases; kube_proxy_version is then
+    # the newest of them: the local target's apiserver release)
     kube_proxy_version: str = versions.DEFAULT_KUBE_VERSION
+    # kube-proxy releases measured as one more axis beside modes and counts, interleaved like modes
+    versions: list[str] | None = None
     modes: list[ModeName] = list(MODES)
     services: ServicesSpec = ServicesSpec(max=1000)
     model: ModelOptions = ModelOptions()
@@ -196,6 +216,11 @@ class Scenario(_Strict):
     cluster: ClusterSpec = ClusterSpec()
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @field_validator("versions", mode="before")
+    @classmethod
+    def _versions_list(cls, v):
+        return split_list(v) if isinstance(v, str) else v
+
     @field_validator("modes")
     @classmethod
     def _modes(cls, v):
@@ -208,6 +233,26 @@ class Scenario(_Strict):
     @model_validator(mode="after")
     def _kube_proxy_version(self):
         old = self.local.kube_version
+        listed = split_list(self.kube_proxy_version)
+        if len(listed) > 1:  # --set kube_proxy_version=v1.34.12,v1.37.2
+            if self.versions and sorted_releases(self.versions) != sorted_releases(listed):
+                raise ValueError(f"kube_proxy_version {self.kube_proxy_version} and versions {self.versions} "
+                                 "differ: set one of them")
+            self.versions = listed
+        if self.versions:
+            sweep = sorted_releases(self.versions)
+            if not sweep:
+                raise ValueError("versions must not be empty")
+            if "kube_proxy_version" in self.model_fields_set and len(listed) == 1 \
+                    and versions.normalize(listed[0]) != sweep[-1]:
+                raise ValueError(f"kube_proxy_version {listed[0]} is not the newest of versions {', '.join(sweep)}: "
+                                 "set versions only")
+            if old is not None and versions.normalize(old) != sweep[-1]:
+                raise ValueError(f"local.kube_version {old} is not the newest of versions {', '.join(sweep)}: "
+                                 "set versions only")
+            self.versions = sweep
+            self.kube_proxy_version = sweep[-1]
+            old = None
         if old is not None:
             old = versions.normalize(old)
             if "kube_proxy_version" in self.model_fields_set and versions.normalize(self.kube_proxy_version) != old:
@@ -215,12 +260,38 @@ class Scenario(_Strict):
                                  "differ: set kube_proxy_version only")
             self.kube_proxy_version = old
         self.kube_proxy_version = versions.normalize(self.kube_proxy_version)
-        for mode in self.modes:  # one line naming the release and the known ones, never a fallback
-            versions.family(mode, self.kube_proxy_version)
+        for release in self.releases():  # one line naming the release and the known ones, never a fallback
+            for mode in self.modes:
+                versions.family(mode, release)
+        if self.target == "cluster" and len(self.releases()) > 1:
+            raise ValueError("the cluster target measures the kube-proxy the cluster runs: a version sweep "
+                             "needs --target lab or local")
         self.local.kube_version = self.kube_proxy_version
         if "apiserver_args" not in self.local.model_fields_set:
             self.local.apiserver_args = default_apiserver_args(self.kube_proxy_version)
         return self
+
+    @model_validator(mode="after")
+    def _endpoints(self):
+        eps = self.model.endpoints
+        eps = sorted(set(eps)) if isinstance(eps, list) else [eps]
+        if not eps:
+            raise ValueError("model.endpoints must not be empty")
+        if any(e < 0 or e > 1000 for e in eps):
+            raise ValueError("model.endpoints: every count must be between 0 and 1000")
+        if len(eps) > 1 and self.target == "cluster":
+            raise ValueError("model.endpoints: a list of endpoint counts needs --target lab or local")
+        self.model.endpoints = eps if len(eps) > 1 else eps[0]
+        return self
+
+    def releases(self) -> list[str]:
+        """The kube-proxy releases of the sweep, oldest first (one unless `versions` lists several)."""
+        return list(self.versions) if self.versions else [self.kube_proxy_version]
+
+    def endpoint_counts(self) -> list[int]:
+        """Endpoints per Service of the sweep, ascending (one unless model.endpoints is a list)."""
+        eps = self.model.endpoints
+        return list(eps) if isinstance(eps, list) else [eps]
 
     def counts(self) -> list[int]:
         return self.services.expand()
@@ -240,7 +311,19 @@ class Scenario(_Strict):
         """The fully expanded scenario, as saved beside the results."""
         d = self.model_dump(by_alias=True)
         d["services"] = {"counts": self.counts()}
+        if not self.versions:
+            d.pop("versions")
         return d
+
+
+def split_list(text: str) -> list[str]:
+    """'v1.34.12, v1.37.2' -> ['v1.34.12', 'v1.37.2']."""
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def sorted_releases(items: list[str]) -> list[str]:
+    """Releases normalized, without repeats, oldest first (UnknownRelease for one that is not a release)."""
+    return sorted({versions.normalize(v) for v in items}, key=versions.parse)
 
 
 def _format_error(source: str, err: ValidationError) -> str:
@@ -292,6 +375,8 @@ def apply_overrides(data: dict, overrides: list[tuple[list[str], Any]]) -> dict:
                 raise ScenarioError(f"--set {'.'.join(path)}: {p} is not a section")
             node = node.setdefault(p, {})
         node[path[-1]] = value
+        if path == ["kube_proxy_version"]:  # the release(s) given on the command line replace a versions list
+            data.pop("versions", None)
     return data
 
 

@@ -28,7 +28,10 @@ def significant(x: float, digits: int = 3) -> str:
     mag = math.floor(math.log10(abs(x)))
     if mag >= digits - 1:
         return f"{x:,.0f}"
-    return f"{x:,.{digits - 1 - mag}f}"
+    dec = digits - 1 - mag
+    if dec > 6:  # too small for plain decimals to stay readable
+        return f"{x:.{digits - 1}e}"
+    return f"{x:,.{dec}f}"
 
 
 def time_prefix(value_us: float) -> tuple[str, float]:

@@ -25,7 +25,7 @@ def root_namespace_untouched():
                            ("route", ["ip", "route"])):
             try:
                 p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-                out[name] = "\n".join(l for l in p.stdout.splitlines() if not l.startswith("#"))
+                out[name] = "\n".join(ln for ln in p.stdout.splitlines() if not ln.startswith("#"))
             except (OSError, subprocess.SubprocessError):
                 out[name] = None
         return out

@@ -5,7 +5,7 @@ Imports only the standard library (and pyroute2 for ipvs, lazily): the worker ru
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from harness import modes
 from harness.dataplane.base import Change, Dataplane, DataplaneSettings

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from harness.lab.netns import LabError, exec_prefix
 
@@ -18,9 +18,11 @@ def stream(ns: str | None, argv: Sequence[str], chunks: Iterable[str]) -> str:
     full = (exec_prefix(ns) if ns else []) + list(argv)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         p = subprocess.Popen(full, stdin=subprocess.PIPE, stdout=out, stderr=err, bufsize=0)
+        stdin = p.stdin
+        assert stdin is not None  # stdin=PIPE
         broken = False
         try:
-            w = p.stdin.write
+            w = stdin.write
             for c in chunks:
                 if c:
                     w(c.encode())
@@ -28,7 +30,7 @@ def stream(ns: str | None, argv: Sequence[str], chunks: Iterable[str]) -> str:
             broken = True
         finally:
             try:
-                p.stdin.close()
+                stdin.close()
             except BrokenPipeError:
                 broken = True
         rc = p.wait()

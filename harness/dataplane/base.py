@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
-from harness.releases import DEFAULT_KUBE_VERSION
 from harness.model import Service
+from harness.releases import DEFAULT_KUBE_VERSION
 
 ChangeKind = Literal["add", "update", "delete"]
 

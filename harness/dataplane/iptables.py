@@ -20,7 +20,7 @@ Standard library only (the worker imports this inside UML).
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from harness import releases as versions
 from harness.dataplane import names
@@ -109,7 +109,7 @@ class IptablesDataplane:
                 if n == 1:
                     seps = [(eps[0], "KUBE-SEP-" + hashes[i + 1])]
                 else:
-                    seps = [(e, "KUBE-SEP-" + x) for e, x in zip(eps, hashes[i + 1:i + 1 + n])]
+                    seps = [(e, "KUBE-SEP-" + x) for e, x in zip(eps, hashes[i + 1:i + 1 + n], strict=True)]
                 i += 1 + n
                 info.append((port, ps, proto, "KUBE-SVC-" + h, "KUBE-EXT-" + h, seps))
             out.append(info)
@@ -316,7 +316,7 @@ class IptablesDataplane:
             part = services[lo:lo + CHUNK]
             pinfos = self.service_chains_bulk(part)
             infos += pinfos
-            for svc, info in zip(part, pinfos):
+            for svc, info in zip(part, pinfos, strict=True):
                 buf += cl(svc, info)
                 if record is not None:
                     record[_key(svc)] = self.chain_set(svc, info)
@@ -358,7 +358,7 @@ class IptablesDataplane:
                 c = cache.get(_key(svc))
                 if c is None or (c[0] is not svc and c[0] != svc) or c[2] != large:
                     miss.append(svc)
-            for svc, info in zip(miss, self.service_chains_bulk(miss)):
+            for svc, info in zip(miss, self.service_chains_bulk(miss), strict=True):
                 top: list[str] = []
                 rules(svc, info, large, False, top)
                 cache[_key(svc)] = (svc, "".join(top), large)

@@ -32,13 +32,20 @@ import errno
 import os
 import socket
 import struct
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from harness import releases as versions
-from harness.dataplane.base import Change, DataplaneSettings
 from harness.dataplane._tool import stream
-from harness.dataplane.ipvs_netlink import (F_CREATE, F_EXCL, F_REQUEST, NetlinkBatch, _genl_family_id, _Templates,
-                                            netlink_socket)
+from harness.dataplane.base import Change, DataplaneSettings
+from harness.dataplane.ipvs_netlink import (
+    F_CREATE,
+    F_EXCL,
+    F_REQUEST,
+    NetlinkBatch,
+    _genl_family_id,
+    _Templates,
+    netlink_socket,
+)
 from harness.lab.netns import LabError, run
 from harness.model import Service
 
@@ -97,7 +104,7 @@ class IpvsDataplane:
     # ------------------------------------------------------------- model -> objects
     def virtual_servers(self, svc: Service) -> list[tuple[str, str, int, list[tuple[str, int]]]]:
         """[(proto, vip, port, [(rs_ip, rs_port)])] of one Service."""
-        out = []
+        out: list[tuple[str, str, int, list[tuple[str, int]]]] = []
         for port in svc.ports:
             rs = [(e.ip, e.port) for e in svc.endpoints_for(port)]
             proto = port.protocol
@@ -262,6 +269,10 @@ class IpvsDataplane:
             self._rt = NetlinkBatch(self._rt_sock)
         return self._ipvs, self._rt
 
+    def _templates(self) -> _Templates:
+        assert self._tpl is not None, "_socks() builds the message templates first"
+        return self._tpl
+
     def close(self) -> None:
         for s in (self._ipvs_sock, self._rt_sock):
             if s is not None:
@@ -269,7 +280,7 @@ class IpvsDataplane:
         self._ipvs_sock = self._rt_sock = None
 
     def _svc_msgs(self, vss, cmd: int, flags: int, timeout: int | None) -> Iterable[bytearray]:
-        tpl = self._tpl
+        tpl = self._templates()
         aton = socket.inet_aton
         for proto, vip, port, _rs in vss:
             data, a, p = tpl.service(cmd, flags, PROTO[proto], timeout)
@@ -280,7 +291,7 @@ class IpvsDataplane:
 
     def _dest_msgs(self, items, cmd: int, flags: int) -> Iterable[bytearray]:
         """items: (proto, vip, port, rs_ip, rs_port)."""
-        tpl = self._tpl
+        tpl = self._templates()
         aton = socket.inet_aton
         for proto, vip, port, ip, rport in items:
             data, sa, sp, da, dp = tpl.dest(cmd, flags, PROTO[proto])
@@ -292,7 +303,7 @@ class IpvsDataplane:
             yield m
 
     def _addr_msgs(self, addrs: Iterable[str], msg_type: int, flags: int, ifindex: int) -> Iterable[bytearray]:
-        data, a1, a2 = self._tpl.addr(msg_type, flags, ifindex)
+        data, a1, a2 = self._templates().addr(msg_type, flags, ifindex)
         aton = socket.inet_aton
         for ip in addrs:
             m = bytearray(data)
@@ -367,7 +378,7 @@ class IpvsDataplane:
             want = set(rs)
             msgs += self._dest_msgs([(p, v, po, ip, rp) for ip, rp in have if (ip, rp) not in want], 7, F_REQUEST)
         # 3. stale virtual servers (their real servers go with them)
-        gone_vs = [(p, v, po, []) for (p, v, po) in old_vs if (p, v, po) not in new_vs]
+        gone_vs: list[tuple[str, str, int, list[tuple[str, int]]]] = [(p, v, po, []) for (p, v, po) in old_vs if (p, v, po) not in new_vs]
         msgs += self._svc_msgs(gone_vs, 3, F_REQUEST, None)
         old_addrs = set(self.bound_addresses(old)) if old else ({svc.cluster_ip, *svc.external_ips}
                                                                   if change.kind != "add" else set())
@@ -443,7 +454,7 @@ class IpvsDataplane:
         """Flush IPVS (the namespace is ours), delete kube-ipvs0, the KUBE-* chains, then the ipsets."""
         if os.path.exists("/proc/net/ip_vs"):
             ipvs, _rt = self._socks()
-            msg = bytearray(struct.pack("=IHHII", 20, self._tpl.family_id, F_REQUEST, 0, 0)
+            msg = bytearray(struct.pack("=IHHII", 20, self._templates().family_id, F_REQUEST, 0, 0)
                             + struct.pack("=BBH", 17, 1, 0))  # IPVS_CMD_FLUSH
             ipvs.run([msg], "flush IPVS")
         run(self.ns, ["ip", "link", "del", IFNAME], check=False)

@@ -12,7 +12,7 @@ import os
 import select
 import socket
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 from harness.lab.netns import LabError, call_in
 
@@ -64,7 +64,7 @@ class NetlinkBatch:
         Returns the number sent; raises LabError listing the kernel's errors (except `ignore`d errnos).
         """
         errors: dict[int, int] = {}
-        buf: list[bytes] = []
+        buf: list[bytearray] = []
         size = n = 0
         last = None
         first_seq = self.seq + 1
@@ -97,7 +97,7 @@ class NetlinkBatch:
                            f"first failing request #{min(bad) - first_seq + 1}")
         return n
 
-    def _send(self, buf: list[bytes], errors: dict[int, int]) -> None:
+    def _send(self, buf: list[bytearray], errors: dict[int, int]) -> None:
         if not buf:
             return
         data = b"".join(buf)

@@ -39,7 +39,7 @@ Standard library only (the worker imports this inside UML).
 from __future__ import annotations
 
 import re
-from typing import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 
 from harness import releases as versions
 from harness.dataplane import names
@@ -147,7 +147,7 @@ class NftablesDataplane:
         out = []
         i = 0
         cidr = self.cidr
-        for svc, ports in zip(services, shapes):
+        for svc, ports in zip(services, shapes, strict=True):
             o = ServiceObjects()
             ch, st, el = o.chains, o.sets, o.elements
             vip = svc.cluster_ip
@@ -156,7 +156,7 @@ class NftablesDataplane:
                 proto, p = port.protocol, port.port
                 sb = f"{hashes[i]}-{base}"
                 n = len(eps)
-                ebs = [f"{h}-{base}__{e.ip.replace(':', '.')}/{e.port}" for h, e in zip(hashes[i + 1:i + 1 + n], eps)]
+                ebs = [f"{h}-{base}__{e.ip.replace(':', '.')}/{e.port}" for h, e in zip(hashes[i + 1:i + 1 + n], eps, strict=True)]
                 i += 1 + n
                 if len(sb) > 240 or any(len(b) > 240 for b in ebs):  # kube-proxy's truncation (never here)
                     sb = names._hash_and_truncate(base)
@@ -182,7 +182,7 @@ class NftablesDataplane:
                     dport = f" {proto} dport {p}" if self.port_in_masq else ""
                     rules.append(f"ip daddr {vip}{dport} ip saddr != {cidr} jump mark-for-masquerade")
                 if aff is not None:
-                    for b, c in zip(ebs, epcs):
+                    for b, c in zip(ebs, epcs, strict=True):
                         rules.append(f"ip saddr @affinity-{b} goto {c}")
                 if ep_chains:
                     vm = " , ".join([f"{k} : goto {c}" for k, c in enumerate(epcs)])
@@ -198,7 +198,7 @@ class NftablesDataplane:
                     ch["external-" + sb] = [masq, f"goto {svcc}"]
                 ch[svcc] = rules
                 if ep_chains:
-                    for e, b, c in zip(eps, ebs, epcs):
+                    for e, b, c in zip(eps, ebs, epcs, strict=True):
                         r = [] if shared else [f"ip saddr {e.ip} jump mark-for-masquerade"]
                         if aff is not None:
                             st["affinity-" + b] = f"type ipv4_addr ; flags dynamic,timeout ; timeout {aff}s ;"
@@ -278,7 +278,7 @@ class NftablesDataplane:
         return "".join(out)
 
     @staticmethod
-    def _add_lines(o: ServiceObjects, out: list[str], flush: set[str] = frozenset()) -> None:
+    def _add_lines(o: ServiceObjects, out: list[str], flush: Container[str] = frozenset()) -> None:
         t = TABLE
         for name, spec in o.sets.items():
             out.append(f"add set {t} {name} {{ {spec} }}\n")
@@ -303,7 +303,7 @@ class NftablesDataplane:
             part = services[lo:lo + CHUNK]
             buf: list[str] = []
             fresh: list[str] = []
-            for svc, o in zip(part, self.objects_bulk(part)):
+            for svc, o in zip(part, self.objects_bulk(part), strict=True):
                 add(o, buf)
                 for k in o.hairpin:
                     if k not in users:

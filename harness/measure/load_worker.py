@@ -29,12 +29,8 @@ one of them at random. A connection the server closed is reopened (and counted).
 from __future__ import annotations
 
 import locust  # noqa: F401  (first: gevent monkey-patching)
-import gevent
-from gevent.event import Event
-from locust import User, task
-from locust.env import Environment
-from locust.exception import StopUser
 
+# isort: split
 import argparse
 import json
 import os
@@ -42,6 +38,12 @@ import random
 import socket
 import sys
 import time
+
+import gevent
+from gevent.event import Event
+from locust import User, task
+from locust.env import Environment
+from locust.exception import StopUser
 
 from harness.measure.cpu import snapshot
 
@@ -156,7 +158,7 @@ class ProbeUser(User):
         self.idx = S.next_index
         S.next_index += 1
         self.rng = random.Random(S.seed * 1000003 + self.idx)
-        self.conns: dict = {}
+        self.conns: dict[tuple[str, int], socket.socket] = {}  # (ip, port) -> open keep-alive connection
         if S.keepalive:
             k = min(S.ka_targets, len(S.targets))
             self.mine = self.rng.sample(S.targets, k)
@@ -182,10 +184,11 @@ class ProbeUser(User):
             return n, True
         req = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % ip.encode()
         new = False
-        s = self.conns.get(addr)
-        if s is None:
-            s, new = _open(addr, S.timeout), True
-            self.conns[addr] = s
+        cached = self.conns.get(addr)
+        if cached is None:
+            cached, new = _open(addr, S.timeout), True
+            self.conns[addr] = cached
+        s = cached
         try:
             s.sendall(req)
             status, n, close = _read_response(s, to_eof=False)

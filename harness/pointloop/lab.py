@@ -27,9 +27,10 @@ from harness.scenario import Scenario
 
 
 def model_spec(scenario: Scenario, n_services: int) -> ModelSpec:
+    """The model of the sweep's largest count, with the most endpoints per Service of the sweep."""
     m, lab = scenario.model, scenario.lab
     return ModelSpec(
-        n_services=n_services, endpoints=m.endpoints, ports_per_service=m.ports_per_service,
+        n_services=n_services, endpoints=max(scenario.endpoint_counts()), ports_per_service=m.ports_per_service,
         service_cidr=lab.service_cidr, pod_cidr=lab.pod_cidr, pods_per_node=lab.pods_per_node,
         node_ports=min(m.node_ports, n_services), affinity=min(m.affinity, n_services),
         seed=scenario.seed,
@@ -49,7 +50,10 @@ class LabPoints:
         self.run_dir = job.run_dir
         self.kernel = kernel_label(job.kernel)
         n_max = max(p.n_services for p in job.points)
+        # the lab's pods come from the model with the most endpoints per Service (its pods serve a
+        # superset of the ports of any smaller count's); a point uses its own count's model
         self.model = build_model(model_spec(self.scenario, n_max))
+        self.models = {self.model.spec.endpoints: self.model}
         self.lab = None
         self.agent = None
         self.dataplanes: dict[str, Any] = {}
@@ -101,13 +105,32 @@ class LabPoints:
                                for n in self.model.spec.nodes}
         return self.dataplanes
 
+    def use_point(self, p: JobPoint) -> None:
+        """The point's release (lab: its ruleset family; dataplanes of another release are
+        removed) and its endpoints-per-Service model (a sweep over releases or endpoint counts)."""
+        release = p.kube_proxy_version or self.settings.kube_version
+        if release != self.settings.kube_version:
+            for dp in self.dataplanes.values():
+                dp.cleanup()
+            self.dataplanes = {}
+            self.settings = replace(self.settings, kube_version=release)
+        if p.endpoints is not None and p.endpoints != self.model.spec.endpoints:
+            if p.endpoints not in self.models:
+                self.models[p.endpoints] = build_model(replace(self.model.spec, endpoints=p.endpoints))
+            self.model = self.models[p.endpoints]
+
+    def _validation_key(self, mode: str) -> str:
+        several = len(self.scenario.releases()) > 1
+        return f"{self.kernel}/{mode}" + (f"/{self.settings.kube_version}" if several else "")
+
     # -- the PointTarget ----------------------------------------------------------------------
     def context(self, p: JobPoint) -> PointContext:
         sc = self.scenario
         return PointContext(run_id=self.job.run_id, point_id=p.point_id, target=self.target_name,
                             kernel=self.kernel, mode=p.mode,
                             iptables_backend=sc.iptables_backend if mode_spec(p.mode).iptables_based else "",
-                            n_services=p.n_services, endpoints=sc.model.endpoints, rep=p.rep)
+                            n_services=p.n_services, endpoints=self.model.spec.endpoints, rep=p.rep,
+                            kube_proxy_version=self.settings.kube_version)
 
     def program(self, p: JobPoint, out: SampleWriter, status: dict) -> tuple[PointContext, Sequence[Any]]:
         ctx = self.context(p)
@@ -159,6 +182,14 @@ class LabPoints:
             status.setdefault("adaptive", {}).update(stop.summary())
         return rows
 
+    def disrupt(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], status: dict) -> list[dict]:
+        """Rows of the disruption phase: the prober in the client namespace while node a's dataplane
+        is rewritten (warm full sync) and changed (one change of each kind, undone after)."""
+        from harness.pointloop.disruption import measure_disruption
+
+        return measure_disruption(self.use_mode(p.mode)["a"], self.lab.client_ns, services, self.model, ctx,
+                                  self.scenario.measure.disruption, status)
+
     def end_point(self, p: JobPoint, ctx: PointContext, out: SampleWriter, status: dict) -> None:
         """After the last measurement of a point (the lab: nothing)."""
 
@@ -172,7 +203,7 @@ class LabPoints:
 
         dps = self.use_mode(mode)
         res = validate_mode(self.lab, self.agent, dps, self.model, self.settings)
-        emit("validation", key=f"{self.kernel}/{mode}", result=res)
+        emit("validation", key=self._validation_key(mode), result=res)
         for dp in dps.values():  # a failing cleanup must not hide the matrix: recorded beside it
             try:
                 dp.cleanup()
@@ -188,5 +219,5 @@ class LabPoints:
         res = validate_mode(self.lab, self.agent, dps, self.model, self.settings)
         for dp in dps.values():
             dp.cleanup()
-        emit("validation", key=f"{self.kernel}/{mode}", result=res)
+        emit("validation", key=self._validation_key(mode), result=res)
         return res

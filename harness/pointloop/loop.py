@@ -2,7 +2,8 @@
 
 Per point: validation of the mode (once per mode, where the target validates), the full sync
 (the target programs the point's N Services, timed), connect probes, the load phases (with and
-without keepalive, where the target has a client namespace), the one-change syncs (last: the
+without keepalive, where the target has a client namespace), the disruption phase (where the
+target has `disrupt` and the scenario enables it), the one-change syncs (last: the
 changes are not undone) and the target's end-of-point readings; then the status file
 RUN/points/<point_id>.json next to the samples RUN/points/<point_id>.jsonl.
 
@@ -35,6 +36,8 @@ class JobPoint:
     n_services: int
     rep: int
     order: int = 0
+    kube_proxy_version: str = ""  # a version sweep: the point's release ("": the scenario's)
+    endpoints: int | None = None  # a sweep over endpoints per Service: the point's count
 
 
 class PointTarget(Protocol):
@@ -84,7 +87,7 @@ class PointLoop:
 
     def __init__(self, target: PointTarget, scenario: Scenario, run_dir: Path, emit: Emit):
         self.target, self.scenario, self.run_dir, self.emit = target, scenario, Path(run_dir), emit
-        self.validated: dict[str, dict | None] = {}
+        self.validated: dict[tuple[str, str], dict | None] = {}
 
     @contextmanager
     def phase(self, p: JobPoint, name: str, status: dict, key: str) -> Iterator[None]:
@@ -103,7 +106,7 @@ class PointLoop:
         for p in points:
             self.emit({"event": "point_start", "point_id": p.point_id, "kernel_kind": p.kernel,
                        "kernel": self.target.kernel, "mode": p.mode, "n_services": p.n_services, "rep": p.rep,
-                       "order": p.order})
+                       "order": p.order, "kube_proxy_version": p.kube_proxy_version, "endpoints": p.endpoints})
             t0 = time.monotonic()
             try:
                 status = self.run_point(p)
@@ -119,6 +122,16 @@ class PointLoop:
             self.emit({"event": "point_done", "point_id": p.point_id, "status": status["status"],
                        "error": status.get("error"), "seconds": status["seconds"]})
 
+    def run_disruption(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], out: SampleWriter,
+                       status: dict) -> None:
+        """The disruption phase (scenario measure.disruption), where the target has one: the prober
+        running while the dataplane is reprogrammed (harness.pointloop.disruption)."""
+        disrupt = getattr(self.target, "disrupt", None)
+        if not self.scenario.measure.disruption.enabled or disrupt is None:
+            return
+        with self.phase(p, "disruption", status, "disruption_s"):
+            out.extend(disrupt(p, ctx, services, status))
+
     def run_point(self, p: JobPoint) -> dict:
         """The measurement sequence of one point -> its status."""
         from harness.measure import load
@@ -128,10 +141,14 @@ class PointLoop:
                                   "error": None, "flags": {}, "phases": {}}
         with (self.run_dir / "points" / f"{p.point_id}.jsonl").open("w") as fh:
             out = SampleWriter(fh)
-            if t.validates and sc.validate_first and p.mode not in self.validated:
+            use_point = getattr(t, "use_point", None)  # a version / endpoints sweep: the point's own
+            if use_point is not None:
+                use_point(p)
+            checked = (p.mode, p.kube_proxy_version)  # each release's ruleset family is validated
+            if t.validates and sc.validate_first and checked not in self.validated:
                 with self.phase(p, "validate", status, "validate_s"):
-                    self.validated[p.mode] = t.validate(p.mode)
-            val = self.validated.get(p.mode)
+                    self.validated[checked] = t.validate(p.mode)
+            val = self.validated.get(checked)
             if val is not None:
                 status["validation"] = {"passed": val["passed"], "failed_cells": val["failed_cells"]}
                 if not val["passed"]:
@@ -158,6 +175,8 @@ class PointLoop:
                             status["flags"].setdefault("saturated", {})[f"keepalive={ka}"] = {
                                 "reasons": res.reasons, **{k: v for k, v in res.summary.items()
                                                            if isinstance(v, (int, float, str))}}
+            self.run_disruption(p, ctx, services, out, status)
+            fh.flush()
             # last: the changes are not undone (each would cost another apply), so the state after
             # this phase is no longer the N Services the other phases measured
             with self.phase(p, "sync_one", status, "sync_one_s"):

@@ -23,12 +23,11 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
-from harness.cluster import ClusterError, namespace_for
-from harness.cluster import kubeproxy_config as kpc
-from harness.cluster import manifests
+from harness.cluster import ClusterError, kubeproxy_config as kpc, manifests, namespace_for
 from harness.cluster.kube import Connection, Rest, connect
 from harness.cluster.options import ClusterOptions, options_from
 from harness.cluster.preflight import PreflightReport, planned_changes, run_preflight
@@ -133,6 +132,7 @@ class ClusterTarget:
         if self.conn is None or self.report is None:
             self.preflight(run.scenario)
         conn, rep, opts = self.conn, self.report, self.options
+        assert conn is not None and rep is not None and opts is not None, "preflight() sets all three"
         rest = Rest(conn.api)
         run_id = run.meta.get("run_id") or run.dir.name
         ns = namespace_for(run_id)
@@ -189,7 +189,11 @@ class _Session:
         from harness.cluster.objects import ObjectStore
 
         self.t, self.rundata, self.rest, self.ctl, self.state, self.ns, self.sink = target, run, rest, ctl, state, ns, sink
+        assert target.options is not None and target.report is not None and target.conn is not None, \
+            "run_points() ran preflight()"
         self.opts: ClusterOptions = target.options
+        self.report: PreflightReport = target.report
+        self.conn: Connection = target.conn
         self.sc = run.scenario
         self.store = ObjectStore(rest, ns, state.run_id, qps=self.opts.qps, burst=self.opts.burst,
                                  workers=self.opts.create_workers)
@@ -206,7 +210,7 @@ class _Session:
         self.store.ensure_namespace()
         replicas = opts.backend_replicas_for(sc.model.endpoints)
         self.store.create_backend(opts.image, replicas)
-        for node in opts.probe_nodes_for(self.t.report.nodes):
+        for node in opts.probe_nodes_for(self.report.nodes):
             self.store._create(f"/api/v1/namespaces/{self.ns}/pods",
                                manifests.probe_pod(self.ns, self.state.run_id, node, opts.image))
         self._wait_ready(replicas)
@@ -216,7 +220,7 @@ class _Session:
         while True:
             self.endpoints = self.store.backend_endpoints()
             probes = self._ready_probes()
-            if len(self.endpoints) >= replicas and len(probes) == len(self.opts.probe_nodes_for(self.t.report.nodes)):
+            if len(self.endpoints) >= replicas and len(probes) == len(self.opts.probe_nodes_for(self.report.nodes)):
                 return
             if time.monotonic() > deadline:
                 raise ClusterError(f"backend/probe pods not ready after {self.opts.ready_timeout_s:.0f}s "
@@ -237,7 +241,7 @@ class _Session:
 
         node, pod = sorted(self._ready_probes().items())[0]
         if node not in self.agents:
-            self.agents[node] = RemoteAgent(self.t.conn.api, self.ns, pod)
+            self.agents[node] = RemoteAgent(self.conn.api, self.ns, pod)
         return node, pod, self.agents[node]
 
     def ensure_services(self, n: int) -> None:
@@ -306,16 +310,19 @@ class _Session:
             raise RuntimeError(f"the last Service {last.name} was not served within {ms.sync.timeout_s * 10:.0f}s")
         port = kpc.metrics_port(kpc.with_mode({}, p.mode, self.opts.sync()))
 
+        from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
         def scrape() -> dict:
             try:
                 return scrape_node(self.rest, node, port)
-            except Exception:  # the node proxy cannot reach the port: read it from the probe pod
-                return scrape_via_probe(self.t.conn.api, self.ns, pod, port)
+            except (ApiException, HTTPError, OSError):  # node proxy cannot reach the port: ask the probe pod
+                return scrape_via_probe(self.conn.api, self.ns, pod, port)
 
         self.scrape = scrape
         try:
             self.before = scrape()
-        except Exception as e:  # no first scrape, no sync delta: this point has no program_us, and says why
+        except Exception as e:  # noqa: BLE001 - no first scrape, no sync delta: this point has no program_us, and says why
             self.before = None
             status["flags"]["metrics"] = f"kube-proxy metrics not scraped: {e}"[:200]
         return ctx, svcs
@@ -333,7 +340,7 @@ class _Session:
         timeout = c.timeout_ms / 1000
         seq: dict[str, int] = {}
         rows = []
-        for (ip, prt, kind), (us, err) in zip(plan, run_plan(self.probe, plan, timeout)):
+        for (_ip, _prt, kind), (us, err) in zip(plan, run_plan(self.probe, plan, timeout), strict=True):
             k = seq.get(kind, 0)
             seq[kind] = k + 1
             v = timeout * 1e6 if err else us
@@ -354,11 +361,12 @@ class _Session:
         from harness.cluster.probe import sync_delta_us
 
         try:
+            assert self.scrape is not None, "begin_point() set the scraper"
             after = self.scrape()
             d = sync_delta_us(self.before, after) if self.before is not None else None
             if d:
                 out.write(ctx.row("program_us", d[0], "us", seq=d[1], path="kube-proxy-metrics"))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - recorded in the point's flags: the point keeps its other samples
             status["flags"]["metrics"] = f"kube-proxy metrics not scraped: {e}"[:200]
 
     def _sync_add(self, agent, ctx: PointContext, j: int, timeout_s: float) -> dict:

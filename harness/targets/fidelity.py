@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 
 _NUMGEN = re.compile(r"(numgen random mod \d+ v?map) \{ ([^}]*) \}")
 _IPT_NFACCT = re.compile(r"-m nfacct --nfacct-name\s+\S+ ")
 _IPT_STATISTIC = re.compile(r"-m statistic --mode random --probability \S+ ")
+
+NftObject = list[str] | tuple[list[str], set[str]]  # a chain's rules | a set/map's (header lines, elements)
 
 
 def _numgen_values(m: re.Match) -> str:
@@ -32,9 +35,9 @@ def _numgen_values(m: re.Match) -> str:
     return f"{m.group(1)} {{ {', '.join(values)} }}"
 
 
-def parse_nft(text: str, table: str = "table ip kube-proxy") -> dict[str, object]:
+def parse_nft(text: str, table: str = "table ip kube-proxy") -> dict[str, NftObject]:
     """{'chain NAME': [rules...], 'set NAME': (header lines, {elements})} of one table's listing."""
-    out: dict[str, object] = {}
+    out: dict[str, NftObject] = {}
     lines = iter(text.splitlines())
     for line in lines:
         if line.strip() == f"{table} {{":
@@ -42,6 +45,9 @@ def parse_nft(text: str, table: str = "table ip kube-proxy") -> dict[str, object
     else:
         return out
     obj = None
+    rules: list[str] = []  # the current chain's
+    header: list[str] = []  # the current set's or map's
+    elements: set[str] = set()
     in_elements = False
     buf = ""
     for raw in lines:
@@ -55,15 +61,17 @@ def parse_nft(text: str, table: str = "table ip kube-proxy") -> dict[str, object
                 continue  # the table's own comment / flags
             kind, name = line.split()[:2]
             obj = f"{kind} {name}"
-            out[obj] = [] if kind == "chain" else ([], set())
+            if kind == "chain":
+                rules = out[obj] = []
+            else:
+                header, elements = out[obj] = ([], set())
             continue
         if line == "}" and not in_elements:
             obj = None
             continue
         if obj.startswith("chain "):
-            out[obj].append(_NUMGEN.sub(_numgen_values, line))
+            rules.append(_NUMGEN.sub(_numgen_values, line))
             continue
-        header, elements = out[obj]
         if line.startswith("elements = {"):
             in_elements, buf = True, line[len("elements = {"):]
         elif in_elements:
@@ -98,6 +106,8 @@ def parse_iptables(text: str) -> dict[str, Counter]:
 
 def differences(mode: str, kube_proxy: str, lab: str, limit: int = 20) -> list[str]:
     """What differs between kube-proxy's listing and the lab's (empty: the same ruleset)."""
+    a: Mapping[str, object]
+    b: Mapping[str, object]
     if mode == "nftables":
         a, b = parse_nft(kube_proxy), parse_nft(lab)
     elif mode == "iptables":

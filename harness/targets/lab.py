@@ -137,7 +137,7 @@ def write_guest_log(log_path: Path, res) -> None:
 def check_capacity(scenario) -> None:
     """The sweep's largest count, plus the Services the sync measurements add, fit the CIDR."""
     spec = ModelSpec(n_services=0, service_cidr=scenario.lab.service_cidr, pod_cidr=scenario.lab.pod_cidr,
-                     pods_per_node=scenario.lab.pods_per_node, endpoints=scenario.model.endpoints)
+                     pods_per_node=scenario.lab.pods_per_node, endpoints=max(scenario.endpoint_counts()))
     model = build_model(spec)
     need = max(scenario.counts()) + scenario.measure.sync.samples + 1
     if need > model._ips.size:

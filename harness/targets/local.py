@@ -49,6 +49,8 @@ class LocalTarget(LabTarget):
         from harness.targets.local_binaries import binaries_for
 
         self._binaries = binaries_for(scenario.kube_proxy_version)  # one line: "... not built: run `make kube ...`"
+        for release in scenario.releases():  # a version sweep runs each release's kube-proxy
+            binaries_for(release)
         check_capacity(scenario)
         import ipaddress
 

@@ -8,7 +8,8 @@ target that Dataplane is the API server plus the real kube-proxy of the worker
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from harness.dataplane.base import Change
 from harness.model import Service
@@ -26,7 +27,7 @@ class ApiDataplane:
     returning when the API calls return.
     """
 
-    def __init__(self, w: "LocalPoints", mode: str, node: str = "a"):
+    def __init__(self, w: LocalPoints, mode: str, node: str = "a"):
         self.w, self.mode, self.node = w, mode, node
         self.created: list[Service] = []
 
@@ -48,9 +49,9 @@ class ApiDataplane:
         if restart:
             self.w.ensure_proxies(self.mode, restart=True)
         timeout = self.w.local.sync_timeout_s
-        self.w.wait_programmed({s.cluster_ip for s in services}, self.w.lab.nodes, timeout)
+        self.w.wait_programmed({s.cluster_ip for s in services}, self.w.running_lab().nodes, timeout)
         if restart:
-            for n in self.w.lab.nodes:
+            for n in self.w.running_lab().nodes:
                 self.w.wait_sync_finished(n, since=t_wall, timeout=timeout)
 
     def apply(self, services: Sequence[Service], change: Change) -> None:

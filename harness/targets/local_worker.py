@@ -44,10 +44,13 @@ import signal
 import subprocess
 import time
 import traceback
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from harness.dataplane import make_dataplane
+from harness.k8s.rest import request as _request
 from harness.lab import netns
 from harness.lab.netns import LabError
 from harness.model import Endpoint, Service, ServicePort
@@ -56,11 +59,13 @@ from harness.pointloop.lab import LabPoints
 from harness.pointloop.loop import JobPoint, failed_status
 from harness.pointloop.worker import Job, emit, main as worker_main
 from harness.samples import PointContext, SampleWriter
-from harness.k8s.rest import request as _request
-from harness.targets import fidelity as fidelity_diff
-from harness.targets import localcluster as lc
+from harness.targets import fidelity as fidelity_diff, localcluster as lc
 from harness.targets.local_dataplane import ApiDataplane
 from harness.targets.local_kubeproxy import metric_rows
+
+if TYPE_CHECKING:
+    from harness.lab.topology import Lab
+    from harness.measure.agent import Agent
 
 TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 POLL_S = 0.02
@@ -75,7 +80,7 @@ def node_name(node: str) -> str:
 
 
 def _now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _post_all(client, bodies: Sequence[tuple[str, dict]], ok: tuple[int, ...] = (200, 201, 202)) -> None:
@@ -98,10 +103,11 @@ class LocalPoints(LabPoints):
         self.cluster: lc.LocalCluster | None = None
         self.proxies: dict[str, lc.KubeProxy] = {}
         self.proxy_mode: str | None = None
+        self.proxy_release: str | None = None
         self.proxy_starts = 0
         self.in_api: dict[tuple[str, str], Service] = {}
-        self.api_ex = None
-        self.api_client = None
+        self.api_ex: ThreadPoolExecutor | None = None
+        self.api_client: Any = None  # the kubernetes ApiClient, made on the API thread
         self.kube_service: Service | None = None
         self.fid_ns: str | None = None
         self.env: dict | None = None
@@ -118,7 +124,7 @@ class LocalPoints(LabPoints):
         else:
             from harness.targets.local_binaries import binaries_for
 
-            binaries = binaries_for(self.scenario.kube_proxy_version or self.local.kube_version)
+            binaries = binaries_for(self.scenario.kube_proxy_version)  # local.kube_version is folded into it
             emit("log", message=f"local: starting etcd + kube-apiserver ({binaries.kube_apiserver})")
             self.cluster = lc.LocalCluster(
                 tag=self.job.tag, binaries=binaries, service_cidr=self.scenario.lab.service_cidr,
@@ -126,13 +132,14 @@ class LocalPoints(LabPoints):
             self.cluster.start()  # LocalClusterError with the log tail if it does not come up
             emit("log", message=f"local: apiserver ready in {time.monotonic() - t0:.1f} s")
         super().start()
+        cluster, lab = self.cluster, self.running_lab()
         for n in self.model.spec.nodes:
-            self.cluster.attach_node(self.lab.node_ns(n))
-            lc.create_node(self.cluster, node_name(n), self.lab.node_ip(n), pod_cidr=self.model.node_pod_cidr(n))
-        self.api_ex = self.cluster.api.executor(1)
-        self.api_client = self.api_ex.submit(self.cluster.api.client).result()
+            cluster.attach_node(lab.node_ns(n))
+            lc.create_node(cluster.api, node_name(n), lab.node_ip(n), pod_cidr=self.model.node_pod_cidr(n))
+        self.api_ex = api_ex = cluster.api.executor(1)
+        self.api_client = api_ex.submit(cluster.api.client).result()
         self.kube_service = self._kubernetes_service()
-        lc.ensure_namespaces(self.cluster.api, {self.model.service(0).namespace})
+        lc.ensure_namespaces(cluster.api, {self.model.service(0).namespace})
         self._service_cidr_objects()
         self.env = self._backend_env()
 
@@ -154,9 +161,25 @@ class LocalPoints(LabPoints):
             self.fid_ns = None
         super().stop()
 
+    def running_lab(self) -> Lab:
+        """The lab start() brought up (the nodes kube-proxy runs in)."""
+        assert self.lab is not None, "start() first"
+        return self.lab
+
+    def running_cluster(self) -> lc.LocalCluster:
+        """The etcd + kube-apiserver start() brought up (or reached, in a guest)."""
+        assert self.cluster is not None, "start() first"
+        return self.cluster
+
+    def running_agent(self) -> Agent:
+        assert self.agent is not None, "start() first"
+        return self.agent
+
     def _backend_env(self) -> dict:
         """A PATH whose iptables* are the scenario's backend (kube-proxy runs plain `iptables`)."""
-        d = self.cluster.workdir / f"iptables-{self.backend}"
+        workdir = self.running_cluster().workdir
+        assert workdir is not None, "the cluster's start() makes its workdir"
+        d = workdir / f"iptables-{self.backend}"
         d.mkdir(exist_ok=True)
         for fam in ("iptables", "ip6tables"):
             for suffix in ("", "-save", "-restore"):
@@ -206,7 +229,7 @@ class LocalPoints(LabPoints):
         would not know the service CIDR (nftables: no "drop traffic to unallocated ClusterIPs"
         rule). Give it what an upstream-default 1.34 apiserver gives it."""
         rbac = "/apis/rbac.authorization.k8s.io/v1"
-        objs = [
+        objs: list[tuple[str, dict]] = [
             ("/apis/networking.k8s.io/v1/servicecidrs",
              {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "kubernetes"},
               "spec": {"cidrs": [self.scenario.lab.service_cidr]}}),
@@ -233,7 +256,11 @@ class LocalPoints(LabPoints):
     # -- the API ------------------------------------------------------------------------------
     def api(self, fn, *args):
         """fn(ApiClient, *args) on the worker's API thread (it lives in the API namespace)."""
-        return self.api_ex.submit(fn, self.api_client, *args).result()
+        return self._api_executor().submit(fn, self.api_client, *args).result()
+
+    def _api_executor(self) -> ThreadPoolExecutor:
+        assert self.api_ex is not None, "start() first"
+        return self.api_ex
 
     def _node_names(self) -> dict[str, str]:
         return {n: node_name(n) for n in self.model.spec.nodes}
@@ -248,7 +275,7 @@ class LocalPoints(LabPoints):
 
     def api_create(self, svc: Service, trigger: bool = False) -> None:
         ns = svc.namespace
-        bodies = [("/api/v1/namespaces/%s/services" % ns, lc.service_body(svc))]
+        bodies = [(f"/api/v1/namespaces/{ns}/services", lc.service_body(svc))]
         bodies += [(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", b)
                    for b in self._slices(svc, trigger)]
 
@@ -296,7 +323,7 @@ class LocalPoints(LabPoints):
             for name in names:
                 _request(client, "DELETE", f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}")
         self.api(run)
-        self.api_ex.submit(slices, self.api_client)
+        self._api_executor().submit(slices, self.api_client)
         self.in_api.pop((ns, svc.name), None)
 
     def reconcile(self, services: Sequence[Service]) -> lc.CreateStats | None:
@@ -312,7 +339,7 @@ class LocalPoints(LabPoints):
         missing = [s for key, s in want.items() if key not in self.in_api]
         if not missing:
             return None
-        stats = lc.create_services(self.cluster, missing, qps=self.local.create_qps,
+        stats = lc.create_services(self.running_cluster().api, missing, qps=self.local.create_qps,
                                    concurrency=self.local.create_concurrency, node_names=self._node_names())
         for s in missing:
             self.in_api[(s.namespace, s.name)] = s
@@ -330,22 +357,37 @@ class LocalPoints(LabPoints):
 
     def proxy_cleanup(self) -> None:
         """`kube-proxy --cleanup` in every node namespace (iptables, ipvs and nftables state)."""
+        assert self.env is not None, "start() first"
+        lab, binaries, path = self.running_lab(), self.running_cluster().binaries, self.env["PATH"]
         for n in self.model.spec.nodes:
-            lc.kube_proxy_cleanup(self.lab.node_ns(n), self.cluster.binaries.kube_proxy, path=self.env["PATH"],
+            lc.kube_proxy_cleanup(lab.node_ns(n), binaries.kube_proxy, path=path,
                                   log=lambda message: emit("log", message=message))
 
     def start_proxies(self, mode: str) -> None:
+        cluster, lab = self.running_cluster(), self.running_lab()
         for n in self.model.spec.nodes:
-            self.proxies[n] = self.cluster.start_kube_proxy(
-                self.lab.node_ns(n), node_name(n), mode, wait_ready=0, env=self.env,
+            self.proxies[n] = cluster.start_kube_proxy(
+                lab.node_ns(n), node_name(n), mode, wait_ready=0, env=self.env, binary=self.kube_proxy_binary(),
                 cluster_cidr=self.scenario.lab.pod_cidr, sync_period=self.local.sync_period,
                 min_sync_period=self.local.min_sync_period, ipvs_scheduler=self.scenario.ipvs.scheduler,
                 node_port_addresses=self.local.node_port_addresses or None)
         self.proxy_mode = mode
+        self.proxy_release = self.settings.kube_version
         self.proxy_starts += 1
 
+    def kube_proxy_binary(self):
+        """kube-proxy of the point's release (use_point): a version sweep restarts it per release,
+        against the apiserver of the newest release of the sweep."""
+        release = self.settings.kube_version
+        if release == self.scenario.kube_proxy_version:
+            return self.running_cluster().binaries.kube_proxy
+        from harness.targets.local_binaries import binaries_for
+
+        return binaries_for(release).kube_proxy
+
     def proxies_running(self, mode: str) -> bool:
-        return self.proxy_mode == mode and bool(self.proxies) and all(kp.alive() for kp in self.proxies.values())
+        return (self.proxy_mode == mode and self.proxy_release == self.settings.kube_version and bool(self.proxies)
+                and all(kp.alive() for kp in self.proxies.values()))
 
     def ensure_proxies(self, mode: str, restart: bool = False) -> None:
         """kube-proxy of `mode` running on every node: from a clean kernel when another mode (or
@@ -363,31 +405,33 @@ class LocalPoints(LabPoints):
         for n, kp in self.proxies.items():
             if not kp.alive():
                 tail = kp.proc.log_tail(20)
-                last = " | ".join(l.strip() for l in tail.splitlines()[-3:])[-500:]
+                last = " | ".join(ln.strip() for ln in tail.splitlines()[-3:])[-500:]
                 rc = kp.proc.popen.returncode
                 how = f"{rc} ({signal.Signals(-rc).name})" if rc < 0 and -rc in signal.valid_signals() else str(rc)
                 err = KubeProxyCrashed(f"kube-proxy ({kp.mode}) on {node_name(n)} exited with status {how}: {last}")
                 err.log_tail = tail  # type: ignore[attr-defined]
                 raise err
-        self.cluster.check_alive()
+        self.running_cluster().check_alive()
 
     def programmed_ips(self, node: str, mode: str) -> set[str]:
         """ClusterIPs kube-proxy of `mode` has programmed in `node`'s kernel (read back as the registry says)."""
         rb = mode_spec(mode).read_back
-        text = netns.run(self.lab.node_ns(node), rb.service_ips_argv(self.backend), check=False).stdout
+        text = netns.run(self.running_lab().node_ns(node), rb.service_ips_argv(self.backend), check=False).stdout
         return set(rb.ip_pattern.findall(text))
 
     def wait_programmed(self, ips: set[str], nodes: Sequence[str], timeout: float) -> int:
         """Poll until every node's kernel serves every IP of `ips`; returns perf_counter_ns then."""
         deadline = time.monotonic() + timeout
         pending = list(nodes)
+        mode = self.proxy_mode
+        assert mode is not None, "start_proxies() first"
         while True:
             self.check_proxies()
-            pending = [n for n in pending if not ips <= self.programmed_ips(n, self.proxy_mode)]
+            pending = [n for n in pending if not ips <= self.programmed_ips(n, mode)]
             if not pending:
                 return time.perf_counter_ns()
             if time.monotonic() > deadline:
-                have = len(ips & self.programmed_ips(pending[0], self.proxy_mode))
+                have = len(ips & self.programmed_ips(pending[0], mode))
                 raise LabError(f"kube-proxy ({self.proxy_mode}) on {node_name(pending[0])}: {have} of "
                                f"{len(ips)} Services programmed after {timeout:.0f} s")
             time.sleep(POLL_S)
@@ -399,7 +443,7 @@ class LocalPoints(LabPoints):
         deadline = time.monotonic() + timeout
         while True:
             self.check_proxies()
-            m = lc.scrape_metrics(self.lab.node_ns(node), self.proxies[node].metrics_port)["metrics"]
+            m = lc.scrape_metrics(self.running_lab().node_ns(node), self.proxies[node].metrics_port)["metrics"]
             last = m.get(key, m.get("kubeproxy_sync_proxy_rules_last_timestamp_seconds", 0.0))
             if last >= since:
                 return
@@ -409,7 +453,7 @@ class LocalPoints(LabPoints):
             time.sleep(0.1)
 
     def kernel_counts(self, node: str, mode: str) -> dict[str, int]:
-        return make_dataplane(mode, self.lab.node_ns(node), self.settings).counts()
+        return make_dataplane(mode, self.running_lab().node_ns(node), self.settings).counts()
 
     # -- the worker's hooks -------------------------------------------------------------------
     def use_mode(self, mode: str) -> dict[str, Any]:
@@ -440,7 +484,7 @@ class LocalPoints(LabPoints):
         t1 = t_kernel
         last = services[-1] if services else None
         if last is not None and last.endpoints:
-            res = self.agent.poll(last.cluster_ip, last.ports[0].port, "served", interval=0.001,
+            res = self.running_agent().poll(last.cluster_ip, last.ports[0].port, "served", interval=0.001,
                                   timeout=self.local.sync_timeout_s, attempt_timeout=0.2)
             if not res["satisfied"]:
                 raise LabError(f"kube-proxy ({mode}) programmed {len(ips)} Services but a connect to the last, "
@@ -468,10 +512,10 @@ class LocalPoints(LabPoints):
         if self.fid_ns is None:
             self.fid_ns = netns.ns_name(self.job.tag, "fid")
             netns.create(self.fid_ns)
-        dp = make_dataplane(mode, self.fid_ns, replace(self.settings, node_ips=(self.lab.node_ip("a"),)), node="a")
+        dp = make_dataplane(mode, self.fid_ns, replace(self.settings, node_ips=(self.running_lab().node_ip("a"),)), node="a")
         d = self.run_dir / "fidelity"
         d.mkdir(exist_ok=True)
-        kp_dump = self._dump(self.lab.node_ns("a"), mode)
+        kp_dump = self._dump(self.running_lab().node_ns("a"), mode)
         (d / f"{point_id}-kube-proxy.txt").write_text(kp_dump)
         try:
             dp.full_sync(self._all_services(services))
@@ -504,7 +548,7 @@ class LocalPoints(LabPoints):
 
     def end_point(self, p: JobPoint, ctx: PointContext, out: SampleWriter, status: dict) -> None:
         self.check_proxies()
-        m = lc.scrape_metrics(self.lab.node_ns("a"), self.proxies["a"].metrics_port)
+        m = lc.scrape_metrics(self.running_lab().node_ns("a"), self.proxies["a"].metrics_port)
         status["kube_proxy"] = {"proxy_mode": m["proxy_mode"], "starts": self.proxy_starts}
         if m["proxy_mode"] != ctx.mode:
             raise LabError(f"kube-proxy on node-a reports mode {m['proxy_mode']!r}, expected {ctx.mode}")
@@ -518,7 +562,7 @@ class LocalPoints(LabPoints):
                 self.check_proxies()
             except KubeProxyCrashed as c:
                 crash = c
-            except Exception as e:  # the apiserver went too: that is the point's error
+            except Exception as e:  # noqa: BLE001 - the apiserver went too: recorded as the point's error
                 return failed_status(p, self.kernel, e)
         if crash is None:
             return None

@@ -375,8 +375,8 @@ class LocalCluster:
         assert self.workdir
         self.attach_node(node_netns)
         cfg = self.workdir / f"kube-proxy-{node_name}.json"
-        kp = start_kube_proxy(self.kubeconfig("kube-proxy"), mode, node_name, node_netns, cfg,
-                              binary=self.binaries.kube_proxy, **kw)
+        kw.setdefault("binary", self.binaries.kube_proxy)  # a version sweep passes its release's
+        kp = start_kube_proxy(self.kubeconfig("kube-proxy"), mode, node_name, node_netns, cfg, **kw)
         self.procs.append(kp.proc)
         self._register()
         return kp

@@ -26,7 +26,7 @@ def kpbench(*args, timeout=600):
 def one_line_error(p) -> str:
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert "Traceback" not in p.stderr
-    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, p.stderr
     return lines[0]
 
@@ -75,7 +75,7 @@ def test_plan_printed_over_budget_recorded_resume_measures_the_rest(tmp_path):
     assert phases["sync_full"]["actual_s"] > 0 and phases["setup"]["actual_s"] > 0
     assert meta["plan"]["projected_total_s"] > 0 and meta["plan"]["actual_total_s"] > 0
     assert "setup_s" in next(r for r in meta["points"] if r["point_id"] == "host-iptables-50-r1")["phases"]
-    warn = [l for l in err.splitlines() if "warning: budget" in l]
+    warn = [ln for ln in err.splitlines() if "warning: budget" in ln]
     assert len(warn) == (1 if over else 0) and all("--resume" in w for w in warn)
 
     p = kpbench("run", "--resume", str(run), "--budget", "none")

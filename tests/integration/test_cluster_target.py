@@ -20,8 +20,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.cluster import ANN_MODIFIED, KP_KEY, LABEL_RUN, PAUSE_KEY, RESTART_ANN, ClusterError, namespace_for
-from harness.cluster import manifests as m
+from harness.cluster import (
+    ANN_MODIFIED,
+    KP_KEY,
+    LABEL_RUN,
+    PAUSE_KEY,
+    RESTART_ANN,
+    ClusterError,
+    manifests as m,
+    namespace_for,
+)
 from harness.cluster.kube import Rest, connect
 from harness.cluster.objects import ObjectStore
 from harness.cluster.preflight import read_kube_proxy

@@ -1,7 +1,6 @@
 """End to end: `kpbench run` of the quick scenario, Ctrl-C halfway, --resume, and the report."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -123,5 +122,5 @@ def test_bad_input_one_line_exit_2(args, needle):
     p = kpbench(*args, timeout=120)
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert "Traceback" not in p.stderr
-    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], p.stderr

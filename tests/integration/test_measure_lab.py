@@ -16,10 +16,10 @@ from harness.lab import netns
 from harness.measure.agent import Agent
 from harness.measure.connect import measure_connect
 from harness.measure.load import measure_load
-from harness.measure.sync import positions, measure_sync_full, measure_sync_one
+from harness.measure.sync import measure_sync_full, measure_sync_one, positions
 from harness.model import Endpoint, ModelSpec, build_model
 from harness.samples import PointContext
-from tests.support.minilab import MiniLab, DnatDataplane
+from tests.support.minilab import DnatDataplane, MiniLab
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]

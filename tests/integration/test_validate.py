@@ -12,8 +12,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 
@@ -220,8 +221,8 @@ def _drop_hairpin_masquerade(mode: str, svc: Service):
         if mode == "iptables":
             save = netns.run(dp.ns, [f"iptables-{dp.settings.iptables_backend}-save", "-t", "nat"]).stdout
             sep = names.sep_chain(svc.port_string(svc.ports[0]), "tcp", ep.addr)
-            rules = [l for l in save.splitlines()
-                     if l.startswith(f"-A {sep} ") and f"-s {ep.ip}/32" in l and "KUBE-MARK-MASQ" in l]
+            rules = [ln for ln in save.splitlines()
+                     if ln.startswith(f"-A {sep} ") and f"-s {ep.ip}/32" in ln and "KUBE-MARK-MASQ" in ln]
             assert len(rules) == 1, f"no hairpin masquerade rule in {sep}:\n{save}"
             netns.run(dp.ns, [f"iptables-{dp.settings.iptables_backend}", "-w", "5", "-t", "nat", "-D",
                               *_split(rules[0][3:])])

@@ -101,7 +101,7 @@ class Chromium:
         self.proc: subprocess.Popen | None = None
         self.profile = tempfile.mkdtemp(prefix="kpb-chromium-")
 
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Chromium:
         exe = executable()
         if exe is None:
             raise FileNotFoundError("chromium is not installed: make browser")

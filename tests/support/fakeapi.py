@@ -248,7 +248,7 @@ class FakeCluster:
         return len(rest) == 1 or (len(rest) == 3 and rest[0] == "namespaces")
 
     # -- server
-    def start(self) -> "FakeCluster":
+    def start(self) -> FakeCluster:
         fake = self
 
         class H(BaseHTTPRequestHandler):

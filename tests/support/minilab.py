@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from harness.dataplane.base import Change
 from harness.lab import netns
@@ -118,7 +118,7 @@ server {{ listen {SERVER_IP}:{STATUS_PORT}; location /kpb-status {{ stub_status;
             netns.delete(n)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> "MiniLab":
+    def __enter__(self) -> MiniLab:
         return self
 
     def __exit__(self, *exc) -> None:

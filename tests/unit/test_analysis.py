@@ -102,7 +102,7 @@ def test_fits_never_mix_kernels():
     a = frame(series(lambda n: 0.02 * n), kernel="host-6.18")
     b = frame(series(lambda n: 90.0), kernel="uml-6.1")
     f = analysis.scaling_fits(pd.concat([a, b]))
-    assert dict(zip(f["kernel"], f["verdict"])) == {"host-6.18": analysis.LINEAR, "uml-6.1": analysis.FLAT}
+    assert dict(zip(f["kernel"], f["verdict"], strict=True)) == {"host-6.18": analysis.LINEAR, "uml-6.1": analysis.FLAT}
 
 
 def test_compare_detects_2x():
@@ -131,7 +131,7 @@ def test_compare_frames_per_point():
     db = frame({("iptables", 100, 1): rng.lognormal(np.log(100), 0.1, 200),
                 ("iptables", 1000, 1): 1.8 * rng.lognormal(np.log(100), 0.1, 200)})
     c = analysis.compare(da, db, n_boot=500)
-    got = dict(zip(c["n_services"], c["verdict"]))
+    got = dict(zip(c["n_services"], c["verdict"], strict=True))
     assert got[100] == "no significant difference"
     assert got[1000] == "1.8x slower"
 
@@ -154,7 +154,7 @@ def test_compare_modes_within_kernel_only():
     uml = frame({("iptables", 10000, 1): rng.lognormal(np.log(100), 0.1, 200),
                  ("ipvs", 10000, 1): rng.lognormal(np.log(100), 0.1, 200)}, kernel="uml-6.1")
     c = analysis.compare_modes(pd.concat([host, uml]), "iptables", n_services=-1, n_boot=300)
-    got = {(k, m): v for k, m, v in zip(c["kernel"], c["mode"], c["verdict"])}
+    got = {(k, m): v for k, m, v in zip(c["kernel"], c["mode"], c["verdict"], strict=True)}
     assert got == {("host-6.18", "nftables"): "3.0x faster", ("uml-6.1", "ipvs"): "no significant difference"}
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from harness.lab.caps import FEATURE_TEXT, FEATURES, KNOWN_UML_CAPS, mode_requirements, plan_kernels, unsupported
+from harness.lab.caps import (
+    FEATURE_TEXT,
+    FEATURES,
+    KNOWN_UML_CAPS,
+    mode_requirements,
+    plan_kernels,
+    unsupported,
+)
 from harness.lab.netns import LabError
 from harness.modes import MODES
 

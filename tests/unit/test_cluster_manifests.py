@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from harness.cluster import LABEL_ROLE, LABEL_RUN, ClusterError, namespace_for
-from harness.cluster import kubeproxy_config as kpc
-from harness.cluster import manifests as m
+from harness.cluster import (
+    LABEL_ROLE,
+    LABEL_RUN,
+    ClusterError,
+    kubeproxy_config as kpc,
+    manifests as m,
+    namespace_for,
+)
 from harness.cluster.objects import TokenBucket
 from harness.cluster.options import options_from
 from tests.support.fakeapi import KUBEADM_CONFIG
@@ -35,7 +40,7 @@ def test_cleanup_job_per_node():
     jobs = [m.cleanup_job(NS, RUN, n, image) for n in ("node-a", "node-b", "x" * 80)]
     names = [j["metadata"]["name"] for j in jobs]
     assert len(set(names)) == 3 and all(len(n) <= 63 for n in names)
-    for node, j in zip(("node-a", "node-b", "x" * 80), jobs):
+    for node, j in zip(("node-a", "node-b", "x" * 80), jobs, strict=True):
         _all_labels_ok(j, "cleanup")
         assert j["kind"] == "Job" and j["metadata"]["namespace"] == NS
         spec = j["spec"]["template"]["spec"]

@@ -137,7 +137,7 @@ def test_refuses_without_yes_and_changes_nothing(tmp_path):
         with pytest.raises(ClusterError) as e:
             _preflight(fake, tmp_path, yes=False, out=lines)
         assert "--yes" in str(e.value) and "nothing was changed" in str(e.value)
-        assert any("edit ConfigMap kube-system/kube-proxy" in l for l in lines)  # printed what it would do
+        assert any("edit ConfigMap kube-system/kube-proxy" in ln for ln in lines)  # printed what it would do
         assert _mutations(fake) == []
 
 
@@ -221,7 +221,7 @@ def test_nodes_disagree_with_configmap(tmp_path):
 def test_mode_from_configmap_when_node_proxy_unreachable(tmp_path):
     with FakeCluster(node_proxy=False) as fake:
         _, lines = _preflight(fake, tmp_path)
-        assert any("not reachable through the node proxy" in l for l in lines)
+        assert any("not reachable through the node proxy" in ln for ln in lines)
 
 
 def test_leftover_of_an_earlier_run(tmp_path):

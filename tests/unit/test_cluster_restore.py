@@ -10,10 +10,17 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from kubernetes.client.rest import ApiException
 
 from harness.cli import main
-from harness.cluster import ANN_MODIFIED, KP_KEY, PAUSE_KEY, ClusterError, namespace_for
-from harness.cluster import kubeproxy_config as kpc
+from harness.cluster import (
+    ANN_MODIFIED,
+    KP_KEY,
+    PAUSE_KEY,
+    ClusterError,
+    kubeproxy_config as kpc,
+    namespace_for,
+)
 from harness.cluster.kube import Rest, connect
 from harness.cluster.preflight import read_kube_proxy
 from harness.cluster.restore import load, restore_cluster, restore_path, save_initial, state_from_cluster
@@ -162,8 +169,9 @@ def test_restore_failure_is_recorded(tmp_path):
         _, _, state, path, ctl = _setup(fake, tmp_path)
         ctl.switch("iptables", "nftables")
         fake.fail_on[("PUT", CM)] = 503
-        with pytest.raises(Exception):
+        with pytest.raises(ApiException) as e:
             restore_cluster(ctl, state, path, log=lambda s: None)
+        assert e.value.status == 503
         st = load(path)
         assert st.status == "restore-failed" and "restore failed" in st.history[-1]["event"]
 

@@ -8,8 +8,7 @@ import math
 import pytest
 
 from harness.jsonfile import write_json
-from harness.k8s import KubeError
-from harness.k8s import kubeproxy_config as kpc
+from harness.k8s import KubeError, kubeproxy_config as kpc
 from harness.k8s.metrics import parse_metrics
 from harness.k8s.objects import post_object
 from harness.k8s.ratelimit import TokenBucket

@@ -10,16 +10,15 @@ import pytest
 from pydantic import ValidationError
 
 from harness import modes
-from harness.cluster import ClusterError
-from harness.cluster import kubeproxy_config as kpc
+from harness.cluster import ClusterError, kubeproxy_config as kpc
 from harness.dataplane import make_dataplane, render
 from harness.dataplane.base import DataplaneSettings
+from harness.k8s.kubeproxy_config import render as render_kube_proxy_config
 from harness.lab.caps import FEATURES, mode_requirements
 from harness.lab.netns import LabError
 from harness.model import ModelSpec, build_model
 from harness.modes import MODES, ModeSpec, SectionOptions, UnknownModeError
 from harness.scenario import Scenario
-from harness.k8s.kubeproxy_config import render as render_kube_proxy_config
 
 DATAPLANE_METHODS = ("render", "full_sync", "apply", "counts", "cleanup")
 OPTIONS = SectionOptions(sync_period="30s", min_sync_period="1ms", masquerade_all=True, strict_arp=True,

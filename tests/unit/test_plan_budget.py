@@ -4,9 +4,7 @@ import json
 
 import pytest
 
-from harness import costmodel as cm
-from harness import plan as pl
-from harness import runner
+from harness import costmodel as cm, plan as pl, runner
 from harness.scenario import load_scenario, parse_override
 
 
@@ -76,7 +74,8 @@ def test_phases_follow_the_scenario():
     assert ph["api"] == 0  # the lab has no API
     assert ph["load"] == pytest.approx(2 * (3 + cm.KERNEL[("lab", "host")].load_overhead))
     assert cm.base_phases(sc, shape, validate=False, api_delta=0)["validate"] == 0
-    local = cm.base_phases(sc, cm.PointShape("local", "local", "iptables", 200), validate=False, api_delta=150)
+    flat = load_scenario("quick", [parse_override("kube_proxy_version=v1.34.12")])  # the bitmap allocator
+    local = cm.base_phases(flat, cm.PointShape("local", "local", "iptables", 200), validate=False, api_delta=150)
     assert local["api"] == pytest.approx(2 * 150 / cm.API_OBJECTS_PER_S)
 
 
@@ -130,11 +129,9 @@ def test_refiner_ignores_phases_too_short_to_say_anything():
 KP = {"iptables": ["uml"], "ipvs": ["uml"], "nftables": ["uml"]}
 
 
-def default_points(max_n=50000, version=None):
-    over = [(["services"], {"max": max_n, "min": 1000})]
-    if version:
-        over.append((["kube_proxy_version"], version))
-    sc = load_scenario("default", over)
+def default_points(max_n=50000, release=None):
+    extra = [(["kube_proxy_version"], release)] if release else []
+    sc = load_scenario("default", [(["services"], {"max": max_n, "min": 1000}), *extra])
     return sc, runner.plan_points(sc, KP)
 
 
@@ -149,7 +146,7 @@ def test_no_budget_keeps_every_point():
 
 
 def test_budget_leaves_out_what_does_not_fit_and_says_so():
-    sc, pts = default_points(version="v1.36.3")  # the anonymous-vmap nftables family: quadratic
+    sc, pts = default_points(release="v1.34.12")  # nftables' quadratic family
     plan = pl.build_plan(sc, "lab", KP, pts, "30m")
     assert plan.projected_total <= 1800
     over = {p.point.point_id for p in plan.over_budget}

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from harness.cli import main
 from harness import releases as versions
+from harness.cli import main
 from harness.dataplane import make_dataplane, render
 from harness.dataplane.base import DataplaneSettings
 from harness.model import ModelSpec, build_model
