@@ -14,20 +14,19 @@ TARGET ?=
 OUT ?=
 KERNEL ?=
 BUDGET ?=
+PLAN_ONLY ?=
 # the Kubernetes release: default the one kube/go.mod pins (harness/dataplane/versions.py's default)
 KUBE_VERSION ?= $(shell awk '$$1 == "k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}' kube/go.mod)
 
-# `make bench` measures the real kube-proxy (the local target) when `make kube` has built the
-# binaries (or KUBE_BIN_DIR has them), else the lab target; TARGET=lab|local|cluster chooses.
-KUBE_CACHE_BIN := $(or $(KPBENCH_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kpbench)/kube/$(KUBE_VERSION)/bin
-KUBE_BIN := $(or $(KUBE_BIN_DIR),$(KUBE_CACHE_BIN))
-BENCH_TARGET := $(or $(TARGET),$(if $(and $(wildcard $(KUBE_BIN)/kube-apiserver),$(wildcard $(KUBE_BIN)/kube-proxy)),local))
+# `make bench` measures what the scenario says (default.yaml: the lab target, all three modes) whether
+# or not `make kube` has run; TARGET=lab|local|cluster chooses another (README: "What make bench measures").
+BENCH_TARGET := $(TARGET)
 
 BENCH_ARGS := $(SCENARIO) \
   $(if $(SERVICES),--services $(SERVICES)) $(if $(MODES),--modes $(MODES)) \
   $(if $(REPS),--reps $(REPS)) $(if $(BENCH_TARGET),--target $(BENCH_TARGET)) \
   --set kube_proxy_version=$(KUBE_VERSION) \
-  $(if $(OUT),--out $(OUT)) $(if $(KERNEL),--kernel $(KERNEL)) $(if $(BUDGET),--budget $(BUDGET))
+  $(if $(OUT),--out $(OUT)) $(if $(KERNEL),--kernel $(KERNEL)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(PLAN_ONLY),--plan-only)
 
 UML_KERNEL_DEPS := linux-source-6.1 build-essential bc bison flex libssl-dev libelf-dev xz-utils
 
@@ -59,7 +58,7 @@ uml-kernel:
 
 bench: setup
 	@$(MAKE) --no-print-directory uml-kernel || echo "warning: the kpbench UML kernel could not be built; modes may be split across kernels (see kpbench doctor)"
-	@echo "kpbench: target $(or $(BENCH_TARGET),lab (from the scenario; make kube for the local target))"
+	@echo "kpbench: target $(or $(BENCH_TARGET),from the scenario $(SCENARIO) (lab for default); TARGET=local for real kube-proxy)"
 	$(KPBENCH) run $(BENCH_ARGS)
 
 # Lint and type checks take seconds: `make test` runs them before the slow tests.

@@ -114,8 +114,9 @@ MODE = {
     ("lab", "host", "nftables"): ModeCosts(Poly(0.1, 0.0001, 4e-7), Poly(0.13, 0.0000095), _NFT),
     # lab, kpbench UML 6.1 (stop 9, run 20261201T073300Z-e5cab4, both nodes, 21 changes per point):
     # iptables full 2.3 / 2.9 / 3.0 / 4.7 s at 1k / 2k / 5k / 10k, restore of 50k 11.6 s per node;
-    # sync_one phase 28 / 45 / 99 / 179 s -> 0.57 + 0.0008 N per change
-    ("lab", "uml", "iptables"): ModeCosts(Poly(2.0, 0.00035), Poly(0.57, 0.0008), _IPT),
+    # sync_one phase 28 / 45 / 99 / 179 s (stop 9); bench13 run 20261204T232003Z-7ad059 (make bench
+    # SERVICES=10000): 21 / 21 / 49 / 82 s at 1k / 2k / 5k / 10k -> 0.3 + 0.00036 N per change
+    ("lab", "uml", "iptables"): ModeCosts(Poly(2.0, 0.00035), Poly(0.3, 0.00036), _IPT),
     # ipvs full 7.2 / 7.5 / 9.9 / 14.6 s; sync_one phase 13-19 s
     ("lab", "uml", "ipvs"): ModeCosts(Poly(6.4, 0.00082), Poly(0.7, 0.0000004), _IPVS),
     # nftables full 13.9 / 23 / 79 / ~340 s, 20k node a alone 617 s; sync_one phase 23 / 27 / 28 / 30 s
@@ -217,8 +218,16 @@ class PointShape:
 
 
 def sync_changes(scenario) -> int:
+    """Expected one-change syncs of a point: the cap per kind, or with adaptive sampling the
+    floor plus half the way to the cap (the refiner corrects it with what the run spends)."""
+    from harness.measure.adaptive import sync_stop_rule
+
     s = scenario.measure.sync
-    return -(-s.samples // len(s.kinds)) * len(s.kinds)
+    cap = -(-s.samples // len(s.kinds))
+    if getattr(s, "adaptive", False):
+        rule = sync_stop_rule(cap)
+        cap = min(cap, -(-(rule.floor + cap) // 2))
+    return cap * len(s.kinds)
 
 
 def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int,

@@ -9,8 +9,8 @@ with its projected cost and the command that measures it; later, cheaper points 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping, cast
 
 from harness import costmodel as cm
 from harness.scenario import ScenarioError
@@ -100,7 +100,8 @@ class Plan:
             extra += f" --set kube_proxy_version={pp.point.kube_proxy_version}"
         if len(self.scenario.endpoint_counts()) > 1:
             extra += f" --set model.endpoints={pp.point.endpoints}"
-        return (f"kpbench run {run_dir}/scenario.yaml --services {pp.point.n_services} --modes {pp.point.mode} "
+        src = f"{run_dir}/scenario.yaml" if run_dir is not None else getattr(self.scenario, "name", "SCENARIO")
+        return (f"kpbench run {src} --services {pp.point.n_services} --modes {pp.point.mode} "
                 f"--kernel {kernel}{extra} --budget none")
 
     def remaining(self, done: Iterable[str]) -> float:
@@ -132,7 +133,11 @@ class Plan:
     def render(self, run_dir=None) -> str:
         """The plan as printed before the first point."""
         sc = self.scenario
-        lines = [f"plan: {len(self.points)} points, target {self.target}, budget {fmt_duration(self.budget_s)}"]
+        lines = [f"plan: {len(self.points)} points, target {self.target}, budget {fmt_duration(self.budget_s)}",
+                 f"  programmed by: {programmed_by(self.target)} in every point"]
+        real = self.real_kube_proxy_note()
+        if real:
+            lines.append(f"  {real}")
         rels, eps = sc.releases(), sc.endpoint_counts()
         variants = [(r, e) for r in rels for e in eps]
         for mode, kernels in self.kernel_plan.items():
@@ -156,10 +161,25 @@ class Plan:
             cost = sum(p.total for p in over)
             lines.append(f"  NOT measured in this budget: {len(over)} point(s), projected {fmt_duration(cost)} more:")
             for pp in over:
-                lines.append(f"    {pp.point.point_id} ({fmt_short(pp.total)}): {self.measure_command(pp, run_dir)}")
+                lines.append(f"    {pp.point.point_id} ({fmt_short(pp.total)}, {why_costly(pp)}): "
+                             f"{self.measure_command(pp, run_dir)}")
             if run_dir is not None:
                 lines.append(f"    or all of them afterwards: kpbench run --resume {run_dir} --budget none")
         return "\n".join(lines)
+
+    def real_kube_proxy_note(self) -> str | None:
+        """For a lab plan: what real kube-proxy (the local target) is projected to cost for the cells
+        the host kernel runs (iptables, nftables), so the choice of the lab is stated, not implied."""
+        if self.target != "lab":
+            return None
+        host = [replace(cast(Any, pp.point), kernel="local") for pp in self.points if cm.kernel_kind(pp.point.kernel) == "host"]
+        if not host:
+            return None
+        cost = sum(pp.total for pp in project(self.scenario, "local", host))
+        return (f"real kube-proxy (--target local) for the {len(host)} host-kernel points is projected at "
+                f"{fmt_duration(cost)} (Services + EndpointSlices through the API server, kube-proxy's own "
+                f"syncs); IPVS has no real-kube-proxy option within a budget (one `ipset add` fork per "
+                f"entry, ~0.2 s each in the UML guest)")
 
     def to_meta(self, run_dir=None) -> dict:
         return {
@@ -175,11 +195,28 @@ class Plan:
                                                                  pp.shape.endpoints),
                                            "full_sync_growth": cm.full_sync_growth(
                                                self.target, pp.point.kernel, pp.point.mode, pp.shape.release,
-                                               pp.shape.endpoints)}
+                                               pp.shape.endpoints),
+                                           "full_sync_projected_s": round(pp.projected["sync_full"], 2)}
                        for pp in self.points},
+            "programmed_by": programmed_by(self.target),
             "over_budget": [{"point_id": pp.point.point_id, "projected_s": round(pp.total, 1),
+                             "why": why_costly(pp),
                              "command": self.measure_command(pp, run_dir)} for pp in self.over_budget],
         }
+
+
+def programmed_by(target: str) -> str:
+    """Who programs a point's dataplane on `target`, in words."""
+    return {"lab": "the lab's dataplane (kube-proxy's rules for the release, applied by kpbench; sync "
+                   "times are the kernel's share only, a lower bound of kube-proxy's)",
+            "local": "real kube-proxy (with etcd + kube-apiserver on this machine)",
+            "cluster": "the cluster's real kube-proxy"}.get(target, target)
+
+
+def why_costly(pp: PlannedPoint) -> str:
+    """The phase that dominates a point's projected cost, e.g. 'sync_one 10m30s of it'."""
+    phase, secs = max(pp.projected.items(), key=lambda kv: kv[1])
+    return f"{phase} {fmt_short(secs)} of it"
 
 
 def run_order(points: list) -> list:

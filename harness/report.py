@@ -379,6 +379,21 @@ def report_context(run_dirs, fig_dir: Path | None) -> dict:
     }
 
 
+PROGRAMMED_BY = {"lab": "lab dataplane (kube-proxy's rules, applied by kpbench)",
+                 "local": "real kube-proxy", "cluster": "real kube-proxy (cluster)"}
+
+
+def _samples_spent(adaptive: dict | None) -> str:
+    """'add 7 (+-36%), update 6 (+-4%)': samples spent per series and the CI reached."""
+    if not adaptive:
+        return ""
+    parts = []
+    for key, a in adaptive.items():
+        ci = "no CI" if a.get("ci_rel") is None else f"+-{a['ci_rel']:.0%}"
+        parts.append(f"{key.rpartition('=')[2] or key} {a.get('samples')}/{a.get('cap')} ({ci})")
+    return ", ".join(parts)
+
+
 def plan_tables(metas: Sequence[dict]) -> list[dict]:
     """Per run: projected against actual seconds per phase and in total, and the points its budget
     left unmeasured (with their projected cost and the command that measures them)."""
@@ -390,8 +405,15 @@ def plan_tables(metas: Sequence[dict]) -> list[dict]:
         rows = [[ph["phase"], ph["projected_s"], ph["actual_s"]] for ph in plan["phases"]]
         rows.append(["total", plan.get("projected_total_s"), plan.get("actual_total_s")])
         over = plan.get("over_budget") or []
+        who = PROGRAMMED_BY.get(str(m.get("target")), m.get("target"))
+        cells = [[pid, who, r.get("ruleset", ""), r.get("full_sync_projected_s", r.get("projected", {}).get("sync_full")),
+                  (r.get("actual") or {}).get("sync_full"), _samples_spent(r.get("adaptive"))]
+                 for pid, r in (plan.get("points") or {}).items() if r.get("fits", True)]
         out.append({"run_id": m.get("run_id"), "budget": plan.get("budget_text"),
                     "phases": _table(["phase", "projected s", "actual s"], rows),
+                    "points": _table(["point", "programmed by", "ruleset", "full sync projected s",
+                                      "full sync actual s", "samples spent/cap (95% CI of the median)"], cells)
+                    if cells else None,
                     "over_budget": _table(["point", "projected s", "command"],
                                           [[o["point_id"], o["projected_s"], o["command"]] for o in over])
                     if over else None})

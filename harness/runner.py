@@ -192,6 +192,8 @@ def _record_plan(run: Run, plan: plan_mod.Plan, points_status: dict[str, dict], 
             continue
         row["actual"] = {k: round(v, 2) for k, v in cm.actual_phases(st).items()}
         row["actual_s"] = st.get("seconds")
+        if st.get("adaptive"):  # samples spent per metric and the CI reached (harness.measure.adaptive)
+            row["adaptive"] = st["adaptive"]
         measured_s += float(st.get("seconds") or 0)
         for ph in cm.PHASES:
             tot_p[ph] += row["projected"].get(ph, 0.0) if ph != "setup" else 0.0

@@ -88,6 +88,8 @@ class ConnectSpec(_Strict):
     edge_samples: int = Field(default=300, ge=0)
     direct_samples: int = Field(default=500, ge=0)
     timeout_ms: float = Field(default=1000, gt=0)
+    adaptive: bool = Field(default=True, description="the sample counts are caps: stop once each kind's median "
+                           "95% CI is within +-5% (never below the report's floor)")
 
 
 class SyncSpec(_Strict):
@@ -95,6 +97,8 @@ class SyncSpec(_Strict):
     kinds: list[Literal["add", "update", "delete"]] = ["add", "update", "delete"]
     poll_interval_ms: float = Field(default=1.0, gt=0, le=1.0)
     timeout_s: float = Field(default=30, gt=0)
+    adaptive: bool = Field(default=True, description="samples is a cap per kind: stop once the 95% CI of "
+                           "each kind's median is within +-5% (never below the report's floor)")
 
 
 class LoadSpec(_Strict):

@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-report", action="store_true", help="do not build the HTML report at the end")
     p.add_argument("--budget", metavar="DURATION",
                    help="time budget: 30m, 1h30m, 900s or none (default: the scenario's; none with --resume)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="print the plan (points, kernels, rulesets, projected costs, what fits) and exit 0")
 
 
 def _terminate(signum, frame):
@@ -44,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
         scenario = scenario_from_args(args)
         run = None
     scenario = run.scenario if run else scenario
-    if scenario.target in ("lab", "local"):
+    plan_only = getattr(args, "plan_only", False)
+    if scenario.target in ("lab", "local") and not plan_only:
         require_root(f"kpbench run --target {scenario.target}")
-    if scenario.target in ("lab", "local"):  # both make namespaces, guests and processes here
+    if scenario.target in ("lab", "local") and not plan_only:  # both make namespaces, guests and processes here
         from harness.lab.cleanup import cleanup_leftovers
 
         cleanup_leftovers(lambda msg: print(f"cleaning up after an earlier run: {msg}", file=sys.stderr))
@@ -55,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from_scenario = args.budget is None and run is None  # a resumed run measures all that is missing
     plan = runner.prepare_plan(scenario, target, scenario.budget if from_scenario else args.budget, run,
                                budget_flag="scenario budget" if from_scenario else "--budget")
+    if plan_only:  # nothing created, nothing measured
+        print(plan.render(run.dir if run else None))
+        return 0
     if run is None:
         run = runner.Run.create(scenario, Path(args.out) if args.out else runner.default_out())
     view = ProgressView(run.dir)

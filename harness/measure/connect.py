@@ -15,25 +15,46 @@ timed_out=True: a censored sample meaning "not connected within the timeout".
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from harness.measure.adaptive import MIN_FOR_CI, StopRule
 from harness.measure.agent import Agent
 from harness.model import Service
 from harness.samples import PointContext
 
 CHUNK = 2000  # attempts per agent command
+STOP_CHUNK = 200  # with adaptive sampling: how often the stop rule is asked
 
 
 def _svc_addr(svc: Service) -> tuple[str, int]:
     return svc.cluster_ip, svc.ports[0].port
 
 
-def run_plan(agent: Agent, plan: Sequence[tuple[str, int, str]], timeout: float) -> list[tuple[float, str]]:
-    """Connect once to every (ip, port, tag) of `plan`, in order -> [(us, err), ...]."""
+def connect_stop_rules(plan: Sequence[tuple[str, int, str]]) -> dict[str, StopRule]:
+    """One stop rule per kind of attempt: capped at the attempts planned, floored at the report's
+    minimum for its metric (harness.metrics)."""
+    from harness.metrics import min_samples
+
+    floors = min_samples()
+    caps: dict[str, int] = {}
+    for _ip, _port, kind in plan:
+        caps[kind] = caps.get(kind, 0) + 1
+    return {k: StopRule(cap=c, floor=max(MIN_FOR_CI, floors.get("connect_direct_us" if k == "direct"
+                                                                  else "connect_us", 1)))
+            for k, c in caps.items()}
+
+
+def run_plan(agent: Agent, plan: Sequence[tuple[str, int, str]], timeout: float,
+             stop: Callable[[list[tuple[float, str]]], bool] | None = None) -> list[tuple[float, str]]:
+    """Connect once to every (ip, port, tag) of `plan`, in order -> [(us, err), ...]; with `stop`,
+    in chunks of STOP_CHUNK, ending early once stop(results so far) is true."""
     out: list[tuple[float, str]] = []
-    for i in range(0, len(plan), CHUNK):
-        chunk = plan[i:i + CHUNK]
+    step = CHUNK if stop is None else STOP_CHUNK
+    for i in range(0, len(plan), step):
+        if stop is not None and stop(out):
+            break
+        chunk = plan[i:i + step]
         res = agent.connect(chunk, samples=1, timeout=timeout)
         out.extend((us, err) for _, us, err in res)
     return out
@@ -42,13 +63,16 @@ def run_plan(agent: Agent, plan: Sequence[tuple[str, int, str]], timeout: float)
 def measure_connect(agent: Agent, ctx: PointContext, model_services: Sequence[Service], n: int,
                     samples: int, rng: random.Random, timeout: float, *, edge_samples: int = 0,
                     direct_samples: int | None = None, lookup_order: Sequence[Service] | None = None,
-                    warmup: int = 3) -> list[dict[str, Any]]:
+                    warmup: int = 3, adaptive: dict | None = None) -> list[dict[str, Any]]:
     """Connect-latency rows for a point with the first `n` of `model_services` programmed.
 
     samples: attempts to random Services; edge_samples: attempts to each of the first and the last
     Service of `lookup_order` (default: the first n Services in list order); direct_samples:
     attempts to random endpoints' pod IPs (default: same as samples; 0 disables). `warmup`
-    unrecorded attempts of each kind run first (neighbour and route caches).
+    unrecorded attempts of each kind run first (neighbour and route caches). adaptive (a dict): the
+    counts are caps; the shuffled attempts stop once every kind's median has its 95% CI within
+    +-5% (harness.measure.adaptive, never below the report's floor per metric); the samples spent
+    and the CI reached per kind are written into the dict.
     """
     services = list(model_services[:n])
     if not services:
@@ -75,11 +99,25 @@ def measure_connect(agent: Agent, ctx: PointContext, model_services: Sequence[Se
     if warm:
         run_plan(agent, warm, timeout)
 
-    results = run_plan(agent, plan, timeout)
+    timeout_us = timeout * 1e6
+    rules = connect_stop_rules(plan) if adaptive is not None else None
+    fed = [0]
+
+    def enough(done: list[tuple[float, str]]) -> bool:
+        assert rules is not None
+        for (_ip, _port, kind), (us, err) in zip(plan[fed[0]:len(done)], done[fed[0]:], strict=True):
+            rules[kind].add(kind, timeout_us if err else us)
+        fed[0] = len(done)
+        return all(r.done() for r in rules.values())
+
+    results = run_plan(agent, plan, timeout, enough if rules is not None else None)
+    if rules is not None and adaptive is not None:
+        enough(results)
+        adaptive.update({f"{'connect_direct_us' if k == 'direct' else 'connect_us'} {k}": r.summary()[k]
+                              for k, r in rules.items() if k in r.series})
     rows: list[dict[str, Any]] = []
     seq: dict[str, int] = {}
-    timeout_us = timeout * 1e6
-    for (_ip, _port, kind), (us, err) in zip(plan, results, strict=True):
+    for (_ip, _port, kind), (us, err) in zip(plan[:len(results)], results, strict=True):
         k = seq.get(kind, 0)
         seq[kind] = k + 1
         failed = bool(err)

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.dataplane.base import Change, Dataplane
+from harness.measure.adaptive import StopRule, spread_order
 from harness.measure.agent import Agent
 from harness.model import Endpoint, Model, Service
 from harness.samples import PointContext
@@ -81,7 +82,8 @@ def _addr(svc: Service) -> tuple[str, int]:
 def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Service], model: Model,
                      ctx: PointContext, samples: int, kinds: Sequence[str] = ("add", "update", "delete"),
                      timeout: float = 10.0, *, interval: float = 0.001, attempt_timeout: float = 0.2,
-                     verify_restore: bool = True, restore: bool = True) -> list[dict[str, Any]]:
+                     verify_restore: bool = True, restore: bool = True,
+                     stop: StopRule | None = None) -> list[dict[str, Any]]:
     """Rows sync_one_s and sync_apply_s, `samples` per kind, kinds interleaved sample by sample.
 
     `services` is the programmed set (N = len(services)); it is programmed again after each
@@ -91,6 +93,9 @@ def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Serv
     restore=False: no undo; the changes accumulate (kinds interleaved, so with add and delete both
     measured N stays within one of its value), halving the applies - at 50,000 Services one
     iptables apply costs seconds. The dataplane is then left in the changed state: measure last.
+
+    stop: adaptive sample count (harness.measure.adaptive): `samples` is the cap, rounds are taken in
+    spread_order (any prefix covers the whole list) and end once `stop` is satisfied for every kind.
     """
     services = list(services)
     n = len(services)
@@ -100,7 +105,9 @@ def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Serv
     pos = {"add": positions(n + 1, samples, PHASE["add"]), "update": positions(n, samples, PHASE["update"]),
            "delete": positions(n, samples, PHASE["delete"])}
     original = list(services)
-    for j in range(samples):
+    for j in (spread_order(samples) if stop is not None else range(samples)):
+        if stop is not None and stop.done():
+            break
         for kind in kinds:
             p = pos[kind][j]
             if not restore:  # changes accumulate: find the original Service where it stands now
@@ -149,6 +156,8 @@ def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Serv
                 lat = timeout
             rows.append(ctx.row("sync_one_s", lat, "s", seq=j, timed_out=timed_out, change=kind,
                                 error="timeout" if timed_out else ""))
+            if stop is not None:
+                stop.add(f"sync_one_s change={kind}", lat)
             rows.append(ctx.row("sync_apply_s", (t_apply - t0) / 1e9, "s", seq=j, change=kind))
 
             if not restore:

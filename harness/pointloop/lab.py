@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from harness.dataplane import make_dataplane
 from harness.dataplane.base import DataplaneSettings
 from harness.lab.netns import LabError
+from harness.measure.adaptive import sync_stop_rule
 from harness.model import ModelSpec, build_model
 from harness.modes import mode as mode_spec
 from harness.pointloop.loop import JobPoint
@@ -154,10 +155,14 @@ class LabPoints:
         from harness.measure import connect
 
         sc, c = self.scenario, self.scenario.measure.connect
-        return connect.measure_connect(
+        spent: dict | None = {} if c.adaptive else None
+        rows = connect.measure_connect(
             self.agent, ctx, services, len(services), samples=c.samples,
             rng=random.Random(sc.seed * 1000 + p.rep), timeout=c.timeout_ms / 1000,
-            edge_samples=c.edge_samples, direct_samples=c.direct_samples)
+            edge_samples=c.edge_samples, direct_samples=c.direct_samples, adaptive=spent)
+        if spent:
+            status.setdefault("adaptive", {}).update(spent)
+        return rows
 
     def load_namespace(self) -> str | None:
         return self.lab.client_ns
@@ -169,9 +174,13 @@ class LabPoints:
         s = self.scenario.measure.sync
         kinds = tuple(s.kinds)
         per_kind = -(-s.samples // len(kinds))  # scenario gives samples per point, spread over kinds
-        return sync.measure_sync_one(self.agent, self.use_mode(p.mode)["a"], services, self.model, ctx,
+        stop = sync_stop_rule(per_kind) if s.adaptive else None
+        rows = sync.measure_sync_one(self.agent, self.use_mode(p.mode)["a"], services, self.model, ctx,
                                      restore=False, samples=per_kind, kinds=kinds, timeout=s.timeout_s,
-                                     interval=s.poll_interval_ms / 1000)
+                                     interval=s.poll_interval_ms / 1000, stop=stop)
+        if stop is not None:
+            status.setdefault("adaptive", {}).update(stop.summary())
+        return rows
 
     def disrupt(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], status: dict) -> list[dict]:
         """Rows of the disruption phase: the prober in the client namespace while node a's dataplane

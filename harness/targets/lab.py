@@ -35,7 +35,9 @@ class LabTarget:
         for tool in ("ip", "nginx"):
             if not shutil.which(tool):
                 raise LabError(f"{tool} not found: run `make setup` (installs iproute2, nginx-light ...)")
-        self._plan = caps.plan_kernels(scenario.modes, scenario.iptables_backend, scenario.kernel)
+        # spread: iptables and nftables on the host kernel (cheap, and the kernel users run), IPVS in
+        # the UML guest, iptables in both as the bridge; modes are compared within one kernel
+        self._plan = caps.plan_kernels(scenario.modes, scenario.iptables_backend, scenario.kernel, spread=True)
         check_capacity(scenario)
 
     def plan(self, scenario) -> dict[str, list[str]]:

@@ -23,7 +23,7 @@ LAYERS: dict[str, list[str]] = {
                       "harness.dataplane.names", "harness.dataplane.nftables",
                       "harness.lab", "harness.lab.backends", "harness.lab.caps", "harness.lab.cleanup",
                       "harness.lab.netns", "harness.lab.registry", "harness.lab.topology", "harness.lab.uml"],
-    "measure": ["harness.measure", "harness.measure.agent", "harness.measure.connect", "harness.measure.cpu",
+    "measure": ["harness.measure", "harness.measure.adaptive", "harness.measure.agent", "harness.measure.connect", "harness.measure.cpu",
                 "harness.measure.load", "harness.measure.load_worker", "harness.measure.sync",
                 "harness.measure.disrupt", "harness.measure.disrupt_prober",
                 "harness.validate"],
