@@ -288,20 +288,37 @@ def build_plan(scenario, target: str, kernel_plan: dict[str, list[str]], points:
     if budget is None:
         planned = project(scenario, target, points)
     else:
-        # one point of each mode is always kept (the minimum, reserved until reached); the others
-        # as far as the budget goes, in run order
-        reserve = {pp.point.point_id: pp.total for pp in project(scenario, target, minimum_points(points))}
-
-        def keep(p, cost, so_far):
-            if reserve.pop(p.point_id, None) is not None:
-                return True
-            return so_far + cost + sum(reserve.values()) <= budget
-
-        planned = project(scenario, target, points, keep)
+        # one point of each mode is always kept (the minimum); then the primary cells as far as the
+        # budget goes, in run order, and the bridge between kernels with what remains
+        chosen = {pp.point.point_id for pp in project(scenario, target, minimum_points(points))}
+        cost = {pp.point.point_id: pp.total for pp in project(scenario, target, points)}
+        left = budget - sum(cost[i] for i in chosen)
+        bridge = bridge_cells(scenario, kernel_plan)
+        ordered = run_order(points)
+        is_bridge = [(p.mode, cm.kernel_kind(p.kernel)) in bridge for p in ordered]
+        for p in [p for p, b in zip(ordered, is_bridge, strict=True) if not b] + \
+                 [p for p, b in zip(ordered, is_bridge, strict=True) if b]:
+            if p.point_id not in chosen and cost[p.point_id] <= left:
+                chosen.add(p.point_id)
+                left -= cost[p.point_id]
+        planned = project(scenario, target, points, lambda p, _cost, _so_far: p.point_id in chosen)
     reasons = dict(kernel_reasons or {})
     for mode, kernels in kernel_plan.items():
         reasons.setdefault(mode, kernel_reason(scenario, mode, kernels))
     return Plan(scenario, target, kernel_plan, reasons, budget, planned, minimum)
+
+
+def bridge_cells(scenario, kernel_plan: Mapping[str, list[str]]) -> set[tuple[str, str]]:
+    """(mode, kernel kind) cells measured only as the bridge between kernels (iptables in the UML
+    guest beside the host, or a mode the scenario did not ask for): a budget serves them last."""
+    cells: set[tuple[str, str]] = set()
+    for mode, kernels in kernel_plan.items():
+        kinds = {cm.kernel_kind(k) for k in kernels}
+        if mode not in scenario.modes:
+            cells |= {(mode, k) for k in kinds}
+        elif kinds == {"host", "uml"}:
+            cells.add((mode, "uml"))
+    return cells
 
 
 def kernel_reason(scenario, mode: str, kernels: list[str]) -> str:

@@ -371,3 +371,20 @@ def test_refit_keeps_the_models_figures_and_refines_once():
     once = sum(sum(v * plan.refiner.factor(shapes[pid], ph) for ph, v in phases.items())
                for pid, phases in raw.items())
     assert plan.remaining(done) == pytest.approx(once)
+
+
+def test_a_budget_serves_the_bridge_between_kernels_last():
+    """iptables in the UML guest beside the host is only the bridge between kernels: when the budget
+    cannot hold everything, its large points go before any primary cell (here IPVS at 50,000)."""
+    spread = {"iptables": ["host", "uml"], "ipvs": ["uml"], "nftables": ["host"]}
+    sc = load_scenario("default", [(["services"], {"max": 50000, "min": 1000})])
+    pts = runner.plan_points(sc, spread)
+    assert pl.bridge_cells(sc, spread) == {("iptables", "uml")}
+    full = pl.build_plan(sc, "lab", spread, pts, "none")
+    bridge_50k = next(p for p in full.points if p.point.point_id == "uml-iptables-50000-r1")
+    budget = int(full.projected_total - bridge_50k.total / 2)  # everything but part of that point
+    plan = pl.build_plan(sc, "lab", spread, pts, f"{budget}s")
+    over = {p.point.point_id for p in plan.over_budget}
+    assert "uml-iptables-50000-r1" in over
+    assert not any(p.point.mode != "iptables" or p.point.kernel != "uml" for p in plan.over_budget), over
+    assert plan.projected_total <= budget
