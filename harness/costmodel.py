@@ -21,8 +21,8 @@ Phases (seconds):
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 PHASES = ("setup", "validate", "api", "sync_full", "connect", "load", "sync_one", "other")
 API_OBJECTS_PER_S = 273.0  # stop 10: bench_api_create.py, 50,000 Services + slices, 273 objects/s overall

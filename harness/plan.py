@@ -9,8 +9,9 @@ with its projected cost and the command that measures it; later, cheaper points 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, cast
+from typing import Any, cast
 
 from harness import costmodel as cm
 from harness.scenario import ScenarioError

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -355,7 +355,7 @@ def report_context(run_dirs, fig_dir: Path | None) -> dict:
     n_points = len(rs.points)
     return {
         "title": "kpbench report: " + ", ".join(str(m.get("run_id")) for m in metas),
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "synthetic": any(bool(m.get("synthetic")) for m in metas),
         "runs": environment_info(metas),
         "kernels": sorted(map(str, df["kernel"].unique())),

@@ -12,15 +12,15 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from harness import metadata as md
-from harness import plan as plan_mod
+from harness import metadata as md, plan as plan_mod
 from harness.scenario import Scenario, ScenarioError, load_scenario
 
 RESULTS_DIR = md.REPO / "results"
@@ -75,7 +75,7 @@ def plan_points(scenario: Scenario, kernel_plan: dict[str, list[str]]) -> list[P
 
 def new_run_dir(base: Path | None = None) -> Path:
     base = Path(base) if base else RESULTS_DIR
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     d = base / f"{stamp}-{secrets.token_hex(3)}"
     (d / "points").mkdir(parents=True)
     return d
@@ -107,7 +107,7 @@ class Run:
         log.setLevel(logging.INFO)
 
     @classmethod
-    def create(cls, scenario: Scenario, out: Path | None = None) -> "Run":
+    def create(cls, scenario: Scenario, out: Path | None = None) -> Run:
         run_dir = new_run_dir(out)
         resolved = scenario.resolved()
         (run_dir / "scenario.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -117,7 +117,7 @@ class Run:
         return run
 
     @classmethod
-    def resume(cls, run_dir: Path) -> "Run":
+    def resume(cls, run_dir: Path) -> Run:
         run_dir = Path(run_dir)
         if not (run_dir / "metadata.json").exists() or not (run_dir / "scenario.yaml").exists():
             raise ScenarioError(f"{run_dir}: not a kpbench run folder (no metadata.json / scenario.yaml)")
@@ -166,7 +166,7 @@ class BudgetExceeded(Exception):
     its worker (as for Ctrl-C) and the runner marks the points left `over_budget`."""
 
 
-def prepare_plan(scenario: Scenario, target, budget_text: str | None, run: "Run | None" = None,
+def prepare_plan(scenario: Scenario, target, budget_text: str | None, run: Run | None = None,
                  budget_flag: str = "--budget") -> plan_mod.Plan:
     """The plan of the points still to measure, fitted into the budget (BudgetError: exit 2,
     nothing started). Call after target.preflight and before anything is created."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import platform
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 from harness.dataplane import make_dataplane
 from harness.dataplane.base import DataplaneSettings

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 from harness.jsonfile import write_json
 from harness.samples import PointContext, SampleWriter

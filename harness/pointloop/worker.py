@@ -17,8 +17,9 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.jsonfile import write_json
 from harness.lab.netns import LabError

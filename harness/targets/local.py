@@ -45,7 +45,6 @@ class LocalTarget(LabTarget):
             if not shutil.which(tool):
                 raise LabError(f"{tool} not found: run `make setup` (installs iproute2, iptables, nftables, nginx-light)")
         from harness.targets import localcluster as lc
-
         from harness.targets.local_binaries import binaries_for
 
         self._binaries = binaries_for(scenario.kube_proxy_version)  # one line: "... not built: run `make kube ...`"
