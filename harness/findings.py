@@ -146,7 +146,7 @@ def crossovers(medians: pd.DataFrame, m: metrics.Metric) -> list[str]:
             ahead = np.where(rel > 1 + CROSSOVER_MIN_GAP, 1, np.where(rel < 1 - CROSSOVER_MIN_GAP, -1, 0))
             last = 0
             last_n = None
-            for n, s in zip(ns, ahead):
+            for n, s in zip(ns, ahead, strict=True):
                 if s == 0:
                     continue
                 if last and s != last:

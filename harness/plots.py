@@ -166,7 +166,7 @@ def _legend(fig: Figure, axes: np.ndarray, extra: Sequence = ()) -> None:
     """One legend for the whole figure, below the panels (never over the data)."""
     handles, labels = [], []
     for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab not in labels and not lab.startswith("_"):
                 handles.append(h)
                 labels.append(lab)
@@ -227,7 +227,7 @@ def hashing_vs_chain(df: pd.DataFrame, band: tuple[float, float] = (0.25, 0.75))
                         linestyle=(0, (1, 1)), zorder=1)
         for pos, ls in (("first", "--"), ("last", ":")) if len(all_runs) <= 1 else ():
             dp = dk[dk["position"] == pos]
-            for label, st, g in _series(dp, all_runs):
+            for _label, st, g in _series(dp, all_runs):
                 m = g.groupby("n_services", observed=True)["value"].median().sort_index()
                 ax.plot(m.index, m.values, color=st["color"], linestyle=ls, linewidth=1.1, marker=st["marker"],
                         markersize=3.5, markerfacecolor="none")
@@ -423,7 +423,7 @@ def disruption_timeline(df: pd.DataFrame) -> Figure:
         return _empty(title)
     d = d[d["n_services"] == d["n_services"].max()]
     d = d[d["rep"] == d["rep"].min()]
-    rows_ = sorted({(str(k), str(m)) for k, m in zip(d["kernel"], d["mode"])})
+    rows_ = sorted({(str(k), str(m)) for k, m in zip(d["kernel"], d["mode"], strict=True)})
     kinds = [k for k in ("full", "cold", "add", "update", "delete") if k in set(d["sync"].astype(str))]
     fig, axes = _figure(len(rows_), len(kinds), f"{title} ({units.count(int(d['n_services'].max()))} Services)")
     for i, (k, mode) in enumerate(rows_):

@@ -323,7 +323,7 @@ def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.
         try:
             if merge is not None:
                 merge(run.dir)
-        except Exception as e:  # keep the point files; the merge can be redone by `kpbench report`
+        except Exception as e:  # noqa: BLE001 - logged; the point files stay and `kpbench report` redoes the merge
             log.error("merging samples failed: %s", e)
         wall = clock() - t0
         _record_plan(run, plan, done, wall, earlier)

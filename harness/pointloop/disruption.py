@@ -114,7 +114,7 @@ def measure_disruption(dp: Any, ns: str, services: Sequence[Service], model: Mod
             if kind not in changed:
                 continue
             change, undo, after = changed[kind]
-            obs = disrupt.measure_during(ns, targets, lambda: dp.apply(after, change), ctx, kind,
+            obs = disrupt.measure_during(ns, targets, lambda after=after, change=change: dp.apply(after, change), ctx, kind,
                                          rate=spec.rate, keepalive=spec.keepalive_conns,
                                          window_s=spec.window_s, timeout=timeout)
             dp.apply(services, undo)

@@ -208,7 +208,7 @@ class LabPoints:
         for dp in dps.values():  # a failing cleanup must not hide the matrix: recorded beside it
             try:
                 dp.cleanup()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - recorded beside the matrix
                 res.setdefault("cleanup_errors", []).append(f"{type(e).__name__}: {e}"[:300])
         return res
 

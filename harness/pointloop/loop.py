@@ -113,7 +113,7 @@ class PointLoop:
                 status = self.run_point(p)
             except (KeyboardInterrupt, SystemExit):
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - recorded as the point's failure, the next point runs
                 status = self.target.point_failed(p, e) or failed_status(p, self.target.kernel, e)
             status["seconds"] = round(time.monotonic() - t0, 2)
             if setup_s is not None:

@@ -75,7 +75,7 @@ def run_validate_only(target, job: Job) -> int:
             res = target.validation_matrix(mode)
         except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - recorded as a crashed validation
             res = {"mode": mode, "passed": False, "failed_cells": ["validation crashed"], "cells": [],
                    "no_endpoints_behaviour": None,
                    "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],

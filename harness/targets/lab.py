@@ -64,7 +64,7 @@ class LabTarget:
             in_flight: dict = {}
             finished: set[str] = set()
 
-            def on_line(line: str) -> None:
+            def on_line(line: str, in_flight: dict = in_flight, finished: set[str] = finished) -> None:
                 try:
                     ev = json.loads(line)
                 except json.JSONDecodeError:
@@ -188,7 +188,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 def _tail(path: Path, n: int = 3) -> str:
     try:
-        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "no worker log"
     return "last log lines: " + " | ".join(lines[-n:])[-600:]

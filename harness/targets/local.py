@@ -79,7 +79,7 @@ class LocalTarget(LabTarget):
             for name in ("etcd", "kube-apiserver", "kube-proxy"):
                 try:
                     tools[name] = b.version(name)
-                except Exception as e:  # a version string is not worth failing the run
+                except Exception as e:  # noqa: BLE001 - converted to "unknown (...)": a version string is not worth failing the run
                     tools[name] = f"unknown ({type(e).__name__})"
         return {"kernels": [], "tools": tools}
 

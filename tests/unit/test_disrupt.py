@@ -84,7 +84,7 @@ def test_report_table_and_timeline_from_rows():
     df[list(samples.TAGS)] = df[list(samples.TAGS)].fillna("")
     t = report.disruption_table(df)
     (row,) = t["rows"]
-    cols = dict(zip(t["columns"], row))
+    cols = dict(zip(t["columns"], row, strict=True))
     assert cols["sync"] == "full" and cols["attempts before"] == "30" and cols["failed % before"] == "0.00"
     assert cols["attempts during"] == "41" and cols["failed % during"] == f"{100 * 20 / 41:.2f}"
     assert cols["longest gap during"] == "21.0 ms"
