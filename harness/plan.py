@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from harness import costmodel as cm
-from harness.scenario import ScenarioError
+from harness.scenario import Scenario, ScenarioError
+
+if TYPE_CHECKING:
+    from harness.runner import Point
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 NO_BUDGET = ("none", "unlimited", "inf")
@@ -61,7 +64,7 @@ def fmt_short(seconds: float) -> str:
 
 @dataclass
 class PlannedPoint:
-    point: object  # runner.Point
+    point: Point
     shape: cm.PointShape
     projected: dict[str, float]  # phase -> seconds (setup included for the first point of a group)
     fits: bool = True
@@ -73,7 +76,7 @@ class PlannedPoint:
 
 @dataclass
 class Plan:
-    scenario: object
+    scenario: Scenario
     target: str
     kernel_plan: dict[str, list[str]]
     kernel_reasons: dict[str, str]
@@ -260,10 +263,10 @@ def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: Tr
     return out
 
 
-def minimum_points(points: list) -> list:
+def minimum_points(points: list[Point]) -> list[Point]:
     """The smallest point of each (kernel, mode, release, endpoints): what 'one point of each
     mode' means (in a sweep over releases or endpoint counts: of each mode of each)."""
-    best: dict[tuple, object] = {}
+    best: dict[tuple, Point] = {}
     for p in points:
         k = (p.kernel, p.mode, getattr(p, "kube_proxy_version", ""), getattr(p, "endpoints", None))
         if k not in best or (p.n_services, p.rep) < (best[k].n_services, best[k].rep):
