@@ -16,6 +16,7 @@ The probed Services are `targets` of the N spread over the ruleset, none of them
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -114,7 +115,7 @@ def measure_disruption(dp: Any, ns: str, services: Sequence[Service], model: Mod
             if kind not in changed:
                 continue
             change, undo, after = changed[kind]
-            obs = disrupt.measure_during(ns, targets, lambda after=after, change=change: dp.apply(after, change), ctx, kind,
+            obs = disrupt.measure_during(ns, targets, functools.partial(dp.apply, after, change), ctx, kind,
                                          rate=spec.rate, keepalive=spec.keepalive_conns,
                                          window_s=spec.window_s, timeout=timeout)
             dp.apply(services, undo)
