@@ -18,6 +18,7 @@ notebook (`markdown()`) show alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -149,7 +150,7 @@ def crossovers(medians: pd.DataFrame, m: metrics.Metric) -> list[str]:
             for n, s in zip(ns, ahead, strict=True):
                 if s == 0:
                     continue
-                if last and s != last:
+                if last and s != last and last_n is not None:  # last_n is set whenever last is
                     faster, slower = (a, b) if s < 0 else (b, a)
                     at = _crossing(last_n, rel[list(ns).index(last_n)], n, rel[list(ns).index(n)])
                     out.append(f"{m.headline}: {faster} overtakes {slower} between {units.count(last_n)} and "
@@ -248,7 +249,7 @@ def summary(df: pd.DataFrame, points: pd.DataFrame | None = None, baseline: str 
             level: float = 0.95, n_boot: int = 1000) -> dict:
     """Findings as data: {"rule", "kernels": [{kernel, n_services, programmed_by, compare, growth,
     crossovers}], "unmeasured", "lateness"}; every entry a sentence."""
-    out = {"rule": analysis.decision_rule(level), "baseline": baseline, "kernels": [],
+    out: dict[str, Any] = {"rule": analysis.decision_rule(level), "baseline": baseline, "kernels": [],
            "unmeasured": unmeasured(df, points), "lateness": generator_lateness(df)}
     heads = [m for m in metrics.headlines() if (df["metric"] == m.name).any()]
     runs = sorted(map(str, df["run_id"].unique())) if len(df) else []
@@ -259,7 +260,7 @@ def summary(df: pd.DataFrame, points: pd.DataFrame | None = None, baseline: str 
         label = kernel if len(runs) == 1 else f"{kernel}, run {run}"
         n_max = int(dk["n_services"].max())
         modes = sorted(map(str, dk["mode"].unique()))
-        k = {"kernel": label, "n_services": n_max, "modes": modes, "compare": [], "growth": [], "versions": [],
+        k: dict[str, Any] = {"kernel": label, "n_services": n_max, "modes": modes, "compare": [], "growth": [], "versions": [],
              "crossovers": [], "programmed_by": programmed_by(dk["target"].unique()) if "target" in dk else "unknown"}
         unfit: list[str] = []
         variants = _variants(dk)
