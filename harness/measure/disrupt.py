@@ -136,14 +136,15 @@ class Prober:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
         cfg = {"targets": [list(t) for t in targets], "rate": rate, "keepalive": keepalive, "timeout": timeout}
-        self.proc.stdin.write(json.dumps(cfg) + "\n")
-        self.proc.stdin.flush()
+        self._stdin.write(json.dumps(cfg) + "\n")
+        self._stdin.flush()
         rep = self._reply()
         self.t_running_ns: int = rep["t_ns"]
 
     def _reply(self) -> dict:
-        line = self.proc.stdout.readline()
+        line = self._stdout.readline()
         if not line:
             self.proc.wait(timeout=5)
             err = self.proc.stderr.read()[-2000:] if self.proc.stderr else ""
@@ -152,8 +153,8 @@ class Prober:
 
     def stop(self) -> Records:
         """Stop probing -> everything recorded."""
-        self.proc.stdin.write("stop\n")
-        self.proc.stdin.flush()
+        self._stdin.write("stop\n")
+        self._stdin.flush()
         try:
             rep = self._reply()
         finally:
@@ -163,6 +164,8 @@ class Prober:
     def close(self) -> None:
         p = self.proc
         for f in (p.stdin, p.stdout, p.stderr):
+            if f is None:
+                continue
             try:
                 f.close()
             except OSError:
