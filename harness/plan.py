@@ -27,7 +27,7 @@ class BudgetError(ScenarioError):
     """--budget does not parse, is negative or is below what one point of each mode needs."""
 
 
-def parse_duration(text: str | None) -> float | None:
+def parse_duration(text: str | float | None) -> float | None:
     """'30m', '1h30m', '900s', '900', 'none' -> seconds (None = no budget); ValueError otherwise."""
     if text is None:
         return None
@@ -275,7 +275,7 @@ def minimum_points(points: list[Point]) -> list[Point]:
 
 
 def build_plan(scenario, target: str, kernel_plan: dict[str, list[str]], points: list,
-               budget_text: str | None, kernel_reasons: Mapping[str, str] | None = None,
+               budget_text: str | float | None, kernel_reasons: Mapping[str, str] | None = None,
                budget_flag: str = "--budget") -> Plan:
     """Project `points` (those still to measure) and fit them into the budget; BudgetError for a
     budget that does not parse, is negative or cannot hold one point of each mode."""

@@ -166,7 +166,7 @@ class BudgetExceeded(Exception):
     its worker (as for Ctrl-C) and the runner marks the points left `over_budget`."""
 
 
-def prepare_plan(scenario: Scenario, target, budget_text: str | None, run: Run | None = None,
+def prepare_plan(scenario: Scenario, target, budget_text: str | float | None, run: Run | None = None,
                  budget_flag: str = "--budget") -> plan_mod.Plan:
     """The plan of the points still to measure, fitted into the budget (BudgetError: exit 2,
     nothing started). Call after target.preflight and before anything is created."""

@@ -53,6 +53,7 @@ class ServicesSpec(_Strict):
     def expand(self) -> list[int]:
         if self.counts is not None:
             return sorted(set(self.counts))
+        assert self.max is not None  # _one_of: max is given when counts is not
         return log_sweep(self.min, self.max)
 
 
@@ -381,7 +382,7 @@ def apply_overrides(data: dict, overrides: list[tuple[list[str], Any]]) -> dict:
     return data
 
 
-def load_scenario(name_or_path: str | None = None, overrides: list[tuple[list[str], Any]] = (),
+def load_scenario(name_or_path: str | None = None, overrides: Sequence[tuple[list[str], Any]] = (),
                   source: str | None = None, data: dict | None = None) -> Scenario:
     """Read, override and validate a scenario; errors name the file and the field."""
     if data is None:

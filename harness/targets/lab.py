@@ -43,6 +43,7 @@ class LabTarget:
     def plan(self, scenario) -> dict[str, list[str]]:
         if self._plan is None:
             self.preflight(scenario)
+        assert self._plan is not None, "preflight() sets the plan"
         return self._plan
 
     def environment(self, kernel_plan) -> dict:
@@ -140,9 +141,11 @@ def check_capacity(scenario) -> None:
                      pods_per_node=scenario.lab.pods_per_node, endpoints=max(scenario.endpoint_counts()))
     model = build_model(spec)
     need = max(scenario.counts()) + scenario.measure.sync.samples + 1
-    if need > model._ips.size:
+    ips = model._ips
+    assert ips is not None  # build_model sets it
+    if need > ips.size:
         raise ModelError(f"{max(scenario.counts())} Services do not fit in service CIDR "
-                         f"{scenario.lab.service_cidr} ({model._ips.size} usable addresses): "
+                         f"{scenario.lab.service_cidr} ({ips.size} usable addresses): "
                          "use a larger lab.service_cidr or fewer Services")
 
 
@@ -154,6 +157,7 @@ def run_host_worker(argv, log_path: Path, on_line, tag: str) -> int:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
                                 start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]))
         try:
+            assert proc.stdout is not None  # stdout=PIPE
             for line in proc.stdout:
                 on_line(line)
             return proc.wait()

@@ -70,6 +70,7 @@ class LocalTarget(LabTarget):
     def plan(self, scenario) -> dict[str, list[str]]:
         if self._plan is None:
             self.preflight(scenario)
+        assert self._plan is not None, "preflight() sets the plan"
         return self._plan
 
     def environment(self, kernel_plan) -> dict:
