@@ -147,8 +147,14 @@ def run(cfg: dict, stop_fd: int, send) -> dict:
                     if k.state in ("sent", "connecting"):
                         k.state = "sent"
                     ka_down(k, now, "timeout")
-                return {"ok": True, "event": "done", "attempts": attempts, "requests": requests,
-                        "t_first_ns": t_first, "t_last_ns": now}
+                return {
+                    "ok": True,
+                    "event": "done",
+                    "attempts": attempts,
+                    "requests": requests,
+                    "t_first_ns": t_first,
+                    "t_last_ns": now,
+                }
             if fd in live:
                 s, t0, late_us = live.pop(fd)
                 poller.unregister(fd)

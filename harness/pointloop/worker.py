@@ -76,10 +76,15 @@ def run_validate_only(target, job: Job) -> int:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - recorded as a crashed validation
-            res = {"mode": mode, "passed": False, "failed_cells": ["validation crashed"], "cells": [],
-                   "no_endpoints_behaviour": None,
-                   "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
-                   "traceback": traceback.format_exc(limit=8)}
+            res = {
+                "mode": mode,
+                "passed": False,
+                "failed_cells": ["validation crashed"],
+                "cells": [],
+                "no_endpoints_behaviour": None,
+                "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
+                "traceback": traceback.format_exc(limit=8),
+            }
             emit("validation", key=key, result=res)
         results[key] = res
     write_json(job.run_dir / f"validation-{job.kernel}.json", results)
