@@ -39,39 +39,66 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--services", type=int, default=50000)
     ap.add_argument("--chunk", type=int, default=5000)
-    ap.add_argument("--upstream-allocator", action="store_true",
-                    help="no apiserver_args: 1.34's default IPAddress allocator")
-    ap.add_argument("--apiserver-arg", action="append", default=[], metavar="ARG",
-                    help="one more kube-apiserver argument (repeatable), to try a tuning")
+    ap.add_argument(
+        "--upstream-allocator",
+        action="store_true",
+        help="no apiserver_args: 1.34's default IPAddress allocator",
+    )
+    ap.add_argument(
+        "--apiserver-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more kube-apiserver argument (repeatable), to try a tuning",
+    )
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     spec = LocalSpec()
     model = build_model(ModelSpec(n_services=args.services, endpoints=1))
-    apiserver_args = ([] if args.upstream_allocator else default_apiserver_args(lc.kube_version())) + args.apiserver_arg
+    apiserver_args = (
+        [] if args.upstream_allocator else default_apiserver_args(lc.kube_version())
+    ) + args.apiserver_arg
     rows = []
     with lc.LocalCluster(apiserver_args=apiserver_args) as cluster:
         procs = {"kube-apiserver": cluster.apiserver.popen.pid, "etcd": cluster.etcd.popen.pid}
         # `ip netns exec` execs the binary, so these pids are the components themselves
         t_all, cpu_all = time.monotonic(), {k: _cpu_of(p) for k, p in procs.items()} | {"client": _self_cpu()}
         for start in range(0, args.services, args.chunk):
-            chunk = model.services[start:start + args.chunk]
+            chunk = model.services[start : start + args.chunk]
             cpu0 = {k: _cpu_of(p) for k, p in procs.items()} | {"client": _self_cpu()}
-            stats = lc.create_services(cluster, chunk, qps=spec.create_qps, concurrency=spec.create_concurrency,
-                                       node_names={"a": "node-a", "b": "node-b"})
+            stats = lc.create_services(
+                cluster,
+                chunk,
+                qps=spec.create_qps,
+                concurrency=spec.create_concurrency,
+                node_names={"a": "node-a", "b": "node-b"},
+            )
             cpu1 = {k: _cpu_of(p) for k, p in procs.items()} | {"client": _self_cpu()}
             objs = stats.objects
-            row = {"services_before": start, "objects": objs, "seconds": round(stats.seconds, 2),
-                   "objects_per_s": round(stats.objects_per_s, 1),
-                   **{f"{k}_cpu_ms_per_object": round(1000 * (cpu1[k] - cpu0[k]) / max(objs, 1), 2) for k in cpu0}}
+            row = {
+                "services_before": start,
+                "objects": objs,
+                "seconds": round(stats.seconds, 2),
+                "objects_per_s": round(stats.objects_per_s, 1),
+                **{
+                    f"{k}_cpu_ms_per_object": round(1000 * (cpu1[k] - cpu0[k]) / max(objs, 1), 2)
+                    for k in cpu0
+                },
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
         wall = time.monotonic() - t_all
         cpu_end = {k: _cpu_of(p) for k, p in procs.items()} | {"client": _self_cpu()}
     total = sum(r["objects"] for r in rows)
-    summary = {"services": args.services, "objects": total, "seconds": round(wall, 1),
-               "objects_per_s": round(total / wall, 1), "apiserver_args": apiserver_args,
-               **{f"{k}_cpu_s": round(cpu_end[k] - cpu_all[k], 1) for k in cpu_all},
-               "cpus": os.cpu_count()}
+    summary = {
+        "services": args.services,
+        "objects": total,
+        "seconds": round(wall, 1),
+        "objects_per_s": round(total / wall, 1),
+        "apiserver_args": apiserver_args,
+        **{f"{k}_cpu_s": round(cpu_end[k] - cpu_all[k], 1) for k in cpu_all},
+        "cpus": os.cpu_count(),
+    }
     print(json.dumps(summary))
     if args.json:
         Path(args.json).write_text(json.dumps({"chunks": rows, "summary": summary}, indent=1))

@@ -45,8 +45,12 @@ print(" ".join(f"{x:.3f}" for x in out))
 
 
 def bare_loop(ns: str, ip: str, port: int, n: int) -> list[float]:
-    p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", BARE, ip, str(port), str(n)],
-                       capture_output=True, text=True, check=True)
+    p = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", BARE, ip, str(port), str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [float(x) for x in p.stdout.split()]
 
 
@@ -65,8 +69,9 @@ def main() -> int:
         bare_loop(lab.client, ep.ip, ep.port, 50)  # warm caches
         for r in range(a.rounds):
             b = bare_loop(lab.client, ep.ip, ep.port, a.samples)
-            rows = measure_connect(agent, ctx, model.services, 1, 0, random.Random(r), 1.0,
-                                   direct_samples=a.samples)
+            rows = measure_connect(
+                agent, ctx, model.services, 1, 0, random.Random(r), 1.0, direct_samples=a.samples
+            )
             p = [x["value"] for x in rows if x["metric"] == "connect_direct_us" and not x["timed_out"]]
             bare += b
             probe += p
@@ -77,9 +82,20 @@ def main() -> int:
     bp, pp = statistics.median(bare), statistics.median(probe)
     q = lambda xs, f: sorted(xs)[int(f * (len(xs) - 1))]  # noqa: E731
     print(f"{'all':>5} {bp:>12.1f} {pp:>13.1f} {pp / bp:>6.2f}   (bar: <= 1.50)")
-    print(json.dumps({"bare_p50_us": bp, "probe_p50_us": pp, "ratio": pp / bp,
-                      "bare_p90_us": q(bare, 0.9), "probe_p90_us": q(probe, 0.9),
-                      "samples_each": len(bare), "rounds": a.rounds, "pass": pp <= 1.5 * bp}))
+    print(
+        json.dumps(
+            {
+                "bare_p50_us": bp,
+                "probe_p50_us": pp,
+                "ratio": pp / bp,
+                "bare_p90_us": q(bare, 0.9),
+                "probe_p90_us": q(probe, 0.9),
+                "samples_each": len(bare),
+                "rounds": a.rounds,
+                "pass": pp <= 1.5 * bp,
+            }
+        )
+    )
     return 0 if pp <= 1.5 * bp else 1
 
 

@@ -72,16 +72,26 @@ def timed(fn) -> float:
 
 def bench_mode(mode: str, services, spec: ModelSpec, kube_version: str = DEFAULT_KUBE_VERSION) -> dict:
     backend = "nft" if mode == "iptables-nft" else "legacy"
-    settings = DataplaneSettings(iptables_backend=backend, cluster_cidr=spec.pod_cidr,
-                                 service_cidr=spec.service_cidr, kube_version=kube_version)
+    settings = DataplaneSettings(
+        iptables_backend=backend,
+        cluster_cidr=spec.pod_cidr,
+        service_cidr=spec.service_cidr,
+        kube_version=kube_version,
+    )
     kind = "iptables" if mode.startswith("iptables") else mode
     dp = make_dataplane(kind, None, settings)
     cpu = time.process_time()
     render_s = timed(lambda: dp.render(services))
     render_cpu_s = time.process_time() - cpu
     text = dp.render(services)
-    row = {"mode": mode, "services": len(services), "render_s": render_s, "render_cpu_s": render_cpu_s,
-           "payload_mb": len(text) / 1e6, "loadavg_before": os.getloadavg()[0]}
+    row = {
+        "mode": mode,
+        "services": len(services),
+        "render_s": render_s,
+        "render_cpu_s": render_cpu_s,
+        "payload_mb": len(text) / 1e6,
+        "loadavg_before": os.getloadavg()[0],
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         if kind == "ipvs":
             f.write(text.split("# ipset restore\n")[0])
@@ -90,14 +100,19 @@ def bench_mode(mode: str, services, spec: ModelSpec, kube_version: str = DEFAULT
         path = f.name
     del text
     try:
-        tool = {"iptables": [f"iptables-{backend}-restore", "--noflush", "-w", "5"],
-                "nftables": ["nft", "-f", path], "ipvs": ["ipvsadm-restore"]}[kind]
+        tool = {
+            "iptables": [f"iptables-{backend}-restore", "--noflush", "-w", "5"],
+            "nftables": ["nft", "-f", path],
+            "ipvs": ["ipvsadm-restore"],
+        }[kind]
         ns = fresh_ns("bare")
         try:
             if kind == "ipvs":
                 pod_routes(ns, spec.pod_cidr)
             stdin = None if kind == "nftables" else open(path)
-            row["bare_s"] = timed(lambda: subprocess.run(netns.exec_prefix(ns) + tool, stdin=stdin, check=True))
+            row["bare_s"] = timed(
+                lambda: subprocess.run(netns.exec_prefix(ns) + tool, stdin=stdin, check=True)
+            )
             if stdin:
                 stdin.close()
         finally:
@@ -144,7 +159,9 @@ def bench_mode(mode: str, services, spec: ModelSpec, kube_version: str = DEFAULT
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--services", type=int, default=50000)
-    ap.add_argument("--modes", default="", help=f"comma list of {', '.join(ALL_MODES)} (default: all available)")
+    ap.add_argument(
+        "--modes", default="", help=f"comma list of {', '.join(ALL_MODES)} (default: all available)"
+    )
     ap.add_argument("--endpoints", type=int, default=1)
     ap.add_argument("--kube-version", default=DEFAULT_KUBE_VERSION, help="the kube-proxy release rendered")
     args = ap.parse_args(argv)
@@ -155,23 +172,31 @@ def main(argv=None) -> int:
     modes = [m for m in args.modes.split(",") if m] or avail
     for m in modes:
         if m not in avail:
-            print(f"mode {m} is not available on this kernel (available: {', '.join(avail)})", file=sys.stderr)
+            print(
+                f"mode {m} is not available on this kernel (available: {', '.join(avail)})", file=sys.stderr
+            )
             return 2
     spec = ModelSpec(n_services=args.services, endpoints=args.endpoints)
     services = build_model(spec).services
     rows = []
-    print(f"kernel {os.uname().release}, {args.services} Services x {args.endpoints} endpoint(s), "
-          f"kube-proxy {args.kube_version}")
-    hdr = (f"{'mode':16} {'render s':>9} {'bare s':>8} {'sync s':>8} {'render/bare':>11} {'sync/bare':>9} "
-           f"{'netlink/bare':>12} {'apply s':>8}")
+    print(
+        f"kernel {os.uname().release}, {args.services} Services x {args.endpoints} endpoint(s), "
+        f"kube-proxy {args.kube_version}"
+    )
+    hdr = (
+        f"{'mode':16} {'render s':>9} {'bare s':>8} {'sync s':>8} {'render/bare':>11} {'sync/bare':>9} "
+        f"{'netlink/bare':>12} {'apply s':>8}"
+    )
     print(hdr)
     for m in modes:
         r = bench_mode(m, services, spec, args.kube_version)
         rows.append(r)
         nl = f"{r['netlink_over_bare']:12.2f}" if "netlink_over_bare" in r else f"{'-':>12}"
-        print(f"{m:16} {r['render_s']:9.2f} {r['bare_s']:8.2f} {r['sync_s']:8.2f} "
-              f"{r['render_over_bare']:11.2f} {r['sync_over_bare']:9.2f} {nl} {r['apply_update_again_s']:8.2f}",
-              flush=True)
+        print(
+            f"{m:16} {r['render_s']:9.2f} {r['bare_s']:8.2f} {r['sync_s']:8.2f} "
+            f"{r['render_over_bare']:11.2f} {r['sync_over_bare']:9.2f} {nl} {r['apply_update_again_s']:8.2f}",
+            flush=True,
+        )
     print(json.dumps({"kernel": os.uname().release, "kube_version": args.kube_version, "rows": rows}))
     return 0
 

@@ -25,8 +25,10 @@ def accuracy(run_dir: Path) -> None:
         print(f"{run_dir}: no plan recorded (a run from before the plan existed)")
         return
     proj, act = plan_meta["projected_total_s"], plan_meta["actual_total_s"]
-    print(f"{run_dir.name}: target {meta['target']}, {len(meta['points'])} points, "
-          f"projected {proj:.0f} s, actual {act:.0f} s ({(proj - act) / act:+.0%})")
+    print(
+        f"{run_dir.name}: target {meta['target']}, {len(meta['points'])} points, "
+        f"projected {proj:.0f} s, actual {act:.0f} s ({(proj - act) / act:+.0%})"
+    )
     print(f"  {'phase':<10} {'projected s':>12} {'actual s':>9}")
     for row in plan_meta["phases"]:
         print(f"  {row['phase']:<10} {row['projected_s']:>12.1f} {row['actual_s']:>9.1f}")

@@ -47,6 +47,7 @@ def _unit(metric: str, recorded: str = "") -> str:
     """A metric's unit from the registry; the recorded one only for names it does not know."""
     return _metrics.unit(metric, recorded)
 
+
 LINEAR = "grows linearly with the number of Services"
 SUPERLINEAR = "grows faster than linearly"
 SUBLINEAR = "grows sub-linearly"
@@ -143,6 +144,7 @@ def bands(df_or_q: pd.DataFrame, stat: str = "p50", how: str = "minmax", level: 
 # --------------------------------------------------------------------------------------------
 # Scaling fits
 
+
 @dataclass(frozen=True)
 class Fit:
     n_obs: int
@@ -169,7 +171,7 @@ def _ols(x: np.ndarray, y: np.ndarray, level: float) -> tuple[float, float, floa
     b = float(((x - xm) * (y - ym)).sum() / sxx)
     a = float(ym - b * xm)
     resid = y - (a + b * x)
-    sse = float((resid ** 2).sum())
+    sse = float((resid**2).sum())
     if n < 3:
         return b, -math.inf, math.inf, a, math.nan, sse
     se = math.sqrt(sse / (n - 2) / sxx)
@@ -180,9 +182,18 @@ def _ols(x: np.ndarray, y: np.ndarray, level: float) -> tuple[float, float, floa
     return b, b - t * se, b + t * se, a, p, sse
 
 
-def verdict_for(slope_lo: float, slope: float, slope_hi: float, m_lo: float, m_hi: float,
-                rel_change: float, linear_beats_log: bool | None, *, min_effect: float = 0.05,
-                tol: float = 0.1) -> str:
+def verdict_for(
+    slope_lo: float,
+    slope: float,
+    slope_hi: float,
+    m_lo: float,
+    m_hi: float,
+    rel_change: float,
+    linear_beats_log: bool | None,
+    *,
+    min_effect: float = 0.05,
+    tol: float = 0.1,
+) -> str:
     """Plain words for a scaling fit.
 
     - shrinks: slope and marginal cost both significantly < 0;
@@ -216,8 +227,9 @@ def verdict_for(slope_lo: float, slope: float, slope_hi: float, m_lo: float, m_h
     return SUBLINEAR
 
 
-def fit_series(n: Sequence[float], y: Sequence[float], unit: str = "", *, level: float = 0.95,
-               min_effect: float = 0.05) -> Fit:
+def fit_series(
+    n: Sequence[float], y: Sequence[float], unit: str = "", *, level: float = 0.95, min_effect: float = 0.05
+) -> Fit:
     """Fit one series: y (per-rep statistic) against Service count n. Costs (per_1k, intercept)
     come out in y's own unit; `unit` names it for the caller and does not rescale anything."""
     x = np.asarray(n, float)
@@ -229,7 +241,9 @@ def fit_series(n: Sequence[float], y: Sequence[float], unit: str = "", *, level:
     if n_counts < 2 or len(x) < 3:
         nan = math.nan
         return Fit(len(x), n_counts, nan, nan, nan, nan, nan, nan, nan, nan, nan, INSUFFICIENT)
-    s, s_lo, s_hi, _, _, _ = _ols(np.log(x[pos]), np.log(yu[pos]), level) if pos.sum() >= 3 else (math.nan,) * 6
+    s, s_lo, s_hi, _, _, _ = (
+        _ols(np.log(x[pos]), np.log(yu[pos]), level) if pos.sum() >= 3 else (math.nan,) * 6
+    )
     b, b_lo, b_hi, a, p, sse_lin = _ols(x / 1000.0, yu, level)
     _, _, _, _, _, sse_log = _ols(np.log(x), yu, level)
     linear_beats_log = (sse_lin <= sse_log) if n_counts >= 3 else None
@@ -239,8 +253,14 @@ def fit_series(n: Sequence[float], y: Sequence[float], unit: str = "", *, level:
     return Fit(len(x), n_counts, s, s_lo, s_hi, b, b_lo, b_hi, p, a, rel, v)
 
 
-def scaling_fits(df: pd.DataFrame, metrics: Sequence[str] | None = None, stat: str = "p50", *,
-                 level: float = 0.95, min_effect: float = 0.05) -> pd.DataFrame:
+def scaling_fits(
+    df: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    stat: str = "p50",
+    *,
+    level: float = 0.95,
+    min_effect: float = 0.05,
+) -> pd.DataFrame:
     """Per (kernel, mode, metric, tags): log-log slope with CI, marginal cost per 1,000 Services
     with CI (in the metric's registered unit: per_1k_unit), and a plain-words verdict. One
     observation per repetition."""
@@ -262,6 +282,7 @@ def scaling_fits(df: pd.DataFrame, metrics: Sequence[str] | None = None, stat: s
 # --------------------------------------------------------------------------------------------
 # Comparisons
 
+
 def _fmt_ratio(x: float) -> str:
     """1.83 -> "1.8x", 2.0 -> "2.0x", 1.04 -> "1.04x" (two decimals only near 1), 12.4 -> "12x"."""
     if x < 1.1:
@@ -270,7 +291,7 @@ def _fmt_ratio(x: float) -> str:
 
 
 def describe_ratio(ratio: float, significant: bool, metric: str = "", unit: str = "us") -> str:
-    """"1.8x slower" / "1.3x faster" / "no significant difference" (b relative to a)."""
+    """ "1.8x slower" / "1.3x faster" / "no significant difference" (b relative to a)."""
     if not significant or not np.isfinite(ratio) or ratio <= 0:
         return "no significant difference"
     if unit in TIME_UNITS:
@@ -279,8 +300,9 @@ def describe_ratio(ratio: float, significant: bool, metric: str = "", unit: str 
     return f"{_fmt_ratio(ratio)} {word[0]}" if ratio > 1 else f"{_fmt_ratio(1 / ratio)} {word[1]}"
 
 
-def _boot_medians(a: np.ndarray, b: np.ndarray, n_boot: int, level: float, rng: np.random.Generator,
-                  max_n: int = 4000) -> tuple[float, float, float, float]:
+def _boot_medians(
+    a: np.ndarray, b: np.ndarray, n_boot: int, level: float, rng: np.random.Generator, max_n: int = 4000
+) -> tuple[float, float, float, float]:
     """Bootstrap CIs of the ratio (b/a) and the difference (b-a) of medians: (r_lo, r_hi, d_lo, d_hi)."""
     lo_q, hi_q = 50 * (1 - level), 50 * (1 + level)
     ratios, diffs = [], []
@@ -304,15 +326,18 @@ def _boot_medians(a: np.ndarray, b: np.ndarray, n_boot: int, level: float, rng: 
     return float(np.percentile(r, lo_q)), float(np.percentile(r, hi_q)), d_lo, d_hi
 
 
-def _boot_median_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, level: float,
-                       rng: np.random.Generator, max_n: int = 4000) -> tuple[float, float]:
+def _boot_median_ratio(
+    a: np.ndarray, b: np.ndarray, n_boot: int, level: float, rng: np.random.Generator, max_n: int = 4000
+) -> tuple[float, float]:
     return _boot_medians(a, b, n_boot, level, rng, max_n)[:2]
 
 
 # The one decision rule, used by the report, the notebook and `kpbench compare` alike.
-DECISION_RULE = ("different when the bootstrap {level:.0%} CI of the ratio of medians (mode / baseline, or "
-                 "run B / run A; repetitions pooled) excludes 1 and the ratio differs from 1 by at least "
-                 "{min_effect:.0%}; fewer than {min_n} samples on either side is \"not enough repetitions\"")
+DECISION_RULE = (
+    "different when the bootstrap {level:.0%} CI of the ratio of medians (mode / baseline, or "
+    "run B / run A; repetitions pooled) excludes 1 and the ratio differs from 1 by at least "
+    '{min_effect:.0%}; fewer than {min_n} samples on either side is "not enough repetitions"'
+)
 MIN_COMPARE_SAMPLES = 2
 
 
@@ -321,9 +346,18 @@ def decision_rule(level: float = 0.95, min_effect: float = 0.02) -> str:
     return DECISION_RULE.format(level=level, min_effect=min_effect, min_n=MIN_COMPARE_SAMPLES)
 
 
-def compare_samples(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, level: float = 0.95,
-                    alpha: float | None = None, min_effect: float = 0.02, seed: int = 0,
-                    metric: str = "", unit: str = "us") -> dict:
+def compare_samples(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    alpha: float | None = None,
+    min_effect: float = 0.02,
+    seed: int = 0,
+    metric: str = "",
+    unit: str = "us",
+) -> dict:
     """b relative to a: ratio and difference of medians with bootstrap CIs, and a verdict.
 
     One rule decides (decision_rule()): significant when the `level` bootstrap CI of the ratio of
@@ -337,10 +371,22 @@ def compare_samples(a: Sequence[float], b: Sequence[float], *, n_boot: int = 200
     xa = xa[~np.isnan(xa)]
     xb = np.asarray(b, float)
     xb = xb[~np.isnan(xb)]
-    out = {"n_a": len(xa), "n_b": len(xb), "median_a": math.nan, "median_b": math.nan, "ratio": math.nan,
-           "ci_lo": math.nan, "ci_hi": math.nan, "diff": math.nan, "diff_lo": math.nan, "diff_hi": math.nan,
-           "p_value": math.nan, "significant": False, "enough": False,
-           "verdict": "no significant difference"}
+    out = {
+        "n_a": len(xa),
+        "n_b": len(xb),
+        "median_a": math.nan,
+        "median_b": math.nan,
+        "ratio": math.nan,
+        "ci_lo": math.nan,
+        "ci_hi": math.nan,
+        "diff": math.nan,
+        "diff_lo": math.nan,
+        "diff_hi": math.nan,
+        "p_value": math.nan,
+        "significant": False,
+        "enough": False,
+        "verdict": "no significant difference",
+    }
     if len(xa) < MIN_COMPARE_SAMPLES or len(xb) < MIN_COMPARE_SAMPLES:
         out["verdict"] = NOT_ENOUGH
         return out
@@ -352,9 +398,20 @@ def compare_samples(a: Sequence[float], b: Sequence[float], *, n_boot: int = 200
     except ValueError:  # all values identical
         p = 1.0
     sig = bool(np.isfinite(lo) and (lo > 1 or hi < 1) and abs(ratio - 1) >= min_effect)
-    out.update(median_a=ma, median_b=mb, ratio=ratio, ci_lo=lo, ci_hi=hi, diff=mb - ma, diff_lo=d_lo,
-               diff_hi=d_hi, p_value=p, significant=sig, enough=True,
-               verdict=describe_ratio(ratio, sig, metric, unit))
+    out.update(
+        median_a=ma,
+        median_b=mb,
+        ratio=ratio,
+        ci_lo=lo,
+        ci_hi=hi,
+        diff=mb - ma,
+        diff_lo=d_lo,
+        diff_hi=d_hi,
+        p_value=p,
+        significant=sig,
+        enough=True,
+        verdict=describe_ratio(ratio, sig, metric, unit),
+    )
     return out
 
 
@@ -373,9 +430,18 @@ def _swept(da: pd.DataFrame, db: pd.DataFrame, keys: Sequence[str]) -> list[str]
     return out
 
 
-def compare(run_a, run_b, *, metrics: Sequence[str] | None = None, keys: Sequence[str] = COMPARE_KEYS,
-            n_boot: int = 2000, level: float = 0.95, alpha: float | None = None, min_effect: float = 0.02,
-            seed: int = 0) -> pd.DataFrame:
+def compare(
+    run_a,
+    run_b,
+    *,
+    metrics: Sequence[str] | None = None,
+    keys: Sequence[str] = COMPARE_KEYS,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    alpha: float | None = None,
+    min_effect: float = 0.02,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Compare run B with run A per metric and point (kernel, mode, N, tags; repetitions pooled).
 
     `run_a`/`run_b` are run folders (their metadata must match on schema_version, target and
@@ -393,29 +459,63 @@ def compare(run_a, run_b, *, metrics: Sequence[str] | None = None, keys: Sequenc
     db = run_b if isinstance(run_b, pd.DataFrame) else results.load(run_b)
     if metrics is not None:
         da, db = da[da["metric"].isin(list(metrics))], db[db["metric"].isin(list(metrics))]
-    return _compare_frames(da, db, _swept(da, db, _present(da, keys)), n_boot=n_boot, level=level, alpha=alpha,
-                           min_effect=min_effect, seed=seed)
+    return _compare_frames(
+        da,
+        db,
+        _swept(da, db, _present(da, keys)),
+        n_boot=n_boot,
+        level=level,
+        alpha=alpha,
+        min_effect=min_effect,
+        seed=seed,
+    )
 
 
 def _compare_frames(da: pd.DataFrame, db: pd.DataFrame, keys: list[str], **kw) -> pd.DataFrame:
-    cols = keys + ["n_a", "n_b", "median_a", "median_b", "ratio", "ci_lo", "ci_hi", "diff", "diff_lo",
-                   "diff_hi", "p_value", "significant", "enough", "verdict"]
+    cols = keys + [
+        "n_a",
+        "n_b",
+        "median_a",
+        "median_b",
+        "ratio",
+        "ci_lo",
+        "ci_hi",
+        "diff",
+        "diff_lo",
+        "diff_hi",
+        "p_value",
+        "significant",
+        "enough",
+        "verdict",
+    ]
     ga = {(k if isinstance(k, tuple) else (k,)): g["value"].to_numpy(float) for k, g in _groupby(da, keys)}
     gb = {(k if isinstance(k, tuple) else (k,)): g["value"].to_numpy(float) for k, g in _groupby(db, keys)}
     recs = []
     for k in sorted(set(ga) & set(gb), key=lambda t: tuple(str(x) for x in t)):
         rec = dict(zip(keys, k, strict=True))
         metric = str(rec.get("metric", ""))
-        recs.append({**rec, **compare_samples(ga[k], gb[k], metric=metric,
-                                              unit=_unit(metric, str(rec.get("unit", ""))), **kw)})
+        recs.append(
+            {
+                **rec,
+                **compare_samples(
+                    ga[k], gb[k], metric=metric, unit=_unit(metric, str(rec.get("unit", ""))), **kw
+                ),
+            }
+        )
     out = pd.DataFrame(recs, columns=cols)
     if "n_services" in out:
         out["n_services"] = out["n_services"].astype("int64")
     return out
 
 
-def compare_modes(df: pd.DataFrame, baseline: str = "iptables", *, metrics: Sequence[str] | None = None,
-                  n_services: int | None = None, **kw) -> pd.DataFrame:
+def compare_modes(
+    df: pd.DataFrame,
+    baseline: str = "iptables",
+    *,
+    metrics: Sequence[str] | None = None,
+    n_services: int | None = None,
+    **kw,
+) -> pd.DataFrame:
     """Each mode against `baseline` within each kernel (never across kernels), per N and tags.
 
     `n_services=None` compares at every count; pass a count (or -1 for each kernel's largest).
@@ -456,8 +556,14 @@ def _release_key(v: str) -> tuple:
         return (0, v)
 
 
-def compare_releases(df: pd.DataFrame, baseline: str | None = None, *, metrics: Sequence[str] | None = None,
-                     n_services: int | None = None, **kw) -> pd.DataFrame:
+def compare_releases(
+    df: pd.DataFrame,
+    baseline: str | None = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    n_services: int | None = None,
+    **kw,
+) -> pd.DataFrame:
     """Each kube-proxy release against `baseline` (default: the oldest in the data) within each
     kernel and mode (never across them), per endpoints per Service, N and tags: the version
     effect, with the statistics of compare_modes(). `n_services=-1`: each kernel's largest count."""
@@ -487,9 +593,16 @@ def compare_releases(df: pd.DataFrame, baseline: str | None = None, *, metrics: 
 # --------------------------------------------------------------------------------------------
 # Data quality
 
-def data_quality(df: pd.DataFrame, points: pd.DataFrame | None = None, *, cv_threshold: float = 0.10,
-                 min_reps: int = 2, min_samples: dict[str, int] | None = None,
-                 metrics: Sequence[str] | None = None) -> pd.DataFrame:
+
+def data_quality(
+    df: pd.DataFrame,
+    points: pd.DataFrame | None = None,
+    *,
+    cv_threshold: float = 0.10,
+    min_reps: int = 2,
+    min_samples: dict[str, int] | None = None,
+    metrics: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Issues worth calling out, one row each: kind, kernel, mode, n_services, rep, metric, tags, detail.
 
     kinds: failed / invalid / pending (point statuses), saturated (load generator could not keep
@@ -501,8 +614,14 @@ def data_quality(df: pd.DataFrame, points: pd.DataFrame | None = None, *, cv_thr
     recs = []
     if points is not None and not points.empty:
         for _, p in points.iterrows():
-            base = {"kernel": p["kernel"], "mode": p["mode"], "n_services": int(p["n_services"]),
-                    "rep": int(p["rep"]), "metric": "", "tags": ""}
+            base = {
+                "kernel": p["kernel"],
+                "mode": p["mode"],
+                "n_services": int(p["n_services"]),
+                "rep": int(p["rep"]),
+                "metric": "",
+                "tags": "",
+            }
             if p["status"] not in ("ok",):
                 recs.append({**base, "kind": p["status"], "detail": p["error"] or p["status"]})
             if p["saturated"]:
@@ -515,25 +634,52 @@ def data_quality(df: pd.DataFrame, points: pd.DataFrame | None = None, *, cv_thr
         return " ".join(f"{t}={r[t]}" for t in TAG_KEYS if t in r and r[t])
 
     for _, r in q[q["timed_out"] > 0].iterrows():
-        recs.append({"kind": "timed_out", "kernel": r["kernel"], "mode": r["mode"], "n_services": r["n_services"],
-                     "rep": r["rep"], "metric": r["metric"], "tags": tags(r),
-                     "detail": f"{r['timed_out']} of {r['count']} samples timed out (kept at the timeout value)"})
+        recs.append(
+            {
+                "kind": "timed_out",
+                "kernel": r["kernel"],
+                "mode": r["mode"],
+                "n_services": r["n_services"],
+                "rep": r["rep"],
+                "metric": r["metric"],
+                "tags": tags(r),
+                "detail": f"{r['timed_out']} of {r['count']} samples timed out (kept at the timeout value)",
+            }
+        )
     keys = _present(q, POOLED_KEYS)
-    for k, g in (q.groupby(keys, sort=True, dropna=False) if not q.empty else []):
+    for k, g in q.groupby(keys, sort=True, dropna=False) if not q.empty else []:
         r = dict(zip(keys, k, strict=True))
-        base = {"kernel": r["kernel"], "mode": r["mode"], "n_services": int(r["n_services"]), "rep": -1,
-                "metric": r["metric"], "tags": tags(r)}
+        base = {
+            "kernel": r["kernel"],
+            "mode": r["mode"],
+            "n_services": int(r["n_services"]),
+            "rep": -1,
+            "metric": r["metric"],
+            "tags": tags(r),
+        }
         med = g["p50"].dropna().to_numpy(float)
         need = min_samples.get(r["metric"], MIN_SAMPLES_DEFAULT)
         thin = g[g["count"] < need]
         if len(thin):
-            recs.append({**base, "kind": "few_samples",
-                         "detail": f"{int(thin['count'].min())} samples in a repetition (want >= {need})"})
+            recs.append(
+                {
+                    **base,
+                    "kind": "few_samples",
+                    "detail": f"{int(thin['count'].min())} samples in a repetition (want >= {need})",
+                }
+            )
         if len(med) < min_reps:
-            recs.append({**base, "kind": "single_rep", "detail": f"{len(med)} repetition(s): stability unknown"})
+            recs.append(
+                {**base, "kind": "single_rep", "detail": f"{len(med)} repetition(s): stability unknown"}
+            )
         elif med.mean() != 0:
             cv = med.std(ddof=1) / abs(med.mean())
             if cv >= cv_threshold:
-                recs.append({**base, "kind": "unstable",
-                             "detail": f"std dev of per-rep medians is {cv:.0%} of their mean (>= {cv_threshold:.0%})"})
+                recs.append(
+                    {
+                        **base,
+                        "kind": "unstable",
+                        "detail": f"std dev of per-rep medians is {cv:.0%} of their mean (>= {cv_threshold:.0%})",
+                    }
+                )
     return pd.DataFrame(recs, columns=cols)

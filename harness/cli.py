@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--budget" in argv[:-1]:  # `--budget -5m` is a value (refused later in one line), not an option
         i = argv.index("--budget")
         if argv[i + 1].startswith("-"):
-            argv[i:i + 2] = [f"--budget={argv[i + 1]}"]
+            argv[i : i + 2] = [f"--budget={argv[i + 1]}"]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

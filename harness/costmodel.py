@@ -21,8 +21,8 @@ Phases (seconds):
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 PHASES = ("setup", "validate", "api", "sync_full", "connect", "load", "sync_one", "other")
 API_OBJECTS_PER_S = 273.0  # stop 10: bench_api_create.py, 50,000 Services + slices, 273 objects/s overall
@@ -81,9 +81,15 @@ class KernelCosts:
 # local: stop 10 runs (apiserver ready ~10 s; kube-proxy stop + cleanup + fidelity per point).
 KERNEL = {
     ("lab", "host"): KernelCosts(setup=1.5, connect_probe=0.0002, load_overhead=0.8, validate=0.3, other=0.3),
-    ("lab", "uml"): KernelCosts(setup=20.0, connect_probe=0.0012, load_overhead=5.5, validate=10.0, other=2.0),
-    ("local", "host"): KernelCosts(setup=15.0, connect_probe=0.0002, load_overhead=1.0, validate=5.0, other=5.0),
-    ("local", "uml"): KernelCosts(setup=45.0, connect_probe=0.0012, load_overhead=5.5, validate=60.0, other=30.0),
+    ("lab", "uml"): KernelCosts(
+        setup=20.0, connect_probe=0.0012, load_overhead=5.5, validate=10.0, other=2.0
+    ),
+    ("local", "host"): KernelCosts(
+        setup=15.0, connect_probe=0.0002, load_overhead=1.0, validate=5.0, other=5.0
+    ),
+    ("local", "uml"): KernelCosts(
+        setup=45.0, connect_probe=0.0012, load_overhead=5.5, validate=60.0, other=30.0
+    ),
 }
 
 
@@ -98,10 +104,14 @@ class ModeCosts:
 
 _IPT = "iptables-{backend}, one KUBE-SVC chain per Service: full sync linear in N"
 _IPVS = "IPVS virtual servers + ipset hash sets: full sync linear in N"
-_IPVS_FORK = ("IPVS + ipsets, kube-proxy forks one `ipset add` per entry (~0.2 s per fork in UML): "
-              "full sync linear in N, ~0.55 s per Service")
-_NFT = ("nftables, one anonymous `numgen ... vmap` set per Service: full sync QUADRATIC in N (the kernel "
-        "names each anonymous set by scanning every set of the table; kubernetes/kubernetes#139513)")
+_IPVS_FORK = (
+    "IPVS + ipsets, kube-proxy forks one `ipset add` per entry (~0.2 s per fork in UML): "
+    "full sync linear in N, ~0.55 s per Service"
+)
+_NFT = (
+    "nftables, one anonymous `numgen ... vmap` set per Service: full sync QUADRATIC in N (the kernel "
+    "names each anonymous set by scanning every set of the table; kubernetes/kubernetes#139513)"
+)
 
 MODE = {
     # lab, host 6.18: iptables-legacy-restore of 50k Services 3.4 s per node (kernel-and-lab-notes);
@@ -145,20 +155,28 @@ MODE = {
 # 10,000: v1.34.12 19.3 s, v1.37.2 0.46 s; 2 endpoints, v1.37.2, 5,000: 3.62 s.
 NFT_FAMILY_QUADRATIC = {"v1.33": 1.0, "v1.34": 1.0, "v1.36": 0.67, "v1.37": 0.69}
 _NFT_FAMILY = {
-    "v1.36": ("nftables, one anonymous `numgen ... map` per Service (v1.36): full sync QUADRATIC in N, "
-              "~0.67x v1.34's (kubernetes/kubernetes#139513)"),
-    "v1.37": ("nftables, a plain `dnat` for single-endpoint Services and one anonymous map per "
-              "multi-endpoint Service (v1.37): full sync QUADRATIC in N with 2+ endpoints (~0.69x v1.34's)"),
+    "v1.36": (
+        "nftables, one anonymous `numgen ... map` per Service (v1.36): full sync QUADRATIC in N, "
+        "~0.67x v1.34's (kubernetes/kubernetes#139513)"
+    ),
+    "v1.37": (
+        "nftables, a plain `dnat` for single-endpoint Services and one anonymous map per "
+        "multi-endpoint Service (v1.37): full sync QUADRATIC in N with 2+ endpoints (~0.69x v1.34's)"
+    ),
 }
 # v1.37, one endpoint: no anonymous set, `nft -f` 0.43 / 0.46 s per node at 5,000 / 10,000 on the
 # host (so ~0.00009 s per Service for both nodes); the UML guest assumed ~3x slower, as its
 # iptables' linear coefficient is (0.00035 vs 0.00012), not measured for this family
 NFT_V137_LINEAR = {"host": 0.00009, "uml": 0.00027}
-_NFT_V137_ONE = ("nftables, a plain `dnat` per single-endpoint Service, no anonymous set (v1.37, "
-                 "kubernetes/kubernetes#140723): full sync linear in N")
+_NFT_V137_ONE = (
+    "nftables, a plain `dnat` per single-endpoint Service, no anonymous set (v1.37, "
+    "kubernetes/kubernetes#140723): full sync linear in N"
+)
 
 
-def release_costs(base: ModeCosts, mode: str, release: str, endpoints: int, kernel: str = "host") -> ModeCosts:
+def release_costs(
+    base: ModeCosts, mode: str, release: str, endpoints: int, kernel: str = "host"
+) -> ModeCosts:
     """`base` (figures taken with v1.34.12) adjusted to the ruleset family `mode` programs in
     `release` with `endpoints` per Service (only nftables' families differ in cost)."""
     if mode != "nftables" or not release:
@@ -168,7 +186,9 @@ def release_costs(base: ModeCosts, mode: str, release: str, endpoints: int, kern
     fam = releases.family(mode, release)
     if fam == "v1.37" and endpoints <= 1:
         sf = base.sync_full
-        return ModeCosts(Poly(sf.a, sf.b + NFT_V137_LINEAR[kernel_kind(kernel)]), base.sync_one, _NFT_V137_ONE)
+        return ModeCosts(
+            Poly(sf.a, sf.b + NFT_V137_LINEAR[kernel_kind(kernel)]), base.sync_one, _NFT_V137_ONE
+        )
     f = NFT_FAMILY_QUADRATIC.get(fam, 1.0)
     sf = base.sync_full
     return ModeCosts(Poly(sf.a, sf.b, sf.c * f), base.sync_one, _NFT_FAMILY.get(fam, base.ruleset))
@@ -183,7 +203,9 @@ def mode_costs(target: str, kernel: str, mode: str, release: str = "", endpoints
     if hit is not None:
         return release_costs(hit, mode, release, endpoints, kernel)
     base = MODE[(*key, "iptables")]
-    return ModeCosts(base.sync_full, base.sync_one, f"{mode}: no measured cost figures yet, projected as iptables")
+    return ModeCosts(
+        base.sync_full, base.sync_one, f"{mode}: no measured cost figures yet, projected as iptables"
+    )
 
 
 def kernel_kind(kernel: str) -> str:
@@ -196,8 +218,14 @@ def cost_target(target: str) -> str:
     return "lab" if target == "lab" else "local"
 
 
-def ruleset(target: str, kernel: str, mode: str, iptables_backend: str = "legacy", release: str = "",
-            endpoints: int = 1) -> str:
+def ruleset(
+    target: str,
+    kernel: str,
+    mode: str,
+    iptables_backend: str = "legacy",
+    release: str = "",
+    endpoints: int = 1,
+) -> str:
     return mode_costs(target, kernel, mode, release, endpoints).ruleset.format(backend=iptables_backend)
 
 
@@ -230,8 +258,9 @@ def sync_changes(scenario) -> int:
     return cap * len(s.kinds)
 
 
-def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int,
-                api_from: int | None = None) -> dict[str, float]:
+def base_phases(
+    scenario, shape: PointShape, *, validate: bool, api_delta: int, api_from: int | None = None
+) -> dict[str, float]:
     """Projected seconds per phase of one point, from the measured coefficients alone."""
     key = (cost_target(shape.target), kernel_kind(shape.kernel))
     kc, mc = KERNEL[key], mode_costs(shape.target, shape.kernel, shape.mode, shape.release, shape.endpoints)
@@ -239,8 +268,11 @@ def base_phases(scenario, shape: PointShape, *, validate: bool, api_delta: int,
     probes = m.connect.samples + 2 * m.connect.edge_samples + m.connect.direct_samples
     out = {
         "validate": kc.validate if validate else 0.0,
-        "api": (api_seconds(scenario, shape.n - api_delta if api_from is None else api_from, shape.n)
-                if key[0] == "local" else 0.0),
+        "api": (
+            api_seconds(scenario, shape.n - api_delta if api_from is None else api_from, shape.n)
+            if key[0] == "local"
+            else 0.0
+        ),
         "sync_full": mc.sync_full(n),
         "connect": probes * kc.connect_probe,
         "load": (len(m.load.keepalive) * (m.load.duration_s + kc.load_overhead)) if m.load.enabled else 0.0,
@@ -259,9 +291,11 @@ def disruption_cost(scenario, mc: ModeCosts, n: int) -> float:
     if not d.enabled:
         return 0.0
     changes = sum(k in d.kinds for k in ("add", "update", "delete"))
-    return (len(d.kinds) * (2 * d.window_s + d.timeout_ms / 1000)
-            + (3 * ("full" in d.kinds) + ("cold" in d.kinds)) * mc.sync_full(n)
-            + 2 * changes * min(mc.sync_one(n), scenario.measure.sync.timeout_s))
+    return (
+        len(d.kinds) * (2 * d.window_s + d.timeout_ms / 1000)
+        + (3 * ("full" in d.kinds) + ("cold" in d.kinds)) * mc.sync_full(n)
+        + 2 * changes * min(mc.sync_one(n), scenario.measure.sync.timeout_s)
+    )
 
 
 def setup_cost(target: str, kernel: str) -> float:
@@ -276,7 +310,9 @@ def actual_phases(status: Mapping) -> dict[str, float]:
     out = {
         "validate": float(ph.get("validate_s", 0.0)),
         "api": api,
-        "sync_full": max(0.0, float(ph.get("sync_full_s", 0.0)) - api),  # the local worker times api inside it
+        "sync_full": max(
+            0.0, float(ph.get("sync_full_s", 0.0)) - api
+        ),  # the local worker times api inside it
         "connect": float(ph.get("connect_s", 0.0)),
         "load": sum(float(v) for k, v in ph.items() if k.startswith("load_")),
         "sync_one": float(ph.get("sync_one_s", 0.0)),
@@ -315,8 +351,11 @@ class Refiner:
         hit = self.factors.get((shape.target, kernel_kind(shape.kernel), _variant(shape), phase))
         if hit:
             return hit[1]
-        same_kernel = [f for (t, k, _, _), (_, f) in self.factors.items()
-                       if t == shape.target and k == kernel_kind(shape.kernel)]
+        same_kernel = [
+            f
+            for (t, k, _, _), (_, f) in self.factors.items()
+            if t == shape.target and k == kernel_kind(shape.kernel)
+        ]
         return statistics.median(same_kernel) if same_kernel else 1.0
 
     def refine(self, shape: PointShape, phases: Mapping[str, float]) -> dict[str, float]:

@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: str | Path, data: Any, *, indent: int | None = 1, default: Any = str,
-               newline: bool = False, fsync: bool = False) -> Path:
+def write_json(
+    path: str | Path,
+    data: Any,
+    *,
+    indent: int | None = 1,
+    default: Any = str,
+    newline: bool = False,
+    fsync: bool = False,
+) -> Path:
     """Write `data` as JSON to `path` through a temp file and a rename, so a reader (or a run
     killed mid-write) only ever sees the previous file or the new one, whole. The temp name
     carries the pid, so processes writing the same file do not trip over each other.

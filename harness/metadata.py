@@ -27,13 +27,21 @@ def utcnow() -> str:
 
 def git_sha() -> str:
     try:
-        p = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
-                           capture_output=True, text=True, timeout=5)
+        p = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         sha = p.stdout.strip()
         if not sha:
             return "unknown"
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -62,13 +70,20 @@ def machine() -> dict[str, Any]:
                 mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
     except OSError:
         pass
-    return {"cpu_model": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb,
-            "hostname": platform.node(), "host_kernel": platform.release()}
+    return {
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "hostname": platform.node(),
+        "host_kernel": platform.release(),
+    }
 
 
 def python_packages() -> dict[str, str | None]:
-    return {name: _package_version(name) for name in
-            ("locust", "pyroute2", "pandas", "pyarrow", "matplotlib", "kubernetes", "pydantic")}
+    return {
+        name: _package_version(name)
+        for name in ("locust", "pyroute2", "pandas", "pyarrow", "matplotlib", "kubernetes", "pydantic")
+    }
 
 
 def base_metadata(run_id: str, scenario: dict, target: str) -> dict[str, Any]:

@@ -144,7 +144,9 @@ class _AddressPermutation:
 def _node_subnet(spec: ModelSpec, node_index: int) -> ipaddress.IPv4Network:
     pod_net = ipaddress.ip_network(spec.pod_cidr)
     if not isinstance(pod_net, ipaddress.IPv4Network):
-        raise ModelError(f"pod CIDR {spec.pod_cidr} is not IPv4: the lab is IPv4-only; use e.g. 10.244.0.0/16")
+        raise ModelError(
+            f"pod CIDR {spec.pod_cidr} is not IPv4: the lab is IPv4-only; use e.g. 10.244.0.0/16"
+        )
     if pod_net.prefixlen > 24:
         raise ModelError(f"pod CIDR {spec.pod_cidr} is too small: use a /24 or larger")
     subnets = pod_net.subnets(new_prefix=24)
@@ -164,7 +166,9 @@ def _check_spec(spec: ModelSpec) -> None:
     if spec.pods_per_node < 1 or not spec.nodes:
         raise ModelError("need at least one node with at least one pod")
     if spec.node_ports > NODE_PORT_MAX - NODE_PORT_MIN + 1:
-        raise ModelError(f"node_ports={spec.node_ports}: only {NODE_PORT_MAX - NODE_PORT_MIN + 1} NodePorts exist")
+        raise ModelError(
+            f"node_ports={spec.node_ports}: only {NODE_PORT_MAX - NODE_PORT_MIN + 1} NodePorts exist"
+        )
     for net, what in ((spec.service_cidr, "service_cidr"), (spec.pod_cidr, "pod_cidr")):
         try:
             if ipaddress.ip_network(net).version != 4:
@@ -218,7 +222,9 @@ def _make_service(model: Model, i: int) -> Service:
     for j in range(spec.endpoints):
         f = (i + j) % (n_pods * k)
         pod = pods[f % n_pods]
-        endpoints.append(Endpoint(pod.ip, spec.target_port + (f // n_pods) * spec.ports_per_service, pod.node))
+        endpoints.append(
+            Endpoint(pod.ip, spec.target_port + (f // n_pods) * spec.ports_per_service, pod.node)
+        )
     ports = tuple(
         ServicePort(
             name="http" if q == 0 else f"p{q}",

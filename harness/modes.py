@@ -83,18 +83,31 @@ class ModeSpec:
 
 
 def _iptables_section(o: SectionOptions) -> dict[str, Any]:
-    return {"syncPeriod": o.sync_period, "minSyncPeriod": o.min_sync_period, "masqueradeAll": o.masquerade_all,
-            "masqueradeBit": 14, "localhostNodePorts": True}
+    return {
+        "syncPeriod": o.sync_period,
+        "minSyncPeriod": o.min_sync_period,
+        "masqueradeAll": o.masquerade_all,
+        "masqueradeBit": 14,
+        "localhostNodePorts": True,
+    }
 
 
 def _ipvs_section(o: SectionOptions) -> dict[str, Any]:
-    return {"syncPeriod": o.sync_period, "minSyncPeriod": o.min_sync_period, "scheduler": o.ipvs_scheduler,
-            "strictARP": o.strict_arp}
+    return {
+        "syncPeriod": o.sync_period,
+        "minSyncPeriod": o.min_sync_period,
+        "scheduler": o.ipvs_scheduler,
+        "strictARP": o.strict_arp,
+    }
 
 
 def _nftables_section(o: SectionOptions) -> dict[str, Any]:
-    return {"syncPeriod": o.sync_period, "minSyncPeriod": o.min_sync_period, "masqueradeAll": o.masquerade_all,
-            "masqueradeBit": 14}
+    return {
+        "syncPeriod": o.sync_period,
+        "minSyncPeriod": o.min_sync_period,
+        "masqueradeAll": o.masquerade_all,
+        "masqueradeBit": 14,
+    }
 
 
 _REGISTRY: dict[str, ModeSpec] = {}
@@ -108,57 +121,76 @@ def register(spec: ModeSpec) -> ModeSpec:
     return spec
 
 
-register(ModeSpec(
-    name="iptables",
-    dataplane="harness.dataplane.iptables:IptablesDataplane",
-    by_node=False,
-    kernel_features=(),
-    iptables_based=True,
-    kube_proxy_section=_iptables_section,
-    takes_scheduler=False,
-    # filter REJECT (icmp-port-unreachable)
-    no_endpoints=frozenset({"reject"}),
-    color="#d62728", marker="o",
-    read_back=ReadBack(service_ips=("iptables-{backend}-save",),
-                       ip_pattern=re.compile(r"^-A KUBE-SERVICES -d (\d+\.\d+\.\d+\.\d+)/32 ", re.M),
-                       dump=(("iptables-{backend}-save",),)),
-))
+register(
+    ModeSpec(
+        name="iptables",
+        dataplane="harness.dataplane.iptables:IptablesDataplane",
+        by_node=False,
+        kernel_features=(),
+        iptables_based=True,
+        kube_proxy_section=_iptables_section,
+        takes_scheduler=False,
+        # filter REJECT (icmp-port-unreachable)
+        no_endpoints=frozenset({"reject"}),
+        color="#d62728",
+        marker="o",
+        read_back=ReadBack(
+            service_ips=("iptables-{backend}-save",),
+            ip_pattern=re.compile(r"^-A KUBE-SERVICES -d (\d+\.\d+\.\d+\.\d+)/32 ", re.M),
+            dump=(("iptables-{backend}-save",),),
+        ),
+    )
+)
 
-register(ModeSpec(
-    name="ipvs",
-    dataplane="harness.dataplane.ipvs:IpvsDataplane",
-    by_node=True,
-    kernel_features=("ipvs", "ipset"),
-    iptables_based=True,
-    kube_proxy_section=_ipvs_section,
-    takes_scheduler=True,
-    # the virtual server exists with no real server: the kernel answers that itself (either accepted)
-    no_endpoints=frozenset({"reject", "drop"}),
-    color="#1f77b4", marker="s",
-    # kube-proxy writes the ipsets after every virtual server of the sync (and the kernel's IPVS
-    # listing undercounts with several namespaces): KUBE-CLUSTER-IP is the record
-    read_back=ReadBack(service_ips=("ipset", "list", "KUBE-CLUSTER-IP"),
-                       ip_pattern=re.compile(r"^(\d+\.\d+\.\d+\.\d+),(?:tcp|udp|sctp):\d+", re.M),
-                       dump=(("ipvsadm", "-Sn"), ("ipset", "save"), ("ip", "-4", "addr", "show", "dev", "kube-ipvs0"),
-                             ("iptables-legacy-save",))),
-))
+register(
+    ModeSpec(
+        name="ipvs",
+        dataplane="harness.dataplane.ipvs:IpvsDataplane",
+        by_node=True,
+        kernel_features=("ipvs", "ipset"),
+        iptables_based=True,
+        kube_proxy_section=_ipvs_section,
+        takes_scheduler=True,
+        # the virtual server exists with no real server: the kernel answers that itself (either accepted)
+        no_endpoints=frozenset({"reject", "drop"}),
+        color="#1f77b4",
+        marker="s",
+        # kube-proxy writes the ipsets after every virtual server of the sync (and the kernel's IPVS
+        # listing undercounts with several namespaces): KUBE-CLUSTER-IP is the record
+        read_back=ReadBack(
+            service_ips=("ipset", "list", "KUBE-CLUSTER-IP"),
+            ip_pattern=re.compile(r"^(\d+\.\d+\.\d+\.\d+),(?:tcp|udp|sctp):\d+", re.M),
+            dump=(
+                ("ipvsadm", "-Sn"),
+                ("ipset", "save"),
+                ("ip", "-4", "addr", "show", "dev", "kube-ipvs0"),
+                ("iptables-legacy-save",),
+            ),
+        ),
+    )
+)
 
-register(ModeSpec(
-    name="nftables",
-    dataplane="harness.dataplane.nftables:NftablesDataplane",
-    by_node=True,  # v1.36+: the hairpin-connections set holds only the node's own endpoints
-    kernel_features=("nft_nat",),
-    iptables_based=False,
-    kube_proxy_section=_nftables_section,
-    takes_scheduler=False,
-    # goto reject-chain
-    no_endpoints=frozenset({"reject"}),
-    color="#2ca02c", marker="^",
-    read_back=ReadBack(service_ips=("nft", "list", "table", "ip", "kube-proxy"),
-                       ip_pattern=re.compile(r'(\d+\.\d+\.\d+\.\d+) \. (?:tcp|udp|sctp) \. \d+ (?:comment "[^"]*" )?: '),
-                       dump=(("nft", "list", "ruleset"),)),
-    min_node_kernel=(5, 13),
-))
+register(
+    ModeSpec(
+        name="nftables",
+        dataplane="harness.dataplane.nftables:NftablesDataplane",
+        by_node=True,  # v1.36+: the hairpin-connections set holds only the node's own endpoints
+        kernel_features=("nft_nat",),
+        iptables_based=False,
+        kube_proxy_section=_nftables_section,
+        takes_scheduler=False,
+        # goto reject-chain
+        no_endpoints=frozenset({"reject"}),
+        color="#2ca02c",
+        marker="^",
+        read_back=ReadBack(
+            service_ips=("nft", "list", "table", "ip", "kube-proxy"),
+            ip_pattern=re.compile(r'(\d+\.\d+\.\d+\.\d+) \. (?:tcp|udp|sctp) \. \d+ (?:comment "[^"]*" )?: '),
+            dump=(("nft", "list", "ruleset"),),
+        ),
+        min_node_kernel=(5, 13),
+    )
+)
 
 MODES: tuple[str, ...] = tuple(_REGISTRY)
 # measured on every kernel a run uses when modes are split across kernels (lab/caps.py)

@@ -9,11 +9,15 @@ with its projected cost and the command that measures it; later, cheaper points 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from harness import costmodel as cm
-from harness.scenario import ScenarioError
+from harness.scenario import Scenario, ScenarioError
+
+if TYPE_CHECKING:
+    from harness.runner import Point
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 NO_BUDGET = ("none", "unlimited", "inf")
@@ -23,7 +27,7 @@ class BudgetError(ScenarioError):
     """--budget does not parse, is negative or is below what one point of each mode needs."""
 
 
-def parse_duration(text: str | None) -> float | None:
+def parse_duration(text: str | float | None) -> float | None:
     """'30m', '1h30m', '900s', '900', 'none' -> seconds (None = no budget); ValueError otherwise."""
     if text is None:
         return None
@@ -60,7 +64,7 @@ def fmt_short(seconds: float) -> str:
 
 @dataclass
 class PlannedPoint:
-    point: object  # runner.Point
+    point: Point
     shape: cm.PointShape
     projected: dict[str, float]  # phase -> seconds (setup included for the first point of a group)
     fits: bool = True
@@ -72,7 +76,7 @@ class PlannedPoint:
 
 @dataclass
 class Plan:
-    scenario: object
+    scenario: Scenario
     target: str
     kernel_plan: dict[str, list[str]]
     kernel_reasons: dict[str, str]
@@ -100,15 +104,22 @@ class Plan:
             extra += f" --set kube_proxy_version={pp.point.kube_proxy_version}"
         if len(self.scenario.endpoint_counts()) > 1:
             extra += f" --set model.endpoints={pp.point.endpoints}"
-        src = f"{run_dir}/scenario.yaml" if run_dir is not None else getattr(self.scenario, "name", "SCENARIO")
-        return (f"kpbench run {src} --services {pp.point.n_services} --modes {pp.point.mode} "
-                f"--kernel {kernel}{extra} --budget none")
+        src = (
+            f"{run_dir}/scenario.yaml" if run_dir is not None else getattr(self.scenario, "name", "SCENARIO")
+        )
+        return (
+            f"kpbench run {src} --services {pp.point.n_services} --modes {pp.point.mode} "
+            f"--kernel {kernel}{extra} --budget none"
+        )
 
     def remaining(self, done: Iterable[str]) -> float:
         """Refined projection of the included points not in `done`."""
         done = set(done)
-        return sum(sum(self.refiner.refine(p.shape, p.projected).values())
-                   for p in self.included if p.point.point_id not in done)
+        return sum(
+            sum(self.refiner.refine(p.shape, p.projected).values())
+            for p in self.included
+            if p.point.point_id not in done
+        )
 
     def refit(self, points: list, seconds_left: float) -> list:
         """Of `points` (left out so far), those that fit `seconds_left` by the refined projection,
@@ -133,8 +144,10 @@ class Plan:
     def render(self, run_dir=None) -> str:
         """The plan as printed before the first point."""
         sc = self.scenario
-        lines = [f"plan: {len(self.points)} points, target {self.target}, budget {fmt_duration(self.budget_s)}",
-                 f"  programmed by: {programmed_by(self.target)} in every point"]
+        lines = [
+            f"plan: {len(self.points)} points, target {self.target}, budget {fmt_duration(self.budget_s)}",
+            f"  programmed by: {programmed_by(self.target)} in every point",
+        ]
         real = self.real_kube_proxy_note()
         if real:
             lines.append(f"  {real}")
@@ -145,24 +158,36 @@ class Plan:
             for k in dict.fromkeys(cm.kernel_kind(k) for k in kernels):
                 for r, e in variants:
                     which = f"{k}, {r}" + (f", {e} endpoint(s)" if len(eps) > 1 else "")
-                    lines.append(f"    ruleset ({which}): {cm.ruleset(self.target, k, mode, sc.iptables_backend, r, e)}")
-        lines.append(f"  {'kernel':<10} {'mode':<9} {'release':<9} {'eps':>3} {'services':>8} {'rep':>3} "
-                     f"{'full sync':>9} {'point':>8}  fits")
+                    lines.append(
+                        f"    ruleset ({which}): {cm.ruleset(self.target, k, mode, sc.iptables_backend, r, e)}"
+                    )
+        lines.append(
+            f"  {'kernel':<10} {'mode':<9} {'release':<9} {'eps':>3} {'services':>8} {'rep':>3} "
+            f"{'full sync':>9} {'point':>8}  fits"
+        )
         for pp in self.points:
             p = pp.point
-            lines.append(f"  {p.kernel:<10} {p.mode:<9} {pp.shape.release:<9} {pp.shape.endpoints:>3} "
-                         f"{p.n_services:>8} {p.rep:>3} "
-                         f"{fmt_short(pp.projected['sync_full']):>9} {fmt_short(pp.total):>8}  "
-                         f"{'yes' if pp.fits else 'OVER BUDGET'}")
-        lines.append(f"  projected: {fmt_duration(self.projected_total)} for {len(self.included)} points"
-                     + (f" (budget {fmt_duration(self.budget_s)})" if self.budget_s is not None else ""))
+            lines.append(
+                f"  {p.kernel:<10} {p.mode:<9} {pp.shape.release:<9} {pp.shape.endpoints:>3} "
+                f"{p.n_services:>8} {p.rep:>3} "
+                f"{fmt_short(pp.projected['sync_full']):>9} {fmt_short(pp.total):>8}  "
+                f"{'yes' if pp.fits else 'OVER BUDGET'}"
+            )
+        lines.append(
+            f"  projected: {fmt_duration(self.projected_total)} for {len(self.included)} points"
+            + (f" (budget {fmt_duration(self.budget_s)})" if self.budget_s is not None else "")
+        )
         over = self.over_budget
         if over:
             cost = sum(p.total for p in over)
-            lines.append(f"  NOT measured in this budget: {len(over)} point(s), projected {fmt_duration(cost)} more:")
+            lines.append(
+                f"  NOT measured in this budget: {len(over)} point(s), projected {fmt_duration(cost)} more:"
+            )
             for pp in over:
-                lines.append(f"    {pp.point.point_id} ({fmt_short(pp.total)}, {why_costly(pp)}): "
-                             f"{self.measure_command(pp, run_dir)}")
+                lines.append(
+                    f"    {pp.point.point_id} ({fmt_short(pp.total)}, {why_costly(pp)}): "
+                    f"{self.measure_command(pp, run_dir)}"
+                )
             if run_dir is not None:
                 lines.append(f"    or all of them afterwards: kpbench run --resume {run_dir} --budget none")
         return "\n".join(lines)
@@ -172,45 +197,69 @@ class Plan:
         the host kernel runs (iptables, nftables), so the choice of the lab is stated, not implied."""
         if self.target != "lab":
             return None
-        host = [replace(cast(Any, pp.point), kernel="local") for pp in self.points if cm.kernel_kind(pp.point.kernel) == "host"]
+        host = [
+            replace(cast(Any, pp.point), kernel="local")
+            for pp in self.points
+            if cm.kernel_kind(pp.point.kernel) == "host"
+        ]
         if not host:
             return None
         cost = sum(pp.total for pp in project(self.scenario, "local", host))
-        return (f"real kube-proxy (--target local) for the {len(host)} host-kernel points is projected at "
-                f"{fmt_duration(cost)} (Services + EndpointSlices through the API server, kube-proxy's own "
-                f"syncs); IPVS has no real-kube-proxy option within a budget (one `ipset add` fork per "
-                f"entry, ~0.2 s each in the UML guest)")
+        return (
+            f"real kube-proxy (--target local) for the {len(host)} host-kernel points is projected at "
+            f"{fmt_duration(cost)} (Services + EndpointSlices through the API server, kube-proxy's own "
+            f"syncs); IPVS has no real-kube-proxy option within a budget (one `ipset add` fork per "
+            f"entry, ~0.2 s each in the UML guest)"
+        )
 
     def to_meta(self, run_dir=None) -> dict:
         return {
             "budget_s": self.budget_s,
             "minimum_s": round(self.minimum_s, 1),
             "projected_total_s": round(self.projected_total, 1),
-            "points": {pp.point.point_id: {"projected": {k: round(v, 2) for k, v in pp.projected.items()},
-                                           "projected_s": round(pp.total, 1), "fits": pp.fits,
-                                           "kube_proxy_version": pp.shape.release,
-                                           "endpoints": pp.shape.endpoints,
-                                           "ruleset": cm.ruleset(self.target, pp.point.kernel, pp.point.mode,
-                                                                 self.scenario.iptables_backend, pp.shape.release,
-                                                                 pp.shape.endpoints),
-                                           "full_sync_growth": cm.full_sync_growth(
-                                               self.target, pp.point.kernel, pp.point.mode, pp.shape.release,
-                                               pp.shape.endpoints),
-                                           "full_sync_projected_s": round(pp.projected["sync_full"], 2)}
-                       for pp in self.points},
+            "points": {
+                pp.point.point_id: {
+                    "projected": {k: round(v, 2) for k, v in pp.projected.items()},
+                    "projected_s": round(pp.total, 1),
+                    "fits": pp.fits,
+                    "kube_proxy_version": pp.shape.release,
+                    "endpoints": pp.shape.endpoints,
+                    "ruleset": cm.ruleset(
+                        self.target,
+                        pp.point.kernel,
+                        pp.point.mode,
+                        self.scenario.iptables_backend,
+                        pp.shape.release,
+                        pp.shape.endpoints,
+                    ),
+                    "full_sync_growth": cm.full_sync_growth(
+                        self.target, pp.point.kernel, pp.point.mode, pp.shape.release, pp.shape.endpoints
+                    ),
+                    "full_sync_projected_s": round(pp.projected["sync_full"], 2),
+                }
+                for pp in self.points
+            },
             "programmed_by": programmed_by(self.target),
-            "over_budget": [{"point_id": pp.point.point_id, "projected_s": round(pp.total, 1),
-                             "why": why_costly(pp),
-                             "command": self.measure_command(pp, run_dir)} for pp in self.over_budget],
+            "over_budget": [
+                {
+                    "point_id": pp.point.point_id,
+                    "projected_s": round(pp.total, 1),
+                    "why": why_costly(pp),
+                    "command": self.measure_command(pp, run_dir),
+                }
+                for pp in self.over_budget
+            ],
         }
 
 
 def programmed_by(target: str) -> str:
     """Who programs a point's dataplane on `target`, in words."""
-    return {"lab": "the lab's dataplane (kube-proxy's rules for the release, applied by kpbench; sync "
-                   "times are the kernel's share only, a lower bound of kube-proxy's)",
-            "local": "real kube-proxy (with etcd + kube-apiserver on this machine)",
-            "cluster": "the cluster's real kube-proxy"}.get(target, target)
+    return {
+        "lab": "the lab's dataplane (kube-proxy's rules for the release, applied by kpbench; sync "
+        "times are the kernel's share only, a lower bound of kube-proxy's)",
+        "local": "real kube-proxy (with etcd + kube-apiserver on this machine)",
+        "cluster": "the cluster's real kube-proxy",
+    }.get(target, target)
 
 
 def why_costly(pp: PlannedPoint) -> str:
@@ -227,8 +276,9 @@ def run_order(points: list) -> list:
     return [p for g in groups.values() for p in g]
 
 
-def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: True,
-            refine=None) -> list[PlannedPoint]:
+def project(
+    scenario, target: str, points: list, keep=lambda p, cost, so_far: True, refine=None
+) -> list[PlannedPoint]:
     """Projected phases of `points` in run order; a point for which keep(point, cost, so_far) is
     False is marked not fitting, and the state it would have set up (setup, validation, API
     objects) is charged to the next kept point. refine(shape, phases), if given, turns the
@@ -244,8 +294,13 @@ def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: Tr
         eps = max(scenario.endpoint_counts()) if eps is None else eps
         shape = cm.PointShape(target, p.kernel, p.mode, p.n_services, release, eps)
         validate = scenario.validate_first and (p.kernel, p.mode, release) not in validated
-        phases = cm.base_phases(scenario, shape, validate=validate,
-                                api_delta=p.n_services - api_n.get(p.kernel, 0), api_from=api_n.get(p.kernel, 0))
+        phases = cm.base_phases(
+            scenario,
+            shape,
+            validate=validate,
+            api_delta=p.n_services - api_n.get(p.kernel, 0),
+            api_from=api_n.get(p.kernel, 0),
+        )
         phases = {"setup": 0.0 if p.kernel in started else cm.setup_cost(target, p.kernel), **phases}
         pp = PlannedPoint(p, shape, phases)  # the model's figures: the refiner's reference
         cost = sum(refine(shape, phases).values()) if refine else pp.total
@@ -259,10 +314,10 @@ def project(scenario, target: str, points: list, keep=lambda p, cost, so_far: Tr
     return out
 
 
-def minimum_points(points: list) -> list:
+def minimum_points(points: list[Point]) -> list[Point]:
     """The smallest point of each (kernel, mode, release, endpoints): what 'one point of each
     mode' means (in a sweep over releases or endpoint counts: of each mode of each)."""
-    best: dict[tuple, object] = {}
+    best: dict[tuple, Point] = {}
     for p in points:
         k = (p.kernel, p.mode, getattr(p, "kube_proxy_version", ""), getattr(p, "endpoints", None))
         if k not in best or (p.n_services, p.rep) < (best[k].n_services, best[k].rep):
@@ -270,9 +325,15 @@ def minimum_points(points: list) -> list:
     return list(best.values())
 
 
-def build_plan(scenario, target: str, kernel_plan: dict[str, list[str]], points: list,
-               budget_text: str | None, kernel_reasons: Mapping[str, str] | None = None,
-               budget_flag: str = "--budget") -> Plan:
+def build_plan(
+    scenario,
+    target: str,
+    kernel_plan: dict[str, list[str]],
+    points: list,
+    budget_text: str | float | None,
+    kernel_reasons: Mapping[str, str] | None = None,
+    budget_flag: str = "--budget",
+) -> Plan:
     """Project `points` (those still to measure) and fit them into the budget; BudgetError for a
     budget that does not parse, is negative or cannot hold one point of each mode."""
     minimum = sum(pp.total for pp in project(scenario, target, minimum_points(points)))
@@ -280,11 +341,17 @@ def build_plan(scenario, target: str, kernel_plan: dict[str, list[str]], points:
     try:
         budget = parse_duration(budget_text)
     except ValueError as e:
-        hint = "must not be negative" if str(e) == "negative" else "is not a duration (e.g. 30m, 1h30m, 900s, none)"
+        hint = (
+            "must not be negative"
+            if str(e) == "negative"
+            else "is not a duration (e.g. 30m, 1h30m, 900s, none)"
+        )
         raise BudgetError(f"{budget_flag} {budget_text!r} {hint}; {need}") from None
     if budget is not None and points and budget < minimum:
-        raise BudgetError(f"{budget_flag} {budget_text} is too small: {need}; "
-                          f"give --budget {fmt_duration(minimum * 1.2)} or more, or --budget none")
+        raise BudgetError(
+            f"{budget_flag} {budget_text} is too small: {need}; "
+            f"give --budget {fmt_duration(minimum * 1.2)} or more, or --budget none"
+        )
     if budget is None:
         planned = project(scenario, target, points)
     else:
@@ -296,8 +363,9 @@ def build_plan(scenario, target: str, kernel_plan: dict[str, list[str]], points:
         bridge = bridge_cells(scenario, kernel_plan)
         ordered = run_order(points)
         is_bridge = [(p.mode, cm.kernel_kind(p.kernel)) in bridge for p in ordered]
-        for p in [p for p, b in zip(ordered, is_bridge, strict=True) if not b] + \
-                 [p for p, b in zip(ordered, is_bridge, strict=True) if b]:
+        for p in [p for p, b in zip(ordered, is_bridge, strict=True) if not b] + [
+            p for p, b in zip(ordered, is_bridge, strict=True) if b
+        ]:
             if p.point_id not in chosen and cost[p.point_id] <= left:
                 chosen.add(p.point_id)
                 left -= cost[p.point_id]
@@ -344,5 +412,5 @@ def _host_lacks(mode: str, iptables_backend: str) -> str | None:
 
     try:
         return caps.unsupported(caps.host_caps(), mode, iptables_backend)
-    except Exception:  # a reason is not worth failing the plan
+    except Exception:  # noqa: BLE001 - converted to a reason: a failed probe is not worth failing the plan
         return "see `kpbench doctor`"

@@ -72,9 +72,13 @@ def _variant_series(d: pd.DataFrame, mode: str, dm: pd.DataFrame, st: dict):
     cols = [c for c in ("kube_proxy_version", "endpoints") if c in d and d[c].nunique() > 1]
     if not cols:
         return None
-    keys = sorted({tuple(r) for r in d[cols].astype(str).drop_duplicates().itertuples(index=False)},
-                  key=lambda t: tuple(analysis._release_key(x) if c == "kube_proxy_version" else (int(x),)
-                                      for c, x in zip(cols, t, strict=True)))
+    keys = sorted(
+        {tuple(r) for r in d[cols].astype(str).drop_duplicates().itertuples(index=False)},
+        key=lambda t: tuple(
+            analysis._release_key(x) if c == "kube_proxy_version" else (int(x),)
+            for c, x in zip(cols, t, strict=True)
+        ),
+    )
     out = []
     for i, key in enumerate(keys):
         sel = dm
@@ -82,9 +86,17 @@ def _variant_series(d: pd.DataFrame, mode: str, dm: pd.DataFrame, st: dict):
             sel = sel[sel[c].astype(str) == v]
         if len(sel):
             words = [v if c == "kube_proxy_version" else f"{v} ep" for c, v in zip(cols, key, strict=True)]
-            out.append((f"{mode} {' '.join(words)}", {**st, "linestyle": RUN_LINESTYLES[i % len(RUN_LINESTYLES)],
-                                                      "fillstyle": VARIANT_MARKER_FILL[i % len(VARIANT_MARKER_FILL)]},
-                        sel))
+            out.append(
+                (
+                    f"{mode} {' '.join(words)}",
+                    {
+                        **st,
+                        "linestyle": RUN_LINESTYLES[i % len(RUN_LINESTYLES)],
+                        "fillstyle": VARIANT_MARKER_FILL[i % len(VARIANT_MARKER_FILL)],
+                    },
+                    sel,
+                )
+            )
     return out
 
 
@@ -140,12 +152,15 @@ def _value_axis(ax, metric: str, what: str, *, log: bool = False, axis: str = "y
     the label naming the quantity and the unit ("connect latency p50 [us]")."""
     unit = _unit(metric)
     a = ax.yaxis if axis == "y" else ax.xaxis
-    lo, hi = (ax.get_ylim() if axis == "y" else ax.get_xlim())
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
     if unit in metrics.TIME_UNITS:
         prefix = units.time_prefix(max(abs(hi), abs(lo)) * metrics.TIME_UNITS[unit] / 3)[0]
         label_unit = prefix
     else:
-        prefix, label_unit = None, units.quantity(1, unit).split(" ", 1)[-1] if unit not in ("count",) else "count"
+        prefix, label_unit = (
+            None,
+            units.quantity(1, unit).split(" ", 1)[-1] if unit not in ("count",) else "count",
+        )
     if log:
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
         a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
@@ -155,7 +170,9 @@ def _value_axis(ax, metric: str, what: str, *, log: bool = False, axis: str = "y
     def fmt(v, _p=None):
         if v <= 0 and log:
             return ""
-        txt = units.quantity(v, unit, digits=2, prefix=prefix) if prefix else units.quantity(v, unit, digits=2)
+        txt = (
+            units.quantity(v, unit, digits=2, prefix=prefix) if prefix else units.quantity(v, unit, digits=2)
+        )
         return txt.replace(".0 ", " ")
 
     a.set_major_formatter(FuncFormatter(fmt))
@@ -166,7 +183,7 @@ def _legend(fig: Figure, axes: np.ndarray, extra: Sequence = ()) -> None:
     """One legend for the whole figure, below the panels (never over the data)."""
     handles, labels = [], []
     for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab not in labels and not lab.startswith("_"):
                 handles.append(h)
                 labels.append(lab)
@@ -216,21 +233,41 @@ def hashing_vs_chain(df: pd.DataFrame, band: tuple[float, float] = (0.25, 0.75))
         for label, st, g in _series(rnd, all_runs):
             q = g.groupby("n_services", observed=True)["value"].quantile([band[0], 0.5, band[1]]).unstack()
             q = q.sort_index()
-            ax.plot(q.index, q[0.5], label=label, color=st["color"], marker=st["marker"],
-                    linestyle=st.get("linestyle", "-"))
+            ax.plot(
+                q.index,
+                q[0.5],
+                label=label,
+                color=st["color"],
+                marker=st["marker"],
+                linestyle=st.get("linestyle", "-"),
+            )
             ax.fill_between(q.index, q[band[0]], q[band[1]], color=st["color"], alpha=0.18, linewidth=0)
             fit = analysis.scaling_fits(g.assign(position="random"), [metric])
             if len(fit) and np.isfinite(fit.iloc[0]["per_1k"]):
                 f = fit.iloc[0]
                 xs = np.geomspace(q.index.min(), q.index.max(), 50)
-                ax.plot(xs, f["intercept"] + f["per_1k"] * xs / 1000.0, color="#555", linewidth=0.9,
-                        linestyle=(0, (1, 1)), zorder=1)
+                ax.plot(
+                    xs,
+                    f["intercept"] + f["per_1k"] * xs / 1000.0,
+                    color="#555",
+                    linewidth=0.9,
+                    linestyle=(0, (1, 1)),
+                    zorder=1,
+                )
         for pos, ls in (("first", "--"), ("last", ":")) if len(all_runs) <= 1 else ():
             dp = dk[dk["position"] == pos]
-            for label, st, g in _series(dp, all_runs):
+            for _label, st, g in _series(dp, all_runs):
                 m = g.groupby("n_services", observed=True)["value"].median().sort_index()
-                ax.plot(m.index, m.values, color=st["color"], linestyle=ls, linewidth=1.1, marker=st["marker"],
-                        markersize=3.5, markerfacecolor="none")
+                ax.plot(
+                    m.index,
+                    m.values,
+                    color=st["color"],
+                    linestyle=ls,
+                    linewidth=1.1,
+                    marker=st["marker"],
+                    markersize=3.5,
+                    markerfacecolor="none",
+                )
         _count_axis(ax, dk["n_services"].unique())
         ax.set_ylim(bottom=0)
         ax.set_title(k, fontsize="medium")
@@ -238,13 +275,17 @@ def hashing_vs_chain(df: pd.DataFrame, band: tuple[float, float] = (0.25, 0.75))
         _value_axis(ax, metric, "connect latency")
     keys = [Line2D([], [], color="#555", linestyle=(0, (1, 1)), linewidth=0.9, label="straight-line fit")]
     if len(all_runs) <= 1:  # several runs: one line per run, the positions would crowd it
-        keys[:0] = [Line2D([], [], color="#333", linestyle="--", linewidth=1.1, label="first Service (median)"),
-                    Line2D([], [], color="#333", linestyle=":", linewidth=1.1, label="last Service (median)")]
+        keys[:0] = [
+            Line2D([], [], color="#333", linestyle="--", linewidth=1.1, label="first Service (median)"),
+            Line2D([], [], color="#333", linestyle=":", linewidth=1.1, label="last Service (median)"),
+        ]
     _legend(fig, axes, keys)
     return fig
 
 
-def connect_latency(df: pd.DataFrame, stats: Sequence[str] = ("p50", "p99"), position: str = "random") -> Figure:
+def connect_latency(
+    df: pd.DataFrame, stats: Sequence[str] = ("p50", "p99"), position: str = "random"
+) -> Figure:
     """TCP connect latency to a ClusterIP (p50 and p99) vs Service count, per mode, per kernel.
     Lines: median over repetitions of the per-repetition statistic; bands: min..max over repetitions."""
     title = f"Connect latency to a ClusterIP (position={position}) vs Service count"
@@ -333,7 +374,9 @@ def request_cdf(df: pd.DataFrame, metric: str | None = None, n_services: int | N
                 if not len(v):
                     continue
                 y = np.arange(1, len(v) + 1) / len(v)
-                ax.step(v, y, where="post", color=st["color"], linestyle=st.get("linestyle", "-"), label=label)
+                ax.step(
+                    v, y, where="post", color=st["color"], linestyle=st.get("linestyle", "-"), label=label
+                )
             ax.set_ylim(0, 1.01)
             ax.grid(True, which="major", alpha=0.25)
             ax.set_title(f"{k}: {units.count(n)} Services, keepalive={ka or 'n/a'}", fontsize="medium")
@@ -398,11 +441,18 @@ def iptables_position(df: pd.DataFrame, stat: str = "p50") -> Figure:
                 if b.empty:
                     continue
                 lab = pos if len(all_runs) <= 1 else f"{pos} ({run})"
-                line = ax.plot(b["n_services"], b["center"], linestyle=ls, marker=_style("iptables")["marker"],
-                               label=lab, alpha=1.0 if i == 0 else 0.6)[0]
+                line = ax.plot(
+                    b["n_services"],
+                    b["center"],
+                    linestyle=ls,
+                    marker=_style("iptables")["marker"],
+                    label=lab,
+                    alpha=1.0 if i == 0 else 0.6,
+                )[0]
                 if (b["n_reps"] > 1).any():
-                    ax.fill_between(b["n_services"], b["lo"], b["hi"], color=line.get_color(), alpha=0.15,
-                                    linewidth=0)
+                    ax.fill_between(
+                        b["n_services"], b["lo"], b["hi"], color=line.get_color(), alpha=0.15, linewidth=0
+                    )
         _count_axis(ax, dk["n_services"].unique())
         ax.set_title(f"{k}: {stat}", fontsize="medium")
         ax.set_xlabel("Services (log scale)")
@@ -423,9 +473,11 @@ def disruption_timeline(df: pd.DataFrame) -> Figure:
         return _empty(title)
     d = d[d["n_services"] == d["n_services"].max()]
     d = d[d["rep"] == d["rep"].min()]
-    rows_ = sorted({(str(k), str(m)) for k, m in zip(d["kernel"], d["mode"])})
+    rows_ = sorted({(str(k), str(m)) for k, m in zip(d["kernel"], d["mode"], strict=True)})
     kinds = [k for k in ("full", "cold", "add", "update", "delete") if k in set(d["sync"].astype(str))]
-    fig, axes = _figure(len(rows_), len(kinds), f"{title} ({units.count(int(d['n_services'].max()))} Services)")
+    fig, axes = _figure(
+        len(rows_), len(kinds), f"{title} ({units.count(int(d['n_services'].max()))} Services)"
+    )
     for i, (k, mode) in enumerate(rows_):
         for j, kind in enumerate(kinds):
             ax = axes[i, j]
@@ -438,11 +490,19 @@ def disruption_timeline(df: pd.DataFrame) -> Figure:
             t0, length_ms = float(sync["seq"].iloc[0]) / 1e3, float(sync["value"].iloc[0]) / 1e3
             x = c["seq"].astype(float) / 1e3 - t0
             ok = ~c["timed_out"].astype(bool) & (c["error"].astype(str) == "")
-            ax.scatter(x[ok], c["value"][ok].astype(float), s=3, color=_style(mode)["color"], label="connected")
+            ax.scatter(
+                x[ok], c["value"][ok].astype(float), s=3, color=_style(mode)["color"], label="connected"
+            )
             bad = ~ok & (c["error"].astype(str) != "pending")
             if bad.any():
-                ax.scatter(x[bad], c["value"][bad].astype(float), s=10, marker="x", color="black",
-                           label="failed (at timeout)")
+                ax.scatter(
+                    x[bad],
+                    c["value"][bad].astype(float),
+                    s=10,
+                    marker="x",
+                    color="black",
+                    label="failed (at timeout)",
+                )
             ax.axvspan(0, max(length_ms, 0.5), color="#888", alpha=0.25, linewidth=0, label="sync")
             ax.set_yscale("log")
             ax.set_title(f"{k} {mode}: {kind}", fontsize="medium")
@@ -468,8 +528,10 @@ def figures(df: pd.DataFrame) -> dict[str, Figure]:
     """Every report figure, by name (skips figures whose metric is absent)."""
     out = {}
     for name, fn in FIGURES.items():
-        if name in ("request_cdf_corrected", "disruption_timeline") and \
-                not df["metric"].isin(metrics.in_figure(name)).any():
+        if (
+            name in ("request_cdf_corrected", "disruption_timeline")
+            and not df["metric"].isin(metrics.in_figure(name)).any()
+        ):
             continue
         out[name] = fn(df)
     return out
@@ -499,7 +561,7 @@ def to_svg(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
     s = buf.getvalue()
-    return s[s.find("<svg"):]  # drop the XML prolog/doctype for inline use
+    return s[s.find("<svg") :]  # drop the XML prolog/doctype for inline use
 
 
 def save_all(df: pd.DataFrame, outdir: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:

@@ -36,9 +36,15 @@ class ProgressView:
         self.console = console or Console(stderr=True)
         self.run_dir = run_dir
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("eta"), PlanETAColumn(),
-            console=self.console, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("elapsed"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            PlanETAColumn(),
+            console=self.console,
+            transient=False,
         )
         self.task: TaskID | None = None  # set by __enter__
         self.current = ""
@@ -71,8 +77,9 @@ class ProgressView:
             self.progress.advance(self._task())
             style = {"ok": "green", "invalid": "yellow"}.get(ev["status"], "red")
             extra = f" ({ev['error']})" if ev.get("error") else ""
-            self.console.print(f"[{style}]{ev['status']:>7}[/] {ev['point_id']} "
-                               f"in {ev.get('seconds', 0):.1f} s{extra}")
+            self.console.print(
+                f"[{style}]{ev['status']:>7}[/] {ev['point_id']} in {ev.get('seconds', 0):.1f} s{extra}"
+            )
         elif kind == "log":
             self.console.print(f"  {ev['message']}")
         elif kind == "eta":

@@ -43,8 +43,10 @@ def parse(version: str) -> tuple[int, int, int]:
     """'v1.37.2' (or '1.37.2') -> (1, 37, 2); anything else raises UnknownRelease."""
     m = _VERSION.match(str(version).strip())
     if not m:
-        raise UnknownRelease(f"kube-proxy version {version!r} is not a release like {DEFAULT_KUBE_VERSION}: "
-                             f"use one of {known_range()}")
+        raise UnknownRelease(
+            f"kube-proxy version {version!r} is not a release like {DEFAULT_KUBE_VERSION}: "
+            f"use one of {known_range()}"
+        )
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
@@ -71,8 +73,10 @@ def family(mode: str, version: str) -> str:
     major, minor, patch = parse(version)
     newest = VERIFIED_PATCH.get(minor) if major == 1 else None
     if newest is None or patch > newest:
-        raise UnknownRelease(f"kube-proxy {normalize(version)}: the lab knows no {mode} ruleset for this release; "
-                             f"use one of {known_range()}")
+        raise UnknownRelease(
+            f"kube-proxy {normalize(version)}: the lab knows no {mode} ruleset for this release; "
+            f"use one of {known_range()}"
+        )
     found = None
     for first, name in FAMILIES[mode]:
         if minor >= first:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,21 +74,32 @@ def _tags(r: pd.Series | dict) -> str:
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> dict:
-    return {"columns": list(columns), "rows": [[c if isinstance(c, str) else fmt(c) for c in r] for r in rows]}
+    return {
+        "columns": list(columns),
+        "rows": [[c if isinstance(c, str) else fmt(c) for c in r] for r in rows],
+    }
 
 
 def environment_info(metas: Sequence[dict]) -> list[dict]:
     out = []
     for m in metas:
-        out.append({
-            "run_id": m.get("run_id"), "dir": m.get("_dir"), "status": m.get("status", "?"),
-            "started": m.get("started"), "ended": m.get("ended"), "target": m.get("target"),
-            "schema_version": m.get("schema_version"), "harness": results.harness_version(m),
-            "kernels": results.kernel_labels(m), "synthetic": bool(m.get("synthetic")),
-            "tools": {str(k): str(v) for k, v in (m.get("tools") or {}).items()},
-            "machine": {str(k): str(v) for k, v in (m.get("machine") or {}).items()},
-            "scenario": yaml.safe_dump(m.get("scenario") or {}, sort_keys=False).strip(),
-        })
+        out.append(
+            {
+                "run_id": m.get("run_id"),
+                "dir": m.get("_dir"),
+                "status": m.get("status", "?"),
+                "started": m.get("started"),
+                "ended": m.get("ended"),
+                "target": m.get("target"),
+                "schema_version": m.get("schema_version"),
+                "harness": results.harness_version(m),
+                "kernels": results.kernel_labels(m),
+                "synthetic": bool(m.get("synthetic")),
+                "tools": {str(k): str(v) for k, v in (m.get("tools") or {}).items()},
+                "machine": {str(k): str(v) for k, v in (m.get("machine") or {}).items()},
+                "scenario": yaml.safe_dump(m.get("scenario") or {}, sort_keys=False).strip(),
+            }
+        )
     return out
 
 
@@ -133,11 +144,37 @@ def fits_table(df: pd.DataFrame) -> dict:
             thin.append((str(r["kernel"]), str(r["mode"]), str(r["metric"])))
             continue
         growth = findings.growth_words(r) if r["verdict"] == analysis.SUPERLINEAR else r["verdict"]
-        rows.append([r["kernel"], r["mode"], r["metric"], _tags(r), growth,
-                     _q(r["per_1k"], u, sign=True), f"{_q(r['per_1k_lo'], u, sign=True)} to {_q(r['per_1k_hi'], u, sign=True)}",
-                     r["slope"], f"{fmt(r['slope_lo'])} to {fmt(r['slope_hi'])}", int(r["n_obs"]), u])
-    t = _table(["kernel", "mode", "metric", "tags", "growth", "per 1,000 Services", "95% CI",
-                "log-log slope", "95% CI", "obs", "unit"], rows)
+        rows.append(
+            [
+                r["kernel"],
+                r["mode"],
+                r["metric"],
+                _tags(r),
+                growth,
+                _q(r["per_1k"], u, sign=True),
+                f"{_q(r['per_1k_lo'], u, sign=True)} to {_q(r['per_1k_hi'], u, sign=True)}",
+                r["slope"],
+                f"{fmt(r['slope_lo'])} to {fmt(r['slope_hi'])}",
+                int(r["n_obs"]),
+                u,
+            ]
+        )
+    t = _table(
+        [
+            "kernel",
+            "mode",
+            "metric",
+            "tags",
+            "growth",
+            "per 1,000 Services",
+            "95% CI",
+            "log-log slope",
+            "95% CI",
+            "obs",
+            "unit",
+        ],
+        rows,
+    )
     t["not_enough"] = _thin_summary(thin)
     return t
 
@@ -152,11 +189,36 @@ def quantile_tables(df: pd.DataFrame) -> list[dict]:
             continue
         u = metrics.unit(metric)
         pre = _scale(g["p50"], u)
-        rows = [[r["kernel"], r["mode"], int(r["n_services"]), _tags(r), int(r["reps"]), int(r["count"]),
-                 int(r["timed_out"])] + [_q(r[c], u, pre) for c in ("p50", "p90", "p99", "p999", "mean")]
-                for _, r in g.iterrows()]
-        t = _table(["kernel", "mode", "Services", "tags", "reps", "samples", "timed out", "p50", "p90", "p99",
-                    "p999", "mean"], rows)
+        rows = [
+            [
+                r["kernel"],
+                r["mode"],
+                int(r["n_services"]),
+                _tags(r),
+                int(r["reps"]),
+                int(r["count"]),
+                int(r["timed_out"]),
+            ]
+            + [_q(r[c], u, pre) for c in ("p50", "p90", "p99", "p999", "mean")]
+            for _, r in g.iterrows()
+        ]
+        t = _table(
+            [
+                "kernel",
+                "mode",
+                "Services",
+                "tags",
+                "reps",
+                "samples",
+                "timed out",
+                "p50",
+                "p90",
+                "p99",
+                "p999",
+                "mean",
+            ],
+            rows,
+        )
         t["metric"], t["unit"] = metric, u
         out.append(t)
     return out
@@ -173,14 +235,35 @@ def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
             thin.append((str(r["kernel"]), str(r["mode"]), str(r["metric"])))
             continue
         pre = _scale([r["median_a"], r["median_b"]], u)
-        rows.append([r["kernel"], f"{r['mode']} vs {r['baseline']}{_variant(r, df)}", int(r["n_services"]),
-                     r["metric"], _tags(r),
-                     _q(r["median_a"], u, pre), _q(r["median_b"], u, pre),
-                     f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
-                     f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
-                     r["verdict"]])
-    t = _table(["kernel", "comparison", "Services", "metric", "tags", "median (baseline)", "median (mode)",
-                "ratio [95% CI]", "difference [95% CI]", "verdict"], rows)
+        rows.append(
+            [
+                r["kernel"],
+                f"{r['mode']} vs {r['baseline']}{_variant(r, df)}",
+                int(r["n_services"]),
+                r["metric"],
+                _tags(r),
+                _q(r["median_a"], u, pre),
+                _q(r["median_b"], u, pre),
+                f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
+                f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
+                r["verdict"],
+            ]
+        )
+    t = _table(
+        [
+            "kernel",
+            "comparison",
+            "Services",
+            "metric",
+            "tags",
+            "median (baseline)",
+            "median (mode)",
+            "ratio [95% CI]",
+            "difference [95% CI]",
+            "verdict",
+        ],
+        rows,
+    )
     t["not_enough"] = _thin_summary(thin)
     return t
 
@@ -203,12 +286,29 @@ def disruption_table(df: pd.DataFrame) -> dict:
                 tries = int((gp["metric"] == conn).sum())
                 fails = int((gp["metric"] == fail).sum())
                 cells += [tries, f"{100 * fails / tries:.2f}" if tries else "-"]
-            gaps = {ph: g[(g["metric"] == gap) & (g["phase"] == ph)]["value"].max() for ph in ("before", "during")}
+            gaps = {
+                ph: g[(g["metric"] == gap) & (g["phase"] == ph)]["value"].max() for ph in ("before", "during")
+            }
             ratio = fmt(gaps["during"] / gaps["before"]) if gaps["before"] and gaps["before"] > 0 else "-"
-            rows.append([k, mode, int(n), kind, *cells, _q(gaps["before"], "ms"), _q(gaps["during"], "ms"), ratio])
-    return _table(["kernel", "mode", "Services", "sync", "attempts before", "failed % before",
-                   "attempts during", "failed % during", "longest gap before", "longest gap during",
-                   "gap during / before"], rows)
+            rows.append(
+                [k, mode, int(n), kind, *cells, _q(gaps["before"], "ms"), _q(gaps["during"], "ms"), ratio]
+            )
+    return _table(
+        [
+            "kernel",
+            "mode",
+            "Services",
+            "sync",
+            "attempts before",
+            "failed % before",
+            "attempts during",
+            "failed % during",
+            "longest gap before",
+            "longest gap during",
+            "gap during / before",
+        ],
+        rows,
+    )
 
 
 def _variant(r, df: pd.DataFrame) -> str:
@@ -235,13 +335,39 @@ def version_comparison_table(df: pd.DataFrame) -> dict | None:
             thin.append((str(r["kernel"]), f"{r['mode']} {r['kube_proxy_version']}", str(r["metric"])))
             continue
         pre = _scale([r["median_a"], r["median_b"]], u)
-        rows.append([r["kernel"], r["mode"], f"{r['kube_proxy_version']} vs {r['baseline']}", int(r["endpoints"]),
-                     int(r["n_services"]), r["metric"], _tags(r), _q(r["median_a"], u, pre), _q(r["median_b"], u, pre),
-                     f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
-                     f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
-                     r["verdict"]])
-    t = _table(["kernel", "mode", "comparison", "endpoints", "Services", "metric", "tags", "median (baseline)",
-                "median (release)", "ratio [95% CI]", "difference [95% CI]", "verdict"], rows)
+        rows.append(
+            [
+                r["kernel"],
+                r["mode"],
+                f"{r['kube_proxy_version']} vs {r['baseline']}",
+                int(r["endpoints"]),
+                int(r["n_services"]),
+                r["metric"],
+                _tags(r),
+                _q(r["median_a"], u, pre),
+                _q(r["median_b"], u, pre),
+                f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
+                f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
+                r["verdict"],
+            ]
+        )
+    t = _table(
+        [
+            "kernel",
+            "mode",
+            "comparison",
+            "endpoints",
+            "Services",
+            "metric",
+            "tags",
+            "median (baseline)",
+            "median (release)",
+            "ratio [95% CI]",
+            "difference [95% CI]",
+            "verdict",
+        ],
+        rows,
+    )
     t["not_enough"] = _thin_summary(thin)
     return t
 
@@ -251,13 +377,29 @@ def quality_table(df: pd.DataFrame, points: pd.DataFrame) -> tuple[dict, dict]:
     dq = analysis.data_quality(df, points)
     pts = dq[dq["kind"].isin(["failed", "invalid", "pending", "over_budget", "saturated", "unknown"])]
     rest = dq[~dq.index.isin(pts.index) & (dq["kind"] != "single_rep")]
-    p_tab = _table(["kind", "kernel", "mode", "Services", "rep", "detail"],
-                   [[r["kind"], r["kernel"], r["mode"], int(r["n_services"]), int(r["rep"]), r["detail"]]
-                    for _, r in pts.iterrows()])
-    s_tab = _table(["kind", "kernel", "mode", "Services", "rep", "metric", "tags", "detail"],
-                   [[r["kind"], r["kernel"], r["mode"], int(r["n_services"]),
-                     "all" if int(r["rep"]) < 0 else int(r["rep"]), r["metric"], r["tags"], r["detail"]]
-                    for _, r in rest.iterrows()])
+    p_tab = _table(
+        ["kind", "kernel", "mode", "Services", "rep", "detail"],
+        [
+            [r["kind"], r["kernel"], r["mode"], int(r["n_services"]), int(r["rep"]), r["detail"]]
+            for _, r in pts.iterrows()
+        ],
+    )
+    s_tab = _table(
+        ["kind", "kernel", "mode", "Services", "rep", "metric", "tags", "detail"],
+        [
+            [
+                r["kind"],
+                r["kernel"],
+                r["mode"],
+                int(r["n_services"]),
+                "all" if int(r["rep"]) < 0 else int(r["rep"]),
+                r["metric"],
+                r["tags"],
+                r["detail"],
+            ]
+            for _, r in rest.iterrows()
+        ],
+    )
     return p_tab, s_tab
 
 
@@ -271,7 +413,11 @@ def _checks(v: Any) -> dict[str, Any]:
         else:
             return {str(k): x for k, x in v.items() if not isinstance(x, (dict, list))}
     if isinstance(v, list):
-        return {str(c.get("name", i)): c.get("ok", c.get("result")) for i, c in enumerate(v) if isinstance(c, dict)}
+        return {
+            str(c.get("name", i)): c.get("ok", c.get("result"))
+            for i, c in enumerate(v)
+            if isinstance(c, dict)
+        }
     if isinstance(v, bool):
         return {"ok": v}
     return {}
@@ -321,8 +467,15 @@ def render_figures(df: pd.DataFrame, fig_dir: Path) -> list[dict]:
             svg = plots.to_svg(fig)
         (fig_dir / f"{name}.svg").write_text(svg)
         fig.savefig(fig_dir / f"{name}.png", format="png", dpi=100)
-        out.append({"name": name, "title": FIGURE_TITLES.get(name, name), "svg": Markup(svg),
-                    "png": f"{fig_dir.name}/{name}.png", "doc": (plots.FIGURES[name].__doc__ or "").strip()})
+        out.append(
+            {
+                "name": name,
+                "title": FIGURE_TITLES.get(name, name),
+                "svg": Markup(svg),
+                "png": f"{fig_dir.name}/{name}.png",
+                "doc": (plots.FIGURES[name].__doc__ or "").strip(),
+            }
+        )
     return out
 
 
@@ -338,8 +491,10 @@ def check_side_by_side(metas: Sequence[dict]) -> None:
     shapes = {str(m.get("run_id")): scenario_shape(m) for m in metas}
     if len(set(shapes.values())) > 1:
         shown = ", ".join(f"{r}={v or 'none'}" for r, v in shapes.items())
-        raise results.ResultsError(f"cannot lay runs side by side: their scenarios measure different things "
-                                   f"({shown}); report them separately")
+        raise results.ResultsError(
+            f"cannot lay runs side by side: their scenarios measure different things "
+            f"({shown}); report them separately"
+        )
 
 
 def report_context(run_dirs, fig_dir: Path | None) -> dict:
@@ -350,20 +505,24 @@ def report_context(run_dirs, fig_dir: Path | None) -> dict:
     warns = list(rs.warnings)
     for m in metas:
         if m.get("status") != "complete":
-            warns.append(f"run {m.get('run_id')} is {m.get('status', 'of unknown status')}: some points are missing")
+            warns.append(
+                f"run {m.get('run_id')} is {m.get('status', 'of unknown status')}: some points are missing"
+            )
     pts_tab, samples_tab = quality_table(df, rs.points)
     n_points = len(rs.points)
     return {
         "title": "kpbench report: " + ", ".join(str(m.get("run_id")) for m in metas),
-        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "synthetic": any(bool(m.get("synthetic")) for m in metas),
         "runs": environment_info(metas),
         "kernels": sorted(map(str, df["kernel"].unique())),
         "modes": sorted(map(str, df["mode"].unique())),
         "counts": [units.count(n) for n in sorted(int(n) for n in df["n_services"].unique())],
-        "n_samples": len(df), "n_points": n_points,
+        "n_samples": len(df),
+        "n_points": n_points,
         "n_ok": int((rs.points["status"] == "ok").sum()) if n_points else 0,
-        "warnings": warns, "caveats": CAVEATS,
+        "warnings": warns,
+        "caveats": CAVEATS,
         "findings": findings.summary(df, rs.points),
         "rule": analysis.decision_rule(),
         "figures": render_figures(df, fig_dir) if len(df) and fig_dir is not None else [],
@@ -373,14 +532,18 @@ def report_context(run_dirs, fig_dir: Path | None) -> dict:
         "releases": analysis.releases(df),
         "quantiles": quantile_tables(df),
         "disruption": disruption_table(df),
-        "points_quality": pts_tab, "samples_quality": samples_tab,
+        "points_quality": pts_tab,
+        "samples_quality": samples_tab,
         "validation": validation_matrix(metas, rs.points),
         "plans": plan_tables(metas),
     }
 
 
-PROGRAMMED_BY = {"lab": "lab dataplane (kube-proxy's rules, applied by kpbench)",
-                 "local": "real kube-proxy", "cluster": "real kube-proxy (cluster)"}
+PROGRAMMED_BY = {
+    "lab": "lab dataplane (kube-proxy's rules, applied by kpbench)",
+    "local": "real kube-proxy",
+    "cluster": "real kube-proxy (cluster)",
+}
 
 
 def _samples_spent(adaptive: dict | None) -> str:
@@ -406,24 +569,55 @@ def plan_tables(metas: Sequence[dict]) -> list[dict]:
         rows.append(["total", plan.get("projected_total_s"), plan.get("actual_total_s")])
         over = plan.get("over_budget") or []
         who = PROGRAMMED_BY.get(str(m.get("target")), m.get("target"))
-        cells = [[pid, who, r.get("ruleset", ""), r.get("full_sync_projected_s", r.get("projected", {}).get("sync_full")),
-                  (r.get("actual") or {}).get("sync_full"), _samples_spent(r.get("adaptive"))]
-                 for pid, r in (plan.get("points") or {}).items() if r.get("fits", True)]
-        out.append({"run_id": m.get("run_id"), "budget": plan.get("budget_text"),
-                    "phases": _table(["phase", "projected s", "actual s"], rows),
-                    "points": _table(["point", "programmed by", "ruleset", "full sync projected s",
-                                      "full sync actual s", "samples spent/cap (95% CI of the median)"], cells)
-                    if cells else None,
-                    "over_budget": _table(["point", "projected s", "command"],
-                                          [[o["point_id"], o["projected_s"], o["command"]] for o in over])
-                    if over else None})
+        cells = [
+            [
+                pid,
+                who,
+                r.get("ruleset", ""),
+                r.get("full_sync_projected_s", r.get("projected", {}).get("sync_full")),
+                (r.get("actual") or {}).get("sync_full"),
+                _samples_spent(r.get("adaptive")),
+            ]
+            for pid, r in (plan.get("points") or {}).items()
+            if r.get("fits", True)
+        ]
+        out.append(
+            {
+                "run_id": m.get("run_id"),
+                "budget": plan.get("budget_text"),
+                "phases": _table(["phase", "projected s", "actual s"], rows),
+                "points": _table(
+                    [
+                        "point",
+                        "programmed by",
+                        "ruleset",
+                        "full sync projected s",
+                        "full sync actual s",
+                        "samples spent/cap (95% CI of the median)",
+                    ],
+                    cells,
+                )
+                if cells
+                else None,
+                "over_budget": _table(
+                    ["point", "projected s", "command"],
+                    [[o["point_id"], o["projected_s"], o["command"]] for o in over],
+                )
+                if over
+                else None,
+            }
+        )
     return out
 
 
 def _env(autoescape: bool) -> Environment:
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)),
-                      autoescape=select_autoescape(["html"]) if autoescape else False,
-                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=select_autoescape(["html"]) if autoescape else False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["md"] = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
     env.filters["tojson"] = lambda v: json.dumps(v, indent=2, default=str)
     return env
@@ -442,7 +636,9 @@ def publish(run_dirs, out_dir) -> Path:
     df.to_parquet(out / "samples.parquet", index=False)
     df.to_csv(out / "samples.csv", index=False)
     metas = [{k: v for k, v in results.load_metadata(d).items() if not str(k).startswith("_")} for d in dirs]
-    (out / "metadata.json").write_text(json.dumps(metas if len(metas) > 1 else metas[0], indent=2, default=str))
+    (out / "metadata.json").write_text(
+        json.dumps(metas if len(metas) > 1 else metas[0], indent=2, default=str)
+    )
     return index
 
 

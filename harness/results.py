@@ -69,6 +69,7 @@ class ResultsError(UserError):
 # --------------------------------------------------------------------------------------------
 # Locating run folders
 
+
 def is_run_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / METADATA).is_file()
 
@@ -88,7 +89,9 @@ def latest_run(root: str | os.PathLike = "results") -> Path:
     return runs[-1]
 
 
-def default_run(env: str = "KPBENCH_RUN", roots: Sequence[str | os.PathLike] = ("results", "../results")) -> Path:
+def default_run(
+    env: str = "KPBENCH_RUN", roots: Sequence[str | os.PathLike] = ("results", "../results")
+) -> Path:
     """The run named by environment variable `env`, else the newest run under the first
     existing root (the notebook runs from notebooks/, the CLI from the repo root)."""
     named = os.environ.get(env)
@@ -131,6 +134,7 @@ def resolve_runs(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
 # --------------------------------------------------------------------------------------------
 # Metadata
 
+
 def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """metadata.json of a run folder (or the file itself), with ``_dir`` set to the folder."""
     p = Path(path)
@@ -142,7 +146,9 @@ def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         meta = json.loads(f.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ResultsError(f"{f}: unreadable metadata ({e.__class__.__name__}: {e})".splitlines()[0]) from None
+        raise ResultsError(
+            f"{f}: unreadable metadata ({e.__class__.__name__}: {e})".splitlines()[0]
+        ) from None
     if not isinstance(meta, dict):
         raise ResultsError(f"{f}: metadata is not a JSON object")
     meta.setdefault("run_id", f.parent.name)
@@ -183,14 +189,20 @@ def harness_version(meta: Mapping[str, Any]) -> str:
     return str(meta.get("harness_version", h or "?"))
 
 
-def check_comparable(metas: Sequence[Mapping[str, Any]], keys: Sequence[str] = MUST_MATCH, *,
-                     warn_keys: Sequence[str] = SHOULD_MATCH, what: str = "combine") -> list[str]:
+def check_comparable(
+    metas: Sequence[Mapping[str, Any]],
+    keys: Sequence[str] = MUST_MATCH,
+    *,
+    warn_keys: Sequence[str] = SHOULD_MATCH,
+    what: str = "combine",
+) -> list[str]:
     """Refuse runs whose must-match metadata differs.
 
     Raises ResultsError with one line naming the key and the differing values, e.g.
     ``cannot combine runs: 'target' differs (A=lab, B=cluster)``. Returns warnings (one line
     each) for `warn_keys` that differ. One run is always comparable with itself.
     """
+
     def label(m: Mapping[str, Any]) -> str:
         return str(m.get("run_id") or m.get("_dir") or "?")
 
@@ -211,13 +223,15 @@ def check_one_kernel(df: pd.DataFrame, what: str = "compare modes") -> str:
     """The single kernel of `df`; ResultsError if it spans several (facet by kernel instead)."""
     ks = sorted(map(str, df["kernel"].dropna().unique()))
     if len(ks) != 1:
-        raise ResultsError(f"cannot {what} across kernels: 'kernel' differs ({', '.join(ks) or 'none'}); "
-                           "facet by kernel")
+        raise ResultsError(
+            f"cannot {what} across kernels: 'kernel' differs ({', '.join(ks) or 'none'}); facet by kernel"
+        )
     return ks[0]
 
 
 # --------------------------------------------------------------------------------------------
 # Point files and samples.parquet
+
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
@@ -317,7 +331,9 @@ def write_samples(run_dir: str | os.PathLike, rows_iter: Iterable[Mapping[str, A
         fresh = merged[merged["_merge"] == "left_only"][list(COLUMNS)]
         if fresh.empty:
             return 0
-        table = pa.concat_tables([old, pa.Table.from_pandas(fresh, schema=_ARROW_SCHEMA, preserve_index=False)])
+        table = pa.concat_tables(
+            [old, pa.Table.from_pandas(fresh, schema=_ARROW_SCHEMA, preserve_index=False)]
+        )
         added = len(fresh)
     else:
         table, added = new, new.num_rows
@@ -351,6 +367,7 @@ def merge_points(run_dir: str | os.PathLike) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # Loading
+
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
     for c in CATEGORICAL:
@@ -395,8 +412,9 @@ def run_release(meta: Mapping[str, Any]) -> str:
     return str(v)
 
 
-def load(spec: str | os.PathLike | Iterable[str | os.PathLike], *,
-         keys: Sequence[str] = MUST_MATCH) -> pd.DataFrame:
+def load(
+    spec: str | os.PathLike | Iterable[str | os.PathLike], *, keys: Sequence[str] = MUST_MATCH
+) -> pd.DataFrame:
     """Samples of one or many runs (a folder, a glob, or a list) as one tidy DataFrame.
 
     String columns (mode, kernel, metric, tags ...) are categoricals. Refuses (ResultsError)
@@ -428,17 +446,38 @@ def load_points(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> pd.Dat
         for pid, p in by_id.items():
             flags = p.get("flags") or {}
             sat = flags.get("saturated") if isinstance(flags, Mapping) else None
-            rows.append({
-                "run_id": str(meta.get("run_id")), "point_id": pid, "kernel": str(p.get("kernel", "")),
-                "mode": str(p.get("mode", "")), RELEASE: str(p.get(RELEASE) or run_release(meta)),
-                "n_services": int(p.get("n_services") or 0),
-                "rep": int(p.get("rep") or 0), "status": str(p.get("status", "unknown")),
-                "error": str(p.get("error") or ""), "saturated": bool(sat),
-                "saturated_detail": json.dumps(sat, sort_keys=True, default=str) if sat else "",
-                "flags": flags, "validation": p.get("validation"),
-            })
-    cols = ["run_id", "point_id", "kernel", "mode", RELEASE, "n_services", "rep", "status", "error",
-            "saturated", "saturated_detail", "flags", "validation"]
+            rows.append(
+                {
+                    "run_id": str(meta.get("run_id")),
+                    "point_id": pid,
+                    "kernel": str(p.get("kernel", "")),
+                    "mode": str(p.get("mode", "")),
+                    RELEASE: str(p.get(RELEASE) or run_release(meta)),
+                    "n_services": int(p.get("n_services") or 0),
+                    "rep": int(p.get("rep") or 0),
+                    "status": str(p.get("status", "unknown")),
+                    "error": str(p.get("error") or ""),
+                    "saturated": bool(sat),
+                    "saturated_detail": json.dumps(sat, sort_keys=True, default=str) if sat else "",
+                    "flags": flags,
+                    "validation": p.get("validation"),
+                }
+            )
+    cols = [
+        "run_id",
+        "point_id",
+        "kernel",
+        "mode",
+        RELEASE,
+        "n_services",
+        "rep",
+        "status",
+        "error",
+        "saturated",
+        "saturated_detail",
+        "flags",
+        "validation",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -453,8 +492,9 @@ class RunSet:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_runs(spec: str | os.PathLike | Iterable[str | os.PathLike], *,
-              keys: Sequence[str] = MUST_MATCH) -> RunSet:
+def load_runs(
+    spec: str | os.PathLike | Iterable[str | os.PathLike], *, keys: Sequence[str] = MUST_MATCH
+) -> RunSet:
     dirs = resolve_runs(spec)
     metas = [load_metadata(d) for d in dirs]
     warns = check_comparable(metas, keys)

@@ -12,15 +12,15 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from harness import metadata as md
-from harness import plan as plan_mod
+from harness import metadata as md, plan as plan_mod
 from harness.scenario import Scenario, ScenarioError, load_scenario
 
 RESULTS_DIR = md.REPO / "results"
@@ -41,11 +41,14 @@ class Point:
     endpoints: int | None = None  # endpoints per Service (None: the scenario's single count)
 
 
-def point_id(kernel: str, mode: str, n: int, rep: int, release: str | None = None,
-             endpoints: int | None = None) -> str:
+def point_id(
+    kernel: str, mode: str, n: int, rep: int, release: str | None = None, endpoints: int | None = None
+) -> str:
     """'host-nftables-1000-r1'; a sweep over releases or endpoint counts adds them:
     'host-nftables-v1.34.12-e2-1000-r1' (single-release ids stay as older runs wrote them)."""
-    parts = [kernel, mode] + ([release] if release else []) + ([f"e{endpoints}"] if endpoints is not None else [])
+    parts = (
+        [kernel, mode] + ([release] if release else []) + ([f"e{endpoints}"] if endpoints is not None else [])
+    )
     return "-".join(parts + [str(n), f"r{rep}"])
 
 
@@ -67,15 +70,16 @@ def plan_points(scenario: Scenario, kernel_plan: dict[str, list[str]]) -> list[P
             shift = (rep - 1) % len(combos)
             for mode, rel, e in combos[shift:] + combos[:shift]:
                 for kernel in kernel_plan[mode]:
-                    pid = point_id(kernel, mode, n, rep, rel if len(releases) > 1 else None,
-                                   e if len(eps) > 1 else None)
+                    pid = point_id(
+                        kernel, mode, n, rep, rel if len(releases) > 1 else None, e if len(eps) > 1 else None
+                    )
                     points.append(Point(pid, kernel, mode, n, rep, len(points), rel, e))
     return points
 
 
 def new_run_dir(base: Path | None = None) -> Path:
     base = Path(base) if base else RESULTS_DIR
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     d = base / f"{stamp}-{secrets.token_hex(3)}"
     (d / "points").mkdir(parents=True)
     return d
@@ -107,7 +111,7 @@ class Run:
         log.setLevel(logging.INFO)
 
     @classmethod
-    def create(cls, scenario: Scenario, out: Path | None = None) -> "Run":
+    def create(cls, scenario: Scenario, out: Path | None = None) -> Run:
         run_dir = new_run_dir(out)
         resolved = scenario.resolved()
         (run_dir / "scenario.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -117,7 +121,7 @@ class Run:
         return run
 
     @classmethod
-    def resume(cls, run_dir: Path) -> "Run":
+    def resume(cls, run_dir: Path) -> Run:
         run_dir = Path(run_dir)
         if not (run_dir / "metadata.json").exists() or not (run_dir / "scenario.yaml").exists():
             raise ScenarioError(f"{run_dir}: not a kpbench run folder (no metadata.json / scenario.yaml)")
@@ -137,8 +141,13 @@ class Run:
         for p in planned:
             st = done.get(p.point_id)
             pending = "over_budget" if p.point_id in self.over_budget else "pending"
-            rows.append({**asdict(p), "status": st["status"] if st else pending,
-                         **({k: v for k, v in st.items() if k not in asdict(p) and k != "status"} if st else {})})
+            rows.append(
+                {
+                    **asdict(p),
+                    "status": st["status"] if st else pending,
+                    **({k: v for k, v in st.items() if k not in asdict(p) and k != "status"} if st else {}),
+                }
+            )
         self.meta["points"] = rows
         self.save()
         return done
@@ -166,8 +175,13 @@ class BudgetExceeded(Exception):
     its worker (as for Ctrl-C) and the runner marks the points left `over_budget`."""
 
 
-def prepare_plan(scenario: Scenario, target, budget_text: str | None, run: "Run | None" = None,
-                 budget_flag: str = "--budget") -> plan_mod.Plan:
+def prepare_plan(
+    scenario: Scenario,
+    target,
+    budget_text: str | float | None,
+    run: Run | None = None,
+    budget_flag: str = "--budget",
+) -> plan_mod.Plan:
     """The plan of the points still to measure, fitted into the budget (BudgetError: exit 2,
     nothing started). Call after target.preflight and before anything is created."""
     kernel_plan = target.plan(scenario)
@@ -177,8 +191,13 @@ def prepare_plan(scenario: Scenario, target, budget_text: str | None, run: "Run 
     return plan_mod.build_plan(scenario, target.name, kernel_plan, todo, budget_text, budget_flag=budget_flag)
 
 
-def _record_plan(run: Run, plan: plan_mod.Plan, points_status: dict[str, dict], wall_s: float | None,
-                 earlier: dict | None = None) -> None:
+def _record_plan(
+    run: Run,
+    plan: plan_mod.Plan,
+    points_status: dict[str, dict],
+    wall_s: float | None,
+    earlier: dict | None = None,
+) -> None:
     """metadata["plan"]: the budget, what was projected and what was measured, per point and phase."""
     from harness import costmodel as cm
 
@@ -202,20 +221,26 @@ def _record_plan(run: Run, plan: plan_mod.Plan, points_status: dict[str, dict], 
     tot_p["setup"] = sum(pp.projected["setup"] for pp in plan.included)
     if wall_s is not None:
         tot_a["setup"] = max(0.0, wall_s - measured_s)
-    meta["phases"] = [{"phase": ph, "projected_s": round(tot_p[ph], 1), "actual_s": round(tot_a[ph], 1)}
-                      for ph in cm.PHASES]
+    meta["phases"] = [
+        {"phase": ph, "projected_s": round(tot_p[ph], 1), "actual_s": round(tot_a[ph], 1)} for ph in cm.PHASES
+    ]
     meta["actual_total_s"] = round(wall_s, 1) if wall_s is not None else None
     meta["budget_text"] = plan_mod.fmt_duration(plan.budget_s)
     if earlier:  # the invocations before a --resume: their totals, and their points' rows
-        meta["earlier"] = [*earlier.get("earlier", []), {k: earlier.get(k) for k in (
-            "budget_s", "projected_total_s", "actual_total_s", "phases")}]
-        meta["points"] = {**{k: v for k, v in earlier.get("points", {}).items() if "actual" in v},
-                          **meta["points"]}
+        meta["earlier"] = [
+            *earlier.get("earlier", []),
+            {k: earlier.get(k) for k in ("budget_s", "projected_total_s", "actual_total_s", "phases")},
+        ]
+        meta["points"] = {
+            **{k: v for k, v in earlier.get("points", {}).items() if "actual" in v},
+            **meta["points"],
+        }
     run.meta["plan"] = meta
 
 
-def _use_what_remains(run: Run, plan: plan_mod.Plan, planned: list[Point], elapsed: float,
-                      on_event: EventSink | None) -> list[Point]:
+def _use_what_remains(
+    run: Run, plan: plan_mod.Plan, planned: list[Point], elapsed: float, on_event: EventSink | None
+) -> list[Point]:
     """After the planned points, the points left out that now fit what remains of the budget (the
     run went faster than projected), by the projection refined with what was measured."""
     if plan.budget_s is None or not run.over_budget:
@@ -226,8 +251,10 @@ def _use_what_remains(run: Run, plan: plan_mod.Plan, planned: list[Point], elaps
     fit = plan.refit(candidates, left) if candidates and left > 0 else []
     if fit:
         run.over_budget -= {p.point_id for p in fit}
-        msg = (f"{plan_mod.fmt_duration(left)} of the budget left: measuring {len(fit)} more point(s): "
-               + ", ".join(p.point_id for p in fit))
+        msg = (
+            f"{plan_mod.fmt_duration(left)} of the budget left: measuring {len(fit)} more point(s): "
+            + ", ".join(p.point_id for p in fit)
+        )
         log.info("%s", msg)
         run.refresh_points(planned)
         if on_event:
@@ -236,8 +263,14 @@ def _use_what_remains(run: Run, plan: plan_mod.Plan, planned: list[Point], elaps
     return fit
 
 
-def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.Plan | None = None,
-            clock: Callable[[], float] = time.monotonic, merge: Callable[[Path], Any] | None = None) -> str:
+def execute(
+    run: Run,
+    target,
+    on_event: EventSink | None = None,
+    plan: plan_mod.Plan | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    merge: Callable[[Path], Any] | None = None,
+) -> str:
     """Measure every pending point of `run` on `target` that fits the plan's budget; returns the
     final run status ("complete", "incomplete", or "over_budget": every point not measured was
     left out for the budget).
@@ -259,8 +292,13 @@ def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.
     discard_partial(run.dir, done)
     fitting = {pp.point.point_id for pp in plan.included}
     todo = [p for p in planned if p.point_id not in done and p.point_id in fitting]
-    log.info("run %s: %d points planned, %d to do, %d over budget", run.dir.name, len(planned), len(todo),
-             len(run.over_budget))
+    log.info(
+        "run %s: %d points planned, %d to do, %d over budget",
+        run.dir.name,
+        len(planned),
+        len(todo),
+        len(run.over_budget),
+    )
     earlier = run.meta.get("plan")  # from the invocation this one resumes
     _record_plan(run, plan, {}, None, earlier)
     run.save()
@@ -295,8 +333,10 @@ def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.
             if on_event:
                 on_event({"event": "eta", "remaining_s": plan.remaining(finished)})
             if plan.budget_s is not None and left and elapsed >= plan.budget_s:
-                raise BudgetExceeded(f"budget {plan_mod.fmt_duration(plan.budget_s)} spent after "
-                                     f"{plan_mod.fmt_duration(elapsed)}: {len(left)} point(s) left unmeasured")
+                raise BudgetExceeded(
+                    f"budget {plan_mod.fmt_duration(plan.budget_s)} spent after "
+                    f"{plan_mod.fmt_duration(elapsed)}: {len(left)} point(s) left unmeasured"
+                )
 
     try:
         while todo:
@@ -323,16 +363,20 @@ def execute(run: Run, target, on_event: EventSink | None = None, plan: plan_mod.
         try:
             if merge is not None:
                 merge(run.dir)
-        except Exception as e:  # keep the point files; the merge can be redone by `kpbench report`
+        except Exception as e:  # noqa: BLE001 - logged; the point files stay and `kpbench report` redoes the merge
             log.error("merging samples failed: %s", e)
         wall = clock() - t0
         _record_plan(run, plan, done, wall, earlier)
         order = [p.point_id for p in planned]
         run.meta["plan"]["over_budget"] = [
-            {"point_id": pp.point.point_id, "projected_s": round(pp.total, 1),
-             "command": plan.measure_command(pp, run.dir)}
+            {
+                "point_id": pp.point.point_id,
+                "projected_s": round(pp.total, 1),
+                "command": plan.measure_command(pp, run.dir),
+            }
             for pp in sorted(plan.points, key=lambda pp: order.index(pp.point.point_id))
-            if pp.point.point_id in run.over_budget and pp.point.point_id not in done]
+            if pp.point.point_id in run.over_budget and pp.point.point_id not in done
+        ]
         run.meta["wall_s"] = round(run.meta.get("wall_s", 0) + wall, 1)
         run.close("complete" if status == "complete" else "incomplete")
     return status

@@ -63,8 +63,16 @@ class PointContext:
     # the point's kube-proxy release ("": the run's single release, read from its metadata)
     kube_proxy_version: str = ""
 
-    def row(self, metric: str, value: float, unit: str | None = None, *, seq: int = 0,
-            timed_out: bool = False, **tags: Any) -> dict[str, Any]:
+    def row(
+        self,
+        metric: str,
+        value: float,
+        unit: str | None = None,
+        *,
+        seq: int = 0,
+        timed_out: bool = False,
+        **tags: Any,
+    ) -> dict[str, Any]:
         """One sample row. The unit is the metric's registered one (harness.metrics); an
         unregistered metric or a `unit` that disagrees with the registry raises ValueError."""
         unit = metrics.check(metric, unit)
@@ -72,11 +80,20 @@ class PointContext:
         if unknown:
             raise ValueError(f"unknown sample tags: {sorted(unknown)}")
         r = {
-            "run_id": self.run_id, "point_id": self.point_id, "target": self.target,
-            "kernel": self.kernel, "mode": self.mode, "kube_proxy_version": self.kube_proxy_version,
+            "run_id": self.run_id,
+            "point_id": self.point_id,
+            "target": self.target,
+            "kernel": self.kernel,
+            "mode": self.mode,
+            "kube_proxy_version": self.kube_proxy_version,
             "iptables_backend": self.iptables_backend,
-            "n_services": self.n_services, "endpoints": self.endpoints, "rep": self.rep,
-            "metric": metric, "value": float(value), "unit": unit, "seq": int(seq),
+            "n_services": self.n_services,
+            "endpoints": self.endpoints,
+            "rep": self.rep,
+            "metric": metric,
+            "value": float(value),
+            "unit": unit,
+            "seq": int(seq),
             "timed_out": bool(timed_out),
         }
         for t in TAGS:

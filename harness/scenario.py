@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -52,6 +53,7 @@ class ServicesSpec(_Strict):
     def expand(self) -> list[int]:
         if self.counts is not None:
             return sorted(set(self.counts))
+        assert self.max is not None  # _one_of: max is given when counts is not
         return log_sweep(self.min, self.max)
 
 
@@ -88,8 +90,11 @@ class ConnectSpec(_Strict):
     edge_samples: int = Field(default=300, ge=0)
     direct_samples: int = Field(default=500, ge=0)
     timeout_ms: float = Field(default=1000, gt=0)
-    adaptive: bool = Field(default=True, description="the sample counts are caps: stop once each kind's median "
-                           "95% CI is within +-5% (never below the report's floor)")
+    adaptive: bool = Field(
+        default=True,
+        description="the sample counts are caps: stop once each kind's median "
+        "95% CI is within +-5% (never below the report's floor)",
+    )
 
 
 class SyncSpec(_Strict):
@@ -97,8 +102,11 @@ class SyncSpec(_Strict):
     kinds: list[Literal["add", "update", "delete"]] = ["add", "update", "delete"]
     poll_interval_ms: float = Field(default=1.0, gt=0, le=1.0)
     timeout_s: float = Field(default=30, gt=0)
-    adaptive: bool = Field(default=True, description="samples is a cap per kind: stop once the 95% CI of "
-                           "each kind's median is within +-5% (never below the report's floor)")
+    adaptive: bool = Field(
+        default=True,
+        description="samples is a cap per kind: stop once the 95% CI of "
+        "each kind's median is within +-5% (never below the report's floor)",
+    )
 
 
 class LoadSpec(_Strict):
@@ -120,7 +128,13 @@ class DisruptionSpec(_Strict):
     timeout_ms: float = Field(default=1000, gt=0)
     targets: int = Field(default=16, ge=1, description="Services probed (programmed before and after)")
     # cold last: its refused attempts leave conntrack entries that a reused source port can hit
-    kinds: list[Literal["full", "cold", "add", "update", "delete"]] = ["full", "add", "update", "delete", "cold"]
+    kinds: list[Literal["full", "cold", "add", "update", "delete"]] = [
+        "full",
+        "add",
+        "update",
+        "delete",
+        "cold",
+    ]
     baseline: bool = Field(default=True, description="warm full sync also timed without the prober")
 
 
@@ -182,7 +196,9 @@ class LocalSpec(_Strict):
     # Unset: default_apiserver_args(kube_proxy_version) (v1.37 cannot take these flags).
     apiserver_args: list[str] = FLAT_ALLOCATOR_ARGS
     ready_timeout_s: float = Field(default=120, gt=0, description="apiserver /readyz and kube-proxy start")
-    sync_timeout_s: float = Field(default=600, gt=0, description="kube-proxy start -> all Services programmed")
+    sync_timeout_s: float = Field(
+        default=600, gt=0, description="kube-proxy start -> all Services programmed"
+    )
     # kube-proxy's nodePortAddresses; "primary" = the node's own address, as the lab programs
     # NodePorts ([] leaves it unset: every local IP, localhost included, and KUBE-FIREWALL)
     node_port_addresses: list[str] = ["primary"]
@@ -207,7 +223,9 @@ class Scenario(_Strict):
     kernel: Literal["auto", "host", "uml"] = "auto"
     iptables_backend: Literal["legacy", "nft"] = "legacy"
     seed: int = 1
-    budget: str | float = Field(default="none", description="time budget of `kpbench run`: 30m, 1h30m, 900s or none")
+    budget: str | float = Field(
+        default="none", description="time budget of `kpbench run`: 30m, 1h30m, 900s or none"
+    )
     validate_first: bool = Field(default=True, alias="validate")
     lab: LabSpec = LabSpec()
     ipvs: IPVSSpec = IPVSSpec()
@@ -236,36 +254,52 @@ class Scenario(_Strict):
         listed = split_list(self.kube_proxy_version)
         if len(listed) > 1:  # --set kube_proxy_version=v1.34.12,v1.37.2
             if self.versions and sorted_releases(self.versions) != sorted_releases(listed):
-                raise ValueError(f"kube_proxy_version {self.kube_proxy_version} and versions {self.versions} "
-                                 "differ: set one of them")
+                raise ValueError(
+                    f"kube_proxy_version {self.kube_proxy_version} and versions {self.versions} "
+                    "differ: set one of them"
+                )
             self.versions = listed
         if self.versions:
             sweep = sorted_releases(self.versions)
             if not sweep:
                 raise ValueError("versions must not be empty")
-            if "kube_proxy_version" in self.model_fields_set and len(listed) == 1 \
-                    and versions.normalize(listed[0]) != sweep[-1]:
-                raise ValueError(f"kube_proxy_version {listed[0]} is not the newest of versions {', '.join(sweep)}: "
-                                 "set versions only")
+            if (
+                "kube_proxy_version" in self.model_fields_set
+                and len(listed) == 1
+                and versions.normalize(listed[0]) != sweep[-1]
+            ):
+                raise ValueError(
+                    f"kube_proxy_version {listed[0]} is not the newest of versions {', '.join(sweep)}: "
+                    "set versions only"
+                )
             if old is not None and versions.normalize(old) != sweep[-1]:
-                raise ValueError(f"local.kube_version {old} is not the newest of versions {', '.join(sweep)}: "
-                                 "set versions only")
+                raise ValueError(
+                    f"local.kube_version {old} is not the newest of versions {', '.join(sweep)}: "
+                    "set versions only"
+                )
             self.versions = sweep
             self.kube_proxy_version = sweep[-1]
             old = None
         if old is not None:
             old = versions.normalize(old)
-            if "kube_proxy_version" in self.model_fields_set and versions.normalize(self.kube_proxy_version) != old:
-                raise ValueError(f"kube_proxy_version {self.kube_proxy_version} and local.kube_version {old} "
-                                 "differ: set kube_proxy_version only")
+            if (
+                "kube_proxy_version" in self.model_fields_set
+                and versions.normalize(self.kube_proxy_version) != old
+            ):
+                raise ValueError(
+                    f"kube_proxy_version {self.kube_proxy_version} and local.kube_version {old} "
+                    "differ: set kube_proxy_version only"
+                )
             self.kube_proxy_version = old
         self.kube_proxy_version = versions.normalize(self.kube_proxy_version)
         for release in self.releases():  # one line naming the release and the known ones, never a fallback
             for mode in self.modes:
                 versions.family(mode, release)
         if self.target == "cluster" and len(self.releases()) > 1:
-            raise ValueError("the cluster target measures the kube-proxy the cluster runs: a version sweep "
-                             "needs --target lab or local")
+            raise ValueError(
+                "the cluster target measures the kube-proxy the cluster runs: a version sweep "
+                "needs --target lab or local"
+            )
         self.local.kube_version = self.kube_proxy_version
         if "apiserver_args" not in self.local.model_fields_set:
             self.local.apiserver_args = default_apiserver_args(self.kube_proxy_version)
@@ -380,8 +414,12 @@ def apply_overrides(data: dict, overrides: list[tuple[list[str], Any]]) -> dict:
     return data
 
 
-def load_scenario(name_or_path: str | None = None, overrides: list[tuple[list[str], Any]] = (),
-                  source: str | None = None, data: dict | None = None) -> Scenario:
+def load_scenario(
+    name_or_path: str | None = None,
+    overrides: Sequence[tuple[list[str], Any]] = (),
+    source: str | None = None,
+    data: dict | None = None,
+) -> Scenario:
     """Read, override and validate a scenario; errors name the file and the field."""
     if data is None:
         path = find_scenario(name_or_path)

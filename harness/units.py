@@ -43,7 +43,9 @@ def time_prefix(value_us: float) -> tuple[str, float]:
     return _TIME_STEPS[-1]
 
 
-def quantity(value: float, unit: str, digits: int = 3, *, sign: bool = False, prefix: str | None = None) -> str:
+def quantity(
+    value: float, unit: str, digits: int = 3, *, sign: bool = False, prefix: str | None = None
+) -> str:
     """`value` (in `unit`, a harness.metrics unit) as text with its unit; time values get the SI
     prefix that keeps them readable (or `prefix`, e.g. "us", to put several values on one scale);
     '' for NaN/None."""

@@ -59,11 +59,20 @@ DEFAULT_TIMEOUT_S = 1.5
 
 # keys of the validation Services
 SAME, CROSS, HAIRPIN, NODEPORT, EXTERNAL, AFFINITY, SPREAD, NOEP = (
-    "same-node", "cross-node", "hairpin", "nodeport", "external-ip", "affinity", "no-affinity", "no-endpoints")
+    "same-node",
+    "cross-node",
+    "hairpin",
+    "nodeport",
+    "external-ip",
+    "affinity",
+    "no-affinity",
+    "no-endpoints",
+)
 SERVICE_KEYS = (SAME, CROSS, HAIRPIN, NODEPORT, EXTERNAL, AFFINITY, SPREAD, NOEP)
 
 
 # ---------------------------------------------------------------- the validation Services
+
 
 def _base_index(model: Model) -> int:
     size = model._ips.size if model._ips is not None else VALIDATION_INDEX + 64
@@ -102,9 +111,14 @@ def validation_services(model: Model, client_ip: str | None = None) -> dict[str,
         s = model.service(base + k)
         tp = endpoints[0].port if endpoints else model.spec.target_port
         sp = ServicePort(name="http", port=port, target_port=tp, node_port=kw.pop("node_port", None))
-        return replace(s, name=f"kpbv-{key}", ports=(sp,), endpoints=tuple(endpoints),
-                       affinity_timeout=kw.pop("affinity_timeout", None),
-                       external_ips=tuple(kw.pop("external_ips", ())))
+        return replace(
+            s,
+            name=f"kpbv-{key}",
+            ports=(sp,),
+            endpoints=tuple(endpoints),
+            affinity_timeout=kw.pop("affinity_timeout", None),
+            external_ips=tuple(kw.pop("external_ips", ())),
+        )
 
     on_a, on_b = _pod_endpoints(model, a), _pod_endpoints(model, b)
     four = _distinct_endpoints(model, 4)
@@ -121,6 +135,7 @@ def validation_services(model: Model, client_ip: str | None = None) -> dict[str,
 
 
 # ---------------------------------------------------------------- tiny HTTP servers
+
 
 class TinyHTTPServer:
     """Answers GET with "<name> <server_addr>:<port>" (like the nginx backends), in a thread.
@@ -180,8 +195,12 @@ class TinyHTTPServer:
                 buf += chunk
             addr, port = conn.getsockname()[:2]
             body = f"{self.name} {addr}:{port}\n".encode()
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
             self.served += 1
         except OSError:
             pass
@@ -197,6 +216,7 @@ class TinyHTTPServer:
 
 
 # ---------------------------------------------------------------- requests
+
 
 def _http_get_here(ip: str, port: int, timeout: float) -> dict:
     from harness.measure.agent import http_get
@@ -238,6 +258,7 @@ def _backend_name(line: str) -> str:
 
 
 # ---------------------------------------------------------------- the matrix
+
 
 @dataclass(frozen=True)
 class CellSpec:
@@ -300,9 +321,18 @@ def matrix(lab: Any, model: Model, services: Mapping[str, Service]) -> list[Cell
 
 
 def _cell(spec: CellSpec, **kw: Any) -> dict[str, Any]:
-    c = {"path": spec.path, "from": spec.src, "to": f"{spec.ip}:{spec.port}",
-         "expected_backend": "|".join(spec.expected), "observed_backend": None, "latency_ms": None,
-         "passed": False, "note": "", "service": spec.service, "group": spec.group}
+    c = {
+        "path": spec.path,
+        "from": spec.src,
+        "to": f"{spec.ip}:{spec.port}",
+        "expected_backend": "|".join(spec.expected),
+        "observed_backend": None,
+        "latency_ms": None,
+        "passed": False,
+        "note": "",
+        "service": spec.service,
+        "group": spec.group,
+    }
     c.update(kw)
     return c
 
@@ -317,20 +347,30 @@ def check_cell(req: Requester, spec: CellSpec) -> dict[str, Any]:
     if r.get("status") != 200:
         return _cell(spec, observed_backend=line or None, latency_ms=ms, note=f"HTTP {r.get('status')}")
     ok = name in spec.expected
-    return _cell(spec, observed_backend=line, latency_ms=ms, passed=ok,
-                 note="" if ok else f"answered by {name!r}, expected {'|'.join(spec.expected)}")
+    return _cell(
+        spec,
+        observed_backend=line,
+        latency_ms=ms,
+        passed=ok,
+        note="" if ok else f"answered by {name!r}, expected {'|'.join(spec.expected)}",
+    )
 
 
-def check_affinity(req: Requester, lab: Any, services: Mapping[str, Service], key: str,
-                   n: int = AFFINITY_REQUESTS) -> dict[str, Any]:
+def check_affinity(
+    req: Requester, lab: Any, services: Mapping[str, Service], key: str, n: int = AFFINITY_REQUESTS
+) -> dict[str, Any]:
     """50 requests from the client: affinity -> one backend; no affinity -> all 4 backends."""
     svc = services[key]
     want = {f"{e.ip}:{e.port}" for e in svc.endpoints}
     sticky = svc.affinity_timeout is not None
-    path = (f"affinity ClientIP: {n} req -> 1 of {len(want)}" if sticky
-            else f"no affinity: {n} req -> all {len(want)}")
-    spec = CellSpec(path, "pod client", lab.client_ns, svc.cluster_ip, svc.ports[0].port,
-                    tuple(sorted(want)), key, 5)
+    path = (
+        f"affinity ClientIP: {n} req -> 1 of {len(want)}"
+        if sticky
+        else f"no affinity: {n} req -> all {len(want)}"
+    )
+    spec = CellSpec(
+        path, "pod client", lab.client_ns, svc.cluster_ip, svc.ports[0].port, tuple(sorted(want)), key, 5
+    )
     seen: Counter[str] = Counter()
     lat: list[float] = []
     errors: Counter[str] = Counter()
@@ -386,8 +426,12 @@ def check_no_endpoints(req: Requester, mode: str, spec: CellSpec) -> tuple[dict[
     allowed = mode_spec(mode).no_endpoints  # what kube-proxy does in that mode (cell 6)
     if r.get("ok"):
         line = _first_line(r.get("body", ""))
-        return _cell(spec, observed_backend=line, latency_ms=ms,
-                     note=f"answered (HTTP {r.get('status')}) although the Service has no endpoints"), "answered"
+        return _cell(
+            spec,
+            observed_backend=line,
+            latency_ms=ms,
+            note=f"answered (HTTP {r.get('status')}) although the Service has no endpoints",
+        ), "answered"
     kind = _no_answer_kind(str(r.get("error")))
     ok = kind in allowed
     note = f"{kind} ({r.get('error')})"
@@ -398,8 +442,16 @@ def check_no_endpoints(req: Requester, mode: str, spec: CellSpec) -> tuple[dict[
 
 # ---------------------------------------------------------------- entry point
 
-def validate_mode(lab: Any, agent: Any, dataplanes: Mapping[str, Any], model: Model, settings: Any = None,
-                  *, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+
+def validate_mode(
+    lab: Any,
+    agent: Any,
+    dataplanes: Mapping[str, Any],
+    model: Model,
+    settings: Any = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> dict[str, Any]:
     """Program the validation Services on every node and run the matrix; see the module docstring.
 
     Returns {"mode", "passed", "failed_cells", "cells", "no_endpoints_behaviour", "kernel",
@@ -410,30 +462,57 @@ def validate_mode(lab: Any, agent: Any, dataplanes: Mapping[str, Any], model: Mo
     services = validation_services(model, lab.client_ip)
     svc_list = list(services.values())
     result: dict[str, Any] = {
-        "mode": mode, "kernel": platform.release(), "passed": False, "failed_cells": [], "cells": [],
+        "mode": mode,
+        "kernel": platform.release(),
+        "passed": False,
+        "failed_cells": [],
+        "cells": [],
         "no_endpoints_behaviour": None,
-        "services": {k: {"name": s.name, "cluster_ip": s.cluster_ip, "port": s.ports[0].port,
-                         "node_port": s.ports[0].node_port, "external_ips": list(s.external_ips),
-                         "affinity_timeout": s.affinity_timeout,
-                         "endpoints": [e.addr for e in s.endpoints]} for k, s in services.items()},
+        "services": {
+            k: {
+                "name": s.name,
+                "cluster_ip": s.cluster_ip,
+                "port": s.ports[0].port,
+                "node_port": s.ports[0].node_port,
+                "external_ips": list(s.external_ips),
+                "affinity_timeout": s.affinity_timeout,
+                "endpoints": [e.addr for e in s.endpoints],
+            }
+            for k, s in services.items()
+        },
     }
     try:
         for dp in dataplanes.values():
             dp.full_sync(svc_list)
     except Exception as e:  # noqa: BLE001 - recorded as the validation's error and failed cell
         err = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-        result.update(error=f"programming the validation Services failed: {err}",
-                      failed_cells=["program validation Services"],
-                      cells=[{"path": "program validation Services", "from": "", "to": "",
-                              "expected_backend": None, "observed_backend": None, "latency_ms": None,
-                              "passed": False, "note": err, "service": None, "group": 0}],
-                      seconds=round(time.monotonic() - t0, 2))
+        result.update(
+            error=f"programming the validation Services failed: {err}",
+            failed_cells=["program validation Services"],
+            cells=[
+                {
+                    "path": "program validation Services",
+                    "from": "",
+                    "to": "",
+                    "expected_backend": None,
+                    "observed_backend": None,
+                    "latency_ms": None,
+                    "passed": False,
+                    "note": err,
+                    "service": None,
+                    "group": 0,
+                }
+            ],
+            seconds=round(time.monotonic() - t0, 2),
+        )
         return result
 
     a, b = model.spec.nodes[0], model.spec.nodes[1]
-    servers = [TinyHTTPServer(lab.client_ns, lab.client_ip, HAIRPIN_PORT, "client"),
-               TinyHTTPServer(lab.node_ns(a), lab.node_ip(a), NODE_HTTP_PORT, f"node-{a}"),
-               TinyHTTPServer(lab.node_ns(b), lab.node_ip(b), NODE_HTTP_PORT, f"node-{b}")]
+    servers = [
+        TinyHTTPServer(lab.client_ns, lab.client_ip, HAIRPIN_PORT, "client"),
+        TinyHTTPServer(lab.node_ns(a), lab.node_ip(a), NODE_HTTP_PORT, f"node-{a}"),
+        TinyHTTPServer(lab.node_ns(b), lab.node_ip(b), NODE_HTTP_PORT, f"node-{b}"),
+    ]
     req = Requester(agent, timeout)
     cells: list[dict[str, Any]] = []
     try:
@@ -444,12 +523,34 @@ def validate_mode(lab: Any, agent: Any, dataplanes: Mapping[str, Any], model: Mo
         cells.append(check_affinity(req, lab, services, AFFINITY))
         cells.append(check_affinity(req, lab, services, SPREAD))
         noep = services[NOEP]
-        pod_cell, kind = check_no_endpoints(req, mode, CellSpec(
-            "pod->svc without endpoints", f"pod client (node {a})", lab.client_ns, noep.cluster_ip,
-            noep.ports[0].port, ("(refused or dropped)",), NOEP, 6))
-        node_cell, node_kind = check_no_endpoints(req, mode, CellSpec(
-            f"node->svc without endpoints ({a})", f"node {a}", lab.node_ns(a), noep.cluster_ip,
-            noep.ports[0].port, ("(refused or dropped)",), NOEP, 6))
+        pod_cell, kind = check_no_endpoints(
+            req,
+            mode,
+            CellSpec(
+                "pod->svc without endpoints",
+                f"pod client (node {a})",
+                lab.client_ns,
+                noep.cluster_ip,
+                noep.ports[0].port,
+                ("(refused or dropped)",),
+                NOEP,
+                6,
+            ),
+        )
+        node_cell, node_kind = check_no_endpoints(
+            req,
+            mode,
+            CellSpec(
+                f"node->svc without endpoints ({a})",
+                f"node {a}",
+                lab.node_ns(a),
+                noep.cluster_ip,
+                noep.ports[0].port,
+                ("(refused or dropped)",),
+                NOEP,
+                6,
+            ),
+        )
         cells += [pod_cell, node_cell]
         result["no_endpoints_behaviour"] = kind if kind == node_kind else f"{kind} (from a node: {node_kind})"
     finally:
@@ -464,6 +565,7 @@ def validate_mode(lab: Any, agent: Any, dataplanes: Mapping[str, Any], model: Mo
 
 # ---------------------------------------------------------------- table
 
+
 def _cell_text(c: dict[str, Any] | None) -> tuple[str, bool | None]:
     if c is None:
         return "-", None
@@ -475,8 +577,9 @@ def _cell_text(c: dict[str, Any] | None) -> tuple[str, bool | None]:
     return f"FAIL {why}{lat}".strip(), False
 
 
-def format_table(results_by_mode: Mapping[str, Mapping[str, Any] | None], *, color: bool = False,
-                 width: int = 200) -> str:
+def format_table(
+    results_by_mode: Mapping[str, Mapping[str, Any] | None], *, color: bool = False, width: int = 200
+) -> str:
     """A rich table, path x mode -> pass/fail with the observed backend and latency.
 
     `results_by_mode` maps a column label (a mode, or "kernel/mode") to a validate_mode result
@@ -497,9 +600,14 @@ def format_table(results_by_mode: Mapping[str, Mapping[str, Any] | None], *, col
             footer.append("not run")
         else:
             nf = len(res.get("failed_cells", []))
-            footer.append(("PASSED" if res.get("passed") else f"FAILED ({nf})")
-                          + (f", no endpoints: {res.get('no_endpoints_behaviour')}"
-                             if res.get("no_endpoints_behaviour") else ""))
+            footer.append(
+                ("PASSED" if res.get("passed") else f"FAILED ({nf})")
+                + (
+                    f", no endpoints: {res.get('no_endpoints_behaviour')}"
+                    if res.get("no_endpoints_behaviour")
+                    else ""
+                )
+            )
     try:
         from io import StringIO
 
@@ -522,11 +630,21 @@ def format_table(results_by_mode: Mapping[str, Mapping[str, Any] | None], *, col
             row.append(f"[{style}]{_escape(text)}[/{style}]")
         t.add_row(*row)
     t.add_section()
-    t.add_row("[bold]result[/bold]", *(f"[{'green' if (results_by_mode[k] or {}).get('passed') else 'bold red'}]"
-                                       f"{_escape(f)}[/]" for k, f in zip(cols, footer, strict=True)))
+    t.add_row(
+        "[bold]result[/bold]",
+        *(
+            f"[{'green' if (results_by_mode[k] or {}).get('passed') else 'bold red'}]{_escape(f)}[/]"
+            for k, f in zip(cols, footer, strict=True)
+        ),
+    )
     buf = StringIO()
-    Console(file=buf, width=width, force_terminal=color, color_system="standard" if color else None,
-            highlight=False).print(t)
+    Console(
+        file=buf,
+        width=width,
+        force_terminal=color,
+        color_system="standard" if color else None,
+        highlight=False,
+    ).print(t)
     return buf.getvalue()
 
 

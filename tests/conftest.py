@@ -18,11 +18,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", autouse=True)
 def root_namespace_untouched():
     """The whole suite must not change the host's root network namespace."""
+
     def snapshot():
         out = {}
-        for name, argv in (("iptables-legacy", ["iptables-legacy-save"]), ("iptables-nft", ["iptables-nft-save"]),
-                           ("nft", ["nft", "list", "ruleset"]), ("addr", ["ip", "-o", "addr"]),
-                           ("route", ["ip", "route"])):
+        for name, argv in (
+            ("iptables-legacy", ["iptables-legacy-save"]),
+            ("iptables-nft", ["iptables-nft-save"]),
+            ("nft", ["nft", "list", "ruleset"]),
+            ("addr", ["ip", "-o", "addr"]),
+            ("route", ["ip", "route"]),
+        ):
             try:
                 p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
                 out[name] = "\n".join(ln for ln in p.stdout.splitlines() if not ln.startswith("#"))

@@ -24,13 +24,17 @@ def parse(text: str, where: str = f"{KP_NAMESPACE}/{KP_NAME} {KP_KEY}") -> dict[
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ClusterError(f"ConfigMap {where} is not valid YAML ({getattr(e, 'problem', e)}): "
-                           "this cluster's kube-proxy is not configured the kubeadm way; "
-                           "fix the ConfigMap or use the lab target") from None
+        raise ClusterError(
+            f"ConfigMap {where} is not valid YAML ({getattr(e, 'problem', e)}): "
+            "this cluster's kube-proxy is not configured the kubeadm way; "
+            "fix the ConfigMap or use the lab target"
+        ) from None
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         found = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-        raise ClusterError(f"ConfigMap {where} holds {found!r}, not a {KIND}: this cluster's kube-proxy "
-                           "is not configured the kubeadm way; the cluster target needs it")
+        raise ClusterError(
+            f"ConfigMap {where} holds {found!r}, not a {KIND}: this cluster's kube-proxy "
+            "is not configured the kubeadm way; the cluster target needs it"
+        )
     return doc
 
 
@@ -40,8 +44,9 @@ def configured_mode(doc: dict[str, Any]) -> str:
     if mode == "":
         return "iptables"
     if mode not in MODES:
-        raise ClusterError(f"kube-proxy config.conf has mode {mode!r}: the cluster target only handles "
-                           f"{', '.join(MODES)}")
+        raise ClusterError(
+            f"kube-proxy config.conf has mode {mode!r}: the cluster target only handles {', '.join(MODES)}"
+        )
     return mode
 
 

@@ -20,8 +20,12 @@ TOLERATE_ALL = [{"operator": "Exists"}]  # run on control-plane and tainted node
 
 
 def labels(run_id: str, role: str, **extra: str) -> dict[str, str]:
-    return {LABEL_RUN: run_label_value(run_id), LABEL_ROLE: role, "app.kubernetes.io/managed-by": "kpbench",
-            **extra}
+    return {
+        LABEL_RUN: run_label_value(run_id),
+        LABEL_ROLE: role,
+        "app.kubernetes.io/managed-by": "kpbench",
+        **extra,
+    }
 
 
 def _meta(name: str, namespace: str | None, run_id: str, role: str, **extra: str) -> dict[str, Any]:
@@ -34,9 +38,13 @@ def _meta(name: str, namespace: str | None, run_id: str, role: str, **extra: str
 def namespace(name: str, run_id: str) -> dict[str, Any]:
     """The run's namespace. Pod Security admission must allow the privileged probe / cleanup pods."""
     meta = _meta(name, None, run_id, "namespace")
-    meta["labels"].update({"pod-security.kubernetes.io/enforce": "privileged",
-                           "pod-security.kubernetes.io/warn": "privileged",
-                           "pod-security.kubernetes.io/audit": "privileged"})
+    meta["labels"].update(
+        {
+            "pod-security.kubernetes.io/enforce": "privileged",
+            "pod-security.kubernetes.io/warn": "privileged",
+            "pod-security.kubernetes.io/audit": "privileged",
+        }
+    )
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
 
 
@@ -50,7 +58,8 @@ def backend_deployment(ns: str, run_id: str, image: str, replicas: int) -> dict[
     the first-line format the probe agent's backend matching expects (as the lab's nginx does)."""
     sel = {LABEL_RUN: run_label_value(run_id), LABEL_ROLE: "backend"}
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": _meta("kpbench-backend", ns, run_id, "backend"),
         "spec": {
             "replicas": replicas,
@@ -58,14 +67,27 @@ def backend_deployment(ns: str, run_id: str, image: str, replicas: int) -> dict[
             "template": {
                 "metadata": {"labels": labels(run_id, "backend")},
                 "spec": {
-                    "containers": [{
-                        "name": "backend", "image": image, "imagePullPolicy": "IfNotPresent",
-                        "command": ["python", "-m", "harness.cluster.backend", "--port", str(BACKEND_PORT)],
-                        "ports": [{"containerPort": BACKEND_PORT, "name": "http"}],
-                        "env": [_env_field("POD_NAME", "metadata.name"), _env_field("POD_IP", "status.podIP")],
-                        "readinessProbe": {"tcpSocket": {"port": BACKEND_PORT}, "periodSeconds": 2},
-                        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
-                    }],
+                    "containers": [
+                        {
+                            "name": "backend",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": [
+                                "python",
+                                "-m",
+                                "harness.cluster.backend",
+                                "--port",
+                                str(BACKEND_PORT),
+                            ],
+                            "ports": [{"containerPort": BACKEND_PORT, "name": "http"}],
+                            "env": [
+                                _env_field("POD_NAME", "metadata.name"),
+                                _env_field("POD_IP", "status.podIP"),
+                            ],
+                            "readinessProbe": {"tcpSocket": {"port": BACKEND_PORT}, "periodSeconds": 2},
+                            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+                        }
+                    ],
                     "terminationGracePeriodSeconds": 1,
                 },
             },
@@ -83,55 +105,93 @@ def _env_field(name: str, path: str) -> dict[str, Any]:
 
 def service(ns: str, run_id: str, name: str, *, selector: bool) -> dict[str, Any]:
     """A ClusterIP Service; without a selector its endpoints come from our own EndpointSlices."""
-    spec: dict[str, Any] = {"type": "ClusterIP",
-                            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": BACKEND_PORT,
-                                       "protocol": "TCP"}]}
+    spec: dict[str, Any] = {
+        "type": "ClusterIP",
+        "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": BACKEND_PORT, "protocol": "TCP"}],
+    }
     if selector:
         spec["selector"] = backend_selector(run_id)
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, ns, run_id, "service"), "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, ns, run_id, "service"),
+        "spec": spec,
+    }
 
 
-def endpoint_slices(ns: str, run_id: str, service_name: str, endpoints: Sequence[tuple[str, str | None]],
-                    ) -> list[dict[str, Any]]:
+def endpoint_slices(
+    ns: str,
+    run_id: str,
+    service_name: str,
+    endpoints: Sequence[tuple[str, str | None]],
+) -> list[dict[str, Any]]:
     """EndpointSlices for a selector-less Service: `endpoints` = [(pod IP, node name or None)].
 
     managed-by is not the EndpointSlice controller's value, so the controller leaves them alone.
     """
     out = []
     for i in range(0, max(1, len(endpoints)), MAX_ENDPOINTS_PER_SLICE):
-        chunk = endpoints[i:i + MAX_ENDPOINTS_PER_SLICE]
-        meta = _meta(f"{service_name}-{i // MAX_ENDPOINTS_PER_SLICE}", ns, run_id, "endpointslice",
-                     **{"kubernetes.io/service-name": service_name,
-                        "endpointslice.kubernetes.io/managed-by": "kpbench.io"})
+        chunk = endpoints[i : i + MAX_ENDPOINTS_PER_SLICE]
+        meta = _meta(
+            f"{service_name}-{i // MAX_ENDPOINTS_PER_SLICE}",
+            ns,
+            run_id,
+            "endpointslice",
+            **{
+                "kubernetes.io/service-name": service_name,
+                "endpointslice.kubernetes.io/managed-by": "kpbench.io",
+            },
+        )
         eps = []
         for ip, node in chunk:
-            ep: dict[str, Any] = {"addresses": [ip], "conditions": {"ready": True, "serving": True,
-                                                                     "terminating": False}}
+            ep: dict[str, Any] = {
+                "addresses": [ip],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+            }
             if node:
                 ep["nodeName"] = node
             eps.append(ep)
-        out.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": meta,
-                    "addressType": "IPv4", "endpoints": eps,
-                    "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": "TCP"}]})
+        out.append(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": meta,
+                "addressType": "IPv4",
+                "endpoints": eps,
+                "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": "TCP"}],
+            }
+        )
     return out
 
 
 def _host_volumes() -> tuple[list[dict], list[dict]]:
-    vols: list[dict] = [{"name": "lib-modules", "hostPath": {"path": "/lib/modules"}},
-            {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}}]
-    mounts: list[dict] = [{"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
-              {"name": "xtables-lock", "mountPath": "/run/xtables.lock"}]
+    vols: list[dict] = [
+        {"name": "lib-modules", "hostPath": {"path": "/lib/modules"}},
+        {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}},
+    ]
+    mounts: list[dict] = [
+        {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
+        {"name": "xtables-lock", "mountPath": "/run/xtables.lock"},
+    ]
     return vols, mounts
 
 
-def cleanup_job(ns: str, run_id: str, node: str, kube_proxy_image: str,
-                kube_proxy_binary: str = "/usr/local/bin/kube-proxy") -> dict[str, Any]:
+def cleanup_job(
+    ns: str,
+    run_id: str,
+    node: str,
+    kube_proxy_image: str,
+    kube_proxy_binary: str = "/usr/local/bin/kube-proxy",
+) -> dict[str, Any]:
     """`kube-proxy --cleanup` on one node, with the image the DaemonSet runs: removes the iptables,
     IPVS and nftables state of every mode (its IPVS step flushes every virtual server of the node)."""
     vols, mounts = _host_volumes()
     return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": _meta(job_name("kpbench-cleanup", node), ns, run_id, "cleanup", **{"kpbench.io/node": _lv(node)}),
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(
+            job_name("kpbench-cleanup", node), ns, run_id, "cleanup", **{"kpbench.io/node": _lv(node)}
+        ),
         "spec": {
             "backoffLimit": 2,
             "activeDeadlineSeconds": 300,
@@ -142,12 +202,16 @@ def cleanup_job(ns: str, run_id: str, node: str, kube_proxy_image: str,
                     "hostNetwork": True,
                     "restartPolicy": "Never",
                     "priorityClassName": "system-node-critical",
-                    "containers": [{
-                        "name": "cleanup", "image": kube_proxy_image, "imagePullPolicy": "IfNotPresent",
-                        "command": [kube_proxy_binary, "--cleanup", "--v=2"],
-                        "securityContext": {"privileged": True},
-                        "volumeMounts": mounts,
-                    }],
+                    "containers": [
+                        {
+                            "name": "cleanup",
+                            "image": kube_proxy_image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": [kube_proxy_binary, "--cleanup", "--v=2"],
+                            "securityContext": {"privileged": True},
+                            "volumeMounts": mounts,
+                        }
+                    ],
                     "volumes": vols,
                 },
             },
@@ -162,23 +226,39 @@ def probe_pod(ns: str, run_id: str, node: str, image: str) -> dict[str, Any]:
     process keeps the pod alive and checks that the agent module imports."""
     vols, mounts = _host_volumes()
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": _meta(f"kpbench-probe-{_dns(node)}"[:63].rstrip("-"), ns, run_id, "probe",
-                          **{"kpbench.io/node": _lv(node)}),
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _meta(
+            f"kpbench-probe-{_dns(node)}"[:63].rstrip("-"),
+            ns,
+            run_id,
+            "probe",
+            **{"kpbench.io/node": _lv(node)},
+        ),
         "spec": {
             **_node_pinned_spec(node),
             "hostNetwork": True,
             "dnsPolicy": "ClusterFirstWithHostNet",
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "probe", "image": image, "imagePullPolicy": "IfNotPresent",
-                "command": ["python", "-c", "import harness.measure.agent, time\nwhile True: time.sleep(3600)"],
-                "env": [{"name": "KPBENCH_AGENT", "value": "python -m harness.measure.agent"},
-                        _env_field("NODE_NAME", "spec.nodeName")],
-                "securityContext": {"privileged": True},
-                "volumeMounts": mounts,
-            }],
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": [
+                        "python",
+                        "-c",
+                        "import harness.measure.agent, time\nwhile True: time.sleep(3600)",
+                    ],
+                    "env": [
+                        {"name": "KPBENCH_AGENT", "value": "python -m harness.measure.agent"},
+                        _env_field("NODE_NAME", "spec.nodeName"),
+                    ],
+                    "securityContext": {"privileged": True},
+                    "volumeMounts": mounts,
+                }
+            ],
             "volumes": vols,
         },
     }
@@ -188,9 +268,18 @@ AGENT_COMMAND = ["python", "-u", "-m", "harness.measure.agent"]
 LOCUSTFILE = "/opt/kpbench/harness/cluster/locustfile.py"  # the Dockerfile copies the repository there
 
 
-def locust_manifests(ns: str, run_id: str, image: str, workers: int, *, users: int, rate: float,
-                     duration_s: float, targets_file: str = "/etc/kpbench/targets.json",
-                     keepalive: bool = False) -> list[dict[str, Any]]:
+def locust_manifests(
+    ns: str,
+    run_id: str,
+    image: str,
+    workers: int,
+    *,
+    users: int,
+    rate: float,
+    duration_s: float,
+    targets_file: str = "/etc/kpbench/targets.json",
+    keepalive: bool = False,
+) -> list[dict[str, Any]]:
     """Locust in distributed mode: one master (headless, --expect-workers W) and W workers.
 
     The targets (ClusterIP:port list) are handed over in a ConfigMap mounted at `targets_file`; the
@@ -200,54 +289,131 @@ def locust_manifests(ns: str, run_id: str, image: str, workers: int, *, users: i
     if workers < 1:
         raise ValueError("locust distributed mode needs at least one worker")
     sel_master = labels(run_id, "locust-master")
-    common_env = [{"name": "KPBENCH_TARGETS", "value": targets_file},
-                  {"name": "KPBENCH_USERS", "value": str(users)},
-                  {"name": "KPBENCH_KEEPALIVE", "value": "1" if keepalive else "0"},
-                  {"name": "KPBENCH_RATE", "value": str(rate)}]
+    common_env = [
+        {"name": "KPBENCH_TARGETS", "value": targets_file},
+        {"name": "KPBENCH_USERS", "value": str(users)},
+        {"name": "KPBENCH_KEEPALIVE", "value": "1" if keepalive else "0"},
+        {"name": "KPBENCH_RATE", "value": str(rate)},
+    ]
     tvol = [{"name": "targets", "configMap": {"name": "kpbench-locust-targets"}}]
     tmount = [{"name": "targets", "mountPath": "/etc/kpbench", "readOnly": True}]
     locustfile = LOCUSTFILE
     master = {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": _meta("kpbench-locust-master", ns, run_id, "locust-master"),
-        "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": sel_master}, "spec": {
-            "restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
-            "containers": [{
-                "name": "master", "image": image, "imagePullPolicy": "IfNotPresent",
-                "command": ["locust", "-f", locustfile, "--master", "--headless",
-                            "--expect-workers", str(workers), "--users", str(users),
-                            "--spawn-rate", str(users), "--run-time", f"{int(duration_s)}s",
-                            "--csv", "/tmp/kpbench-locust", "--csv-full-history", "--only-summary"],
-                "ports": [{"containerPort": LOCUST_MASTER_PORT}, {"containerPort": LOCUST_MASTER_PORT + 1}],
-                "env": common_env, "volumeMounts": tmount}],
-            "volumes": tvol}}},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta("kpbench-locust-master", ns, run_id, "locust-master"),
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": sel_master},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [
+                        {
+                            "name": "master",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": [
+                                "locust",
+                                "-f",
+                                locustfile,
+                                "--master",
+                                "--headless",
+                                "--expect-workers",
+                                str(workers),
+                                "--users",
+                                str(users),
+                                "--spawn-rate",
+                                str(users),
+                                "--run-time",
+                                f"{int(duration_s)}s",
+                                "--csv",
+                                "/tmp/kpbench-locust",
+                                "--csv-full-history",
+                                "--only-summary",
+                            ],
+                            "ports": [
+                                {"containerPort": LOCUST_MASTER_PORT},
+                                {"containerPort": LOCUST_MASTER_PORT + 1},
+                            ],
+                            "env": common_env,
+                            "volumeMounts": tmount,
+                        }
+                    ],
+                    "volumes": tvol,
+                },
+            },
+        },
     }
     master_svc = {
-        "apiVersion": "v1", "kind": "Service", "metadata": _meta("kpbench-locust-master", ns, run_id, "locust-master"),
-        "spec": {"selector": {LABEL_RUN: run_label_value(run_id), LABEL_ROLE: "locust-master"},
-                 "ports": [{"name": "comm", "port": LOCUST_MASTER_PORT},
-                           {"name": "comm-plus-1", "port": LOCUST_MASTER_PORT + 1}]},
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta("kpbench-locust-master", ns, run_id, "locust-master"),
+        "spec": {
+            "selector": {LABEL_RUN: run_label_value(run_id), LABEL_ROLE: "locust-master"},
+            "ports": [
+                {"name": "comm", "port": LOCUST_MASTER_PORT},
+                {"name": "comm-plus-1", "port": LOCUST_MASTER_PORT + 1},
+            ],
+        },
     }
     worker = {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": _meta("kpbench-locust-worker", ns, run_id, "locust-worker"),
-        "spec": {"parallelism": workers, "completions": workers, "backoffLimit": 0,
-                 "template": {"metadata": {"labels": labels(run_id, "locust-worker")}, "spec": {
-                     "restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
-                     "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-                                                    "whenUnsatisfiable": "ScheduleAnyway",
-                                                    "labelSelector": {"matchLabels": {
-                                                        LABEL_RUN: run_label_value(run_id),
-                                                        LABEL_ROLE: "locust-worker"}}}],
-                     "containers": [{
-                         "name": "worker", "image": image, "imagePullPolicy": "IfNotPresent",
-                         "command": ["locust", "-f", locustfile, "--worker",
-                                     "--master-host", f"kpbench-locust-master.{ns}.svc",
-                                     "--master-port", str(LOCUST_MASTER_PORT)],
-                         "env": common_env, "volumeMounts": tmount}],
-                     "volumes": tvol}}},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta("kpbench-locust-worker", ns, run_id, "locust-worker"),
+        "spec": {
+            "parallelism": workers,
+            "completions": workers,
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": labels(run_id, "locust-worker")},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 5,
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {
+                                "matchLabels": {
+                                    LABEL_RUN: run_label_value(run_id),
+                                    LABEL_ROLE: "locust-worker",
+                                }
+                            },
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "worker",
+                            "image": image,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": [
+                                "locust",
+                                "-f",
+                                locustfile,
+                                "--worker",
+                                "--master-host",
+                                f"kpbench-locust-master.{ns}.svc",
+                                "--master-port",
+                                str(LOCUST_MASTER_PORT),
+                            ],
+                            "env": common_env,
+                            "volumeMounts": tmount,
+                        }
+                    ],
+                    "volumes": tvol,
+                },
+            },
+        },
     }
-    targets_cm = {"apiVersion": "v1", "kind": "ConfigMap",
-                  "metadata": _meta("kpbench-locust-targets", ns, run_id, "locust-targets"),
-                  "data": {"targets.json": "[]"}}
+    targets_cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta("kpbench-locust-targets", ns, run_id, "locust-targets"),
+        "data": {"targets.json": "[]"},
+    }
     return [targets_cm, master_svc, master, worker]
 
 

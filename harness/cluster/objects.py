@@ -34,8 +34,9 @@ def service_name(i: int) -> str:
 class ObjectStore:
     """The run's namespace and what is in it."""
 
-    def __init__(self, rest: Rest, namespace: str, run_id: str, *, qps: float = 20, burst: int = 40,
-                 workers: int = 8):
+    def __init__(
+        self, rest: Rest, namespace: str, run_id: str, *, qps: float = 20, burst: int = 40, workers: int = 8
+    ):
         self.rest, self.ns, self.run_id = rest, namespace, run_id
         self.bucket = TokenBucket(qps, burst)
         self.workers = max(1, workers)
@@ -60,8 +61,10 @@ class ObjectStore:
                 raise
 
     def create_backend(self, image: str, replicas: int) -> dict:
-        return self._create(f"/apis/apps/v1/namespaces/{self.ns}/deployments",
-                            manifests.backend_deployment(self.ns, self.run_id, image, replicas))
+        return self._create(
+            f"/apis/apps/v1/namespaces/{self.ns}/deployments",
+            manifests.backend_deployment(self.ns, self.run_id, image, replicas),
+        )
 
     def backend_endpoints(self) -> list[tuple[str, str | None]]:
         sel = ",".join(f"{k}={v}" for k, v in manifests.backend_selector(self.run_id).items())
@@ -69,45 +72,71 @@ class ObjectStore:
         out = []
         for p in pods:
             st = p.get("status") or {}
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or []
+            )
             if ready and st.get("podIP"):
                 out.append((st["podIP"], (p.get("spec") or {}).get("nodeName")))
         return sorted(out)
 
-    def create_services(self, start: int, stop: int, *, selector: bool,
-                        endpoints: Sequence[tuple[str, str | None]] = (), per_service: int = 1,
-                        on_progress: Callable[[int], None] | None = None) -> CreateStats:
+    def create_services(
+        self,
+        start: int,
+        stop: int,
+        *,
+        selector: bool,
+        endpoints: Sequence[tuple[str, str | None]] = (),
+        per_service: int = 1,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> CreateStats:
         """Services start..stop-1 (and their EndpointSlices unless `selector`)."""
         if not selector and endpoints and per_service > len(endpoints):
             raise ValueError(f"{per_service} endpoints per Service but only {len(endpoints)} backend pods")
 
         def bodies(i: int) -> list[tuple[str, dict]]:
             name = service_name(i)
-            out = [(SERVICES.format(ns=self.ns), manifests.service(self.ns, self.run_id, name, selector=selector))]
+            out = [
+                (
+                    SERVICES.format(ns=self.ns),
+                    manifests.service(self.ns, self.run_id, name, selector=selector),
+                )
+            ]
             if not selector and endpoints:
                 k = len(endpoints)
                 eps = [endpoints[(i + j) % k] for j in range(per_service)]
-                out += [(SLICES.format(ns=self.ns), sl)
-                        for sl in manifests.endpoint_slices(self.ns, self.run_id, name, eps)]
+                out += [
+                    (SLICES.format(ns=self.ns), sl)
+                    for sl in manifests.endpoint_slices(self.ns, self.run_id, name, eps)
+                ]
             return out
 
         stats, firsts = bulk_create(
-            range(start, stop), bodies, lambda: self._post, limiter=self.bucket,
-            executor=ThreadPoolExecutor(max_workers=self.workers), key=service_name, raise_errors=True,
-            progress=(lambda st: on_progress(st.objects)) if on_progress else None, progress_every=500)
+            range(start, stop),
+            bodies,
+            lambda: self._post,
+            limiter=self.bucket,
+            executor=ThreadPoolExecutor(max_workers=self.workers),
+            key=service_name,
+            raise_errors=True,
+            progress=(lambda st: on_progress(st.objects)) if on_progress else None,
+            progress_every=500,
+        )
         for i, data in zip(range(start, stop), firsts, strict=True):
             name = service_name(i)
             svc = json.loads(data) if data else self.rest.get(f"{SERVICES.format(ns=self.ns)}/{name}")
-            self.services.append(CreatedService(name, (svc.get("spec") or {}).get("clusterIP", ""),
-                                                manifests.SERVICE_PORT))
+            self.services.append(
+                CreatedService(name, (svc.get("spec") or {}).get("clusterIP", ""), manifests.SERVICE_PORT)
+            )
         return stats
 
     def delete_services(self, names: Sequence[str]) -> None:
         for name in names:
             self.bucket.acquire()
             self.rest.delete(f"/api/v1/namespaces/{self.ns}/services/{name}")
-            self.rest.delete(f"/apis/discovery.k8s.io/v1/namespaces/{self.ns}/endpointslices",
-                             query={"labelSelector": f"kubernetes.io/service-name={name}"})
+            self.rest.delete(
+                f"/apis/discovery.k8s.io/v1/namespaces/{self.ns}/endpointslices",
+                query={"labelSelector": f"kubernetes.io/service-name={name}"},
+            )
         gone = set(names)
         self.services = [s for s in self.services if s.name not in gone]
 

@@ -41,15 +41,23 @@ class ClusterOptions:
 
     def __post_init__(self):
         if self.endpoints_via not in ("slices", "selector"):
-            raise ClusterError(f"cluster option endpoints_via={self.endpoints_via!r}: expected slices or selector")
+            raise ClusterError(
+                f"cluster option endpoints_via={self.endpoints_via!r}: expected slices or selector"
+            )
         if self.qps <= 0 or self.burst < 1:
-            raise ClusterError(f"cluster options qps={self.qps}, burst={self.burst}: need qps > 0 and burst >= 1")
+            raise ClusterError(
+                f"cluster options qps={self.qps}, burst={self.burst}: need qps > 0 and burst >= 1"
+            )
         if self.locust_workers < 1:
             raise ClusterError("cluster option locust_workers must be >= 1")
 
     def sync(self, scheduler: str | None = None) -> SyncSettings:
-        return SyncSettings(min_sync_period=self.min_sync_period, sync_period=self.sync_period,
-                            metrics_bind_address=self.metrics_bind_address, ipvs_scheduler=scheduler)
+        return SyncSettings(
+            min_sync_period=self.min_sync_period,
+            sync_period=self.sync_period,
+            metrics_bind_address=self.metrics_bind_address,
+            ipvs_scheduler=scheduler,
+        )
 
     def backend_replicas_for(self, endpoints: int | None) -> int:
         if self.backend_replicas:
@@ -61,10 +69,14 @@ class ClusterOptions:
         if self.probe_nodes:
             unknown = [n for n in self.probe_nodes if n not in names]
             if unknown:
-                raise ClusterError(f"cluster option probe_nodes names {', '.join(unknown)}, not nodes of this "
-                                   f"cluster ({', '.join(names[:8])})")
+                raise ClusterError(
+                    f"cluster option probe_nodes names {', '.join(unknown)}, not nodes of this "
+                    f"cluster ({', '.join(names[:8])})"
+                )
             return list(self.probe_nodes)
-        ready = [n.name for n in nodes if n.ready and not n.control_plane] or [n.name for n in nodes if n.ready]
+        ready = [n.name for n in nodes if n.ready and not n.control_plane] or [
+            n.name for n in nodes if n.ready
+        ]
         return (ready or names)[: self.probe_count]
 
 
@@ -77,14 +89,18 @@ def options_from(scenario: Any = None, env: Mapping[str, str] | None = None) -> 
         try:
             raw = yaml.safe_load(env["KPBENCH_CLUSTER"])
         except yaml.YAMLError as e:
-            raise ClusterError(f"$KPBENCH_CLUSTER is not a YAML mapping ({getattr(e, 'problem', e)})") from None
+            raise ClusterError(
+                f"$KPBENCH_CLUSTER is not a YAML mapping ({getattr(e, 'problem', e)})"
+            ) from None
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ClusterError("cluster options must be a mapping of option names to values")
     known = {f.name for f in fields(ClusterOptions)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ClusterError(f"unknown cluster option(s) {', '.join(unknown)}: known are {', '.join(sorted(known))}")
+        raise ClusterError(
+            f"unknown cluster option(s) {', '.join(unknown)}: known are {', '.join(sorted(known))}"
+        )
     if raw.get("image") is None:
         raw = {k: v for k, v in raw.items() if k != "image"}  # the scenario's "use the default"
     if "image" not in raw and env.get("KPBENCH_IMAGE"):

@@ -37,17 +37,27 @@ class RemoteAgent(AgentClient):
 
     error = RemoteAgentError
 
-    def __init__(self, api: Any, namespace: str, pod: str, container: str = "probe", *,
-                 start_timeout: float = 60.0):
+    def __init__(
+        self, api: Any, namespace: str, pod: str, container: str = "probe", *, start_timeout: float = 60.0
+    ):
         from kubernetes import client
         from kubernetes.stream import stream
 
         self.pod = pod
         self._buf = ""
         self._polling = False
-        self.ws = stream(client.CoreV1Api(api).connect_get_namespaced_pod_exec, pod, namespace,
-                         container=container, command=AGENT_COMMAND,
-                         stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+        self.ws = stream(
+            client.CoreV1Api(api).connect_get_namespaced_pod_exec,
+            pod,
+            namespace,
+            container=container,
+            command=AGENT_COMMAND,
+            stdin=True,
+            stdout=True,
+            stderr=True,
+            tty=False,
+            _preload_content=False,
+        )
         self.start_timeout = start_timeout
         self.pid = self.request({"cmd": "ping"}, timeout=start_timeout)["pid"]
 
@@ -94,8 +104,17 @@ def scrape_via_probe(api: Any, namespace: str, pod: str, port: int = 10249) -> d
     from kubernetes.stream import stream
 
     code = f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics',timeout=5).read().decode())"
-    out = stream(client.CoreV1Api(api).connect_get_namespaced_pod_exec, pod, namespace, container="probe",
-                 command=["python", "-c", code], stdin=False, stdout=True, stderr=True, tty=False)
+    out = stream(
+        client.CoreV1Api(api).connect_get_namespaced_pod_exec,
+        pod,
+        namespace,
+        container="probe",
+        command=["python", "-c", code],
+        stdin=False,
+        stdout=True,
+        stderr=True,
+        tty=False,
+    )
     return parse_metrics(out)
 
 

@@ -67,13 +67,19 @@ class RestoreState:
     @classmethod
     def from_dict(cls, d: dict) -> RestoreState:
         if not isinstance(d, dict) or d.get("version") != VERSION:
-            raise ClusterError(f"restore file version {d.get('version') if isinstance(d, dict) else '?'} is not "
-                               f"{VERSION}: restore it by hand from its configmap.data")
+            raise ClusterError(
+                f"restore file version {d.get('version') if isinstance(d, dict) else '?'} is not "
+                f"{VERSION}: restore it by hand from its configmap.data"
+            )
         names = set(cls.__dataclass_fields__)
-        missing = [k for k in ("run_id", "namespace", "original_mode", "configmap", "daemonset") if k not in d]
+        missing = [
+            k for k in ("run_id", "namespace", "original_mode", "configmap", "daemonset") if k not in d
+        ]
         if missing or KP_KEY not in (d.get("configmap") or {}).get("data", {}):
-            raise ClusterError(f"restore file lacks {', '.join(missing) or 'configmap.data.' + KP_KEY}: "
-                               "it cannot be used to restore kube-proxy")
+            raise ClusterError(
+                f"restore file lacks {', '.join(missing) or 'configmap.data.' + KP_KEY}: "
+                "it cannot be used to restore kube-proxy"
+            )
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -98,8 +104,10 @@ def load(path: Path | str) -> RestoreState:
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ClusterError(f"{path} does not exist: this run folder is not from a cluster run that "
-                           "changed kube-proxy (nothing to restore)") from None
+        raise ClusterError(
+            f"{path} does not exist: this run folder is not from a cluster run that "
+            "changed kube-proxy (nothing to restore)"
+        ) from None
     except (OSError, json.JSONDecodeError) as e:
         raise ClusterError(f"{path} cannot be read ({e}): restore kube-proxy's ConfigMap by hand") from None
     return RestoreState.from_dict(d)
@@ -109,14 +117,31 @@ def state_from_cluster(run_id: str, namespace: str, conn, cm: dict, kp, node_mod
     """The restore state for what the cluster looks like now (before the run changes anything)."""
     meta = cm.get("metadata") or {}
     return RestoreState(
-        run_id=run_id, namespace=namespace, kubeconfig=conn.kubeconfig, context=conn.context, server=conn.server,
+        run_id=run_id,
+        namespace=namespace,
+        kubeconfig=conn.kubeconfig,
+        context=conn.context,
+        server=conn.server,
         original_mode=kp.mode,
-        configmap={"namespace": KP_NAMESPACE, "name": KP_NAME, "data": dict(cm.get("data") or {}),
-                   "labels": dict(meta.get("labels") or {}), "annotations": dict(meta.get("annotations") or {}),
-                   "resourceVersion": meta.get("resourceVersion", "")},
-        daemonset={"namespace": KP_NAMESPACE, "name": KP_NAME, "nodeSelector": dict(kp.ds_node_selector),
-                   "image": kp.image, "binary": kp.binary},
-        node_modes=dict(node_modes), modes_possibly_running=[kp.mode], saved_at=_now())
+        configmap={
+            "namespace": KP_NAMESPACE,
+            "name": KP_NAME,
+            "data": dict(cm.get("data") or {}),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": dict(meta.get("annotations") or {}),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        daemonset={
+            "namespace": KP_NAMESPACE,
+            "name": KP_NAME,
+            "nodeSelector": dict(kp.ds_node_selector),
+            "image": kp.image,
+            "binary": kp.binary,
+        },
+        node_modes=dict(node_modes),
+        modes_possibly_running=[kp.mode],
+        saved_at=_now(),
+    )
 
 
 def save_initial(path: Path, state: RestoreState) -> RestoreState:
@@ -140,13 +165,16 @@ def cluster_diff(state: RestoreState, cm: dict | None, ds: dict | None) -> dict:
     data = (cm or {}).get("data") or {}
     ann = ((cm or {}).get("metadata") or {}).get("annotations") or {}
     ns = (((ds or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get("nodeSelector") or {}
-    return {"configmap": data != state.configmap["data"] or ANN_MODIFIED in ann,
-            "paused": PAUSE_KEY in ns,
-            "dirty_modes": [m for m in state.modes_possibly_running if m != state.original_mode]}
+    return {
+        "configmap": data != state.configmap["data"] or ANN_MODIFIED in ann,
+        "paused": PAUSE_KEY in ns,
+        "dirty_modes": [m for m in state.modes_possibly_running if m != state.original_mode],
+    }
 
 
-def restore_cluster(ctl, state: RestoreState, path: Path, log: Callable[[str], None] = print,
-                    delete_objects: bool = True) -> None:
+def restore_cluster(
+    ctl, state: RestoreState, path: Path, log: Callable[[str], None] = print, delete_objects: bool = True
+) -> None:
     """Put kube-proxy back as found, then delete everything labelled with the run.
 
     `ctl` is a switch.KubeProxyController. Raises (after recording "restore-failed") when kube-proxy
@@ -159,8 +187,10 @@ def restore_cluster(ctl, state: RestoreState, path: Path, log: Callable[[str], N
         cm, ds = ctl.read_cm(), ctl.read_ds()
         diff = cluster_diff(state, cm, ds)
         if diff["configmap"] or diff["paused"] or diff["dirty_modes"]:
-            log(f"restore: putting kube-proxy back to {state.original_mode} (ConfigMap changed: {diff['configmap']}, "
-                f"paused: {diff['paused']}, modes that may run: {', '.join(state.modes_possibly_running)})")
+            log(
+                f"restore: putting kube-proxy back to {state.original_mode} (ConfigMap changed: {diff['configmap']}, "
+                f"paused: {diff['paused']}, modes that may run: {', '.join(state.modes_possibly_running)})"
+            )
             cleanup = any(kpc.needs_cleanup(m, state.original_mode) for m in diff["dirty_modes"])
             ctl.apply(state.original_text, state.original_mode, cleanup=cleanup, original=True)
             state.modes_possibly_running = [state.original_mode]

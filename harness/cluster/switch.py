@@ -47,10 +47,21 @@ class ClusterRunError(RuntimeError):
 class Waits:
     """Polling waits against the API server."""
 
-    def __init__(self, rest: Rest, log: Callable[[str], None] = print, *, rollout_timeout_s: float = 600,
-                 cleanup_timeout_s: float = 300, poll_s: float = 2.0):
+    def __init__(
+        self,
+        rest: Rest,
+        log: Callable[[str], None] = print,
+        *,
+        rollout_timeout_s: float = 600,
+        cleanup_timeout_s: float = 300,
+        poll_s: float = 2.0,
+    ):
         self.rest, self.log = rest, log
-        self.rollout_timeout_s, self.cleanup_timeout_s, self.poll_s = rollout_timeout_s, cleanup_timeout_s, poll_s
+        self.rollout_timeout_s, self.cleanup_timeout_s, self.poll_s = (
+            rollout_timeout_s,
+            cleanup_timeout_s,
+            poll_s,
+        )
 
     def _until(self, what: str, timeout: float, check: Callable[[], tuple[bool, str]]) -> None:
         deadline = time.monotonic() + timeout
@@ -67,7 +78,9 @@ class Waits:
         sel = ",".join(f"{k}={v}" for k, v in selector.items())
 
         def check():
-            items = self.rest.get(f"/api/v1/namespaces/{KP_NAMESPACE}/pods", query={"labelSelector": sel})["items"]
+            items = self.rest.get(f"/api/v1/namespaces/{KP_NAMESPACE}/pods", query={"labelSelector": sel})[
+                "items"
+            ]
             return not items, f"{len(items)} kube-proxy pods left"
 
         self._until("kube-proxy pods to stop", self.rollout_timeout_s, check)
@@ -77,9 +90,16 @@ class Waits:
             ds = self.rest.get(DS_PATH)
             st, gen = ds.get("status") or {}, (ds.get("metadata") or {}).get("generation", 0)
             want = st.get("desiredNumberScheduled", 0)
-            ok = (st.get("observedGeneration", 0) >= gen and st.get("updatedNumberScheduled", 0) == want
-                  and st.get("numberAvailable", 0) == want and not st.get("numberUnavailable"))
-            return ok, f"{st.get('updatedNumberScheduled', 0)}/{want} updated, {st.get('numberAvailable', 0)} available"
+            ok = (
+                st.get("observedGeneration", 0) >= gen
+                and st.get("updatedNumberScheduled", 0) == want
+                and st.get("numberAvailable", 0) == want
+                and not st.get("numberUnavailable")
+            )
+            return (
+                ok,
+                f"{st.get('updatedNumberScheduled', 0)}/{want} updated, {st.get('numberAvailable', 0)} available",
+            )
 
         self._until("the kube-proxy rollout", self.rollout_timeout_s, check)
 
@@ -94,8 +114,10 @@ class Waits:
                 elif not st.get("succeeded"):
                     pending.append(n)
             if failed:
-                raise ClusterRunError(f"kube-proxy --cleanup failed on {', '.join(failed)} (see the Jobs' pod logs "
-                                      f"in namespace {namespace})")
+                raise ClusterRunError(
+                    f"kube-proxy --cleanup failed on {', '.join(failed)} (see the Jobs' pod logs "
+                    f"in namespace {namespace})"
+                )
             return not pending, f"{len(pending)} of {len(names)} cleanup Jobs running"
 
         self._until("kube-proxy --cleanup on every node", self.cleanup_timeout_s, check)
@@ -125,19 +147,29 @@ class Waits:
             if not done and not seen and time.monotonic() - start > 60:
                 return True, "unreachable"
             wrong = {n: m for n, m in seen.items() if m != mode}
-            return done, f"{sum(seen.get(n) == mode for n in nodes)}/{len(nodes)} report {mode}; " + \
-                (f"other mode on {', '.join(wrong)}; " if wrong else "") + \
-                (f"no answer from {', '.join(list(errs)[:3])} ({next(iter(errs.values()))})" if errs else "")
+            return done, f"{sum(seen.get(n) == mode for n in nodes)}/{len(nodes)} report {mode}; " + (
+                f"other mode on {', '.join(wrong)}; " if wrong else ""
+            ) + (f"no answer from {', '.join(list(errs)[:3])} ({next(iter(errs.values()))})" if errs else "")
 
         self._until(f"every node to report /proxyMode {mode}", self.rollout_timeout_s, check)
-        return {n: (seen[n] if seen.get(n) == mode else f"unverified: {n} never answered /proxyMode")
-                for n in nodes}
+        return {
+            n: (seen[n] if seen.get(n) == mode else f"unverified: {n} never answered /proxyMode")
+            for n in nodes
+        }
 
 
 class KubeProxyController:
-    def __init__(self, rest: Rest, state: RestoreState, state_path, *, waits: Waits | None = None,
-                 log: Callable[[str], None] = print, sync: kpc.SyncSettings = kpc.SyncSettings(),
-                 namespace_wait_s: float = 120):
+    def __init__(
+        self,
+        rest: Rest,
+        state: RestoreState,
+        state_path,
+        *,
+        waits: Waits | None = None,
+        log: Callable[[str], None] = print,
+        sync: kpc.SyncSettings = kpc.SyncSettings(),
+        namespace_wait_s: float = 120,
+    ):
         self.rest, self.state, self.state_path, self.log, self.sync = rest, state, state_path, log, sync
         self.namespace_wait_s = namespace_wait_s  # how long the final delete waits for namespaces to go
         self.waits = waits or Waits(rest, log)
@@ -175,13 +207,25 @@ class KubeProxyController:
 
     def pause(self) -> None:
         self._save("pausing kube-proxy")
-        self.rest.merge_patch(DS_PATH, {"spec": {"template": {"spec": {"nodeSelector": {PAUSE_KEY: "true"}}}}})
+        self.rest.merge_patch(
+            DS_PATH, {"spec": {"template": {"spec": {"nodeSelector": {PAUSE_KEY: "true"}}}}}
+        )
 
     def unpause_and_restart(self) -> None:
         self._save("restarting kube-proxy")
-        self.rest.merge_patch(DS_PATH, {"spec": {"template": {
-            "metadata": {"annotations": {RESTART_ANN: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}},
-            "spec": {"nodeSelector": {PAUSE_KEY: None}}}}})
+        self.rest.merge_patch(
+            DS_PATH,
+            {
+                "spec": {
+                    "template": {
+                        "metadata": {
+                            "annotations": {RESTART_ANN: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                        },
+                        "spec": {"nodeSelector": {PAUSE_KEY: None}},
+                    }
+                }
+            },
+        )
 
     def ds_selector(self) -> dict:
         ds = self.read_ds() or {}
@@ -208,7 +252,9 @@ class KubeProxyController:
         self.ensure_namespace()
         names = []
         for node in nodes:
-            job = manifests.cleanup_job(self.state.namespace, self.state.run_id, node, ds["image"], ds["binary"])
+            job = manifests.cleanup_job(
+                self.state.namespace, self.state.run_id, node, ds["image"], ds["binary"]
+            )
             name = job["metadata"]["name"]
             # a Job left by an earlier attempt would report its old result: replace it
             self.rest.delete(f"/apis/batch/v1/namespaces/{self.state.namespace}/jobs/{name}")
@@ -249,10 +295,13 @@ class KubeProxyController:
     def switch(self, current_mode: str, mode: str, scheduler: str | None = None) -> dict[str, str]:
         """From the mode running now to `mode`, with the harness's sync settings."""
         base = kpc.parse(self.state.original_text)
-        text = kpc.dump(kpc.with_mode(base, mode, kpc.SyncSettings(**{**self.sync.__dict__,
-                                                                      "ipvs_scheduler": scheduler})))
-        self.log(f"kube-proxy: {current_mode} -> {mode}"
-                 + (" (with kube-proxy --cleanup on every node)" if kpc.needs_cleanup(current_mode, mode) else ""))
+        text = kpc.dump(
+            kpc.with_mode(base, mode, kpc.SyncSettings(**{**self.sync.__dict__, "ipvs_scheduler": scheduler}))
+        )
+        self.log(
+            f"kube-proxy: {current_mode} -> {mode}"
+            + (" (with kube-proxy --cleanup on every node)" if kpc.needs_cleanup(current_mode, mode) else "")
+        )
         return self.apply(text, mode, cleanup=kpc.needs_cleanup(current_mode, mode))
 
     def delete_run_objects(self, wait_s: float | None = None) -> None:
@@ -279,8 +328,10 @@ class KubeProxyController:
                 break
             time.sleep(1)
         if items:
-            self.log(f"namespaces {', '.join(i['metadata']['name'] for i in items)} are still terminating "
-                     f"(label {sel}); they go away on their own")
+            self.log(
+                f"namespaces {', '.join(i['metadata']['name'] for i in items)} are still terminating "
+                f"(label {sel}); they go away on their own"
+            )
 
 
 def check_mode_supported(mode: str) -> None:

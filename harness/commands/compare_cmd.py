@@ -24,14 +24,23 @@ HELP = "compare two runs point by point (ratio and difference of medians, bootst
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", metavar="RUN_A", help="baseline run folder")
-    parser.add_argument("run_b", metavar="RUN_B", nargs="?",
-                        help="run folder compared with the baseline (omitted: RUN_A's releases compared)")
-    parser.add_argument("--metric", action="append", metavar="METRIC",
-                        help="only this metric (repeatable; default: all)")
+    parser.add_argument(
+        "run_b",
+        metavar="RUN_B",
+        nargs="?",
+        help="run folder compared with the baseline (omitted: RUN_A's releases compared)",
+    )
+    parser.add_argument(
+        "--metric", action="append", metavar="METRIC", help="only this metric (repeatable; default: all)"
+    )
     parser.add_argument("--all", action="store_true", help="also list points with no significant difference")
     parser.add_argument("--format", choices=["text", "md", "csv"], default="text")
-    parser.add_argument("--alpha", type=float, default=0.05,
-                        help="1 - the confidence level of the CIs that decide (default 0.05: 95%% CIs)")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="1 - the confidence level of the CIs that decide (default 0.05: 95%% CIs)",
+    )
     parser.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples")
 
 
@@ -57,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"kpbench compare: error: {e}", file=sys.stderr)
         return 2
     if c.empty:
-        print(f"kpbench compare: error: {a} and {b} have no point in common"
-              + (f" for metric(s) {', '.join(args.metric)}" if args.metric else ""), file=sys.stderr)
+        print(
+            f"kpbench compare: error: {a} and {b} have no point in common"
+            + (f" for metric(s) {', '.join(args.metric)}" if args.metric else ""),
+            file=sys.stderr,
+        )
         return 2
     rel_a = ", ".join(analysis.releases(results.load(a))) or "?"
     rel_b = ", ".join(analysis.releases(results.load(b))) or "?"
@@ -73,16 +85,29 @@ def _releases(run_dir, args: argparse.Namespace) -> int:
     df = results.load(run_dir)
     rels = analysis.releases(df)
     if len(rels) < 2:
-        print(f"kpbench compare: error: {run_dir} holds one kube-proxy release ({', '.join(rels) or 'none'}): "
-              "give a second run, or measure a sweep with --set kube_proxy_version=v1.34.12,v1.37.2", file=sys.stderr)
+        print(
+            f"kpbench compare: error: {run_dir} holds one kube-proxy release ({', '.join(rels) or 'none'}): "
+            "give a second run, or measure a sweep with --set kube_proxy_version=v1.34.12,v1.37.2",
+            file=sys.stderr,
+        )
         return 2
     c = analysis.compare_releases(df, rels[0], metrics=args.metric, alpha=args.alpha, n_boot=args.bootstrap)
     if c.empty:
-        print(f"kpbench compare: error: {run_dir}: no point measured with both {rels[0]} and another release"
-              + (f" for metric(s) {', '.join(args.metric)}" if args.metric else ""), file=sys.stderr)
+        print(
+            f"kpbench compare: error: {run_dir}: no point measured with both {rels[0]} and another release"
+            + (f" for metric(s) {', '.join(args.metric)}" if args.metric else ""),
+            file=sys.stderr,
+        )
         return 2
-    c = c.assign(mode=c["mode"].astype(str) + " " + c["kube_proxy_version"].astype(str) + " vs " + rels[0]
-                 + " e" + c["endpoints"].astype(str)).drop(columns=["kube_proxy_version", "endpoints"])
+    c = c.assign(
+        mode=c["mode"].astype(str)
+        + " "
+        + c["kube_proxy_version"].astype(str)
+        + " vs "
+        + rels[0]
+        + " e"
+        + c["endpoints"].astype(str)
+    ).drop(columns=["kube_proxy_version", "endpoints"])
     return _print(c, f"{run_dir.name}: kube-proxy {', '.join(rels[1:])} relative to {rels[0]}", args)
 
 
@@ -99,24 +124,35 @@ def _print(c, title: str, args: argparse.Namespace) -> int:
         return 0
     lines = []
     for _, r in shown.iterrows():
-        what = " ".join([str(r["metric"]), _tags(r)] + [f"{k}={r[k]}" for k in ("kube_proxy_version", "endpoints")
-                                                         if k in r]).strip()
+        what = " ".join(
+            [str(r["metric"]), _tags(r)]
+            + [f"{k}={r[k]}" for k in ("kube_proxy_version", "endpoints") if k in r]
+        ).strip()
         u = metrics.unit(r["metric"], str(r["unit"]))
         q = partial(units.quantity, unit=u)
         d = partial(units.quantity, unit=u, sign=True)
-        detail = (f"median {q(r['median_a'])} -> {q(r['median_b'])}, ratio {fmt(r['ratio'])} "
-                  f"[{level:.0%} CI {fmt(r['ci_lo'])}-{fmt(r['ci_hi'])}], difference {d(r['diff'])} "
-                  f"[{d(r['diff_lo'])} to {d(r['diff_hi'])}]")
+        detail = (
+            f"median {q(r['median_a'])} -> {q(r['median_b'])}, ratio {fmt(r['ratio'])} "
+            f"[{level:.0%} CI {fmt(r['ci_lo'])}-{fmt(r['ci_hi'])}], difference {d(r['diff'])} "
+            f"[{d(r['diff_lo'])} to {d(r['diff_hi'])}]"
+        )
         if args.format == "md":
-            lines.append(f"| {r['kernel']} | {r['mode']} | {r['n_services']:,} | {what} | {r['verdict']} | {detail} |")
+            lines.append(
+                f"| {r['kernel']} | {r['mode']} | {r['n_services']:,} | {what} | {r['verdict']} | {detail} |"
+            )
         else:
             lines.append(f"{r['kernel']} {r['mode']} N={r['n_services']:,} {what}: {r['verdict']} ({detail})")
     if args.format == "md":
-        lines = ["| kernel | mode | Services | metric | verdict | detail |", "|---|---|---|---|---|---|"] + lines
+        lines = [
+            "| kernel | mode | Services | metric | verdict | detail |",
+            "|---|---|---|---|---|---|",
+        ] + lines
     print(f"# {title}: {int(c['significant'].sum())} of {len(c)} points differ significantly")
     print(f"# rule: {analysis.decision_rule(level)}")
     print("\n".join(lines) if lines else "no significant difference at any point")
     if len(thin):
-        print(f"not enough repetitions to compare {len(thin)} point(s): "
-              + ", ".join(sorted({str(m) for m in thin["metric"]})))
+        print(
+            f"not enough repetitions to compare {len(thin)} point(s): "
+            + ", ".join(sorted({str(m) for m in thin["metric"]}))
+        )
     return 0

@@ -45,7 +45,7 @@ def doctor(console: Console | None = None) -> int:
         t.add_column(f"{k} ({c.get('release', '?')})" if c else k)
     for mode in MODES:
         ipt = mode_spec(mode).iptables_based
-        for backend in (("legacy", "nft") if ipt else ("legacy",)):
+        for backend in ("legacy", "nft") if ipt else ("legacy",):
             label = f"{mode} ({backend} iptables)" if ipt else mode
             cells = []
             for c in kernels.values():

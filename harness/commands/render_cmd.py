@@ -22,8 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--affinity", type=int, default=0, help="the first K Services get ClientIP affinity")
     p.add_argument("--iptables-backend", choices=["legacy", "nft"], default="legacy")
     p.add_argument("--scheduler", default="rr")
-    p.add_argument("--kube-version", default=DEFAULT_KUBE_VERSION,
-                   help=f"the kube-proxy release whose rules are rendered (default {DEFAULT_KUBE_VERSION})")
+    p.add_argument(
+        "--kube-version",
+        default=DEFAULT_KUBE_VERSION,
+        help=f"the kube-proxy release whose rules are rendered (default {DEFAULT_KUBE_VERSION})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,13 +34,24 @@ def run(args: argparse.Namespace) -> int:
     from harness.dataplane.base import DataplaneSettings
     from harness.model import ModelSpec, build_model
 
-    model = build_model(ModelSpec(n_services=args.services, endpoints=args.endpoints, seed=args.seed,
-                                  node_ports=args.node_ports, affinity=args.affinity))
+    model = build_model(
+        ModelSpec(
+            n_services=args.services,
+            endpoints=args.endpoints,
+            seed=args.seed,
+            node_ports=args.node_ports,
+            affinity=args.affinity,
+        )
+    )
     from harness.releases import UnknownRelease
 
     try:
-        settings = DataplaneSettings(iptables_backend=args.iptables_backend, scheduler=args.scheduler,
-                                     node_ips=("10.255.0.1",), kube_version=args.kube_version)
+        settings = DataplaneSettings(
+            iptables_backend=args.iptables_backend,
+            scheduler=args.scheduler,
+            node_ips=("10.255.0.1",),
+            kube_version=args.kube_version,
+        )
         text = render(args.mode, model.services, settings)
     except UnknownRelease as e:
         raise UserError(f"--kube-version: {e}") from None

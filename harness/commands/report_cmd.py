@@ -22,13 +22,23 @@ HELP = "build the static HTML (and Markdown) report of one or more runs"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) or glob(s), e.g. results/2025*")
-    parser.add_argument("-o", "--out", metavar="DIR",
-                        help="output folder (default: RUN/report for one run, reports/<last run id> for several)")
-    parser.add_argument("--publish", metavar="DIR",
-                        help="write a self-contained folder to publish (index.html with inlined figures, "
-                             "report.md, figures/, samples.parquet and .csv, metadata.json)")
-    parser.add_argument("--merge", action="store_true",
-                        help="first merge finished points/*.jsonl into samples.parquet (idempotent)")
+    parser.add_argument(
+        "-o",
+        "--out",
+        metavar="DIR",
+        help="output folder (default: RUN/report for one run, reports/<last run id> for several)",
+    )
+    parser.add_argument(
+        "--publish",
+        metavar="DIR",
+        help="write a self-contained folder to publish (index.html with inlined figures, "
+        "report.md, figures/, samples.parquet and .csv, metadata.json)",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="first merge finished points/*.jsonl into samples.parquet (idempotent)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,15 +50,23 @@ def run(args: argparse.Namespace) -> int:
             for d in dirs:
                 results.merge_points(d)
         if args.publish and args.out:
-            print("kpbench report: error: --publish DIR and --out DIR both name the output: give one", file=sys.stderr)
+            print(
+                "kpbench report: error: --publish DIR and --out DIR both name the output: give one",
+                file=sys.stderr,
+            )
             return 2
         if args.publish:
             path = report.publish(dirs, Path(args.publish))
-            print(f"published: {path.parent} (index.html, report.md, figures/, samples.parquet, samples.csv, "
-                  "metadata.json)")
+            print(
+                f"published: {path.parent} (index.html, report.md, figures/, samples.parquet, samples.csv, "
+                "metadata.json)"
+            )
             return 0
-        out = Path(args.out) if args.out else (dirs[0] / "report" if len(dirs) == 1
-                                                else Path("reports") / dirs[-1].name)
+        out = (
+            Path(args.out)
+            if args.out
+            else (dirs[0] / "report" if len(dirs) == 1 else Path("reports") / dirs[-1].name)
+        )
         path = report.build_report(dirs, out)
     except results.ResultsError as e:
         print(f"kpbench report: error: {e}", file=sys.stderr)

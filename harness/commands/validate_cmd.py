@@ -43,16 +43,30 @@ def validation_job(scenario, kernel: str, modes: list[str], work_dir: Path, tag:
     """A worker job that validates `modes` in `kernel` and measures nothing."""
     resolved = scenario.resolved() if hasattr(scenario, "resolved") else dict(scenario)
     return {
-        "run_id": work_dir.name, "run_dir": str(work_dir), "kernel": kernel,
-        "tag": tag or "v" + secrets.token_hex(2), "scenario": resolved, "target": "lab",
+        "run_id": work_dir.name,
+        "run_dir": str(work_dir),
+        "kernel": kernel,
+        "tag": tag or "v" + secrets.token_hex(2),
+        "scenario": resolved,
+        "target": "lab",
         "validate_only": True,
-        "points": [{"point_id": f"{kernel}-{m}-validate", "kernel": kernel, "mode": m, "n_services": 0,
-                    "rep": 0, "order": i} for i, m in enumerate(modes)],
+        "points": [
+            {
+                "point_id": f"{kernel}-{m}-validate",
+                "kernel": kernel,
+                "mode": m,
+                "n_services": 0,
+                "rep": 0,
+                "order": i,
+            }
+            for i, m in enumerate(modes)
+        ],
     }
 
 
-def validate_on_kernel(scenario, kernel: str, modes: list[str], work_dir: Path,
-                       on_event: EventSink | None = None) -> dict[str, Any]:
+def validate_on_kernel(
+    scenario, kernel: str, modes: list[str], work_dir: Path, on_event: EventSink | None = None
+) -> dict[str, Any]:
     """Run a validate-only worker in `kernel` ("host" | "uml"); -> {"<kernel label>/<mode>": result}.
 
     A mode whose validation never reported (the worker died) gets a failed result naming why.
@@ -87,18 +101,31 @@ def validate_on_kernel(scenario, kernel: str, modes: list[str], work_dir: Path,
     else:
         from harness.lab import uml
 
-        res = uml.run_guest(work_dir, uml.default_command(job_path), on_line=on_line,
-                            mem=getattr(getattr(scenario, "lab", None), "uml_mem", "4G"), name=f"validate-{kernel}")
+        res = uml.run_guest(
+            work_dir,
+            uml.default_command(job_path),
+            on_line=on_line,
+            mem=getattr(getattr(scenario, "lab", None), "uml_mem", "4G"),
+            name=f"validate-{kernel}",
+        )
         with log_path.open("a") as log:
-            log.write(f"guest exit {res.status} after {res.elapsed_s:.1f} s (boot {res.boot_s} s)\n"
-                      f"--- guest stderr ---\n{res.stderr_tail}\n--- guest console ---\n{res.console_tail}\n")
+            log.write(
+                f"guest exit {res.status} after {res.elapsed_s:.1f} s (boot {res.boot_s} s)\n"
+                f"--- guest stderr ---\n{res.stderr_tail}\n--- guest console ---\n{res.console_tail}\n"
+            )
         rc = res.status
     for m in modes:
         key = f"{label[0]}/{m}"
         if not any(k.rsplit("/", 1)[-1] == m for k in results):
             why = fatal[0] if fatal else f"the {kernel} worker exited with status {rc} before validating {m}"
-            results[key] = {"mode": m, "passed": False, "failed_cells": ["not validated"], "cells": [],
-                            "no_endpoints_behaviour": None, "error": f"{why} (see {log_path})"}
+            results[key] = {
+                "mode": m,
+                "passed": False,
+                "failed_cells": ["not validated"],
+                "cells": [],
+                "no_endpoints_behaviour": None,
+                "error": f"{why} (see {log_path})",
+            }
     return results
 
 
@@ -123,13 +150,17 @@ def run_validation(scenario, target, *, out: Path | None = None, file=None) -> i
         results = target.validate(scenario)
         work = None
     else:
-        print(f"kpbench: validation is not available for the {getattr(target, 'name', target)} target",
-              file=sys.stderr)
+        print(
+            f"kpbench: validation is not available for the {getattr(target, 'name', target)} target",
+            file=sys.stderr,
+        )
         return 2
     color = hasattr(file, "isatty") and file.isatty()
     import shutil
 
-    file.write(format_table(results, color=color, width=max(120, shutil.get_terminal_size((200, 40)).columns)))
+    file.write(
+        format_table(results, color=color, width=max(120, shutil.get_terminal_size((200, 40)).columns))
+    )
     failed = {k: r for k, r in results.items() if not r.get("passed")}
     for k, r in failed.items():
         if r.get("error"):

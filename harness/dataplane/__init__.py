@@ -13,8 +13,9 @@ from harness.model import Service
 from harness.modes import MODES
 
 
-def make_dataplane(mode: str, ns: str | None, settings: DataplaneSettings | None = None,
-                   node: str | None = None) -> Dataplane:
+def make_dataplane(
+    mode: str, ns: str | None, settings: DataplaneSettings | None = None, node: str | None = None
+) -> Dataplane:
     """The dataplane of registered mode `mode` (harness.modes) programming namespace `ns`.
 
     node: the model node this dataplane is (its endpoints are the local ones; only modes that

@@ -39,6 +39,7 @@ def stream(ns: str | None, argv: Sequence[str], chunks: Iterable[str]) -> str:
         o = out.read().decode(errors="replace")
         e = err.read().decode(errors="replace")
     if rc != 0 or broken:
-        raise LabError(f"{' '.join(argv[:3])} in {ns or 'this namespace'} failed "
-                       f"(exit {rc}): {e.strip()[:2000]}")
+        raise LabError(
+            f"{' '.join(argv[:3])} in {ns or 'this namespace'} failed (exit {rc}): {e.strip()[:2000]}"
+        )
     return o

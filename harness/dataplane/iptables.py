@@ -32,8 +32,13 @@ from harness.model import Service
 LARGE_CLUSTER_ENDPOINTS = 1000  # kube-proxy's largeClusterEndpointsThreshold
 CHUNK = 2000  # Services per written chunk
 
-FILTER_TOP = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS",
-              "KUBE-PROXY-FIREWALL")
+FILTER_TOP = (
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-FORWARD",
+    "KUBE-NODEPORTS",
+    "KUBE-PROXY-FIREWALL",
+)
 NAT_TOP = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
 NODEPORTS_COMMENT = '"kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
 
@@ -109,7 +114,7 @@ class IptablesDataplane:
                 if n == 1:
                     seps = [(eps[0], "KUBE-SEP-" + hashes[i + 1])]
                 else:
-                    seps = [(e, "KUBE-SEP-" + x) for e, x in zip(eps, hashes[i + 1:i + 1 + n], strict=True)]
+                    seps = [(e, "KUBE-SEP-" + x) for e, x in zip(eps, hashes[i + 1 : i + 1 + n], strict=True)]
                 i += 1 + n
                 info.append((port, ps, proto, "KUBE-SVC-" + h, "KUBE-EXT-" + h, seps))
             out.append(info)
@@ -155,14 +160,20 @@ class IptablesDataplane:
             if svc.endpoints:
                 continue
             ps, proto = svc.port_string(port), port.protocol
-            out.append(f'-A KUBE-SERVICES -m comment --comment "{ps} has no endpoints" -m {proto} -p {proto} '
-                       f'-d {svc.cluster_ip} --dport {port.port} -j REJECT\n')
+            out.append(
+                f'-A KUBE-SERVICES -m comment --comment "{ps} has no endpoints" -m {proto} -p {proto} '
+                f"-d {svc.cluster_ip} --dport {port.port} -j REJECT\n"
+            )
             for eip in svc.external_ips:
-                out.append(f'-A KUBE-EXTERNAL-SERVICES -m comment --comment "{ps} has no endpoints" -m {proto} '
-                           f'-p {proto} -d {eip} --dport {port.port} -j REJECT\n')
+                out.append(
+                    f'-A KUBE-EXTERNAL-SERVICES -m comment --comment "{ps} has no endpoints" -m {proto} '
+                    f"-p {proto} -d {eip} --dport {port.port} -j REJECT\n"
+                )
             if port.node_port:
-                out.append(f'-A KUBE-EXTERNAL-SERVICES -m comment --comment "{ps} has no endpoints" -m addrtype '
-                           f'--dst-type LOCAL -m {proto} -p {proto} --dport {port.node_port} -j REJECT\n')
+                out.append(
+                    f'-A KUBE-EXTERNAL-SERVICES -m comment --comment "{ps} has no endpoints" -m addrtype '
+                    f"--dst-type LOCAL -m {proto} -p {proto} --dport {port.node_port} -j REJECT\n"
+                )
         return out
 
     def _nat_rules(self, svc: Service, info, large: bool, chains: bool, out: list[str]) -> None:
@@ -179,29 +190,40 @@ class IptablesDataplane:
                 e, s = seps[0]
                 out.append(
                     f'-A KUBE-SERVICES -m comment --comment "{ps} cluster IP" -m {proto} -p {proto} -d {vip} '
-                    f'--dport {p} -j {svcc}\n'
+                    f"--dport {p} -j {svcc}\n"
                     f'-A {svcc} -m comment --comment "{ps} cluster IP" -m {proto} -p {proto} -d {vip} --dport {p} '
-                    f'! -s {cidr} -j KUBE-MARK-MASQ\n'
+                    f"! -s {cidr} -j KUBE-MARK-MASQ\n"
                     f'-A {svcc} -m comment --comment "{ps} -> {e.ip}:{e.port}" -j {s}\n'
-                    f'-A {s} -m comment --comment {ps} -s {e.ip} -j KUBE-MARK-MASQ\n'
-                    f'-A {s} -m comment --comment {ps} -m {proto} -p {proto} -j DNAT --to-destination {e.ip}:{e.port}\n')
+                    f"-A {s} -m comment --comment {ps} -s {e.ip} -j KUBE-MARK-MASQ\n"
+                    f"-A {s} -m comment --comment {ps} -m {proto} -p {proto} -j DNAT --to-destination {e.ip}:{e.port}\n"
+                )
                 continue
-            out.append(f'-A KUBE-SERVICES -m comment --comment "{ps} cluster IP" -m {proto} -p {proto} '
-                       f'-d {vip} --dport {p} -j {svcc}\n')
+            out.append(
+                f'-A KUBE-SERVICES -m comment --comment "{ps} cluster IP" -m {proto} -p {proto} '
+                f"-d {vip} --dport {p} -j {svcc}\n"
+            )
             for eip in svc.external_ips:
-                out.append(f'-A KUBE-SERVICES -m comment --comment "{ps} external IP" -m {proto} -p {proto} '
-                           f'-d {eip} --dport {p} -j {extc}\n')
+                out.append(
+                    f'-A KUBE-SERVICES -m comment --comment "{ps} external IP" -m {proto} -p {proto} '
+                    f"-d {eip} --dport {p} -j {extc}\n"
+                )
             if port.node_port:
-                out.append(f"-A KUBE-NODEPORTS -m comment --comment {ps} -m {proto} -p {proto} "
-                           f"--dport {port.node_port} -j {extc}\n")
+                out.append(
+                    f"-A KUBE-NODEPORTS -m comment --comment {ps} -m {proto} -p {proto} "
+                    f"--dport {port.node_port} -j {extc}\n"
+                )
             if not chains:
                 continue
             if cidr:
-                out.append(f'-A {svcc} -m comment --comment "{ps} cluster IP" -m {proto} -p {proto} '
-                           f'-d {vip} --dport {p} ! -s {cidr} -j KUBE-MARK-MASQ\n')
+                out.append(
+                    f'-A {svcc} -m comment --comment "{ps} cluster IP" -m {proto} -p {proto} '
+                    f"-d {vip} --dport {p} ! -s {cidr} -j KUBE-MARK-MASQ\n"
+                )
             if port.node_port or svc.external_ips:
-                out.append(f'-A {extc} -m comment --comment "masquerade traffic for {ps} external destinations" '
-                           f'-j KUBE-MARK-MASQ\n')
+                out.append(
+                    f'-A {extc} -m comment --comment "masquerade traffic for {ps} external destinations" '
+                    f"-j KUBE-MARK-MASQ\n"
+                )
                 out.append(f"-A {extc} -j {svcc}\n")
             n = len(seps)
             aff = svc.affinity_timeout
@@ -211,29 +233,39 @@ class IptablesDataplane:
                         out.append(f"-A {svcc} -m recent --name {s} --rcheck --seconds {aff} --reap -j {s}\n")
                 for i, (_e, s) in enumerate(seps):
                     if i < n - 1:
-                        out.append(f"-A {svcc} -m statistic --mode random --probability {_prob(n - i)} -j {s}\n")
+                        out.append(
+                            f"-A {svcc} -m statistic --mode random --probability {_prob(n - i)} -j {s}\n"
+                        )
                     else:
                         out.append(f"-A {svcc} -j {s}\n")
                 for e, s in seps:
                     out.append(f"-A {s} -s {e.ip} -j KUBE-MARK-MASQ\n")
                     rec = f" -m recent --name {s} --set" if aff is not None else ""
-                    out.append(f"-A {s}{rec} -m {proto} -p {proto} -j DNAT --to-destination {e.ip}:{e.port}\n")
+                    out.append(
+                        f"-A {s}{rec} -m {proto} -p {proto} -j DNAT --to-destination {e.ip}:{e.port}\n"
+                    )
             else:
                 if aff is not None:
                     for e, s in seps:
-                        out.append(f'-A {svcc} -m comment --comment "{ps} -> {e.ip}:{e.port}" -m recent --name {s} '
-                                   f'--rcheck --seconds {aff} --reap -j {s}\n')
+                        out.append(
+                            f'-A {svcc} -m comment --comment "{ps} -> {e.ip}:{e.port}" -m recent --name {s} '
+                            f"--rcheck --seconds {aff} --reap -j {s}\n"
+                        )
                 for i, (e, s) in enumerate(seps):
                     if i < n - 1:
-                        out.append(f'-A {svcc} -m comment --comment "{ps} -> {e.ip}:{e.port}" -m statistic '
-                                   f'--mode random --probability {_prob(n - i)} -j {s}\n')
+                        out.append(
+                            f'-A {svcc} -m comment --comment "{ps} -> {e.ip}:{e.port}" -m statistic '
+                            f"--mode random --probability {_prob(n - i)} -j {s}\n"
+                        )
                     else:
                         out.append(f'-A {svcc} -m comment --comment "{ps} -> {e.ip}:{e.port}" -j {s}\n')
                 for e, s in seps:
                     out.append(f"-A {s} -m comment --comment {ps} -s {e.ip} -j KUBE-MARK-MASQ\n")
                     rec = f" -m recent --name {s} --set" if aff is not None else ""
-                    out.append(f"-A {s} -m comment --comment {ps}{rec} -m {proto} -p {proto} "
-                               f"-j DNAT --to-destination {e.ip}:{e.port}\n")
+                    out.append(
+                        f"-A {s} -m comment --comment {ps}{rec} -m {proto} -p {proto} "
+                        f"-j DNAT --to-destination {e.ip}:{e.port}\n"
+                    )
 
     def _filter_head(self, full: bool) -> list[str]:
         out = ["*filter\n"]
@@ -270,8 +302,10 @@ class IptablesDataplane:
             "--ctstate RELATED,ESTABLISHED -j ACCEPT\n",
         ]
         if self.localhost_nodeports:
-            out.append('-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" '
-                       "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n")
+            out.append(
+                '-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" '
+                "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n"
+            )
         out.append("COMMIT\n")
         return out
 
@@ -295,10 +329,14 @@ class IptablesDataplane:
 
     def _nat_last(self) -> list[str]:
         if self.settings.node_ips:
-            return [f"-A KUBE-SERVICES -m comment --comment {NODEPORTS_COMMENT} -d {ip} -j KUBE-NODEPORTS\n"
-                    for ip in self.settings.node_ips]
-        return [f"-A KUBE-SERVICES -m comment --comment {NODEPORTS_COMMENT} -m addrtype --dst-type LOCAL "
-                "-j KUBE-NODEPORTS\n"]
+            return [
+                f"-A KUBE-SERVICES -m comment --comment {NODEPORTS_COMMENT} -d {ip} -j KUBE-NODEPORTS\n"
+                for ip in self.settings.node_ips
+            ]
+        return [
+            f"-A KUBE-SERVICES -m comment --comment {NODEPORTS_COMMENT} -m addrtype --dst-type LOCAL "
+            "-j KUBE-NODEPORTS\n"
+        ]
 
     def _full_chunks(self, services: Sequence[Service], record: dict | None = None) -> Iterator[str]:
         large = total_endpoints(services) > LARGE_CLUSTER_ENDPOINTS
@@ -313,7 +351,7 @@ class IptablesDataplane:
         buf = head
         cl = self._chain_lines
         for lo in range(0, len(services), CHUNK):
-            part = services[lo:lo + CHUNK]
+            part = services[lo : lo + CHUNK]
             pinfos = self.service_chains_bulk(part)
             infos += pinfos
             for svc, info in zip(part, pinfos, strict=True):
@@ -333,8 +371,9 @@ class IptablesDataplane:
         buf.append("COMMIT\n")
         yield "".join(buf)
 
-    def _partial_chunks(self, services: Sequence[Service], changed: Service | None,
-                        stale: set[str]) -> Iterator[str]:
+    def _partial_chunks(
+        self, services: Sequence[Service], changed: Service | None, stale: set[str]
+    ) -> Iterator[str]:
         large = total_endpoints(services) > LARGE_CLUSTER_ENDPOINTS
         filt = self._filter_head(False)
         for svc in services:
@@ -350,9 +389,11 @@ class IptablesDataplane:
         buf += [f":{c} - [0:0]\n" for c in stale_sorted]
         buf += self._nat_fixed(False)
         rules = self._nat_rules
-        cache = self._top_cache  # Service key -> (Service, its top-level nat rules): unchanged ones are reused
+        cache = (
+            self._top_cache
+        )  # Service key -> (Service, its top-level nat rules): unchanged ones are reused
         for lo in range(0, len(services), CHUNK):
-            part = services[lo:lo + CHUNK]
+            part = services[lo : lo + CHUNK]
             miss = []
             for svc in part:
                 c = cache.get(_key(svc))
@@ -462,7 +503,9 @@ class IptablesDataplane:
             if table not in ("mangle", "filter", "nat"):
                 continue
             chains = re.findall(r"^:(KUBE-\S+)", text, re.M)
-            jumps = re.findall(r"^-A ((?:PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) .*-j KUBE-\S+)$", text, re.M)
+            jumps = re.findall(
+                r"^-A ((?:PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) .*-j KUBE-\S+)$", text, re.M
+            )
             if not chains and not jumps:
                 continue
             payload.append(f"*{table}\n")

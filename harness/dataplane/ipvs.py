@@ -52,8 +52,12 @@ from harness.model import Service
 IFNAME = "kube-ipvs0"
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132}
 IPVSADM_PROTO = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
-SYSCTLS = ("net.ipv4.vs.conntrack=1", "net.ipv4.vs.expire_nodest_conn=1",
-           "net.ipv4.vs.expire_quiescent_template=1", "net.ipv4.ip_forward=1")
+SYSCTLS = (
+    "net.ipv4.vs.conntrack=1",
+    "net.ipv4.vs.expire_nodest_conn=1",
+    "net.ipv4.vs.expire_quiescent_template=1",
+    "net.ipv4.ip_forward=1",
+)
 
 # kube-proxy's ipsetInfo: name, type (all created on every sync)
 IPSETS = (
@@ -175,8 +179,13 @@ class IpvsDataplane:
     def iptables_text(self, services: Sequence[Service], full: bool = True) -> str:
         """The small fixed ruleset of B.2 (rules on empty sets are left out, as kube-proxy does)."""
         m = self.mark
-        has = {"KUBE-CLUSTER-IP": False, "KUBE-EXTERNAL-IP": False, "KUBE-NODE-PORT-TCP": False,
-               "KUBE-NODE-PORT-UDP": False, "KUBE-LOOP-BACK": False}
+        has = {
+            "KUBE-CLUSTER-IP": False,
+            "KUBE-EXTERNAL-IP": False,
+            "KUBE-NODE-PORT-TCP": False,
+            "KUBE-NODE-PORT-UDP": False,
+            "KUBE-LOOP-BACK": False,
+        }
         for svc in services:
             has["KUBE-CLUSTER-IP"] = True
             if svc.external_ips:
@@ -187,55 +196,86 @@ class IpvsDataplane:
                 if self.node is None or any(e.node == self.node for e in svc.endpoints):
                     has["KUBE-LOOP-BACK"] = has["KUBE-LOOP-BACK"] or bool(svc.endpoints)
         cidr = self.settings.cluster_cidr
-        nat = ["*nat\n"] + [f":{c} - [0:0]\n" for c in
-                            ("KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-NODE-PORT", "KUBE-LOAD-BALANCER",
-                             "KUBE-MARK-MASQ")]
+        nat = ["*nat\n"] + [
+            f":{c} - [0:0]\n"
+            for c in (
+                "KUBE-SERVICES",
+                "KUBE-POSTROUTING",
+                "KUBE-NODE-PORT",
+                "KUBE-LOAD-BALANCER",
+                "KUBE-MARK-MASQ",
+            )
+        ]
         if full:
-            nat += ['-I OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES\n',
-                    '-I PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES\n',
-                    '-I POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING\n']
+            nat += [
+                '-I OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES\n',
+                '-I PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES\n',
+                '-I POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING\n',
+            ]
         if has["KUBE-LOOP-BACK"]:
-            nat.append('-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip for '
-                       'solving hairpin purpose" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE\n')
-        nat += [f"-A KUBE-POSTROUTING -m mark ! --mark {m}/{m} -j RETURN\n",
-                f"-A KUBE-POSTROUTING -j MARK --xor-mark {m}\n",
-                '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
-                "-j MASQUERADE --random-fully\n",
-                f"-A KUBE-MARK-MASQ -j MARK --or-mark {m}\n",
-                # kube-proxy 1.34 (writeIptablesRules): localhost connections leave KUBE-SERVICES first
-                "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN\n"]
+            nat.append(
+                '-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip for '
+                'solving hairpin purpose" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE\n'
+            )
+        nat += [
+            f"-A KUBE-POSTROUTING -m mark ! --mark {m}/{m} -j RETURN\n",
+            f"-A KUBE-POSTROUTING -j MARK --xor-mark {m}\n",
+            '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
+            "-j MASQUERADE --random-fully\n",
+            f"-A KUBE-MARK-MASQ -j MARK --or-mark {m}\n",
+            # kube-proxy 1.34 (writeIptablesRules): localhost connections leave KUBE-SERVICES first
+            "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN\n",
+        ]
         if has["KUBE-NODE-PORT-TCP"]:
-            nat.append('-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port for masquerade '
-                       'purpose" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ\n')
+            nat.append(
+                '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port for masquerade '
+                'purpose" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ\n'
+            )
         if has["KUBE-NODE-PORT-UDP"]:
-            nat.append('-A KUBE-NODE-PORT -p udp -m comment --comment "Kubernetes nodeport UDP port for masquerade '
-                       'purpose" -m set --match-set KUBE-NODE-PORT-UDP dst -j KUBE-MARK-MASQ\n')
+            nat.append(
+                '-A KUBE-NODE-PORT -p udp -m comment --comment "Kubernetes nodeport UDP port for masquerade '
+                'purpose" -m set --match-set KUBE-NODE-PORT-UDP dst -j KUBE-MARK-MASQ\n'
+            )
         if has["KUBE-CLUSTER-IP"]:
             src = f"! -s {cidr} " if cidr else ""
-            nat.append(f'-A KUBE-SERVICES {src}-m comment --comment "Kubernetes service cluster ip + port for '
-                       'masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ\n')
+            nat.append(
+                f'-A KUBE-SERVICES {src}-m comment --comment "Kubernetes service cluster ip + port for '
+                'masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ\n'
+            )
         if has["KUBE-EXTERNAL-IP"]:
             c = '-m comment --comment "Kubernetes service external ip + port for masquerade and filter purpose"'
-            nat += [f"-A KUBE-SERVICES {c} -m set --match-set KUBE-EXTERNAL-IP dst,dst -j KUBE-MARK-MASQ\n",
-                    f"-A KUBE-SERVICES {c} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m physdev ! --physdev-is-in "
-                    "-m addrtype ! --src-type LOCAL -j ACCEPT\n",
-                    f"-A KUBE-SERVICES {c} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m addrtype --dst-type LOCAL "
-                    "-j ACCEPT\n"]
+            nat += [
+                f"-A KUBE-SERVICES {c} -m set --match-set KUBE-EXTERNAL-IP dst,dst -j KUBE-MARK-MASQ\n",
+                f"-A KUBE-SERVICES {c} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m physdev ! --physdev-is-in "
+                "-m addrtype ! --src-type LOCAL -j ACCEPT\n",
+                f"-A KUBE-SERVICES {c} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m addrtype --dst-type LOCAL "
+                "-j ACCEPT\n",
+            ]
         nat.append("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT\n")
         nat.append("-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ\n")  # written whatever the sets hold
         if has["KUBE-CLUSTER-IP"]:
             nat.append("-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT\n")
         nat.append("COMMIT\n")
-        filt = ["*filter\n"] + [f":{c} - [0:0]\n" for c in
-                                ("KUBE-FORWARD", "KUBE-NODE-PORT", "KUBE-PROXY-FIREWALL",
-                                 "KUBE-SOURCE-RANGES-FIREWALL", "KUBE-IPVS-FILTER", "KUBE-IPVS-OUT-FILTER")]
+        filt = ["*filter\n"] + [
+            f":{c} - [0:0]\n"
+            for c in (
+                "KUBE-FORWARD",
+                "KUBE-NODE-PORT",
+                "KUBE-PROXY-FIREWALL",
+                "KUBE-SOURCE-RANGES-FIREWALL",
+                "KUBE-IPVS-FILTER",
+                "KUBE-IPVS-OUT-FILTER",
+            )
+        ]
         if full:
-            filt += ['-I FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD\n',
-                     '-I INPUT -m comment --comment "kubernetes health check rules" -j KUBE-NODE-PORT\n',
-                     '-I INPUT -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL\n',
-                     '-I FORWARD -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL\n',
-                     '-I INPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-FILTER\n',
-                     '-I OUTPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-OUT-FILTER\n']
+            filt += [
+                '-I FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD\n',
+                '-I INPUT -m comment --comment "kubernetes health check rules" -j KUBE-NODE-PORT\n',
+                '-I INPUT -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL\n',
+                '-I FORWARD -m comment --comment "kube-proxy firewall rules" -j KUBE-PROXY-FIREWALL\n',
+                '-I INPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-FILTER\n',
+                '-I OUTPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-OUT-FILTER\n',
+            ]
         filt += [
             f'-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark {m}/{m} -j ACCEPT\n',
             '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate '
@@ -254,9 +294,14 @@ class IpvsDataplane:
         return "".join(nat + filt)
 
     def render(self, services: Sequence[Service]) -> str:
-        return ("# ipvsadm-restore\n" + "".join(self.ipvsadm_lines(services))
-                + "# ipset restore\n" + self.ipset_text(services)
-                + "# iptables-legacy-restore --noflush\n" + self.iptables_text(services))
+        return (
+            "# ipvsadm-restore\n"
+            + "".join(self.ipvsadm_lines(services))
+            + "# ipset restore\n"
+            + self.ipset_text(services)
+            + "# iptables-legacy-restore --noflush\n"
+            + self.iptables_text(services)
+        )
 
     # ------------------------------------------------------------- netlink helpers
     def _socks(self) -> tuple[NetlinkBatch, NetlinkBatch]:
@@ -285,8 +330,8 @@ class IpvsDataplane:
         for proto, vip, port, _rs in vss:
             data, a, p = tpl.service(cmd, flags, PROTO[proto], timeout)
             m = bytearray(data)
-            m[a:a + 4] = aton(vip)
-            m[p:p + 2] = port.to_bytes(2, "big")
+            m[a : a + 4] = aton(vip)
+            m[p : p + 2] = port.to_bytes(2, "big")
             yield m
 
     def _dest_msgs(self, items, cmd: int, flags: int) -> Iterable[bytearray]:
@@ -296,20 +341,22 @@ class IpvsDataplane:
         for proto, vip, port, ip, rport in items:
             data, sa, sp, da, dp = tpl.dest(cmd, flags, PROTO[proto])
             m = bytearray(data)
-            m[sa:sa + 4] = aton(vip)
-            m[sp:sp + 2] = port.to_bytes(2, "big")
-            m[da:da + 4] = aton(ip)
-            m[dp:dp + 2] = rport.to_bytes(2, "big")
+            m[sa : sa + 4] = aton(vip)
+            m[sp : sp + 2] = port.to_bytes(2, "big")
+            m[da : da + 4] = aton(ip)
+            m[dp : dp + 2] = rport.to_bytes(2, "big")
             yield m
 
-    def _addr_msgs(self, addrs: Iterable[str], msg_type: int, flags: int, ifindex: int) -> Iterable[bytearray]:
+    def _addr_msgs(
+        self, addrs: Iterable[str], msg_type: int, flags: int, ifindex: int
+    ) -> Iterable[bytearray]:
         data, a1, a2 = self._templates().addr(msg_type, flags, ifindex)
         aton = socket.inet_aton
         for ip in addrs:
             m = bytearray(data)
             b = aton(ip)
-            m[a1:a1 + 4] = b
-            m[a2:a2 + 4] = b
+            m[a1 : a1 + 4] = b
+            m[a2 : a2 + 4] = b
             yield m
 
     def _ifindex(self, create: bool) -> int:
@@ -319,11 +366,17 @@ class IpvsDataplane:
         if not create:
             return 0
         # one `ip -batch` (netlink underneath): cheaper than importing pyroute2's IPRoute in UML
-        p = run(self.ns, ["ip", "-batch", "-"], check=False,
-                input=f"link add {IFNAME} type dummy\nlink set {IFNAME} arp off\n")
+        p = run(
+            self.ns,
+            ["ip", "-batch", "-"],
+            check=False,
+            input=f"link add {IFNAME} type dummy\nlink set {IFNAME} arp off\n",
+        )
         if p.returncode != 0:
-            raise LabError(f"cannot create dummy {IFNAME} in {self.ns}: {p.stderr.strip()} "
-                           "(the host kernel has no dummy device: run ipvs mode in the UML guest)")
+            raise LabError(
+                f"cannot create dummy {IFNAME} in {self.ns}: {p.stderr.strip()} "
+                "(the host kernel has no dummy device: run ipvs mode in the UML guest)"
+            )
         return int(run(self.ns, ["cat", f"/sys/class/net/{IFNAME}/ifindex"]).stdout)
 
     # ------------------------------------------------------------- protocol
@@ -335,8 +388,11 @@ class IpvsDataplane:
         stream(self.ns, ["iptables-legacy-restore", "--noflush", "-w", "5"], [self.iptables_text(services)])
         idx = self._ifindex(create=True)
         addrs = [a for svc in services for a in self.bound_addresses(svc)]
-        rt.run(self._addr_msgs(addrs, 20, F_REQUEST | F_CREATE | F_EXCL, idx), f"bind addresses to {IFNAME}",
-               ignore=(errno.EEXIST,))
+        rt.run(
+            self._addr_msgs(addrs, 20, F_REQUEST | F_CREATE | F_EXCL, idx),
+            f"bind addresses to {IFNAME}",
+            ignore=(errno.EEXIST,),
+        )
         ipvs.run(self._all_ipvs_msgs(services), "program IPVS virtual and real servers")
         self._state = {_key(s): s for s in services}
         members: dict[tuple[str, str], int] = {}
@@ -374,20 +430,35 @@ class IpvsDataplane:
         # 2. real servers: add new, delete gone (kube-proxy drains TCP ones first; here at once)
         for (p, v, po), rs in new_vs.items():
             have = set(old_vs.get((p, v, po), []))
-            msgs += self._dest_msgs([(p, v, po, ip, rp) for ip, rp in rs if (ip, rp) not in have], 5, new_flag)
+            msgs += self._dest_msgs(
+                [(p, v, po, ip, rp) for ip, rp in rs if (ip, rp) not in have], 5, new_flag
+            )
             want = set(rs)
-            msgs += self._dest_msgs([(p, v, po, ip, rp) for ip, rp in have if (ip, rp) not in want], 7, F_REQUEST)
+            msgs += self._dest_msgs(
+                [(p, v, po, ip, rp) for ip, rp in have if (ip, rp) not in want], 7, F_REQUEST
+            )
         # 3. stale virtual servers (their real servers go with them)
-        gone_vs: list[tuple[str, str, int, list[tuple[str, int]]]] = [(p, v, po, []) for (p, v, po) in old_vs if (p, v, po) not in new_vs]
+        gone_vs: list[tuple[str, str, int, list[tuple[str, int]]]] = [
+            (p, v, po, []) for (p, v, po) in old_vs if (p, v, po) not in new_vs
+        ]
         msgs += self._svc_msgs(gone_vs, 3, F_REQUEST, None)
-        old_addrs = set(self.bound_addresses(old)) if old else ({svc.cluster_ip, *svc.external_ips}
-                                                                  if change.kind != "add" else set())
+        old_addrs = (
+            set(self.bound_addresses(old))
+            if old
+            else ({svc.cluster_ip, *svc.external_ips} if change.kind != "add" else set())
+        )
         new_addrs = set(self.bound_addresses(new)) if new else set()
-        rt.run(self._addr_msgs(sorted(new_addrs - old_addrs), 20, F_REQUEST | F_CREATE | F_EXCL, idx),
-               f"bind addresses to {IFNAME}", ignore=(errno.EEXIST,))
+        rt.run(
+            self._addr_msgs(sorted(new_addrs - old_addrs), 20, F_REQUEST | F_CREATE | F_EXCL, idx),
+            f"bind addresses to {IFNAME}",
+            ignore=(errno.EEXIST,),
+        )
         ipvs.run(msgs, f"{change.kind} IPVS objects of {svc.namespace}/{svc.name}")
-        rt.run(self._addr_msgs(sorted(old_addrs - new_addrs), 21, F_REQUEST, idx),  # RTM_DELADDR
-               f"unbind addresses from {IFNAME}", ignore=(errno.EADDRNOTAVAIL,))
+        rt.run(
+            self._addr_msgs(sorted(old_addrs - new_addrs), 21, F_REQUEST, idx),  # RTM_DELADDR
+            f"unbind addresses from {IFNAME}",
+            ignore=(errno.EADDRNOTAVAIL,),
+        )
         # 4. ipset members, then the (small) iptables ruleset, as every kube-proxy ipvs sync does
         # members are reference counted: two Services may share an endpoint (KUBE-LOOP-BACK)
         refs = self._members
@@ -405,8 +476,11 @@ class IpvsDataplane:
                 refs[mem] = n
         if lines:
             run(self.ns, ["ipset", "-exist", "restore"], input="".join(lines))
-        stream(self.ns, ["iptables-legacy-restore", "--noflush", "-w", "5"],
-               [self.iptables_text(services, full=False)])
+        stream(
+            self.ns,
+            ["iptables-legacy-restore", "--noflush", "-w", "5"],
+            [self.iptables_text(services, full=False)],
+        )
         if new is None:
             self._state.pop(key, None)
         else:
@@ -426,8 +500,15 @@ class IpvsDataplane:
         return parse_ipvsadm_save(run(self.ns, ["ipvsadm", "-Sn"]).stdout)
 
     def counts(self) -> dict[str, int]:
-        c = {"virtual_servers": 0, "real_servers": 0, "addresses": 0, "ipset_members": 0, "ipsets": 0,
-             "nat_rules": 0, "filter_rules": 0}
+        c = {
+            "virtual_servers": 0,
+            "real_servers": 0,
+            "addresses": 0,
+            "ipset_members": 0,
+            "ipsets": 0,
+            "nat_rules": 0,
+            "filter_rules": 0,
+        }
         if os.path.exists("/proc/net/ip_vs"):
             vs = self._kernel_vs()
             c["virtual_servers"] = len(vs)
@@ -446,16 +527,21 @@ class IpvsDataplane:
                 c["ipset_members"] += int(line.split(":")[1])
         for table in ("nat", "filter"):
             p = run(self.ns, ["iptables-legacy-save", "-t", table], check=False)
-            c[f"{table}_rules"] = sum(1 for line in p.stdout.splitlines()
-                                      if line.startswith("-A ") and "KUBE-" in line.split(" ", 2)[1])
+            c[f"{table}_rules"] = sum(
+                1
+                for line in p.stdout.splitlines()
+                if line.startswith("-A ") and "KUBE-" in line.split(" ", 2)[1]
+            )
         return c
 
     def cleanup(self) -> None:
         """Flush IPVS (the namespace is ours), delete kube-ipvs0, the KUBE-* chains, then the ipsets."""
         if os.path.exists("/proc/net/ip_vs"):
             ipvs, _rt = self._socks()
-            msg = bytearray(struct.pack("=IHHII", 20, self._templates().family_id, F_REQUEST, 0, 0)
-                            + struct.pack("=BBH", 17, 1, 0))  # IPVS_CMD_FLUSH
+            msg = bytearray(
+                struct.pack("=IHHII", 20, self._templates().family_id, F_REQUEST, 0, 0)
+                + struct.pack("=BBH", 17, 1, 0)
+            )  # IPVS_CMD_FLUSH
             ipvs.run([msg], "flush IPVS")
         run(self.ns, ["ip", "link", "del", IFNAME], check=False)
         from harness.dataplane.iptables import IptablesDataplane
@@ -469,8 +555,13 @@ class IpvsDataplane:
         self._members = {}
 
 
-_IPVSADM_PROTO = {"-t": "tcp", "--tcp-service": "tcp", "-u": "udp", "--udp-service": "udp",
-                  "--sctp-service": "sctp"}
+_IPVSADM_PROTO = {
+    "-t": "tcp",
+    "--tcp-service": "tcp",
+    "-u": "udp",
+    "--udp-service": "udp",
+    "--sctp-service": "sctp",
+}
 
 
 def parse_ipvsadm_save(text: str) -> dict[tuple[str, str, int], list[tuple[str, int]]]:

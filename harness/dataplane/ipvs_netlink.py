@@ -93,8 +93,10 @@ class NetlinkBatch:
             for e in bad.values():
                 codes[-e] = codes.get(-e, 0) + 1
             summary = ", ".join(f"{errno.errorcode.get(c, c)} x{k}" for c, k in codes.items())
-            raise LabError(f"{what}: the kernel refused {len(bad)} of {n} requests ({summary}); "
-                           f"first failing request #{min(bad) - first_seq + 1}")
+            raise LabError(
+                f"{what}: the kernel refused {len(bad)} of {n} requests ({summary}); "
+                f"first failing request #{min(bad) - first_seq + 1}"
+            )
         return n
 
     def _send(self, buf: list[bytearray], errors: dict[int, int]) -> None:
@@ -146,8 +148,10 @@ def _genl_family_id(sock: socket.socket, name: str) -> int:
     length, typ = struct.unpack_from("=IH", data, 0)
     if typ == NLMSG_ERROR:
         code = struct.unpack_from("=i", data, 16)[0]
-        raise LabError(f"generic netlink family {name} is not available ({os.strerror(-code)}): "
-                       f"this kernel has no IPVS (CONFIG_IP_VS); run ipvs mode in the UML guest")
+        raise LabError(
+            f"generic netlink family {name} is not available ({os.strerror(-code)}): "
+            f"this kernel has no IPVS (CONFIG_IP_VS); run ipvs mode in the UML guest"
+        )
     off = 20
     while off + 4 <= length:
         alen, atype = struct.unpack_from("=HH", data, off)
@@ -185,8 +189,12 @@ class _Templates:
         return bytearray(msg.data)
 
     def _svc_key_attrs(self, proto: int) -> list:
-        return [("IPVS_SVC_ATTR_AF", socket.AF_INET), ("IPVS_SVC_ATTR_PROTOCOL", proto),
-                ("IPVS_SVC_ATTR_ADDR", self.SVC_IP), ("IPVS_SVC_ATTR_PORT", self.SVC_PORT)]
+        return [
+            ("IPVS_SVC_ATTR_AF", socket.AF_INET),
+            ("IPVS_SVC_ATTR_PROTOCOL", proto),
+            ("IPVS_SVC_ATTR_ADDR", self.SVC_IP),
+            ("IPVS_SVC_ATTR_PORT", self.SVC_PORT),
+        ]
 
     def _offsets(self, data: bytearray, ip: str, port: int) -> tuple[int, int]:
         a = data.find(socket.inet_aton(ip))
@@ -202,10 +210,12 @@ class _Templates:
             attrs = self._svc_key_attrs(proto)
             if cmd != 3:  # not DEL: full description
                 pflags = IP_VS_SVC_F_PERSISTENT if timeout else 0
-                attrs += [("IPVS_SVC_ATTR_SCHED_NAME", self.scheduler),
-                          ("IPVS_SVC_ATTR_FLAGS", {"flags": pflags, "mask": 0xFFFFFFFF}),
-                          ("IPVS_SVC_ATTR_TIMEOUT", timeout or 0),
-                          ("IPVS_SVC_ATTR_NETMASK", "255.255.255.255")]
+                attrs += [
+                    ("IPVS_SVC_ATTR_SCHED_NAME", self.scheduler),
+                    ("IPVS_SVC_ATTR_FLAGS", {"flags": pflags, "mask": 0xFFFFFFFF}),
+                    ("IPVS_SVC_ATTR_TIMEOUT", timeout or 0),
+                    ("IPVS_SVC_ATTR_NETMASK", "255.255.255.255"),
+                ]
             data = self._encode_ipvs(cmd, flags, attrs, None)
             t = self._cache[k] = (data, *self._offsets(data, self.SVC_IP, self.SVC_PORT))
         return t
@@ -214,11 +224,18 @@ class _Templates:
         k = ("dst", cmd, flags, proto)
         t = self._cache.get(k)
         if t is None:
-            dattrs = [("IPVS_DEST_ATTR_ADDR_FAMILY", socket.AF_INET), ("IPVS_DEST_ATTR_ADDR", self.DST_IP),
-                      ("IPVS_DEST_ATTR_PORT", self.DST_PORT)]
+            dattrs = [
+                ("IPVS_DEST_ATTR_ADDR_FAMILY", socket.AF_INET),
+                ("IPVS_DEST_ATTR_ADDR", self.DST_IP),
+                ("IPVS_DEST_ATTR_PORT", self.DST_PORT),
+            ]
             if cmd != 7:  # not DEL
-                dattrs += [("IPVS_DEST_ATTR_FWD_METHOD", 0), ("IPVS_DEST_ATTR_WEIGHT", 1),
-                           ("IPVS_DEST_ATTR_U_THRESH", 0), ("IPVS_DEST_ATTR_L_THRESH", 0)]
+                dattrs += [
+                    ("IPVS_DEST_ATTR_FWD_METHOD", 0),
+                    ("IPVS_DEST_ATTR_WEIGHT", 1),
+                    ("IPVS_DEST_ATTR_U_THRESH", 0),
+                    ("IPVS_DEST_ATTR_L_THRESH", 0),
+                ]
             data = self._encode_ipvs(cmd, flags, self._svc_key_attrs(proto), dattrs)
             sa, sp = self._offsets(data, self.SVC_IP, self.SVC_PORT)
             da, dp = self._offsets(data, self.DST_IP, self.DST_PORT)

@@ -24,8 +24,16 @@ def _h(s: str, n: int) -> str:
     T = _PAIRS
     if n == 16:
         v = int.from_bytes(d[:10], "big")
-        return (T[v >> 70] + T[(v >> 60) & 1023] + T[(v >> 50) & 1023] + T[(v >> 40) & 1023]
-                + T[(v >> 30) & 1023] + T[(v >> 20) & 1023] + T[(v >> 10) & 1023] + T[v & 1023])
+        return (
+            T[v >> 70]
+            + T[(v >> 60) & 1023]
+            + T[(v >> 50) & 1023]
+            + T[(v >> 40) & 1023]
+            + T[(v >> 30) & 1023]
+            + T[(v >> 20) & 1023]
+            + T[(v >> 10) & 1023]
+            + T[v & 1023]
+        )
     if n == 8:
         v = int.from_bytes(d[:5], "big")
         return T[v >> 30] + T[(v >> 20) & 1023] + T[(v >> 10) & 1023] + T[v & 1023]
@@ -80,4 +88,4 @@ def bulk_hash(strings: list[str], n: int) -> list[str]:
     nbytes = {16: 10, 8: 5}[n]
     big = b"".join([sha256(s.encode()).digest()[:nbytes] for s in strings])
     enc = b32encode(big).decode()
-    return [enc[i:i + n] for i in range(0, len(enc), n)]
+    return [enc[i : i + n] for i in range(0, len(enc), n)]

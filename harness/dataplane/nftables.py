@@ -79,19 +79,37 @@ JUMP_CHAINS = (
     ("cluster-ips-check", "filter-output", "ct state new "),
 )
 SETS = (
-    ("set", "cluster-ips", "type ipv4_addr ; comment \"Active ClusterIPs\" ;"),
-    ("set", "nodeport-ips", "type ipv4_addr ; comment \"IPs that accept NodePort traffic\" ;"),
-    ("map", "service-ips", "type ipv4_addr . inet_proto . inet_service : verdict ; "
-                           "comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ;"),
-    ("map", "service-nodeports", "type inet_proto . inet_service : verdict ; comment \"NodePort traffic\" ;"),
-    ("map", "no-endpoint-services", "type ipv4_addr . inet_proto . inet_service : verdict ; "
-                                    "comment \"vmap to drop or reject packets to services with no endpoints\" ;"),
-    ("map", "no-endpoint-nodeports", "type inet_proto . inet_service : verdict ; "
-                                     "comment \"vmap to drop or reject packets to service nodeports with no endpoints\" ;"),
-    ("map", "firewall-ips", "type ipv4_addr . inet_proto . inet_service : verdict ; "
-                            "comment \"destinations that are subject to LoadBalancerSourceRanges\" ;"),
+    ("set", "cluster-ips", 'type ipv4_addr ; comment "Active ClusterIPs" ;'),
+    ("set", "nodeport-ips", 'type ipv4_addr ; comment "IPs that accept NodePort traffic" ;'),
+    (
+        "map",
+        "service-ips",
+        "type ipv4_addr . inet_proto . inet_service : verdict ; "
+        'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ;',
+    ),
+    ("map", "service-nodeports", 'type inet_proto . inet_service : verdict ; comment "NodePort traffic" ;'),
+    (
+        "map",
+        "no-endpoint-services",
+        "type ipv4_addr . inet_proto . inet_service : verdict ; "
+        'comment "vmap to drop or reject packets to services with no endpoints" ;',
+    ),
+    (
+        "map",
+        "no-endpoint-nodeports",
+        "type inet_proto . inet_service : verdict ; "
+        'comment "vmap to drop or reject packets to service nodeports with no endpoints" ;',
+    ),
+    (
+        "map",
+        "firewall-ips",
+        "type ipv4_addr . inet_proto . inet_service : verdict ; "
+        'comment "destinations that are subject to LoadBalancerSourceRanges" ;',
+    ),
 )
-HAIRPIN_SPEC = 'type ipv4_addr . ipv4_addr . inet_proto . inet_service ; comment "service hairpin connections" ;'
+HAIRPIN_SPEC = (
+    'type ipv4_addr . ipv4_addr . inet_proto . inet_service ; comment "service hairpin connections" ;'
+)
 REJECT_CHAIN_COMMENT = "helper for @no-endpoint-services / @no-endpoint-nodeports"
 
 
@@ -156,21 +174,30 @@ class NftablesDataplane:
                 proto, p = port.protocol, port.port
                 sb = f"{hashes[i]}-{base}"
                 n = len(eps)
-                ebs = [f"{h}-{base}__{e.ip.replace(':', '.')}/{e.port}" for h, e in zip(hashes[i + 1:i + 1 + n], eps, strict=True)]
+                ebs = [
+                    f"{h}-{base}__{e.ip.replace(':', '.')}/{e.port}"
+                    for h, e in zip(hashes[i + 1 : i + 1 + n], eps, strict=True)
+                ]
                 i += 1 + n
                 if len(sb) > 240 or any(len(b) > 240 for b in ebs):  # kube-proxy's truncation (never here)
                     sb = names._hash_and_truncate(base)
-                    ebs = [names._hash_and_truncate(f"{base}__{e.ip.replace(':', '.')}/{e.port}") for e in eps]
+                    ebs = [
+                        names._hash_and_truncate(f"{base}__{e.ip.replace(':', '.')}/{e.port}") for e in eps
+                    ]
                 el[("cluster-ips", vip)] = ""
                 ps = svc.port_string(port)
                 if not eps:
-                    el[("no-endpoint-services", f"{vip} . {proto} . {p}")] = f' comment "{ps}" : goto reject-chain'
+                    el[("no-endpoint-services", f"{vip} . {proto} . {p}")] = (
+                        f' comment "{ps}" : goto reject-chain'
+                    )
                     for eip in svc.external_ips:
-                        el[("no-endpoint-services", f"{eip} . {proto} . {p}")] = \
+                        el[("no-endpoint-services", f"{eip} . {proto} . {p}")] = (
                             f' comment "{ps}" : goto reject-chain'
+                        )
                     if port.node_port:
-                        el[("no-endpoint-nodeports", f"{proto} . {port.node_port}")] = \
+                        el[("no-endpoint-nodeports", f"{proto} . {port.node_port}")] = (
                             f' comment "{ps}" : goto reject-chain'
+                        )
                     continue
                 svcc = "service-" + sb
                 epcs = ["endpoint-" + b for b in ebs]
@@ -191,7 +218,9 @@ class NftablesDataplane:
                     rules.append(f"meta l4proto {proto} dnat to {eps[0].ip}:{eps[0].port}")
                 else:
                     dm = " , ".join([f"{k} : {e.ip} . {e.port}" for k, e in enumerate(eps)])
-                    rules.append(f"meta l4proto {proto} dnat ip addr . port to numgen random mod {n} map {{ {dm} }}")
+                    rules.append(
+                        f"meta l4proto {proto} dnat ip addr . port to numgen random mod {n} map {{ {dm} }}"
+                    )
                 ext = bool(port.node_port or svc.external_ips)
                 if ext:
                     masq = "jump mark-for-masquerade" if not shared else f'{self.masq} comment "masquerade"'
@@ -207,8 +236,13 @@ class NftablesDataplane:
                         ch[c] = r
                 if shared:
                     node = self.node
-                    o.hairpin.update(dict.fromkeys(f"{e.ip} . {e.ip} . {proto} . {e.port}" for e in eps
-                                                   if node is None or e.node == node))
+                    o.hairpin.update(
+                        dict.fromkeys(
+                            f"{e.ip} . {e.ip} . {proto} . {e.port}"
+                            for e in eps
+                            if node is None or e.node == node
+                        )
+                    )
                 el[("service-ips", f"{vip} . {proto} . {p}")] = f" : goto {svcc}"
                 for eip in svc.external_ips:
                     el[("service-ips", f"{eip} . {proto} . {p}")] = f" : goto external-{sb}"
@@ -224,7 +258,11 @@ class NftablesDataplane:
     def _head(self) -> str:
         t = TABLE
         m = self.mark
-        out = [f"add table {t}\n", f"delete table {t}\n", f'add table {t} {{ comment "rules for kube-proxy" ; }}\n']
+        out = [
+            f"add table {t}\n",
+            f"delete table {t}\n",
+            f'add table {t} {{ comment "rules for kube-proxy" ; }}\n',
+        ]
         for name, typ, hook, prio in BASE_CHAINS:
             out.append(f"add chain {t} {name} {{ type {typ} hook {hook} priority {prio} ; }}\n")
         created = set()
@@ -248,8 +286,10 @@ class NftablesDataplane:
                 f"add rule {t} masquerading ct status dnat ip saddr . ip daddr . meta l4proto . th dport "
                 f"@hairpin-connections masquerade fully-random\n",
             ]
-        out += [f'add chain {t} reject-chain {{ comment "{REJECT_CHAIN_COMMENT}" ; }}\n',
-                f"add rule {t} reject-chain reject\n"]
+        out += [
+            f'add chain {t} reject-chain {{ comment "{REJECT_CHAIN_COMMENT}" ; }}\n',
+            f"add rule {t} reject-chain reject\n",
+        ]
         node_ips = self.settings.node_ips
         for kind, name, spec in SETS:
             if name == "nodeport-ips" and not node_ips:
@@ -260,17 +300,19 @@ class NftablesDataplane:
         else:  # nodePortAddresses matches everything: fib, never localhost
             np_match = "fib daddr type local ip daddr != 127.0.0.0/8"
         if self.shared_masq and self.cidr:
-            out.append(f"add rule {t} services ip daddr @cluster-ips ip saddr != {self.cidr} {self.masq} "
-                       f'comment "masquerade clusterIP traffic from outside cluster"\n')
+            out.append(
+                f"add rule {t} services ip daddr @cluster-ips ip saddr != {self.cidr} {self.masq} "
+                f'comment "masquerade clusterIP traffic from outside cluster"\n'
+            )
         out += [
             f"add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips\n",
             f"add rule {t} services {np_match} meta l4proto . th dport vmap @service-nodeports\n",
             f"add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services\n",
             f"add rule {t} nodeport-endpoints-check {np_match} meta l4proto . th dport vmap @no-endpoint-nodeports\n",
             f"add rule {t} firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips\n",
-            f'add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment '
+            f"add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment "
             f'"Reject traffic to invalid ports of ClusterIPs"\n',
-            f'add rule {t} cluster-ips-check ip daddr {{ {self.settings.service_cidr} }} drop comment '
+            f"add rule {t} cluster-ips-check ip daddr {{ {self.settings.service_cidr} }} drop comment "
             f'"Drop traffic to unallocated ClusterIPs"\n',
         ]
         if node_ips:
@@ -294,13 +336,14 @@ class NftablesDataplane:
         for (s, k), v in o.elements.items():
             out.append(f"add element {t} {s} {{ {k}{v} }}\n")
 
-    def _full_chunks(self, services: Sequence[Service], record: dict | None = None,
-                     hairpin: dict[str, int] | None = None) -> Iterator[str]:
+    def _full_chunks(
+        self, services: Sequence[Service], record: dict | None = None, hairpin: dict[str, int] | None = None
+    ) -> Iterator[str]:
         yield self._head()
         add = self._add_lines
         users: dict[str, int] = {} if hairpin is None else hairpin  # hairpin key -> Services using it
         for lo in range(0, len(services), CHUNK):
-            part = services[lo:lo + CHUNK]
+            part = services[lo : lo + CHUNK]
             buf: list[str] = []
             fresh: list[str] = []
             for svc, o in zip(part, self.objects_bulk(part), strict=True):
@@ -400,15 +443,31 @@ class NftablesDataplane:
 
     def counts(self) -> dict[str, int]:
         p = run(self.ns, ["nft", "list", "table", "ip", "kube-proxy"], check=False)
-        c = {"chains": 0, "rules": 0, "service_chains": 0, "endpoint_chains": 0, "sets": 0,
-             "cluster_ips": 0, "service_ips": 0, "service_nodeports": 0, "no_endpoint_services": 0,
-             "no_endpoint_nodeports": 0, "hairpin_connections": 0, "table": 0}
+        c = {
+            "chains": 0,
+            "rules": 0,
+            "service_chains": 0,
+            "endpoint_chains": 0,
+            "sets": 0,
+            "cluster_ips": 0,
+            "service_ips": 0,
+            "service_nodeports": 0,
+            "no_endpoint_services": 0,
+            "no_endpoint_nodeports": 0,
+            "hairpin_connections": 0,
+            "table": 0,
+        }
         if p.returncode != 0:
             return c
         c["table"] = 1
-        elem_key = {"cluster-ips": "cluster_ips", "service-ips": "service_ips",
-                    "service-nodeports": "service_nodeports", "no-endpoint-services": "no_endpoint_services",
-                    "no-endpoint-nodeports": "no_endpoint_nodeports", "hairpin-connections": "hairpin_connections"}
+        elem_key = {
+            "cluster-ips": "cluster_ips",
+            "service-ips": "service_ips",
+            "service-nodeports": "service_nodeports",
+            "no-endpoint-services": "no_endpoint_services",
+            "no-endpoint-nodeports": "no_endpoint_nodeports",
+            "hairpin-connections": "hairpin_connections",
+        }
         current_set = None  # counts key of the set/map being listed
         block = None  # "chain" | "set" while inside one
         in_elements = False
@@ -430,7 +489,7 @@ class NftablesDataplane:
             if block == "set":
                 if line.startswith("elements = {"):
                     in_elements = True
-                    line = line[len("elements = {"):]
+                    line = line[len("elements = {") :]
                 if in_elements:
                     if current_set:
                         c[current_set] += _count_elements(line)

@@ -43,25 +43,38 @@ class ApiEndpoint:
 
     def executor(self, workers: int) -> ThreadPoolExecutor:
         """A thread pool whose threads live in the endpoint's namespace."""
-        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kpb-api",
-                                  initializer=enter_for_good, initargs=(self.netns,))
+        return ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="kpb-api",
+            initializer=enter_for_good,
+            initargs=(self.netns,),
+        )
 
     def call(self, fn, *args, **kwargs):
         """Run fn(ApiClient, *args, **kwargs) on a fresh client from inside the namespace."""
         with self.executor(1) as ex:
+
             def run():
                 with self.client() as api:
                     return fn(api, *args, **kwargs)
+
             return ex.submit(run).result()
 
 
 def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: str = "kpbench") -> Path:
     """A kubeconfig (JSON, which is YAML) with one cluster, one token user, one context."""
     cfg = {
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "kpbench", "cluster": {
-            "server": server,
-            "certificate-authority-data": base64.b64encode(ca_file.read_bytes()).decode()}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "kpbench",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca_file.read_bytes()).decode(),
+                },
+            }
+        ],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "kpbench", "context": {"cluster": "kpbench", "user": user}}],
         "current-context": "kpbench",

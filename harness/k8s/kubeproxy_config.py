@@ -51,13 +51,23 @@ def set_mode(doc: dict[str, Any], mode: str, sync: SyncSettings = SyncSettings()
     return out
 
 
-def render(*, kubeconfig: str | Path, mode: str, node_name: str,
-           cluster_cidr: str = DEFAULT_CLUSTER_CIDR, sync_period: str = "30s",
-           min_sync_period: str = "1s", ipvs_scheduler: str = "rr",
-           metrics_port: int = METRICS_PORT, healthz_port: int = HEALTHZ_PORT,
-           masquerade_all: bool = False, strict_arp: bool = False,
-           node_port_addresses: Sequence[str] | None = None,
-           verbosity: int = 2, extra: dict | None = None) -> dict:
+def render(
+    *,
+    kubeconfig: str | Path,
+    mode: str,
+    node_name: str,
+    cluster_cidr: str = DEFAULT_CLUSTER_CIDR,
+    sync_period: str = "30s",
+    min_sync_period: str = "1s",
+    ipvs_scheduler: str = "rr",
+    metrics_port: int = METRICS_PORT,
+    healthz_port: int = HEALTHZ_PORT,
+    masquerade_all: bool = False,
+    strict_arp: bool = False,
+    node_port_addresses: Sequence[str] | None = None,
+    verbosity: int = 2,
+    extra: dict | None = None,
+) -> dict:
     """A whole KubeProxyConfiguration for a kube-proxy the harness runs, as a dict (every mode's
     section gets the sync settings).
 
@@ -66,13 +76,22 @@ def render(*, kubeconfig: str | Path, mode: str, node_name: str,
     """
     if mode not in MODES:
         raise ValueError(f"kube-proxy mode {mode!r}: use {', '.join(MODES[:-1])} or {MODES[-1]}")
-    options = SectionOptions(sync_period=sync_period, min_sync_period=min_sync_period,
-                             masquerade_all=masquerade_all, strict_arp=strict_arp, ipvs_scheduler=ipvs_scheduler)
+    options = SectionOptions(
+        sync_period=sync_period,
+        min_sync_period=min_sync_period,
+        masquerade_all=masquerade_all,
+        strict_arp=strict_arp,
+        ipvs_scheduler=ipvs_scheduler,
+    )
     cfg: dict[str, Any] = {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
-        "clientConnection": {"kubeconfig": str(kubeconfig), "qps": 50, "burst": 100,
-                             "contentType": "application/vnd.kubernetes.protobuf"},
+        "clientConnection": {
+            "kubeconfig": str(kubeconfig),
+            "qps": 50,
+            "burst": 100,
+            "contentType": "application/vnd.kubernetes.protobuf",
+        },
         "hostnameOverride": node_name,
         "bindAddress": "0.0.0.0",
         "healthzBindAddress": f"0.0.0.0:{healthz_port}",
@@ -81,12 +100,22 @@ def render(*, kubeconfig: str | Path, mode: str, node_name: str,
         "oomScoreAdj": 0,
         "configSyncPeriod": "15m",
         **{name: spec.kube_proxy_section(options) for name, spec in all_modes().items()},
-        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
-                      "tcpCloseWaitTimeout": "0s", "udpTimeout": "0s", "udpStreamTimeout": "0s"},
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+            "udpTimeout": "0s",
+            "udpStreamTimeout": "0s",
+        },
         "logging": {"verbosity": verbosity},
     }
-    sync = SyncSettings(min_sync_period=min_sync_period, sync_period=sync_period,
-                        metrics_bind_address=f"0.0.0.0:{metrics_port}", ipvs_scheduler=ipvs_scheduler)
+    sync = SyncSettings(
+        min_sync_period=min_sync_period,
+        sync_period=sync_period,
+        metrics_bind_address=f"0.0.0.0:{metrics_port}",
+        ipvs_scheduler=ipvs_scheduler,
+    )
     cfg = set_mode(cfg, mode, sync)
     if node_port_addresses is not None:
         cfg["nodePortAddresses"] = list(node_port_addresses)

@@ -34,8 +34,10 @@ def service_body(svc, labels: dict | None = None) -> dict:
         ports.append(d)
     spec: dict[str, Any] = {
         "type": "NodePort" if any(p.node_port is not None for p in svc.ports) else "ClusterIP",
-        "clusterIP": svc.cluster_ip, "clusterIPs": [svc.cluster_ip],
-        "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+        "clusterIP": svc.cluster_ip,
+        "clusterIPs": [svc.cluster_ip],
+        "ipFamilies": ["IPv4"],
+        "ipFamilyPolicy": "SingleStack",
         "ports": ports,
     }
     if svc.affinity_timeout:
@@ -43,10 +45,16 @@ def service_body(svc, labels: dict | None = None) -> dict:
         spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": svc.affinity_timeout}}
     if svc.external_ips:
         spec["externalIPs"] = list(svc.external_ips)
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": svc.name, "namespace": svc.namespace,
-                         "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, **(labels or {})}},
-            "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": svc.name,
+            "namespace": svc.namespace,
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, **(labels or {})},
+        },
+        "spec": spec,
+    }
 
 
 def endpoint_slice_bodies(svc, node_names: dict[str, str] | None = None) -> list[dict]:
@@ -55,12 +63,23 @@ def endpoint_slice_bodies(svc, node_names: dict[str, str] | None = None) -> list
     A slice carries one port list for all its endpoints, so endpoints are grouped by their base
     port (usually a single slice). `node_names` maps model node names ("a") to Node objects.
     """
+
     def one(k: int, endpoints: list[dict], ports: list[dict]) -> dict:
-        return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": f"{svc.name}-{k}", "namespace": svc.namespace,
-                             "labels": {"kubernetes.io/service-name": svc.name,
-                                        "endpointslice.kubernetes.io/managed-by": MANAGED_BY}},
-                "addressType": "IPv4", "endpoints": endpoints, "ports": ports}
+        return {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{svc.name}-{k}",
+                "namespace": svc.namespace,
+                "labels": {
+                    "kubernetes.io/service-name": svc.name,
+                    "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": ports,
+        }
 
     groups: dict[int, list] = {}
     for e in svc.endpoints:
@@ -70,16 +89,35 @@ def endpoint_slice_bodies(svc, node_names: dict[str, str] | None = None) -> list
     for k, (base, eps) in enumerate(sorted(groups.items())):
         endpoints = []
         for e in eps:
-            d: dict[str, Any] = {"addresses": [e.ip], "conditions": {"ready": True, "serving": True,
-                                                                      "terminating": False}}
+            d: dict[str, Any] = {
+                "addresses": [e.ip],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+            }
             if node_names and e.node in node_names:
                 d["nodeName"] = node_names[e.node]
             endpoints.append(d)
-        slices.append(one(k, endpoints, [{"name": p.name, "port": base + (p.target_port - base_target),
-                                          "protocol": p.protocol.upper()} for p in svc.ports]))
+        slices.append(
+            one(
+                k,
+                endpoints,
+                [
+                    {
+                        "name": p.name,
+                        "port": base + (p.target_port - base_target),
+                        "protocol": p.protocol.upper(),
+                    }
+                    for p in svc.ports
+                ],
+            )
+        )
     if not slices:  # no endpoints: an empty slice still tells kube-proxy "none" (REJECT rules)
-        slices.append(one(0, [], [{"name": p.name, "port": p.target_port, "protocol": p.protocol.upper()}
-                                  for p in svc.ports]))
+        slices.append(
+            one(
+                0,
+                [],
+                [{"name": p.name, "port": p.target_port, "protocol": p.protocol.upper()} for p in svc.ports],
+            )
+        )
     return slices
 
 
@@ -91,7 +129,9 @@ class CreateStats:
     retries: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
-    created_at: dict[str, int] = field(default_factory=dict)  # "ns/name" -> monotonic_ns after its last object
+    created_at: dict[str, int] = field(
+        default_factory=dict
+    )  # "ns/name" -> monotonic_ns after its last object
 
     @property
     def objects(self) -> int:
@@ -104,18 +144,32 @@ class CreateStats:
     rate = objects_per_s
 
     def as_dict(self) -> dict:
-        return {"services": self.services, "slices": self.slices, "objects": self.objects,
-                "existed": self.existed, "retries": self.retries, "seconds": round(self.seconds, 3),
-                "objects_per_s": round(self.objects_per_s, 1), "errors": self.errors[:20],
-                "n_errors": len(self.errors)}
+        return {
+            "services": self.services,
+            "slices": self.slices,
+            "objects": self.objects,
+            "existed": self.existed,
+            "retries": self.retries,
+            "seconds": round(self.seconds, 3),
+            "objects_per_s": round(self.objects_per_s, 1),
+            "errors": self.errors[:20],
+            "n_errors": len(self.errors),
+        }
 
 
 Post = Callable[[str, dict], "tuple[int, bytes | str | None]"]
 
 
-def post_object(post: Post, path: str, body: dict, *, limiter: TokenBucket, max_retries: int = 5,
-                is_ours: Callable[[dict], bool] | None = None,
-                on_retry: Callable[[], None] | None = None) -> tuple[str, bytes]:
+def post_object(
+    post: Post,
+    path: str,
+    body: dict,
+    *,
+    limiter: TokenBucket,
+    max_retries: int = 5,
+    is_ours: Callable[[dict], bool] | None = None,
+    on_retry: Callable[[], None] | None = None,
+) -> tuple[str, bytes]:
     """POST `body` with the one retry policy; -> ("created" | "existed", response body).
 
     A token from `limiter` per attempt. 409 is "existed" (a sweep grows idempotently). A Service
@@ -154,12 +208,21 @@ def post_object(post: Post, path: str, body: dict, *, limiter: TokenBucket, max_
     raise AssertionError("unreachable")
 
 
-def bulk_create(units: Sequence, bodies: Callable[[Any], list[tuple[str, dict]]], post: Callable[[], Post], *,
-                executor, limiter: TokenBucket | None = None, qps: float | None = None, max_retries: int = 5,
-                is_ours: Callable[[dict], bool] | None = None,
-                key: Callable[[Any], str] = lambda u: str(u), raise_errors: bool = False,
-                progress: Callable[[CreateStats], None] | None = None, progress_every: int = 1000,
-                ) -> tuple[CreateStats, list]:
+def bulk_create(
+    units: Sequence,
+    bodies: Callable[[Any], list[tuple[str, dict]]],
+    post: Callable[[], Post],
+    *,
+    executor,
+    limiter: TokenBucket | None = None,
+    qps: float | None = None,
+    max_retries: int = 5,
+    is_ours: Callable[[dict], bool] | None = None,
+    key: Callable[[Any], str] = lambda u: str(u),
+    raise_errors: bool = False,
+    progress: Callable[[CreateStats], None] | None = None,
+    progress_every: int = 1000,
+) -> tuple[CreateStats, list]:
     """Create every unit's objects (`bodies(unit)` -> [(path, body)], the Service first) from the
     threads of `executor`, through one token bucket (`limiter`, else one of `qps` per second).
 
@@ -180,9 +243,15 @@ def bulk_create(units: Sequence, bodies: Callable[[Any], list[tuple[str, dict]]]
             first = None
             n_sl = n_ex = 0
             for k, (path, body) in enumerate(bodies(unit)):
-                outcome, data = post_object(post(), path, body, limiter=limiter, max_retries=max_retries,
-                                            is_ours=is_ours,
-                                            on_retry=retried)
+                outcome, data = post_object(
+                    post(),
+                    path,
+                    body,
+                    limiter=limiter,
+                    max_retries=max_retries,
+                    is_ours=is_ours,
+                    on_retry=retried,
+                )
                 n_ex += int(outcome == "existed")
                 if k == 0:
                     first = data if outcome == "created" else b""
@@ -234,8 +303,9 @@ def post_typed(client, path: str, body: dict, timeout: float = 60) -> tuple[int,
 def service_has_ip(client, body: dict) -> bool:
     """True when the Service named in `body` exists with `body`'s ClusterIP."""
     md = body["metadata"]
-    status, data = request(client, "GET", f"/api/v1/namespaces/{md['namespace']}/services/{md['name']}",
-                           timeout=30)
+    status, data = request(
+        client, "GET", f"/api/v1/namespaces/{md['namespace']}/services/{md['name']}", timeout=30
+    )
     if status != 200:
         return False
     return json.loads(data).get("spec", {}).get("clusterIP") == body["spec"]["clusterIP"]
@@ -247,17 +317,31 @@ def ensure_namespaces(api: ApiEndpoint, names: Iterable[str]) -> None:
 
     def run(client):
         for n in wanted:
-            status, data = request(client, "POST", "/api/v1/namespaces",
-                                   {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}})
+            status, data = request(
+                client,
+                "POST",
+                "/api/v1/namespaces",
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}},
+            )
             if status not in (200, 201, 202, 409):
                 raise KubeError(f"creating namespace {n}: HTTP {status}: {data[:300]!r}")
+
     api.call(run)
 
 
-def create_services(api: ApiEndpoint, model_services: Sequence, qps: float | None = None,
-                    concurrency: int = 8, *, node_names: dict[str, str] | None = None,
-                    create_namespaces: bool = True, max_retries: int = 5, strict: bool = True,
-                    typed: bool = False, progress=None) -> CreateStats:
+def create_services(
+    api: ApiEndpoint,
+    model_services: Sequence,
+    qps: float | None = None,
+    concurrency: int = 8,
+    *,
+    node_names: dict[str, str] | None = None,
+    create_namespaces: bool = True,
+    max_retries: int = 5,
+    strict: bool = True,
+    typed: bool = False,
+    progress=None,
+) -> CreateStats:
     """Create one Service (ClusterIP from the model) plus its selector-less EndpointSlice(s) per
     model Service through the official kubernetes client, `concurrency` threads each with its
     own ApiClient, at most `qps` objects per second in total (None: as fast as it goes).
@@ -291,19 +375,29 @@ def create_services(api: ApiEndpoint, model_services: Sequence, qps: float | Non
 
     def bodies(svc) -> list[tuple[str, dict]]:
         ns = svc.namespace
-        return [(SERVICES.format(ns=ns), service_body(svc))] + \
-            [(SLICES.format(ns=ns), sl) for sl in endpoint_slice_bodies(svc, node_names)]
+        return [(SERVICES.format(ns=ns), service_body(svc))] + [
+            (SLICES.format(ns=ns), sl) for sl in endpoint_slice_bodies(svc, node_names)
+        ]
 
     try:
-        stats, _ = bulk_create(model_services, bodies, post, qps=qps, executor=api.executor(max(1, concurrency)),
-                               max_retries=max_retries, is_ours=lambda b: service_has_ip(client(), b),
-                               key=lambda s: f"{s.namespace}/{s.name}", progress=progress)
+        stats, _ = bulk_create(
+            model_services,
+            bodies,
+            post,
+            qps=qps,
+            executor=api.executor(max(1, concurrency)),
+            max_retries=max_retries,
+            is_ours=lambda b: service_has_ip(client(), b),
+            key=lambda s: f"{s.namespace}/{s.name}",
+            progress=progress,
+        )
     finally:
         for c in clients:
             c.close()  # ApiClient.close does not raise
     if strict and stats.errors:
-        raise KubeError(f"{len(stats.errors)} of {len(model_services)} Services failed; first: "
-                        f"{stats.errors[0]}")
+        raise KubeError(
+            f"{len(stats.errors)} of {len(model_services)} Services failed; first: {stats.errors[0]}"
+        )
     return stats
 
 
@@ -311,12 +405,19 @@ def create_node(api: ApiEndpoint, name: str, internal_ip: str, pod_cidr: str | N
     """A Node object for a lab node (status addresses set on create, as the kubelet does)."""
     api = getattr(api, "api", api)
     body: dict[str, Any] = {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
-                                              "app.kubernetes.io/managed-by": MANAGED_BY}},
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {"kubernetes.io/hostname": name, "app.kubernetes.io/managed-by": MANAGED_BY},
+        },
         "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]} if pod_cidr else {},
-        "status": {"addresses": [{"type": "InternalIP", "address": internal_ip},
-                                 {"type": "Hostname", "address": name}]},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": internal_ip},
+                {"type": "Hostname", "address": name},
+            ]
+        },
     }
     status, data = api.call(request, "POST", "/api/v1/nodes", body)
     if status not in (200, 201, 202, 409):
@@ -337,10 +438,12 @@ def list_names(api: ApiEndpoint, namespace: str, kind: str = "services") -> list
             if kind == "services":
                 r = k.CoreV1Api(client).list_namespaced_service(namespace, limit=5000, _continue=token)
             else:
-                r = k.DiscoveryV1Api(client).list_namespaced_endpoint_slice(namespace, limit=5000,
-                                                                           _continue=token)
+                r = k.DiscoveryV1Api(client).list_namespaced_endpoint_slice(
+                    namespace, limit=5000, _continue=token
+                )
             names += [i.metadata.name for i in r.items]
             token = r.metadata._continue
             if not token:
                 return names
+
     return api.call(run)

@@ -11,8 +11,13 @@ class TokenBucket:
     """At most `qps` acquisitions per second on average and `burst` at once, like client-go's
     rate limiter. `qps` None or 0: unlimited. `burst` None: a tenth of a second's worth (>= 1)."""
 
-    def __init__(self, qps: float | None, burst: int | None = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        qps: float | None,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         qps = qps or 0
         if qps < 0 or (burst is not None and burst < 1):
             raise ValueError("qps must be >= 0 and burst >= 1")
@@ -30,7 +35,9 @@ class TokenBucket:
                 now = self.clock()
                 self.tokens = min(self.burst, self.tokens + (now - self.t) * self.qps)
                 self.t = now
-                if self.tokens >= 1 - 1e-9:  # float slack: a refill of exactly one token may land just below 1
+                if (
+                    self.tokens >= 1 - 1e-9
+                ):  # float slack: a refill of exactly one token may land just below 1
                     self.tokens = max(0.0, self.tokens - 1)
                     return
                 wait = max((1 - self.tokens) / self.qps, 1e-6)

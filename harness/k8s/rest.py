@@ -17,18 +17,34 @@ def request(client: Any, method: str, path: str, body: Any = None, **kw: Any) ->
     return r.status, r.data
 
 
-def send(client: Any, method: str, path: str, body: Any = None, *, query: dict | None = None,
-         content_type: str = "application/json", accept: str = "application/json",
-         timeout: Any = 60) -> Any:
+def send(
+    client: Any,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    query: dict | None = None,
+    content_type: str = "application/json",
+    accept: str = "application/json",
+    timeout: Any = 60,
+) -> Any:
     """`request`, returning the read urllib3 response (status, reason, data)."""
-    q = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()
-         if v is not None]
+    q = [
+        (k, str(v).lower() if isinstance(v, bool) else str(v))
+        for k, v in (query or {}).items()
+        if v is not None
+    ]
     method, url, headers, data, post_params = client.param_serialize(
-        method, path, query_params=q or None, body=body,
+        method,
+        path,
+        query_params=q or None,
+        body=body,
         header_params={"Content-Type": content_type, "Accept": accept},
-        auth_settings=["BearerToken"])
-    r = client.call_api(method, url, header_params=headers, body=data, post_params=post_params,
-                        _request_timeout=timeout)
+        auth_settings=["BearerToken"],
+    )
+    r = client.call_api(
+        method, url, header_params=headers, body=data, post_params=post_params, _request_timeout=timeout
+    )
     r.read()
     return r
 
@@ -40,16 +56,34 @@ class Rest:
         self.api = api
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: Any = None, *, query: dict | None = None,
-                content_type: str = "application/json", timeout: Any = None, raw: bool = False) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: dict | None = None,
+        content_type: str = "application/json",
+        timeout: Any = None,
+        raw: bool = False,
+    ) -> Any:
         from kubernetes.client.rest import ApiException
 
-        r = send(self.api, method, path, body, query=query, content_type=content_type,
-                 accept="application/json, */*", timeout=timeout or self.timeout)
+        r = send(
+            self.api,
+            method,
+            path,
+            body,
+            query=query,
+            content_type=content_type,
+            accept="application/json, */*",
+            timeout=timeout or self.timeout,
+        )
         data = r.data
         if not 200 <= r.status <= 299:
-            raise ApiException(status=r.status, reason=r.reason,
-                               body=data.decode("utf-8", "replace") if data else None)
+            raise ApiException(
+                status=r.status, reason=r.reason, body=data.decode("utf-8", "replace") if data else None
+            )
         text = data.decode("utf-8", "replace") if data else ""
         if raw:
             return text

@@ -114,15 +114,37 @@ class Backends:
         conf = d / "nginx.conf"
         conf.write_text(nginx_config(pod, d))
         err = open(d / "stderr.log", "wb")
-        argv = netns.exec_prefix(self.ns_of(pod)) + [NGINX, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")]
+        argv = netns.exec_prefix(self.ns_of(pod)) + [
+            NGINX,
+            "-p",
+            str(d),
+            "-c",
+            str(conf),
+            "-e",
+            str(d / "error.log"),
+        ]
         try:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                 start_new_session=True, close_fds=True)
+            p = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+            )
         finally:
             err.close()
         self.procs[pod.name] = p
-        registry.register("nginx", p.pid, pid=p.pid, pgid=p.pid, start=registry.proc_starttime(p.pid),
-                          pod=pod.name, ns=self.ns_of(pod), paths=[str(d)])
+        registry.register(
+            "nginx",
+            p.pid,
+            pid=p.pid,
+            pgid=p.pid,
+            start=registry.proc_starttime(p.pid),
+            pod=pod.name,
+            ns=self.ns_of(pod),
+            paths=[str(d)],
+        )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -132,7 +154,9 @@ class Backends:
                 while True:
                     p = self.procs[pod.name]
                     if p.poll() is not None:
-                        raise LabError(f"nginx of pod {pod.name} exited with {p.returncode}: {self._log_tail(pod)}")
+                        raise LabError(
+                            f"nginx of pod {pod.name} exited with {p.returncode}: {self._log_tail(pod)}"
+                        )
                     try:
                         status, body = http_get(self.ns_of(pod), pod.ip, port, timeout=1.0)
                         if status == 200 and body == expected_body(pod, pod.ip, port):
@@ -141,8 +165,10 @@ class Backends:
                     except OSError as e:
                         last = e
                     if time.monotonic() > deadline:
-                        raise LabError(f"nginx of pod {pod.name} does not answer on {pod.ip}:{port} "
-                                       f"after {timeout:.0f}s ({last}): {self._log_tail(pod)}")
+                        raise LabError(
+                            f"nginx of pod {pod.name} does not answer on {pod.ip}:{port} "
+                            f"after {timeout:.0f}s ({last}): {self._log_tail(pod)}"
+                        )
                     time.sleep(0.02)
 
     def _log_tail(self, pod: Pod) -> str:

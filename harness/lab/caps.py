@@ -42,11 +42,19 @@ FEATURE_TEXT = {
 
 # The Debian user-mode-linux 6.1 kernel, as verified here (uml_caps(verify=True) re-checks).
 KNOWN_UML_CAPS: dict[str, Any] = {
-    "kernel": "uml", "release": "6.1.176",
-    "ipvs": True, "dummy": True, "nft_nat": False, "iptables_legacy": True, "iptables_nft": False,
-    "ipset": True, "br_netfilter": True,
-    "why": {"nft_nat": "the UML kernel is built without nft_chain_nat / nft_nat",
-            "iptables_nft": "the UML kernel is built without nft_chain_nat / nft_nat"},
+    "kernel": "uml",
+    "release": "6.1.176",
+    "ipvs": True,
+    "dummy": True,
+    "nft_nat": False,
+    "iptables_legacy": True,
+    "iptables_nft": False,
+    "ipset": True,
+    "br_netfilter": True,
+    "why": {
+        "nft_nat": "the UML kernel is built without nft_chain_nat / nft_nat",
+        "iptables_nft": "the UML kernel is built without nft_chain_nat / nft_nat",
+    },
 }
 
 _IPT_PROBE = """*nat
@@ -96,7 +104,9 @@ def _probe_in(ns: str, argv: list[str], stdin: str | None = None) -> tuple[bool,
         return False, f"{argv[0]} timed out"
     if p.returncode == 0:
         return True, ""
-    return False, (p.stderr or p.stdout).strip().splitlines()[0][:200] if (p.stderr or p.stdout).strip() else f"exit {p.returncode}"
+    return False, (p.stderr or p.stdout).strip().splitlines()[0][:200] if (
+        p.stderr or p.stdout
+    ).strip() else f"exit {p.returncode}"
 
 
 def probe_kernel(kernel: str = "host") -> dict[str, Any]:
@@ -134,7 +144,10 @@ def probe_kernel(kernel: str = "host") -> dict[str, Any]:
         caps["nft_nat"] = ok
         if not ok:
             why["nft_nat"] = f"the {kernel} kernel cannot do nftables NAT: {err}"
-        for feat, tool in (("iptables_legacy", "iptables-legacy-restore"), ("iptables_nft", "iptables-nft-restore")):
+        for feat, tool in (
+            ("iptables_legacy", "iptables-legacy-restore"),
+            ("iptables_nft", "iptables-nft-restore"),
+        ):
             ok, err = _probe_in(scratch, [tool], _IPT_PROBE)
             caps[feat] = ok
             if not ok:
@@ -167,7 +180,10 @@ def uml_available() -> bool:
 
 
 def _cache_dir() -> Path:
-    for d in (Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kpbench", Path("/var/cache/kpbench")):
+    for d in (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kpbench",
+        Path("/var/cache/kpbench"),
+    ):
         try:
             d.mkdir(parents=True, exist_ok=True)
             if os.access(d, os.W_OK):
@@ -206,8 +222,13 @@ def uml_caps(verify: bool = True, *, refresh: bool = False, timeout: float = 300
     with tempfile.TemporaryDirectory(prefix="kpbench-caps-") as run:
         out = Path(run) / "caps.json"
         py = uml.default_command("x")[0]
-        res = uml.run_guest(run, [py, "-m", "harness.lab.caps", "--probe", str(out), "--kernel", "uml"],
-                            mem="1G", timeout=timeout, name="caps")
+        res = uml.run_guest(
+            run,
+            [py, "-m", "harness.lab.caps", "--probe", str(out), "--kernel", "uml"],
+            mem="1G",
+            timeout=timeout,
+            name="caps",
+        )
         if res.status != 0 or not out.exists():
             raise LabError(f"probing the UML kernel failed (exit {res.status}): {res.stderr_tail[-300:]}")
         caps = json.loads(out.read_text())
@@ -227,13 +248,22 @@ def unsupported(caps: Mapping[str, Any], mode: str, iptables_backend: str = "leg
     """None if the kernel described by `caps` runs `mode`, else the reason."""
     for feat in mode_requirements(mode, iptables_backend):
         if not caps.get(feat):
-            return caps.get("why", {}).get(feat) or f"the {caps.get('kernel', '?')} kernel lacks {FEATURE_TEXT[feat]}"
+            return (
+                caps.get("why", {}).get(feat)
+                or f"the {caps.get('kernel', '?')} kernel lacks {FEATURE_TEXT[feat]}"
+            )
     return None
 
 
-def plan_kernels(modes: Iterable[str], iptables_backend: str = "legacy", choice: str = "auto", *,
-                 host: Mapping[str, Any] | None = None, uml_: Mapping[str, Any] | None | bool = True,
-                 spread: bool = False) -> dict[str, list[str]]:
+def plan_kernels(
+    modes: Iterable[str],
+    iptables_backend: str = "legacy",
+    choice: str = "auto",
+    *,
+    host: Mapping[str, Any] | None = None,
+    uml_: Mapping[str, Any] | None | bool = True,
+    spread: bool = False,
+) -> dict[str, list[str]]:
     """Which kernel(s) measure each mode: {mode: ["host"] | ["uml"] | ["host", "uml"]}.
 
     auto: one kernel for every mode when one can (the host preferred); otherwise each mode on a
@@ -293,8 +323,10 @@ def plan_kernels(modes: Iterable[str], iptables_backend: str = "legacy", choice:
     if uc is None:
         m, r = next((m, r) for m, r in on_host.items() if r)
         need = FEATURE_TEXT.get(_first_missing(hc, m, iptables_backend), "a kernel feature").split(" (")[0]
-        raise LabError(f"mode {m} needs {need}: {r} and no UML guest is available; "
-                       f"install user-mode-linux or leave out mode {m}")
+        raise LabError(
+            f"mode {m} needs {need}: {r} and no UML guest is available; "
+            f"install user-mode-linux or leave out mode {m}"
+        )
     on_uml = {m: unsupported(uc, m, iptables_backend) for m in modes}
     if not any(on_uml.values()) and not spread:
         return {m: ["uml"] for m in modes}
@@ -335,7 +367,9 @@ def _dpkg_version(tool: str) -> str | None:
                 break
         if not pkg:
             return None
-        v = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", pkg], capture_output=True, text=True, timeout=10)
+        v = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Version}", pkg], capture_output=True, text=True, timeout=10
+        )
         return f"{pkg} {v.stdout.strip()}" if v.stdout.strip() else None
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -344,9 +378,13 @@ def _dpkg_version(tool: str) -> str | None:
 def tool_versions() -> dict[str, str | None]:
     """Versions of the userspace tools and the UML kernel (None: not installed)."""
     cmds = {
-        "iptables": ["iptables", "--version"], "iptables-legacy": ["iptables-legacy", "--version"],
-        "nft": ["nft", "--version"], "ipset": ["ipset", "--version"], "ipvsadm": ["ipvsadm", "--version"],
-        "nginx": ["nginx", "-v"], "ip": ["ip", "-V"],
+        "iptables": ["iptables", "--version"],
+        "iptables-legacy": ["iptables-legacy", "--version"],
+        "nft": ["nft", "--version"],
+        "ipset": ["ipset", "--version"],
+        "ipvsadm": ["ipvsadm", "--version"],
+        "nginx": ["nginx", "-v"],
+        "ip": ["ip", "-V"],
     }
     out: dict[str, str | None] = {}
     for name, argv in cmds.items():
@@ -364,8 +402,12 @@ def tool_versions() -> dict[str, str | None]:
     out["linux.uml"] = uml.uml_version() if os.access(uml.LINUX_UML, os.X_OK) else None
     out["uml kernel"] = uml.LINUX_UML
     try:
-        p = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "user-mode-linux"], capture_output=True,
-                           text=True, timeout=10)
+        p = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Version}", "user-mode-linux"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         out["user-mode-linux"] = p.stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         out["user-mode-linux"] = None
@@ -383,8 +425,12 @@ def main(argv: list[str] | None = None) -> int:
         caps = probe_kernel(a.kernel)
         Path(a.probe).write_text(json.dumps(caps))
         return 0
-    print(json.dumps({"host": host_caps(), "uml": uml_caps() if uml_available() else None,
-                      "tools": tool_versions()}, indent=1))
+    print(
+        json.dumps(
+            {"host": host_caps(), "uml": uml_caps() if uml_available() else None, "tools": tool_versions()},
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -57,7 +57,7 @@ def _group_members(pgid: int) -> list[int]:
         try:
             with open(f"/proc/{d}/stat", "rb") as f:
                 data = f.read()
-            rest = data[data.rindex(b")") + 2:].split()
+            rest = data[data.rindex(b")") + 2 :].split()
             if int(rest[2]) == pgid and rest[0] not in (b"Z", b"X"):
                 out.append(int(d))
         except (OSError, ValueError, IndexError):

@@ -67,16 +67,24 @@ def exec_prefix(name: str) -> list[str]:
     return ["ip", "netns", "exec", name]
 
 
-def run(name: str | None, argv: Sequence[str], *, input: str | bytes | None = None,
-        check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+def run(
+    name: str | None,
+    argv: Sequence[str],
+    *,
+    input: str | bytes | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
     """Run argv inside namespace `name` (None: where we are); raise LabError with stderr on failure."""
     full = (exec_prefix(name) if name else []) + list(argv)
     text = not isinstance(input, bytes)
     p = subprocess.run(full, input=input, capture_output=True, text=text, timeout=timeout)
     if check and p.returncode != 0:
         err = p.stderr if text else p.stderr.decode(errors="replace")
-        raise LabError(f"{' '.join(argv[:3])} in {name or 'this namespace'} failed "
-                       f"(exit {p.returncode}): {err.strip()[:2000]}")
+        raise LabError(
+            f"{' '.join(argv[:3])} in {name or 'this namespace'} failed "
+            f"(exit {p.returncode}): {err.strip()[:2000]}"
+        )
     return p
 
 

@@ -27,7 +27,7 @@ def proc_starttime(pid: int) -> int | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # comm may contain spaces and parentheses: split after the last ')'
-    rest = data[data.rindex(b")") + 2:].split()
+    rest = data[data.rindex(b")") + 2 :].split()
     try:
         return int(rest[19])
     except (IndexError, ValueError):
@@ -50,7 +50,7 @@ def _is_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-        return data[data.rindex(b")") + 2:][:1] in (b"Z", b"X")
+        return data[data.rindex(b")") + 2 :][:1] in (b"Z", b"X")
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return True
 

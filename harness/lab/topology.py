@@ -70,8 +70,9 @@ CLIENT_SYSCTLS: dict[str, str | int] = {
 def _ip_batch(lines: Sequence[str], *, check: bool = True) -> None:
     if not lines:
         return
-    p = subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n",
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        ["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", capture_output=True, text=True
+    )
     if check and p.returncode != 0:
         raise LabError(f"ip -batch failed: {p.stderr.strip()[:1000]}")
 
@@ -169,16 +170,25 @@ class Lab:
 
     @property
     def namespaces(self) -> list[str]:
-        return ([self.node_ns(n) for n in self.nodes] + [self.client_ns]
-                + [self.pod_ns(p) for p in self.model.pods])
+        return (
+            [self.node_ns(n) for n in self.nodes]
+            + [self.client_ns]
+            + [self.pod_ns(p) for p in self.model.pods]
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {"tag": self.tag,
-                "nodes": {n: {"ns": self.node_ns(n), "ip": self.node_ip(n),
-                              "pod_cidr": self.model.node_pod_cidr(n)} for n in self.nodes},
-                "client": {"ns": self.client_ns, "ip": self.client_ip},
-                "pods": [{"name": p.name, "node": p.node, "ip": p.ip, "ports": list(p.ports),
-                          "ns": self.pod_ns(p)} for p in self.model.pods]}
+        return {
+            "tag": self.tag,
+            "nodes": {
+                n: {"ns": self.node_ns(n), "ip": self.node_ip(n), "pod_cidr": self.model.node_pod_cidr(n)}
+                for n in self.nodes
+            },
+            "client": {"ns": self.client_ns, "ip": self.client_ip},
+            "pods": [
+                {"name": p.name, "node": p.node, "ip": p.ip, "ports": list(p.ports), "ns": self.pod_ns(p)}
+                for p in self.model.pods
+            ],
+        }
 
     # --- lifecycle -------------------------------------------------------------------------
     def up(self) -> Lab:
@@ -187,8 +197,10 @@ class Lab:
         if existing:
             rec = registry.lookup("netns", existing[0])
             if rec and registry.owner_alive(rec) and rec.get("owner_pid") != os.getpid():
-                raise LabError(f"lab {self.tag} is in use by pid {rec['owner_pid']} "
-                               f"(namespace {existing[0]} exists): use another tag")
+                raise LabError(
+                    f"lab {self.tag} is in use by pid {rec['owner_pid']} "
+                    f"(namespace {existing[0]} exists): use another tag"
+                )
             delete_namespaces(existing)  # leftovers of a crashed run with the same tag
         registry.register("lab", self.tag, namespaces=self.namespaces)
         self._up = True
@@ -259,8 +271,9 @@ class Lab:
                 ipr.link("set", index=_idx(ipr, "lo"), state="up")
                 if create_underlay:
                     fd = _nsfd(self.node_ns(other), fds)
-                    ipr.link("add", ifname=UNDERLAY_IF, kind="veth",
-                             peer={"ifname": UNDERLAY_IF, "net_ns_fd": fd})
+                    ipr.link(
+                        "add", ifname=UNDERLAY_IF, kind="veth", peer={"ifname": UNDERLAY_IF, "net_ns_fd": fd}
+                    )
                 u = _idx(ipr, UNDERLAY_IF)
                 ipr.addr("add", index=u, address=self.node_ip(node), prefixlen=prefix)
                 ipr.link("set", index=u, state="up")
@@ -269,7 +282,8 @@ class Lab:
                 ipr.addr("add", index=br, address=self.gateway(node), prefixlen=cidr.prefixlen)
                 ipr.link("set", index=br, state="up")
                 members: list[tuple[str, str]] = [
-                    (self._pod_if[p.name], self.pod_ns(p)) for p in self.model.pods if p.node == node]
+                    (self._pod_if[p.name], self.pod_ns(p)) for p in self.model.pods if p.node == node
+                ]
                 if node == self.nodes[0]:
                     members.insert(0, ("vethclient", self.client_ns))
                 for host_if, pod_ns in members:

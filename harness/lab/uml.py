@@ -47,8 +47,10 @@ def kpbench_kernel() -> str | None:
     env = os.environ.get("KPBENCH_UML_KERNEL")
     if env:
         return env if os.access(env, os.X_OK) else None
-    cache = Path(os.environ.get("KPBENCH_UML_CACHE")
-                 or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kpbench" / "uml")
+    cache = Path(
+        os.environ.get("KPBENCH_UML_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kpbench" / "uml"
+    )
     try:
         h = hashlib.sha256(KERNEL_FRAGMENT.read_bytes()).hexdigest()[:10]
     except OSError:
@@ -82,18 +84,49 @@ GUEST_TMPFS = (Path("/tmp"), Path("/run"), Path("/dev/shm"))  # what uml_init.sh
 # the init script points /proc/sys/kernel/modprobe at the UML module tree.
 MODULES: tuple[str, ...] = (
     # IPVS and the common schedulers
-    "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_sh",
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "ip_vs_lc",
+    "ip_vs_sh",
     # ipset types kube-proxy IPVS mode uses
-    "ip_set", "ip_set_hash_ip", "ip_set_hash_ipport", "ip_set_hash_ipportip", "ip_set_hash_ipportnet",
-    "ip_set_hash_net", "ip_set_bitmap_port", "xt_set",
+    "ip_set",
+    "ip_set_hash_ip",
+    "ip_set_hash_ipport",
+    "ip_set_hash_ipportip",
+    "ip_set_hash_ipportnet",
+    "ip_set_hash_net",
+    "ip_set_bitmap_port",
+    "xt_set",
     # iptables legacy tables and the xt matches/targets kube-proxy emits
-    "nf_conntrack", "nf_nat", "ip_tables", "iptable_nat", "iptable_filter", "iptable_mangle", "ipt_REJECT",
-    "xt_ipvs", "xt_physdev", "xt_comment", "xt_mark", "xt_conntrack", "xt_statistic", "xt_recent",
-    "xt_tcpudp", "xt_multiport", "xt_addrtype", "xt_MASQUERADE", "xt_nat", "xt_limit",
+    "nf_conntrack",
+    "nf_nat",
+    "ip_tables",
+    "iptable_nat",
+    "iptable_filter",
+    "iptable_mangle",
+    "ipt_REJECT",
+    "xt_ipvs",
+    "xt_physdev",
+    "xt_comment",
+    "xt_mark",
+    "xt_conntrack",
+    "xt_statistic",
+    "xt_recent",
+    "xt_tcpudp",
+    "xt_multiport",
+    "xt_addrtype",
+    "xt_MASQUERADE",
+    "xt_nat",
+    "xt_limit",
     # nftables (tables and filter chains work; this kernel has no nft_chain_nat / nft_nat)
-    "nf_tables", "nft_compat",
+    "nf_tables",
+    "nft_compat",
     # links; br_netfilter is never autoloaded
-    "veth", "dummy", "bridge", "br_netfilter",
+    "veth",
+    "dummy",
+    "bridge",
+    "br_netfilter",
 )
 # modules this kernel is known not to ship: not an error if missing
 OPTIONAL_MODULES = frozenset({"nft_chain_nat", "nft_nat"})
@@ -105,8 +138,9 @@ _SAFE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def uml_version(linux: str = LINUX_UML) -> str | None:
     """The guest kernel release (e.g. "6.1.176"), None if linux.uml is not usable."""
     try:
-        p = subprocess.run([linux, "--version"], capture_output=True, text=True, timeout=10,
-                           stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            [linux, "--version"], capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     v = p.stdout.strip().splitlines()
@@ -130,8 +164,12 @@ def available(linux: str = LINUX_UML) -> tuple[bool, str]:
 
 
 def default_command(job: str | Path) -> list[str]:
-    return [str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable,
-            "-m", "harness.pointloop", str(job)]
+    return [
+        str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable,
+        "-m",
+        "harness.pointloop",
+        str(job),
+    ]
 
 
 @dataclass
@@ -148,12 +186,23 @@ class GuestResult:
 class Guest:
     """One UML guest running `command` (argv list or a shell string) once."""
 
-    def __init__(self, run_dir: str | Path, command: Sequence[str] | str | None = None, *,
-                 job: str | Path | None = None, env: Mapping[str, str] | None = None, mem: str = "4G",
-                 timeout: float | None = 3600.0, mounts: Sequence[str | Path] = (),
-                 modules: Sequence[str] = MODULES, cwd: str | Path | None = None,
-                 linux: str = LINUX_UML, name: str = "guest", netns: str | None = None,
-                 net: Sequence[str] = ()):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        command: Sequence[str] | str | None = None,
+        *,
+        job: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        mem: str = "4G",
+        timeout: float | None = 3600.0,
+        mounts: Sequence[str | Path] = (),
+        modules: Sequence[str] = MODULES,
+        cwd: str | Path | None = None,
+        linux: str = LINUX_UML,
+        name: str = "guest",
+        netns: str | None = None,
+        net: Sequence[str] = (),
+    ):
         self.run_dir = Path(run_dir).resolve()
         if command is None:
             if job is None:
@@ -218,12 +267,28 @@ class Guest:
         base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=base))
         umid = f"kpb{os.getpid()}{self.tmpdir.name[-6:]}"
-        argv = [self.linux, f"mem={self.mem}", "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro",
-                "init=/bin/sh", "quiet", "con=null", "con0=null,fd:2", "con1=null,fd:1",
-                f"umid={umid}", f"uml_dir={self.tmpdir}",
-                f"KPBENCH_CTL={self.ctl}", f"KPBENCH_MOUNTS={':'.join(map(str, self.mounts))}",
-                f"KPBENCH_MODULES={','.join(self.modules)}", *self.net, *cmdline_env,
-                "--", str(INIT_SCRIPT)]  # after "--": init's argv (no exec bit needed)
+        argv = [
+            self.linux,
+            f"mem={self.mem}",
+            "root=/dev/root",
+            "rootfstype=hostfs",
+            "rootflags=/",
+            "ro",
+            "init=/bin/sh",
+            "quiet",
+            "con=null",
+            "con0=null,fd:2",
+            "con1=null,fd:1",
+            f"umid={umid}",
+            f"uml_dir={self.tmpdir}",
+            f"KPBENCH_CTL={self.ctl}",
+            f"KPBENCH_MOUNTS={':'.join(map(str, self.mounts))}",
+            f"KPBENCH_MODULES={','.join(self.modules)}",
+            *self.net,
+            *cmdline_env,
+            "--",
+            str(INIT_SCRIPT),
+        ]  # after "--": init's argv (no exec bit needed)
         if len(" ".join(argv)) > 4000:
             raise LabError("UML kernel command line too long: pass fewer environment variables")
         if self.netns:
@@ -235,14 +300,27 @@ class Guest:
         console = open(self.ctl / "console.log", "wb")
         self._t0 = time.monotonic()
         try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=console, env=henv, cwd=str(self.tmpdir),
-                                         start_new_session=True, close_fds=True)
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=console,
+                env=henv,
+                cwd=str(self.tmpdir),
+                start_new_session=True,
+                close_fds=True,
+            )
         finally:
             console.close()
-        registry.register("uml", self.proc.pid, pid=self.proc.pid, pgid=self.proc.pid,
-                          start=registry.proc_starttime(self.proc.pid), paths=[str(self.tmpdir)],
-                          ctl=str(self.ctl))
+        registry.register(
+            "uml",
+            self.proc.pid,
+            pid=self.proc.pid,
+            pgid=self.proc.pid,
+            start=registry.proc_starttime(self.proc.pid),
+            paths=[str(self.tmpdir)],
+            ctl=str(self.ctl),
+        )
         return self
 
     # --- running ---------------------------------------------------------------------------
@@ -262,8 +340,9 @@ class Guest:
                 rem = self._remaining()
                 if rem is not None and rem <= 0:
                     self.kill()
-                    raise LabError(f"UML guest {self.name} timed out after {self.timeout:.0f}s"
-                                   f"{self._tails()}")
+                    raise LabError(
+                        f"UML guest {self.name} timed out after {self.timeout:.0f}s{self._tails()}"
+                    )
                 r, _, _ = select.select([fd], [], [], 1.0 if rem is None else min(1.0, max(rem, 0.01)))
                 if not r:
                     continue
@@ -307,14 +386,19 @@ class Guest:
             status=int(status) if status and status.strip().lstrip("-").isdigit() else -1,
             elapsed_s=elapsed,
             boot_s=_float(self._read("boot_uptime")),
-            modules_missing=[m for m in (self._read("modules_missing") or "").split()
-                             if m not in OPTIONAL_MODULES],
-            ctl_dir=self.ctl, stderr_tail=(self._read("stderr.log") or "")[-2000:],
-            console_tail=(self._read("console.log") or "")[-2000:])
+            modules_missing=[
+                m for m in (self._read("modules_missing") or "").split() if m not in OPTIONAL_MODULES
+            ],
+            ctl_dir=self.ctl,
+            stderr_tail=(self._read("stderr.log") or "")[-2000:],
+            console_tail=(self._read("console.log") or "")[-2000:],
+        )
         self._cleanup_tmp()
         if status is None:
-            raise LabError(f"UML guest {self.name} ended (linux.uml exit {self.proc.returncode}) "
-                           f"without an exit status{self._tails()}")
+            raise LabError(
+                f"UML guest {self.name} ended (linux.uml exit {self.proc.returncode}) "
+                f"without an exit status{self._tails()}"
+            )
         self._result = res
         return res
 
@@ -381,8 +465,13 @@ class Guest:
             self._cleanup_tmp()
 
 
-def run_guest(run_dir: str | Path, command: Sequence[str] | str | None = None, *,
-              on_line: Callable[[str], None] | None = None, **kw) -> GuestResult:
+def run_guest(
+    run_dir: str | Path,
+    command: Sequence[str] | str | None = None,
+    *,
+    on_line: Callable[[str], None] | None = None,
+    **kw,
+) -> GuestResult:
     """Boot, run `command` (default: the worker on kw['job']), stream stdout to on_line, power off."""
     with Guest(run_dir, command, **kw) as g:
         return g.wait(on_line)

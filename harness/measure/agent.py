@@ -78,6 +78,7 @@ def _errname(code: int) -> str:
 
 # ---------------------------------------------------------------- connect
 
+
 def cmd_connect(req: dict) -> dict:
     targets = [(str(t[0]), int(t[1])) for t in req["targets"]]
     rounds = int(req.get("samples", 1))
@@ -105,6 +106,7 @@ def cmd_connect(req: dict) -> dict:
 
 # ---------------------------------------------------------------- poll
 
+
 class _Attempt:
     __slots__ = ("sock", "t0", "state", "buf")
 
@@ -122,11 +124,12 @@ def _backend_match(body: bytes, names: frozenset) -> bool:
     return any(toks[0].startswith(n) for n in names)
 
 
-def _poll_loop(ip: str, port: int, expect: str, interval: float, timeout: float,
-               attempt_timeout: float) -> dict:
+def _poll_loop(
+    ip: str, port: int, expect: str, interval: float, timeout: float, attempt_timeout: float
+) -> dict:
     """Start an attempt every `interval`; see the module docstring."""
     http = expect.startswith("backend:")
-    names = frozenset(x for x in expect[len("backend:"):].split(",") if x) if http else frozenset()
+    names = frozenset(x for x in expect[len("backend:") :].split(",") if x) if http else frozenset()
     if expect not in ("served", "gone") and not http:
         return {"ok": False, "error": f"unknown expect {expect!r}"}
     interval_ns = int(min(interval, MAX_INTERVAL) * 1e9)
@@ -230,15 +233,26 @@ def _poll_loop(ip: str, port: int, expect: str, interval: float, timeout: float,
                     if len(a.buf) < 65536:
                         continue
                 head, _, body = a.buf.partition(b"\r\n\r\n")
-                ok = head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n", 1)[0] + b" " \
+                ok = (
+                    head.startswith(b"HTTP/1.")
+                    and b" 200 " in head.split(b"\r\n", 1)[0] + b" "
                     and _backend_match(body, names)
+                )
                 finish(a, ok, now, body.split(b"\n", 1)[0].decode(errors="replace").strip())
     for a in list(live.values()):
         finish(a, False, _pc(), "")
     satisfied = best_t0 is not None
-    return {"ok": True, "event": "result", "satisfied": satisfied, "timed_out": not satisfied,
-            "t_ns": best_t0, "t_done_ns": best_done, "t_first_ns": t_begin, "attempts": attempts,
-            "detail": detail}
+    return {
+        "ok": True,
+        "event": "result",
+        "satisfied": satisfied,
+        "timed_out": not satisfied,
+        "t_ns": best_t0,
+        "t_done_ns": best_done,
+        "t_first_ns": t_begin,
+        "attempts": attempts,
+        "detail": detail,
+    }
 
 
 def cmd_poll(req: dict, send) -> dict:
@@ -246,11 +260,18 @@ def cmd_poll(req: dict, send) -> dict:
     if interval > MAX_INTERVAL or interval <= 0:
         return {"ok": False, "error": f"interval must be in (0, {MAX_INTERVAL}] s, got {interval}"}
     send({"ok": True, "event": "polling", "t_ns": _pc()})
-    return _poll_loop(str(req["ip"]), int(req["port"]), str(req["expect"]), interval,
-                      float(req.get("timeout", 10.0)), float(req.get("attempt_timeout", 0.2)))
+    return _poll_loop(
+        str(req["ip"]),
+        int(req["port"]),
+        str(req["expect"]),
+        interval,
+        float(req.get("timeout", 10.0)),
+        float(req.get("attempt_timeout", 0.2)),
+    )
 
 
 # ---------------------------------------------------------------- http_get
+
 
 def http_get(ip: str, port: int, path: str = "/", timeout: float = 2.0) -> dict:
     s = socket.socket(_AF, _ST)
@@ -282,6 +303,7 @@ def http_get(ip: str, port: int, path: str = "/", timeout: float = 2.0) -> dict:
 
 # ---------------------------------------------------------------- main loop
 
+
 def main() -> int:
     out = sys.stdout
 
@@ -304,8 +326,12 @@ def main() -> int:
             elif cmd == "poll":
                 rep = cmd_poll(req, send)
             elif cmd == "http_get":
-                rep = http_get(str(req["ip"]), int(req["port"]), str(req.get("path", "/")),
-                               float(req.get("timeout", 2.0)))
+                rep = http_get(
+                    str(req["ip"]),
+                    int(req["port"]),
+                    str(req.get("path", "/")),
+                    float(req.get("timeout", 2.0)),
+                )
             elif cmd == "quit":
                 send({"ok": True})
                 return 0
@@ -318,6 +344,7 @@ def main() -> int:
 
 
 # ---------------------------------------------------------------- client handle (caller side)
+
 
 class AgentError(RuntimeError):
     pass
@@ -359,14 +386,32 @@ class AgentClient:
     def connect(self, targets, samples: int = 1, timeout: float = 1.0) -> list[list]:
         """targets: [(ip, port, tag), ...] -> [[target_index, us, err], ...] in attempt order."""
         t = [[ip, int(port), tag] for ip, port, tag in targets]
-        return self.request({"cmd": "connect", "targets": t, "samples": samples, "timeout": timeout})["results"]
+        return self.request({"cmd": "connect", "targets": t, "samples": samples, "timeout": timeout})[
+            "results"
+        ]
 
-    def poll_start(self, ip: str, port: int, expect: str, *, interval: float = MAX_INTERVAL,
-                   timeout: float = 10.0, attempt_timeout: float = 0.2) -> int:
+    def poll_start(
+        self,
+        ip: str,
+        port: int,
+        expect: str,
+        *,
+        interval: float = MAX_INTERVAL,
+        timeout: float = 10.0,
+        attempt_timeout: float = 0.2,
+    ) -> int:
         """Start polling; returns once the agent polls (its perf_counter_ns). Then poll_result()."""
-        rep = self.request({"cmd": "poll", "ip": ip, "port": port, "expect": expect,
-                            "interval": interval, "timeout": timeout,
-                            "attempt_timeout": attempt_timeout})
+        rep = self.request(
+            {
+                "cmd": "poll",
+                "ip": ip,
+                "port": port,
+                "expect": expect,
+                "interval": interval,
+                "timeout": timeout,
+                "attempt_timeout": attempt_timeout,
+            }
+        )
         self._polling = True
         return rep["t_ns"]
 
@@ -404,10 +449,21 @@ class Agent(AgentClient):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + \
-            [python or sys.executable, "-u", "-m", "harness.measure.agent"]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+        argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + [
+            python or sys.executable,
+            "-u",
+            "-m",
+            "harness.measure.agent",
+        ]
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
         # all three are PIPEs, so Popen set them
         assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
         self._stdin: IO[str] = self.proc.stdin

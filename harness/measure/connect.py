@@ -40,13 +40,21 @@ def connect_stop_rules(plan: Sequence[tuple[str, int, str]]) -> dict[str, StopRu
     caps: dict[str, int] = {}
     for _ip, _port, kind in plan:
         caps[kind] = caps.get(kind, 0) + 1
-    return {k: StopRule(cap=c, floor=max(MIN_FOR_CI, floors.get("connect_direct_us" if k == "direct"
-                                                                  else "connect_us", 1)))
-            for k, c in caps.items()}
+    return {
+        k: StopRule(
+            cap=c,
+            floor=max(MIN_FOR_CI, floors.get("connect_direct_us" if k == "direct" else "connect_us", 1)),
+        )
+        for k, c in caps.items()
+    }
 
 
-def run_plan(agent: Agent, plan: Sequence[tuple[str, int, str]], timeout: float,
-             stop: Callable[[list[tuple[float, str]]], bool] | None = None) -> list[tuple[float, str]]:
+def run_plan(
+    agent: Agent,
+    plan: Sequence[tuple[str, int, str]],
+    timeout: float,
+    stop: Callable[[list[tuple[float, str]]], bool] | None = None,
+) -> list[tuple[float, str]]:
     """Connect once to every (ip, port, tag) of `plan`, in order -> [(us, err), ...]; with `stop`,
     in chunks of STOP_CHUNK, ending early once stop(results so far) is true."""
     out: list[tuple[float, str]] = []
@@ -54,16 +62,27 @@ def run_plan(agent: Agent, plan: Sequence[tuple[str, int, str]], timeout: float,
     for i in range(0, len(plan), step):
         if stop is not None and stop(out):
             break
-        chunk = plan[i:i + step]
+        chunk = plan[i : i + step]
         res = agent.connect(chunk, samples=1, timeout=timeout)
         out.extend((us, err) for _, us, err in res)
     return out
 
 
-def measure_connect(agent: Agent, ctx: PointContext, model_services: Sequence[Service], n: int,
-                    samples: int, rng: random.Random, timeout: float, *, edge_samples: int = 0,
-                    direct_samples: int | None = None, lookup_order: Sequence[Service] | None = None,
-                    warmup: int = 3, adaptive: dict | None = None) -> list[dict[str, Any]]:
+def measure_connect(
+    agent: Agent,
+    ctx: PointContext,
+    model_services: Sequence[Service],
+    n: int,
+    samples: int,
+    rng: random.Random,
+    timeout: float,
+    *,
+    edge_samples: int = 0,
+    direct_samples: int | None = None,
+    lookup_order: Sequence[Service] | None = None,
+    warmup: int = 3,
+    adaptive: dict | None = None,
+) -> list[dict[str, Any]]:
     """Connect-latency rows for a point with the first `n` of `model_services` programmed.
 
     samples: attempts to random Services; edge_samples: attempts to each of the first and the last
@@ -105,7 +124,7 @@ def measure_connect(agent: Agent, ctx: PointContext, model_services: Sequence[Se
 
     def enough(done: list[tuple[float, str]]) -> bool:
         assert rules is not None
-        for (_ip, _port, kind), (us, err) in zip(plan[fed[0]:len(done)], done[fed[0]:], strict=True):
+        for (_ip, _port, kind), (us, err) in zip(plan[fed[0] : len(done)], done[fed[0] :], strict=True):
             rules[kind].add(kind, timeout_us if err else us)
         fed[0] = len(done)
         return all(r.done() for r in rules.values())
@@ -113,19 +132,37 @@ def measure_connect(agent: Agent, ctx: PointContext, model_services: Sequence[Se
     results = run_plan(agent, plan, timeout, enough if rules is not None else None)
     if rules is not None and adaptive is not None:
         enough(results)
-        adaptive.update({f"{'connect_direct_us' if k == 'direct' else 'connect_us'} {k}": r.summary()[k]
-                              for k, r in rules.items() if k in r.series})
+        adaptive.update(
+            {
+                f"{'connect_direct_us' if k == 'direct' else 'connect_us'} {k}": r.summary()[k]
+                for k, r in rules.items()
+                if k in r.series
+            }
+        )
     rows: list[dict[str, Any]] = []
     seq: dict[str, int] = {}
-    for (_ip, _port, kind), (us, err) in zip(plan[:len(results)], results, strict=True):
+    for (_ip, _port, kind), (us, err) in zip(plan[: len(results)], results, strict=True):
         k = seq.get(kind, 0)
         seq[kind] = k + 1
         failed = bool(err)
         value = timeout_us if failed else us
         if kind == "direct":
-            rows.append(ctx.row("connect_direct_us", value, "us", seq=k, timed_out=failed, path="pod",
-                                error=err or ""))
+            rows.append(
+                ctx.row(
+                    "connect_direct_us", value, "us", seq=k, timed_out=failed, path="pod", error=err or ""
+                )
+            )
         else:
-            rows.append(ctx.row("connect_us", value, "us", seq=k, timed_out=failed, position=kind,
-                                path="clusterip", error=err or ""))
+            rows.append(
+                ctx.row(
+                    "connect_us",
+                    value,
+                    "us",
+                    seq=k,
+                    timed_out=failed,
+                    position=kind,
+                    path="clusterip",
+                    error=err or "",
+                )
+            )
     return rows

@@ -39,8 +39,16 @@ class CpuSnapshot:
 
     @property
     def total(self) -> int:
-        return (self.user + self.nice + self.system + self.idle + self.iowait + self.irq
-                + self.softirq + self.steal)
+        return (
+            self.user
+            + self.nice
+            + self.system
+            + self.idle
+            + self.iowait
+            + self.irq
+            + self.softirq
+            + self.steal
+        )
 
 
 def snapshot(path: str = "/proc/stat") -> CpuSnapshot:
@@ -57,25 +65,34 @@ def snapshot(path: str = "/proc/stat") -> CpuSnapshot:
 
 def delta(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
     """CPU-seconds per class and busy percent between two snapshots."""
-    d = {k: (getattr(after, k) - getattr(before, k)) / _TICK
-         for k in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")}
+    d = {
+        k: (getattr(after, k) - getattr(before, k)) / _TICK
+        for k in ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    }
     total = sum(d.values())
     busy = total - d["idle"] - d["iowait"]
-    return {"user_s": d["user"] + d["nice"], "system_s": d["system"], "softirq_s": d["softirq"],
-            "irq_s": d["irq"], "busy_pct": 100.0 * busy / total if total > 0 else 0.0,
-            "wall_s": (after.t_ns - before.t_ns) / 1e9, "ncpu": float(after.ncpu)}
+    return {
+        "user_s": d["user"] + d["nice"],
+        "system_s": d["system"],
+        "softirq_s": d["softirq"],
+        "irq_s": d["irq"],
+        "busy_pct": 100.0 * busy / total if total > 0 else 0.0,
+        "wall_s": (after.t_ns - before.t_ns) / 1e9,
+        "ncpu": float(after.ncpu),
+    }
 
 
-def cpu_rows(ctx: PointContext, before: CpuSnapshot, after: CpuSnapshot,
-             **tags: Any) -> list[dict[str, Any]]:
+def cpu_rows(ctx: PointContext, before: CpuSnapshot, after: CpuSnapshot, **tags: Any) -> list[dict[str, Any]]:
     d = delta(before, after)
-    return [ctx.row("cpu_user_s", d["user_s"], "s", **tags),
-            ctx.row("cpu_system_s", d["system_s"], "s", **tags),
-            ctx.row("cpu_softirq_s", d["softirq_s"], "s", **tags),
-            ctx.row("cpu_irq_s", d["irq_s"], "s", **tags),
-            ctx.row("cpu_busy_pct", d["busy_pct"], "pct", **tags),
-            ctx.row("cpu_wall_s", d["wall_s"], "s", **tags),
-            ctx.row("cpu_count", d["ncpu"], "count", **tags)]
+    return [
+        ctx.row("cpu_user_s", d["user_s"], "s", **tags),
+        ctx.row("cpu_system_s", d["system_s"], "s", **tags),
+        ctx.row("cpu_softirq_s", d["softirq_s"], "s", **tags),
+        ctx.row("cpu_irq_s", d["irq_s"], "s", **tags),
+        ctx.row("cpu_busy_pct", d["busy_pct"], "pct", **tags),
+        ctx.row("cpu_wall_s", d["wall_s"], "s", **tags),
+        ctx.row("cpu_count", d["ncpu"], "count", **tags),
+    ]
 
 
 class CpuPhase:

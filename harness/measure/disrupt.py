@@ -83,8 +83,16 @@ class Records:
         return []
 
 
-def rows(rec: Records, ctx: PointContext, kind: str, t_start_ns: int, t_end_ns: int,
-         lo_ns: int, hi_ns: int, timeout_s: float) -> list[dict[str, Any]]:
+def rows(
+    rec: Records,
+    ctx: PointContext,
+    kind: str,
+    t_start_ns: int,
+    t_end_ns: int,
+    lo_ns: int,
+    hi_ns: int,
+    timeout_s: float,
+) -> list[dict[str, Any]]:
     """Rows of one sync (kind) observed from lo to hi, the sync itself from t_start to t_end."""
     out: list[dict[str, Any]] = []
     timeout_us = timeout_s * 1e6
@@ -95,17 +103,36 @@ def rows(rec: Records, ctx: PointContext, kind: str, t_start_ns: int, t_end_ns: 
         ph = phase_of(t, t_start_ns, t_end_ns)
         failed = bool(err)
         seq = (t - lo_ns) // 1000  # the attempt's start, us since probing began (the timeline's x)
-        out.append(ctx.row("disrupt_connect_us", timeout_us if failed else us, "us", seq=seq,
-                           timed_out=failed, sync=kind, phase=ph, error=err))
+        out.append(
+            ctx.row(
+                "disrupt_connect_us",
+                timeout_us if failed else us,
+                "us",
+                seq=seq,
+                timed_out=failed,
+                sync=kind,
+                phase=ph,
+                error=err,
+            )
+        )
         if not failed:
             ok_times[ph].append(t)
         elif err != "pending":  # pending: still open when the prober stopped, not a failure
             out.append(ctx.row("disrupt_failed", 1, "count", seq=seq, sync=kind, phase=ph, error=err))
     for t, us, err in sorted(rec.requests):
         if lo_ns <= t <= hi_ns:
-            out.append(ctx.row("disrupt_request_us", timeout_us if err else us, "us", seq=(t - lo_ns) // 1000,
-                               timed_out=bool(err), sync=kind, phase=phase_of(t, t_start_ns, t_end_ns),
-                               error=err))
+            out.append(
+                ctx.row(
+                    "disrupt_request_us",
+                    timeout_us if err else us,
+                    "us",
+                    seq=(t - lo_ns) // 1000,
+                    timed_out=bool(err),
+                    sync=kind,
+                    phase=phase_of(t, t_start_ns, t_end_ns),
+                    error=err,
+                )
+            )
     bounds = {"before": (lo_ns, t_start_ns), "during": (t_start_ns, t_end_ns), "after": (t_end_ns, hi_ns)}
     # a gap that spans the sync's edges belongs to `during`: its bounds are the last success before
     # and the first after, so an outage straddling the start or the end is not cut in two
@@ -117,33 +144,66 @@ def rows(rec: Records, ctx: PointContext, kind: str, t_start_ns: int, t_end_ns: 
             b = min([t for t in all_ok if t > t_end_ns], default=hi_ns)
         out.append(ctx.row("disrupt_gap_ms", longest_gap_ms(all_ok, a, b), "ms", sync=kind, phase=ph))
     # the sync itself on the same axis: seq = its start, value = its length (us)
-    out.append(ctx.row("disrupt_sync_us", (t_end_ns - t_start_ns) / 1000, "us", seq=(t_start_ns - lo_ns) // 1000,
-                       sync=kind, phase="during"))
+    out.append(
+        ctx.row(
+            "disrupt_sync_us",
+            (t_end_ns - t_start_ns) / 1000,
+            "us",
+            seq=(t_start_ns - lo_ns) // 1000,
+            sync=kind,
+            phase="during",
+        )
+    )
     return out
 
 
 class Prober:
     """harness.measure.disrupt_prober inside namespace `ns`, probing `targets` [(ip, port), ...]."""
 
-    def __init__(self, ns: str | None, targets: Sequence[tuple[str, int]], *, rate: float,
-                 keepalive: int, timeout: float, python: str | None = None):
+    def __init__(
+        self,
+        ns: str | None,
+        targets: Sequence[tuple[str, int]],
+        *,
+        rate: float,
+        keepalive: int,
+        timeout: float,
+        python: str | None = None,
+    ):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + \
-            [python or sys.executable, "-u", "-m", "harness.measure.disrupt_prober"]
+        argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + [
+            python or sys.executable,
+            "-u",
+            "-m",
+            "harness.measure.disrupt_prober",
+        ]
         self.timeout = timeout
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        cfg = {"targets": [list(t) for t in targets], "rate": rate, "keepalive": keepalive, "timeout": timeout}
-        self.proc.stdin.write(json.dumps(cfg) + "\n")
-        self.proc.stdin.flush()
+        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
+        cfg = {
+            "targets": [list(t) for t in targets],
+            "rate": rate,
+            "keepalive": keepalive,
+            "timeout": timeout,
+        }
+        self._stdin.write(json.dumps(cfg) + "\n")
+        self._stdin.flush()
         rep = self._reply()
         self.t_running_ns: int = rep["t_ns"]
 
     def _reply(self) -> dict:
-        line = self.proc.stdout.readline()
+        line = self._stdout.readline()
         if not line:
             self.proc.wait(timeout=5)
             err = self.proc.stderr.read()[-2000:] if self.proc.stderr else ""
@@ -152,8 +212,8 @@ class Prober:
 
     def stop(self) -> Records:
         """Stop probing -> everything recorded."""
-        self.proc.stdin.write("stop\n")
-        self.proc.stdin.flush()
+        self._stdin.write("stop\n")
+        self._stdin.flush()
         try:
             rep = self._reply()
         finally:
@@ -163,6 +223,8 @@ class Prober:
     def close(self) -> None:
         p = self.proc
         for f in (p.stdin, p.stdout, p.stderr):
+            if f is None:
+                continue
             try:
                 f.close()
             except OSError:
@@ -182,9 +244,19 @@ class Observed:
     attempts: int
 
 
-def measure_during(ns: str | None, targets: Sequence[tuple[str, int]], sync: Callable[[], None],
-                   ctx: PointContext, kind: str, *, rate: float, keepalive: int, window_s: float,
-                   timeout: float, prepare: Callable[[], None] | None = None) -> Observed:
+def measure_during(
+    ns: str | None,
+    targets: Sequence[tuple[str, int]],
+    sync: Callable[[], None],
+    ctx: PointContext,
+    kind: str,
+    *,
+    rate: float,
+    keepalive: int,
+    window_s: float,
+    timeout: float,
+    prepare: Callable[[], None] | None = None,
+) -> Observed:
     """Probe `targets` for window_s, run `sync()`, probe window_s more -> rows tagged sync=kind.
     `prepare` runs before the prober starts (not observed: e.g. emptying the dataplane)."""
     if prepare is not None:

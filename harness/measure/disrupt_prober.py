@@ -58,7 +58,8 @@ class _KeepAlive:
     """One established connection sending GET / every interval."""
 
     def __init__(self, addr: tuple[str, int]):
-        self.addr, self.sock, self.state, self.buf, self.t0, self.next = addr, None, "down", b"", 0, 0
+        self.addr, self.state, self.buf, self.t0, self.next = addr, "down", b"", 0, 0
+        self.sock: socket.socket | None = None
         self.req = f"GET / HTTP/1.1\r\nHost: {addr[0]}\r\nConnection: keep-alive\r\n\r\n".encode()
 
 
@@ -90,14 +91,16 @@ def run(cfg: dict, stop_fd: int, send) -> dict:
         k.sock, k.state, k.buf, k.next = None, "down", b"", now + req_ns
 
     def ka_send(k: _KeepAlive, now: int) -> None:
+        sock = k.sock
+        assert sock is not None  # sent on a connected socket only
         try:
-            k.sock.send(k.req)
+            sock.send(k.req)
         except OSError as e:
             k.state = "sent"
             ka_down(k, _pc(), errname(e.errno or 0))
             return
         k.state, k.t0, k.buf = "sent", now, b""
-        poller.modify(k.sock.fileno(), select.POLLIN)
+        poller.modify(sock.fileno(), select.POLLIN)
 
     send({"ok": True, "event": "running", "t_ns": _pc()})
     t_first = _pc()
@@ -121,16 +124,16 @@ def run(cfg: dict, stop_fd: int, send) -> dict:
             now = _pc()
         for k in kas:
             if k.state == "down" and now >= k.next:
-                k.sock = _sock()
+                k.sock = sock = _sock()
                 k.t0 = now
-                code = k.sock.connect_ex(k.addr)
+                code = sock.connect_ex(k.addr)
                 if code not in (0, errno.EINPROGRESS):
                     k.state = "sent"
                     ka_down(k, _pc(), errname(code))
                     continue
                 k.state = "connecting"
-                ka_fd[k.sock.fileno()] = k
-                poller.register(k.sock.fileno(), select.POLLOUT)
+                ka_fd[sock.fileno()] = k
+                poller.register(sock.fileno(), select.POLLOUT)
             elif k.state == "idle" and now >= k.next:
                 ka_send(k, now)
         wait_ms = max(0, min(next_start - _pc(), 1_000_000) // 1_000_000)
@@ -144,8 +147,14 @@ def run(cfg: dict, stop_fd: int, send) -> dict:
                     if k.state in ("sent", "connecting"):
                         k.state = "sent"
                     ka_down(k, now, "timeout")
-                return {"ok": True, "event": "done", "attempts": attempts, "requests": requests,
-                        "t_first_ns": t_first, "t_last_ns": now}
+                return {
+                    "ok": True,
+                    "event": "done",
+                    "attempts": attempts,
+                    "requests": requests,
+                    "t_first_ns": t_first,
+                    "t_last_ns": now,
+                }
             if fd in live:
                 s, t0, late_us = live.pop(fd)
                 poller.unregister(fd)
@@ -153,11 +162,13 @@ def run(cfg: dict, stop_fd: int, send) -> dict:
                 attempts.append([t0, (now - t0) / 1000.0, errname(code) if code else "", late_us])
                 s.close()
                 continue
-            k = ka_fd.get(fd)
-            if k is None:
+            if fd not in ka_fd:
                 continue
+            k = ka_fd[fd]
+            ksock = k.sock
+            assert ksock is not None  # ka_down() takes a closed socket out of ka_fd
             if k.state == "connecting":
-                code = k.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                code = ksock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code:
                     k.state = "sent"
                     ka_down(k, now, errname(code))
@@ -165,7 +176,7 @@ def run(cfg: dict, stop_fd: int, send) -> dict:
                     ka_send(k, now)
                 continue
             try:
-                chunk = k.sock.recv(65536)
+                chunk = ksock.recv(65536)
             except BlockingIOError:
                 continue
             except OSError as e:

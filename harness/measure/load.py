@@ -55,22 +55,51 @@ def _repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_worker(ns: str | None, targets: Sequence[tuple[str, int]], *, users: int, rate: float,
-               duration: float, timeout: float, keepalive: bool, seed: int = 0,
-               keepalive_targets: int = 1, python: str | None = None,
-               start_timeout: float = 60.0) -> tuple[list[list], dict[str, Any]]:
+def run_worker(
+    ns: str | None,
+    targets: Sequence[tuple[str, int]],
+    *,
+    users: int,
+    rate: float,
+    duration: float,
+    timeout: float,
+    keepalive: bool,
+    seed: int = 0,
+    keepalive_targets: int = 1,
+    python: str | None = None,
+    start_timeout: float = 60.0,
+) -> tuple[list[list], dict[str, Any]]:
     """Run the load worker once -> (records, summary) as the worker printed them."""
     env = dict(os.environ)
     root = _repo_root()
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + [
-        python or sys.executable, "-m", "harness.measure.load_worker",
-        "--users", str(users), "--rate", repr(float(rate)), "--duration", repr(float(duration)),
-        "--timeout", repr(float(timeout)), "--keepalive", "true" if keepalive else "false",
-        "--keepalive-targets", str(keepalive_targets), "--seed", str(seed)]
-    p = subprocess.run(argv, input=json.dumps([[ip, int(port)] for ip, port in targets]),
-                       capture_output=True, text=True, env=env,
-                       timeout=start_timeout + duration + timeout + 30)
+        python or sys.executable,
+        "-m",
+        "harness.measure.load_worker",
+        "--users",
+        str(users),
+        "--rate",
+        repr(float(rate)),
+        "--duration",
+        repr(float(duration)),
+        "--timeout",
+        repr(float(timeout)),
+        "--keepalive",
+        "true" if keepalive else "false",
+        "--keepalive-targets",
+        str(keepalive_targets),
+        "--seed",
+        str(seed),
+    ]
+    p = subprocess.run(
+        argv,
+        input=json.dumps([[ip, int(port)] for ip, port in targets]),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=start_timeout + duration + timeout + 30,
+    )
     records: list[list] = []
     summary: dict[str, Any] | None = None
     for line in p.stdout.splitlines():
@@ -91,56 +120,99 @@ def saturation(summary: dict[str, Any]) -> list[str]:
     """Reasons the client, not the dataplane, limited the phase (empty: not saturated)."""
     why = []
     if summary["achieved_rps"] < SATURATION_RATE * summary["target_rps"]:
-        why.append(f"achieved {summary['achieved_rps']:.1f}/s < {SATURATION_RATE:.0%} of "
-                   f"target {summary['target_rps']:.1f}/s")
+        why.append(
+            f"achieved {summary['achieved_rps']:.1f}/s < {SATURATION_RATE:.0%} of "
+            f"target {summary['target_rps']:.1f}/s"
+        )
     if summary["client_cpu_pct"] > SATURATION_CPU_PCT:
         why.append(f"client CPU {summary['client_cpu_pct']:.0f}% > {SATURATION_CPU_PCT:.0f}%")
     return why
 
 
-def measure_load(ns: str | None, ctx: PointContext, services: Sequence[Service], *, users: int,
-                 rate: float, duration: float, timeout: float, keepalive: bool, seed: int = 0,
-                 keepalive_targets: int = 1, python: str | None = None,
-                 cpu: bool = True) -> LoadResult:
+def measure_load(
+    ns: str | None,
+    ctx: PointContext,
+    services: Sequence[Service],
+    *,
+    users: int,
+    rate: float,
+    duration: float,
+    timeout: float,
+    keepalive: bool,
+    seed: int = 0,
+    keepalive_targets: int = 1,
+    python: str | None = None,
+    cpu: bool = True,
+) -> LoadResult:
     """One load phase against the ClusterIPs of `services` (requests pick one uniformly at random)."""
     targets = [(s.cluster_ip, s.ports[0].port) for s in services]
     if not targets:
         raise LoadError("no Services to load")
-    records, summary = run_worker(ns, targets, users=users, rate=rate, duration=duration,
-                                  timeout=timeout, keepalive=keepalive, seed=seed,
-                                  keepalive_targets=keepalive_targets, python=python)
+    records, summary = run_worker(
+        ns,
+        targets,
+        users=users,
+        rate=rate,
+        duration=duration,
+        timeout=timeout,
+        keepalive=keepalive,
+        seed=seed,
+        keepalive_targets=keepalive_targets,
+        python=python,
+    )
     return LoadResult(*_rows(ctx, records, summary, keepalive, timeout, cpu))
 
 
-def _rows(ctx: PointContext, records: list[list], summary: dict[str, Any], keepalive: bool,
-          timeout: float, cpu: bool):
+def _rows(
+    ctx: PointContext,
+    records: list[list],
+    summary: dict[str, Any],
+    keepalive: bool,
+    timeout: float,
+    cpu: bool,
+):
     rows: list[dict[str, Any]] = []
     t_us = timeout * 1e6
     for seq, _user, intended, start, end, ok, err, _new in sorted(records):
-        rows.append(ctx.row("request_lateness_us", max(0, start - intended) / 1000.0, "us", seq=seq,
-                            keepalive=keepalive))
+        rows.append(
+            ctx.row(
+                "request_lateness_us", max(0, start - intended) / 1000.0, "us", seq=seq, keepalive=keepalive
+            )
+        )
         if ok:
             rows.append(ctx.row("request_us", (end - start) / 1000.0, "us", seq=seq, keepalive=keepalive))
-            rows.append(ctx.row("request_corrected_us", (end - intended) / 1000.0, "us", seq=seq,
-                                keepalive=keepalive))
+            rows.append(
+                ctx.row("request_corrected_us", (end - intended) / 1000.0, "us", seq=seq, keepalive=keepalive)
+            )
         else:
             why = str(err or "failed")[:80]
-            rows.append(ctx.row("request_us", t_us, "us", seq=seq, keepalive=keepalive, timed_out=True,
-                                error=why))
-            rows.append(ctx.row("request_corrected_us", t_us, "us", seq=seq, keepalive=keepalive,
-                                timed_out=True, error=why))
+            rows.append(
+                ctx.row("request_us", t_us, "us", seq=seq, keepalive=keepalive, timed_out=True, error=why)
+            )
+            rows.append(
+                ctx.row(
+                    "request_corrected_us",
+                    t_us,
+                    "us",
+                    seq=seq,
+                    keepalive=keepalive,
+                    timed_out=True,
+                    error=why,
+                )
+            )
     s = summary
-    for metric, value, unit in (("load_target_rps", s["target_rps"], "rps"),
-                                ("load_achieved_rps", s["achieved_rps"], "rps"),
-                                ("load_requests", s["requests"], "count"),
-                                ("load_failures", s["failures"], "count"),
-                                ("load_missed", s["missed"], "count"),
-                                ("load_connections", s["connections"], "count"),
-                                ("load_client_cpu_pct", s["client_cpu_pct"], "pct")):
+    for metric, value, unit in (
+        ("load_target_rps", s["target_rps"], "rps"),
+        ("load_achieved_rps", s["achieved_rps"], "rps"),
+        ("load_requests", s["requests"], "count"),
+        ("load_failures", s["failures"], "count"),
+        ("load_missed", s["missed"], "count"),
+        ("load_connections", s["connections"], "count"),
+        ("load_client_cpu_pct", s["client_cpu_pct"], "pct"),
+    ):
         rows.append(ctx.row(metric, value, unit, keepalive=keepalive))
     if cpu:
         before, after = (CpuSnapshot(*v) for v in s["proc_stat"])
         rows.extend(cpu_rows(ctx, before, after, keepalive=keepalive))
     reasons = saturation(s)
     return rows, bool(reasons), s, reasons
-

@@ -99,6 +99,7 @@ def _errname(e: BaseException) -> str:
         return "reset"
     if isinstance(e, OSError) and e.errno is not None:
         import errno
+
         return errno.errorcode.get(e.errno, str(e.errno))
     return type(e).__name__ if not str(e) else str(e)[:80]
 
@@ -244,10 +245,21 @@ class ProbeUser(User):
                         if s is not None:
                             s.close()
                 end = _pc()
-                fire(request_type="GET", name=f"{addr[0]}:{addr[1]}", response_time=(end - start) / 1e6,
-                     response_length=n, exception=exc,
-                     context={"seq": g, "user": self.idx, "intended_ns": intended, "start_ns": start,
-                              "end_ns": end, "new_conn": new})
+                fire(
+                    request_type="GET",
+                    name=f"{addr[0]}:{addr[1]}",
+                    response_time=(end - start) / 1e6,
+                    response_length=n,
+                    exception=exc,
+                    context={
+                        "seq": g,
+                        "user": self.idx,
+                        "intended_ns": intended,
+                        "start_ns": start,
+                        "end_ns": end,
+                        "new_conn": new,
+                    },
+                )
                 g += S.users
         finally:
             for s in self.conns.values():
@@ -261,9 +273,18 @@ class ProbeUser(User):
 
 def on_request(request_type, name, response_time, response_length, exception, context, **kw):
     c = context
-    S.records.append([c["seq"], c["user"], c["intended_ns"], c["start_ns"], c["end_ns"],
-                      0 if exception else 1, _errname(exception) if exception else "",
-                      1 if c["new_conn"] else 0])
+    S.records.append(
+        [
+            c["seq"],
+            c["user"],
+            c["intended_ns"],
+            c["start_ns"],
+            c["end_ns"],
+            0 if exception else 1,
+            _errname(exception) if exception else "",
+            1 if c["new_conn"] else 0,
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -287,6 +308,7 @@ def main(argv=None) -> int:
     S.keepalive, S.ka_targets, S.seed = a.keepalive == "true", max(1, a.keepalive_targets), a.seed
     try:  # one fd per connection: raise the soft limit
         import resource
+
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
@@ -325,13 +347,22 @@ def main(argv=None) -> int:
         out.write('{"t":"req","r":' + json.dumps(r, separators=(",", ":")) + "}\n")
     issued = len(S.records)
     summary = {
-        "t": "summary", "users": a.users, "target_rps": a.rate, "duration_s": a.duration,
-        "wall_s": wall, "requests": issued,
+        "t": "summary",
+        "users": a.users,
+        "target_rps": a.rate,
+        "duration_s": a.duration,
+        "wall_s": wall,
+        "requests": issued,
         "failures": sum(1 for r in S.records if not r[5]),
-        "achieved_rps": issued / a.duration, "missed": S.missed, "scheduled": S.n_slots,
-        "connections": S.connections, "connections_setup": conns_setup,
-        "cpu_s": cpu_s, "client_cpu_pct": 100.0 * cpu_s / wall if wall > 0 else 0.0,
-        "t_start_ns": S.t_start_ns, "t_end_ns": S.t_end_ns,
+        "achieved_rps": issued / a.duration,
+        "missed": S.missed,
+        "scheduled": S.n_slots,
+        "connections": S.connections,
+        "connections_setup": conns_setup,
+        "cpu_s": cpu_s,
+        "client_cpu_pct": 100.0 * cpu_s / wall if wall > 0 else 0.0,
+        "t_start_ns": S.t_start_ns,
+        "t_end_ns": S.t_end_ns,
         "finished": S.all_done.is_set(),
         "proc_stat": [list(cpu0.__dict__.values()), list(cpu1.__dict__.values())],
         "pid": os.getpid(),

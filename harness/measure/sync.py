@@ -59,8 +59,12 @@ def other_endpoints(svc: Service, model: Model, shift: int = 0) -> tuple[Endpoin
     spec = model.spec
     current = {(e.ip, e.port) for e in svc.endpoints}
     current_ips = {e.ip for e in svc.endpoints}
-    cands = [Endpoint(p.ip, port, p.node) for p in model.pods for port in p.ports
-             if (port - spec.target_port) % spec.ports_per_service == 0]
+    cands = [
+        Endpoint(p.ip, port, p.node)
+        for p in model.pods
+        for port in p.ports
+        if (port - spec.target_port) % spec.ports_per_service == 0
+    ]
     cands = [e for e in cands if (e.ip, e.port) not in current]
     other_pods = [e for e in cands if e.ip not in current_ips]
     pool = other_pods or cands
@@ -79,11 +83,22 @@ def _addr(svc: Service) -> tuple[str, int]:
     return svc.cluster_ip, svc.ports[0].port
 
 
-def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Service], model: Model,
-                     ctx: PointContext, samples: int, kinds: Sequence[str] = ("add", "update", "delete"),
-                     timeout: float = 10.0, *, interval: float = 0.001, attempt_timeout: float = 0.2,
-                     verify_restore: bool = True, restore: bool = True,
-                     stop: StopRule | None = None) -> list[dict[str, Any]]:
+def measure_sync_one(
+    agent: Agent,
+    dataplane: Dataplane,
+    services: Sequence[Service],
+    model: Model,
+    ctx: PointContext,
+    samples: int,
+    kinds: Sequence[str] = ("add", "update", "delete"),
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.001,
+    attempt_timeout: float = 0.2,
+    verify_restore: bool = True,
+    restore: bool = True,
+    stop: StopRule | None = None,
+) -> list[dict[str, Any]]:
     """Rows sync_one_s and sync_apply_s, `samples` per kind, kinds interleaved sample by sample.
 
     `services` is the programmed set (N = len(services)); it is programmed again after each
@@ -102,10 +117,13 @@ def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Serv
     if n == 0 and any(k != "add" for k in kinds):
         kinds = [k for k in kinds if k == "add"]
     rows: list[dict[str, Any]] = []
-    pos = {"add": positions(n + 1, samples, PHASE["add"]), "update": positions(n, samples, PHASE["update"]),
-           "delete": positions(n, samples, PHASE["delete"])}
+    pos = {
+        "add": positions(n + 1, samples, PHASE["add"]),
+        "update": positions(n, samples, PHASE["update"]),
+        "delete": positions(n, samples, PHASE["delete"]),
+    }
     original = list(services)
-    for j in (spread_order(samples) if stop is not None else range(samples)):
+    for j in spread_order(samples) if stop is not None else range(samples):
         if stop is not None and stop.done():
             break
         for kind in kinds:
@@ -127,20 +145,21 @@ def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Serv
             elif kind == "update":
                 old = services[p]
                 svc = old.with_endpoints(other_endpoints(old, model, shift=j))
-                after = services[:p] + [svc] + services[p + 1:]
+                after = services[:p] + [svc] + services[p + 1 :]
                 change, undo = Change("update", svc), Change("update", old)
                 expect, restore_expect = _backend_expect(svc.endpoints), _backend_expect(old.endpoints)
             elif kind == "delete":
                 svc = services[p]
-                after = services[:p] + services[p + 1:]
+                after = services[:p] + services[p + 1 :]
                 change, undo = Change("delete", svc), Change("add", svc)
                 expect, restore_expect = "gone", "served"
             else:
                 raise ValueError(f"unknown change kind {kind!r}")
             ip, port = _addr(svc)
 
-            agent.poll_start(ip, port, expect, interval=interval, timeout=timeout + 0.05,
-                             attempt_timeout=attempt_timeout)
+            agent.poll_start(
+                ip, port, expect, interval=interval, timeout=timeout + 0.05, attempt_timeout=attempt_timeout
+            )
             t0 = time.perf_counter_ns()
             try:
                 dataplane.apply(after, change)
@@ -148,14 +167,25 @@ def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Serv
             finally:
                 res = agent.poll_result()
             if res["satisfied"] and res["t_ns"] < t0:
-                raise SyncError(f"{kind} {svc.name} ({ip}:{port}): '{expect}' held before the change "
-                                f"was applied ({(t0 - res['t_ns']) / 1e6:.3f} ms early): {res['detail']}")
+                raise SyncError(
+                    f"{kind} {svc.name} ({ip}:{port}): '{expect}' held before the change "
+                    f"was applied ({(t0 - res['t_ns']) / 1e6:.3f} ms early): {res['detail']}"
+                )
             lat = (res["t_ns"] - t0) / 1e9 if res["satisfied"] else timeout
             timed_out = (not res["satisfied"]) or lat > timeout
             if timed_out:
                 lat = timeout
-            rows.append(ctx.row("sync_one_s", lat, "s", seq=j, timed_out=timed_out, change=kind,
-                                error="timeout" if timed_out else ""))
+            rows.append(
+                ctx.row(
+                    "sync_one_s",
+                    lat,
+                    "s",
+                    seq=j,
+                    timed_out=timed_out,
+                    change=kind,
+                    error="timeout" if timed_out else "",
+                )
+            )
             if stop is not None:
                 stop.add(f"sync_one_s change={kind}", lat)
             rows.append(ctx.row("sync_apply_s", (t_apply - t0) / 1e9, "s", seq=j, change=kind))
@@ -165,16 +195,25 @@ def measure_sync_one(agent: Agent, dataplane: Dataplane, services: Sequence[Serv
                 continue
             dataplane.apply(services, undo)
             if verify_restore:
-                back = agent.poll(ip, port, restore_expect, interval=interval,
-                                  timeout=max(timeout, 1.0), attempt_timeout=attempt_timeout)
+                back = agent.poll(
+                    ip,
+                    port,
+                    restore_expect,
+                    interval=interval,
+                    timeout=max(timeout, 1.0),
+                    attempt_timeout=attempt_timeout,
+                )
                 if not back["satisfied"]:
-                    raise SyncError(f"after undoing {kind} {svc.name}: '{restore_expect}' not seen "
-                                    f"within {max(timeout, 1.0)} s")
+                    raise SyncError(
+                        f"after undoing {kind} {svc.name}: '{restore_expect}' not seen "
+                        f"within {max(timeout, 1.0)} s"
+                    )
     return rows
 
 
-def measure_sync_full(dataplane: Dataplane, services: Sequence[Service],
-                      ctx: PointContext) -> list[dict[str, Any]]:
+def measure_sync_full(
+    dataplane: Dataplane, services: Sequence[Service], ctx: PointContext
+) -> list[dict[str, Any]]:
     """One full sync of `services`, timed: row sync_full_s."""
     t0 = time.perf_counter_ns()
     dataplane.full_sync(services)

@@ -16,6 +16,7 @@ The probed Services are `targets` of the N spread over the ruleset, none of them
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -57,15 +58,26 @@ def probe_targets(services: Sequence[Service], k: int, avoid: set[str]) -> list[
     return [(keep[i].cluster_ip, keep[i].ports[0].port) for i in sorted(set(idx))]
 
 
-def measure_disruption(dp: Any, ns: str, services: Sequence[Service], model: Model, ctx: PointContext,
-                       spec: DisruptionSpec, status: dict) -> list[dict[str, Any]]:
+def measure_disruption(
+    dp: Any,
+    ns: str,
+    services: Sequence[Service],
+    model: Model,
+    ctx: PointContext,
+    spec: DisruptionSpec,
+    status: dict,
+) -> list[dict[str, Any]]:
     """Rows of the disruption phase on node a's dataplane `dp`; a summary in status["disruption"]."""
     services = list(services)
     n = len(services)
     timeout = spec.timeout_ms / 1000
     rows: list[dict[str, Any]] = []
-    info: dict[str, Any] = {"rate": spec.rate, "keepalive_conns": spec.keepalive_conns,
-                            "window_s": spec.window_s, "kinds": {}}
+    info: dict[str, Any] = {
+        "rate": spec.rate,
+        "keepalive_conns": spec.keepalive_conns,
+        "window_s": spec.window_s,
+        "kinds": {},
+    }
     status["disruption"] = info
     changed: dict[str, tuple[Change, Change, list[Service]]] = {}
     if n:
@@ -75,8 +87,11 @@ def measure_disruption(dp: Any, ns: str, services: Sequence[Service], model: Mod
         moved = upd.with_endpoints(other_endpoints(upd, model))
         changed = {
             "add": (Change("add", new), Change("delete", new), services + [new]),
-            "update": (Change("update", moved), Change("update", upd),
-                       [moved if s is upd else s for s in services]),
+            "update": (
+                Change("update", moved),
+                Change("update", upd),
+                [moved if s is upd else s for s in services],
+            ),
             "delete": (Change("delete", dele), Change("add", dele), [s for s in services if s is not dele]),
         }
         avoid = {upd.name, dele.name}
@@ -100,23 +115,48 @@ def measure_disruption(dp: Any, ns: str, services: Sequence[Service], model: Mod
                 warm_sync(dp, services)
                 base_s = (time.perf_counter_ns() - t0) / 1e9
                 rows.append(ctx.row("sync_full_warm_s", base_s, "s", path="quiet"))
-            obs = disrupt.measure_during(ns, targets, lambda: warm_sync(dp, services), ctx, "full",
-                                         rate=spec.rate, keepalive=spec.keepalive_conns,
-                                         window_s=spec.window_s, timeout=timeout)
+            obs = disrupt.measure_during(
+                ns,
+                targets,
+                lambda: warm_sync(dp, services),
+                ctx,
+                "full",
+                rate=spec.rate,
+                keepalive=spec.keepalive_conns,
+                window_s=spec.window_s,
+                timeout=timeout,
+            )
             rows.append(ctx.row("sync_full_warm_s", obs.sync_s, "s", path="prober"))
             if base_s:
                 info["prober_slowdown"] = round(obs.sync_s / base_s, 3)
         elif kind == "cold":  # from empty: the probed Services exist only once the sync is done
-            obs = disrupt.measure_during(ns, targets, lambda: dp.full_sync(services), ctx, kind,
-                                         rate=spec.rate, keepalive=spec.keepalive_conns,
-                                         window_s=spec.window_s, timeout=timeout, prepare=dp.cleanup)
+            obs = disrupt.measure_during(
+                ns,
+                targets,
+                lambda: dp.full_sync(services),
+                ctx,
+                kind,
+                rate=spec.rate,
+                keepalive=spec.keepalive_conns,
+                window_s=spec.window_s,
+                timeout=timeout,
+                prepare=dp.cleanup,
+            )
         else:
             if kind not in changed:
                 continue
             change, undo, after = changed[kind]
-            obs = disrupt.measure_during(ns, targets, lambda: dp.apply(after, change), ctx, kind,
-                                         rate=spec.rate, keepalive=spec.keepalive_conns,
-                                         window_s=spec.window_s, timeout=timeout)
+            obs = disrupt.measure_during(
+                ns,
+                targets,
+                functools.partial(dp.apply, after, change),
+                ctx,
+                kind,
+                rate=spec.rate,
+                keepalive=spec.keepalive_conns,
+                window_s=spec.window_s,
+                timeout=timeout,
+            )
             dp.apply(services, undo)
         rows.extend(obs.rows)
         fails = sum(1 for r in obs.rows if r["metric"] == "disrupt_failed")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import platform
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from harness.dataplane import make_dataplane
 from harness.dataplane.base import DataplaneSettings
@@ -25,14 +26,23 @@ from harness.pointloop.worker import Job, emit, kernel_label
 from harness.samples import PointContext, SampleWriter
 from harness.scenario import Scenario
 
+if TYPE_CHECKING:
+    from harness.lab.topology import Lab
+    from harness.measure.agent import Agent
+
 
 def model_spec(scenario: Scenario, n_services: int) -> ModelSpec:
     """The model of the sweep's largest count, with the most endpoints per Service of the sweep."""
     m, lab = scenario.model, scenario.lab
     return ModelSpec(
-        n_services=n_services, endpoints=max(scenario.endpoint_counts()), ports_per_service=m.ports_per_service,
-        service_cidr=lab.service_cidr, pod_cidr=lab.pod_cidr, pods_per_node=lab.pods_per_node,
-        node_ports=min(m.node_ports, n_services), affinity=min(m.affinity, n_services),
+        n_services=n_services,
+        endpoints=max(scenario.endpoint_counts()),
+        ports_per_service=m.ports_per_service,
+        service_cidr=lab.service_cidr,
+        pod_cidr=lab.pod_cidr,
+        pods_per_node=lab.pods_per_node,
+        node_ports=min(m.node_ports, n_services),
+        affinity=min(m.affinity, n_services),
         seed=scenario.seed,
     )
 
@@ -54,8 +64,8 @@ class LabPoints:
         # superset of the ports of any smaller count's); a point uses its own count's model
         self.model = build_model(model_spec(self.scenario, n_max))
         self.models = {self.model.spec.endpoints: self.model}
-        self.lab = None
-        self.agent = None
+        self.lab: Lab | None = None
+        self.agent: Agent | None = None
         self.dataplanes: dict[str, Any] = {}
 
     # -- lab lifetime -------------------------------------------------------------------------
@@ -63,18 +73,25 @@ class LabPoints:
         from harness.lab.topology import Lab
         from harness.measure.agent import Agent
 
-        emit("kernel", name=self.job.kernel, label=self.kernel, release=platform.release(),
-             machine=platform.machine())
+        emit(
+            "kernel",
+            name=self.job.kernel,
+            label=self.kernel,
+            release=platform.release(),
+            machine=platform.machine(),
+        )
         emit("log", message=f"{self.kernel}: building the lab ({len(self.model.pods)} pods, 2 nodes)")
         t0 = time.monotonic()
-        self.lab = Lab(self.model, tag=self.job.tag)
-        self.lab.up()
-        self.agent = Agent(self.lab.client_ns)
+        self.lab = lab = Lab(self.model, tag=self.job.tag)
+        lab.up()
+        self.agent = Agent(lab.client_ns)
         emit("log", message=f"{self.kernel}: lab up in {time.monotonic() - t0:.1f} s")
         self.settings = DataplaneSettings(
-            cluster_cidr=self.scenario.lab.pod_cidr, service_cidr=self.scenario.lab.service_cidr,
-            node_ips=tuple(self.lab.node_ip(n) for n in self.model.spec.nodes),
-            iptables_backend=self.scenario.iptables_backend, scheduler=self.scenario.ipvs.scheduler,
+            cluster_cidr=self.scenario.lab.pod_cidr,
+            service_cidr=self.scenario.lab.service_cidr,
+            node_ips=tuple(lab.node_ip(n) for n in self.model.spec.nodes),
+            iptables_backend=self.scenario.iptables_backend,
+            scheduler=self.scenario.ipvs.scheduler,
             kube_version=self.scenario.kube_proxy_version or DataplaneSettings.kube_version,
         )
 
@@ -92,6 +109,16 @@ class LabPoints:
             self.lab.down()
             self.lab = None
 
+    def running_lab(self) -> Lab:
+        """The lab start() brought up."""
+        assert self.lab is not None, "start() first"
+        return self.lab
+
+    def running_agent(self) -> Agent:
+        """The measuring agent in the lab's client namespace (start() made it)."""
+        assert self.agent is not None, "start() first"
+        return self.agent
+
     def use_mode(self, mode: str) -> dict[str, Any]:
         """Dataplanes of `mode` on every node, with any other mode's state removed first."""
         if self.dataplanes and next(iter(self.dataplanes.values())).mode != mode:
@@ -100,9 +127,13 @@ class LabPoints:
             self.dataplanes = {}
         if not self.dataplanes:
             # each node serves NodePorts on its own address only, as kube-proxy does
-            self.dataplanes = {n: make_dataplane(mode, self.lab.node_ns(n),
-                                                 replace(self.settings, node_ips=(self.lab.node_ip(n),)), node=n)
-                               for n in self.model.spec.nodes}
+            lab = self.running_lab()
+            self.dataplanes = {
+                n: make_dataplane(
+                    mode, lab.node_ns(n), replace(self.settings, node_ips=(lab.node_ip(n),)), node=n
+                )
+                for n in self.model.spec.nodes
+            }
         return self.dataplanes
 
     def use_point(self, p: JobPoint) -> None:
@@ -126,11 +157,18 @@ class LabPoints:
     # -- the PointTarget ----------------------------------------------------------------------
     def context(self, p: JobPoint) -> PointContext:
         sc = self.scenario
-        return PointContext(run_id=self.job.run_id, point_id=p.point_id, target=self.target_name,
-                            kernel=self.kernel, mode=p.mode,
-                            iptables_backend=sc.iptables_backend if mode_spec(p.mode).iptables_based else "",
-                            n_services=p.n_services, endpoints=self.model.spec.endpoints, rep=p.rep,
-                            kube_proxy_version=self.settings.kube_version)
+        return PointContext(
+            run_id=self.job.run_id,
+            point_id=p.point_id,
+            target=self.target_name,
+            kernel=self.kernel,
+            mode=p.mode,
+            iptables_backend=sc.iptables_backend if mode_spec(p.mode).iptables_based else "",
+            n_services=p.n_services,
+            endpoints=self.model.spec.endpoints,
+            rep=p.rep,
+            kube_proxy_version=self.settings.kube_version,
+        )
 
     def program(self, p: JobPoint, out: SampleWriter, status: dict) -> tuple[PointContext, Sequence[Any]]:
         ctx = self.context(p)
@@ -138,8 +176,9 @@ class LabPoints:
         self.sync_full(self.use_mode(p.mode), services, ctx, out, status)
         return ctx, services
 
-    def sync_full(self, dps: dict[str, Any], services, ctx: PointContext, out: SampleWriter,
-                  status: dict) -> None:
+    def sync_full(
+        self, dps: dict[str, Any], services, ctx: PointContext, out: SampleWriter, status: dict
+    ) -> None:
         """Program `services` from empty on every node; row sync_full_s timed on node a."""
         from harness.measure import sync
 
@@ -157,15 +196,23 @@ class LabPoints:
         sc, c = self.scenario, self.scenario.measure.connect
         spent: dict | None = {} if c.adaptive else None
         rows = connect.measure_connect(
-            self.agent, ctx, services, len(services), samples=c.samples,
-            rng=random.Random(sc.seed * 1000 + p.rep), timeout=c.timeout_ms / 1000,
-            edge_samples=c.edge_samples, direct_samples=c.direct_samples, adaptive=spent)
+            self.running_agent(),
+            ctx,
+            services,
+            len(services),
+            samples=c.samples,
+            rng=random.Random(sc.seed * 1000 + p.rep),
+            timeout=c.timeout_ms / 1000,
+            edge_samples=c.edge_samples,
+            direct_samples=c.direct_samples,
+            adaptive=spent,
+        )
         if spent:
             status.setdefault("adaptive", {}).update(spent)
         return rows
 
     def load_namespace(self) -> str | None:
-        return self.lab.client_ns
+        return self.running_lab().client_ns
 
     def sync_one(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], status: dict) -> list[dict]:
         """Rows of the one-change sync measurement, changes made through node a's dataplane."""
@@ -175,9 +222,19 @@ class LabPoints:
         kinds = tuple(s.kinds)
         per_kind = -(-s.samples // len(kinds))  # scenario gives samples per point, spread over kinds
         stop = sync_stop_rule(per_kind) if s.adaptive else None
-        rows = sync.measure_sync_one(self.agent, self.use_mode(p.mode)["a"], services, self.model, ctx,
-                                     restore=False, samples=per_kind, kinds=kinds, timeout=s.timeout_s,
-                                     interval=s.poll_interval_ms / 1000, stop=stop)
+        rows = sync.measure_sync_one(
+            self.running_agent(),
+            self.use_mode(p.mode)["a"],
+            services,
+            self.model,
+            ctx,
+            restore=False,
+            samples=per_kind,
+            kinds=kinds,
+            timeout=s.timeout_s,
+            interval=s.poll_interval_ms / 1000,
+            stop=stop,
+        )
         if stop is not None:
             status.setdefault("adaptive", {}).update(stop.summary())
         return rows
@@ -187,8 +244,15 @@ class LabPoints:
         is rewritten (warm full sync) and changed (one change of each kind, undone after)."""
         from harness.pointloop.disruption import measure_disruption
 
-        return measure_disruption(self.use_mode(p.mode)["a"], self.lab.client_ns, services, self.model, ctx,
-                                  self.scenario.measure.disruption, status)
+        return measure_disruption(
+            self.use_mode(p.mode)["a"],
+            self.running_lab().client_ns,
+            services,
+            self.model,
+            ctx,
+            self.scenario.measure.disruption,
+            status,
+        )
 
     def end_point(self, p: JobPoint, ctx: PointContext, out: SampleWriter, status: dict) -> None:
         """After the last measurement of a point (the lab: nothing)."""
@@ -202,12 +266,12 @@ class LabPoints:
         from harness.validate import validate_mode
 
         dps = self.use_mode(mode)
-        res = validate_mode(self.lab, self.agent, dps, self.model, self.settings)
+        res = validate_mode(self.running_lab(), self.running_agent(), dps, self.model, self.settings)
         emit("validation", key=self._validation_key(mode), result=res)
         for dp in dps.values():  # a failing cleanup must not hide the matrix: recorded beside it
             try:
                 dp.cleanup()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - recorded beside the matrix
                 res.setdefault("cleanup_errors", []).append(f"{type(e).__name__}: {e}"[:300])
         return res
 
@@ -216,7 +280,7 @@ class LabPoints:
         from harness.validate import validate_mode
 
         dps = self.use_mode(mode)
-        res = validate_mode(self.lab, self.agent, dps, self.model, self.settings)
+        res = validate_mode(self.running_lab(), self.running_agent(), dps, self.model, self.settings)
         for dp in dps.values():
             dp.cleanup()
         emit("validation", key=self._validation_key(mode), result=res)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 from harness.jsonfile import write_json
 from harness.samples import PointContext, SampleWriter
@@ -77,9 +78,13 @@ class PointTarget(Protocol):
 
 def failed_status(p: JobPoint, kernel: str, error: BaseException) -> dict:
     """The status of a point that raised `error` (call it while handling the error)."""
-    return {"point_id": p.point_id, "kernel": kernel, "status": "failed",
-            "error": f"{type(error).__name__}: {error}".splitlines()[0][:500],
-            "traceback": traceback.format_exc(limit=8)}
+    return {
+        "point_id": p.point_id,
+        "kernel": kernel,
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}".splitlines()[0][:500],
+        "traceback": traceback.format_exc(limit=8),
+    }
 
 
 class PointLoop:
@@ -104,26 +109,45 @@ class PointLoop:
         """Measure every point; a point that raises is recorded as failed and the next one runs.
         `setup_s` (the target's start) goes into the first point's phases (plan: projected vs actual)."""
         for p in points:
-            self.emit({"event": "point_start", "point_id": p.point_id, "kernel_kind": p.kernel,
-                       "kernel": self.target.kernel, "mode": p.mode, "n_services": p.n_services, "rep": p.rep,
-                       "order": p.order, "kube_proxy_version": p.kube_proxy_version, "endpoints": p.endpoints})
+            self.emit(
+                {
+                    "event": "point_start",
+                    "point_id": p.point_id,
+                    "kernel_kind": p.kernel,
+                    "kernel": self.target.kernel,
+                    "mode": p.mode,
+                    "n_services": p.n_services,
+                    "rep": p.rep,
+                    "order": p.order,
+                    "kube_proxy_version": p.kube_proxy_version,
+                    "endpoints": p.endpoints,
+                }
+            )
             t0 = time.monotonic()
             try:
                 status = self.run_point(p)
             except (KeyboardInterrupt, SystemExit):
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - recorded as the point's failure, the next point runs
                 status = self.target.point_failed(p, e) or failed_status(p, self.target.kernel, e)
             status["seconds"] = round(time.monotonic() - t0, 2)
             if setup_s is not None:
                 status.setdefault("phases", {})["setup_s"], setup_s = setup_s, None
             status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             write_json(self.run_dir / "points" / f"{p.point_id}.json", status)
-            self.emit({"event": "point_done", "point_id": p.point_id, "status": status["status"],
-                       "error": status.get("error"), "seconds": status["seconds"]})
+            self.emit(
+                {
+                    "event": "point_done",
+                    "point_id": p.point_id,
+                    "status": status["status"],
+                    "error": status.get("error"),
+                    "seconds": status["seconds"],
+                }
+            )
 
-    def run_disruption(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], out: SampleWriter,
-                       status: dict) -> None:
+    def run_disruption(
+        self, p: JobPoint, ctx: PointContext, services: Sequence[Any], out: SampleWriter, status: dict
+    ) -> None:
         """The disruption phase (scenario measure.disruption), where the target has one: the prober
         running while the dataplane is reprogrammed (harness.pointloop.disruption)."""
         disrupt = getattr(self.target, "disrupt", None)
@@ -137,8 +161,14 @@ class PointLoop:
         from harness.measure import load
 
         t, sc, ms = self.target, self.scenario, self.scenario.measure
-        status: dict[str, Any] = {"point_id": p.point_id, "kernel": t.kernel, "status": "ok",
-                                  "error": None, "flags": {}, "phases": {}}
+        status: dict[str, Any] = {
+            "point_id": p.point_id,
+            "kernel": t.kernel,
+            "status": "ok",
+            "error": None,
+            "flags": {},
+            "phases": {},
+        }
         with (self.run_dir / "points" / f"{p.point_id}.jsonl").open("w") as fh:
             out = SampleWriter(fh)
             use_point = getattr(t, "use_point", None)  # a version / endpoints sweep: the point's own
@@ -168,13 +198,22 @@ class PointLoop:
                     ka = str(keepalive).lower()
                     with self.phase(p, f"load keepalive={ka}", status, f"load_keepalive_{ka}_s"):
                         res = load.measure_load(
-                            client_ns, ctx, services, users=L.users, rate=L.rate, duration=L.duration_s,
-                            keepalive=keepalive, timeout=L.timeout_s, seed=sc.seed * 1000 + p.rep)
+                            client_ns,
+                            ctx,
+                            services,
+                            users=L.users,
+                            rate=L.rate,
+                            duration=L.duration_s,
+                            keepalive=keepalive,
+                            timeout=L.timeout_s,
+                            seed=sc.seed * 1000 + p.rep,
+                        )
                         out.extend(res.rows)
                         if res.saturated:
                             status["flags"].setdefault("saturated", {})[f"keepalive={ka}"] = {
-                                "reasons": res.reasons, **{k: v for k, v in res.summary.items()
-                                                           if isinstance(v, (int, float, str))}}
+                                "reasons": res.reasons,
+                                **{k: v for k, v in res.summary.items() if isinstance(v, (int, float, str))},
+                            }
             self.run_disruption(p, ctx, services, out, status)
             fh.flush()
             # last: the changes are not undone (each would cost another apply), so the state after

@@ -17,8 +17,9 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.jsonfile import write_json
 from harness.lab.netns import LabError
@@ -74,11 +75,16 @@ def run_validate_only(target, job: Job) -> int:
             res = target.validation_matrix(mode)
         except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as e:
-            res = {"mode": mode, "passed": False, "failed_cells": ["validation crashed"], "cells": [],
-                   "no_endpoints_behaviour": None,
-                   "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
-                   "traceback": traceback.format_exc(limit=8)}
+        except Exception as e:  # noqa: BLE001 - recorded as a crashed validation
+            res = {
+                "mode": mode,
+                "passed": False,
+                "failed_cells": ["validation crashed"],
+                "cells": [],
+                "no_endpoints_behaviour": None,
+                "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
+                "traceback": traceback.format_exc(limit=8),
+            }
             emit("validation", key=key, result=res)
         results[key] = res
     write_json(job.run_dir / f"validation-{job.kernel}.json", results)

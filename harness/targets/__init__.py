@@ -32,5 +32,8 @@ def make_target(scenario, args=None) -> Target:
         return LocalTarget()
     from harness.targets.cluster import ClusterTarget
 
-    return ClusterTarget(kubeconfig=getattr(args, "kubeconfig", None), context=getattr(args, "context", None),
-                         yes=getattr(args, "yes", False))
+    return ClusterTarget(
+        kubeconfig=getattr(args, "kubeconfig", None),
+        context=getattr(args, "context", None),
+        yes=getattr(args, "yes", False),
+    )

@@ -72,9 +72,16 @@ def deferred_interrupts(say: Callable[[str], None]):
 class ClusterTarget:
     name = "cluster"
 
-    def __init__(self, kubeconfig: str | None = None, context: str | None = None, yes: bool = False, *,
-                 options: ClusterOptions | None = None, out: Callable[[str], None] | None = None,
-                 waits: Callable[[Rest], Waits] | None = None):
+    def __init__(
+        self,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        yes: bool = False,
+        *,
+        options: ClusterOptions | None = None,
+        out: Callable[[str], None] | None = None,
+        waits: Callable[[Rest], Waits] | None = None,
+    ):
         self.kubeconfig, self.context, self.yes = kubeconfig, context, yes
         self.options = options
         self.out = out or (lambda s: print(s, file=sys.stderr))
@@ -96,12 +103,18 @@ class ClusterTarget:
                 continue
             old = [n for n in rep.nodes if n.kernel and _kernel_tuple(n.kernel) < need]
             if old:
-                raise ClusterError(f"{mode} mode needs kernel >= {need[0]}.{need[1]} but "
-                                   f"{', '.join(n.name + ' ' + n.kernel for n in old[:4])}"
-                                   f" run older ones: drop {mode} from --modes")
-        if opts.endpoints_via == "slices" and scenario.model.endpoints > opts.backend_replicas_for(scenario.model.endpoints):
-            raise ClusterError(f"{scenario.model.endpoints} endpoints per Service need as many backend pods: "
-                               "raise the cluster option backend_replicas")
+                raise ClusterError(
+                    f"{mode} mode needs kernel >= {need[0]}.{need[1]} but "
+                    f"{', '.join(n.name + ' ' + n.kernel for n in old[:4])}"
+                    f" run older ones: drop {mode} from --modes"
+                )
+        if opts.endpoints_via == "slices" and scenario.model.endpoints > opts.backend_replicas_for(
+            scenario.model.endpoints
+        ):
+            raise ClusterError(
+                f"{scenario.model.endpoints} endpoints per Service need as many backend pods: "
+                "raise the cluster option backend_replicas"
+            )
         for line in rep.lines():
             self.out(line)
         self.out("the run will:")
@@ -110,22 +123,29 @@ class ClusterTarget:
             self.out(f"  - {line}")
         self.out(f"  probe nodes: {', '.join(probe_nodes)}")
         if not self.yes:
-            raise ClusterError("refusing to change the cluster without --yes: the run would edit kube-proxy's "
-                               "ConfigMap and restart it as listed above; re-run with --yes to allow it "
-                               "(nothing was changed)")
+            raise ClusterError(
+                "refusing to change the cluster without --yes: the run would edit kube-proxy's "
+                "ConfigMap and restart it as listed above; re-run with --yes to allow it "
+                "(nothing was changed)"
+            )
 
     def plan(self, scenario) -> dict[str, list[str]]:
         return {m: [KERNEL] for m in scenario.modes}
 
     def environment(self, kernel_plan) -> dict:
         rep = self.report
-        nodes = [{"name": n.name, "kernel": n.kernel, "kubelet": n.kubelet, "os": n.os_image}
-                 for n in (rep.nodes if rep else [])]
-        return {"kernels": [{"name": KERNEL, "nodes": nodes,
-                             "release": sorted({n["kernel"] for n in nodes})}],
-                "tools": {"kubernetes": self.server_version,
-                          "kube-proxy-image": rep.kube_proxy.image if rep else "",
-                          "kpbench-image": self.options.image if self.options else ""}}
+        nodes = [
+            {"name": n.name, "kernel": n.kernel, "kubelet": n.kubelet, "os": n.os_image}
+            for n in (rep.nodes if rep else [])
+        ]
+        return {
+            "kernels": [{"name": KERNEL, "nodes": nodes, "release": sorted({n["kernel"] for n in nodes})}],
+            "tools": {
+                "kubernetes": self.server_version,
+                "kube-proxy-image": rep.kube_proxy.image if rep else "",
+                "kpbench-image": self.options.image if self.options else "",
+            },
+        }
 
     # ----------------------------------------------------------------------------------- the run
     def run_points(self, run, points, sink) -> None:
@@ -139,12 +159,32 @@ class ClusterTarget:
         path = restore_path(run.dir)
         cm = rest.get(CM_PATH)
         state = save_initial(path, state_from_cluster(run_id, ns, conn, cm, rep.kube_proxy, rep.node_modes()))
-        waits = self._waits(rest) if self._waits else Waits(rest, self.out, rollout_timeout_s=opts.rollout_timeout_s,
-                                                             cleanup_timeout_s=opts.cleanup_timeout_s)
-        ctl = KubeProxyController(rest, state, path, waits=waits, log=self.out, sync=opts.sync(),
-                                  namespace_wait_s=opts.namespace_wait_s)
-        sink({"event": "plan", "total": len(run.meta.get("points", [])),
-              "done": len(run.meta.get("points", [])) - len(points)})
+        waits = (
+            self._waits(rest)
+            if self._waits
+            else Waits(
+                rest,
+                self.out,
+                rollout_timeout_s=opts.rollout_timeout_s,
+                cleanup_timeout_s=opts.cleanup_timeout_s,
+            )
+        )
+        ctl = KubeProxyController(
+            rest,
+            state,
+            path,
+            waits=waits,
+            log=self.out,
+            sync=opts.sync(),
+            namespace_wait_s=opts.namespace_wait_s,
+        )
+        sink(
+            {
+                "event": "plan",
+                "total": len(run.meta.get("points", [])),
+                "done": len(run.meta.get("points", [])) - len(points),
+            }
+        )
         old_term = None
         try:
             old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -164,8 +204,10 @@ class ClusterTarget:
                     restore_cluster(ctl, state, path, log=self.out)
                     self.out(f"kube-proxy restored to {state.original_mode}; run objects deleted")
                 except BaseException as e:
-                    self.out(f"kpbench: RESTORE FAILED ({type(e).__name__}: {e}); finish it with "
-                             f"`kpbench restore {run.dir}`")
+                    self.out(
+                        f"kpbench: RESTORE FAILED ({type(e).__name__}: {e}); finish it with "
+                        f"`kpbench restore {run.dir}`"
+                    )
                     if failure is None:
                         raise
             if got and failure is None:
@@ -185,18 +227,30 @@ class _Session:
     validates = False  # the validation matrix needs the lab's namespaces
     records_phases = False  # a point's phases here: mode_switch_s and create_s
 
-    def __init__(self, target: ClusterTarget, run, rest: Rest, ctl: KubeProxyController, state, ns: str, sink):
+    def __init__(
+        self, target: ClusterTarget, run, rest: Rest, ctl: KubeProxyController, state, ns: str, sink
+    ):
         from harness.cluster.objects import ObjectStore
 
-        self.t, self.rundata, self.rest, self.ctl, self.state, self.ns, self.sink = target, run, rest, ctl, state, ns, sink
-        assert target.options is not None and target.report is not None and target.conn is not None, \
+        self.t, self.rundata, self.rest, self.ctl, self.state, self.ns, self.sink = (
+            target,
+            run,
+            rest,
+            ctl,
+            state,
+            ns,
+            sink,
+        )
+        assert target.options is not None and target.report is not None and target.conn is not None, (
             "run_points() ran preflight()"
+        )
         self.opts: ClusterOptions = target.options
         self.report: PreflightReport = target.report
         self.conn: Connection = target.conn
         self.sc = run.scenario
-        self.store = ObjectStore(rest, ns, state.run_id, qps=self.opts.qps, burst=self.opts.burst,
-                                 workers=self.opts.create_workers)
+        self.store = ObjectStore(
+            rest, ns, state.run_id, qps=self.opts.qps, burst=self.opts.burst, workers=self.opts.create_workers
+        )
         self.mode: str | None = None  # None: kube-proxy still runs the original config (not ours yet)
         self.agents: dict[str, Any] = {}
         self.endpoints: list[tuple[str, str | None]] = []
@@ -211,8 +265,10 @@ class _Session:
         replicas = opts.backend_replicas_for(sc.model.endpoints)
         self.store.create_backend(opts.image, replicas)
         for node in opts.probe_nodes_for(self.report.nodes):
-            self.store._create(f"/api/v1/namespaces/{self.ns}/pods",
-                               manifests.probe_pod(self.ns, self.state.run_id, node, opts.image))
+            self.store._create(
+                f"/api/v1/namespaces/{self.ns}/pods",
+                manifests.probe_pod(self.ns, self.state.run_id, node, opts.image),
+            )
         self._wait_ready(replicas)
 
     def _wait_ready(self, replicas: int) -> None:
@@ -220,21 +276,30 @@ class _Session:
         while True:
             self.endpoints = self.store.backend_endpoints()
             probes = self._ready_probes()
-            if len(self.endpoints) >= replicas and len(probes) == len(self.opts.probe_nodes_for(self.report.nodes)):
+            if len(self.endpoints) >= replicas and len(probes) == len(
+                self.opts.probe_nodes_for(self.report.nodes)
+            ):
                 return
             if time.monotonic() > deadline:
-                raise ClusterError(f"backend/probe pods not ready after {self.opts.ready_timeout_s:.0f}s "
-                                   f"({len(self.endpoints)}/{replicas} backends, {len(probes)} probes): is image "
-                                   f"{self.opts.image} pullable on the nodes? (docker build -t kpbench . and push)")
+                raise ClusterError(
+                    f"backend/probe pods not ready after {self.opts.ready_timeout_s:.0f}s "
+                    f"({len(self.endpoints)}/{replicas} backends, {len(probes)} probes): is image "
+                    f"{self.opts.image} pullable on the nodes? (docker build -t kpbench . and push)"
+                )
             time.sleep(2)
 
     def _ready_probes(self) -> dict[str, str]:
         from harness.cluster.objects import role_selector
 
-        pods = self.rest.get(f"/api/v1/namespaces/{self.ns}/pods",
-                             query={"labelSelector": role_selector(self.state.run_id, "probe")})["items"]
-        return {p["spec"]["nodeName"]: p["metadata"]["name"] for p in pods
-                if (p.get("status") or {}).get("phase") == "Running"}
+        pods = self.rest.get(
+            f"/api/v1/namespaces/{self.ns}/pods",
+            query={"labelSelector": role_selector(self.state.run_id, "probe")},
+        )["items"]
+        return {
+            p["spec"]["nodeName"]: p["metadata"]["name"]
+            for p in pods
+            if (p.get("status") or {}).get("phase") == "Running"
+        }
 
     def agent(self):
         from harness.cluster.probe import RemoteAgent
@@ -247,12 +312,20 @@ class _Session:
     def ensure_services(self, n: int) -> None:
         have = len(self.store.services)
         if n > have:
-            st = self.store.create_services(self.next_index, self.next_index + n - have,
-                                            selector=self.opts.endpoints_via == "selector",
-                                            endpoints=self.endpoints, per_service=max(1, self.sc.model.endpoints))
+            st = self.store.create_services(
+                self.next_index,
+                self.next_index + n - have,
+                selector=self.opts.endpoints_via == "selector",
+                endpoints=self.endpoints,
+                per_service=max(1, self.sc.model.endpoints),
+            )
             self.next_index += n - have
-            self.sink({"event": "log", "message": f"created {st.objects} objects in {st.seconds:.0f}s "
-                                                  f"({st.rate:.1f}/s)"})
+            self.sink(
+                {
+                    "event": "log",
+                    "message": f"created {st.objects} objects in {st.seconds:.0f}s ({st.rate:.1f}/s)",
+                }
+            )
         elif n < have:
             self.store.delete_services([s.name for s in self.store.services[n:]])
 
@@ -289,16 +362,25 @@ class _Session:
         if p.mode != self.mode:
             t = time.monotonic()
             running = self.mode or self.state.original_mode
-            status["node_modes"] = self.ctl.switch(running, p.mode,
-                                                  sc.ipvs.scheduler if mode_spec(p.mode).takes_scheduler else None)
+            status["node_modes"] = self.ctl.switch(
+                running, p.mode, sc.ipvs.scheduler if mode_spec(p.mode).takes_scheduler else None
+            )
             self.mode = p.mode
             status["phases"]["mode_switch_s"] = round(time.monotonic() - t, 2)
         t = time.monotonic()
         self.ensure_services(p.n_services)
         status["phases"]["create_s"] = round(time.monotonic() - t, 2)
-        ctx = PointContext(run_id=self.state.run_id, point_id=p.point_id, target="cluster", kernel=KERNEL,
-                           mode=p.mode, iptables_backend="", n_services=p.n_services,
-                           endpoints=sc.model.endpoints, rep=p.rep)
+        ctx = PointContext(
+            run_id=self.state.run_id,
+            point_id=p.point_id,
+            target="cluster",
+            kernel=KERNEL,
+            mode=p.mode,
+            iptables_backend="",
+            n_services=p.n_services,
+            endpoints=sc.model.endpoints,
+            rep=p.rep,
+        )
         node, pod, agent = self.agent()
         self.probe = agent
         status["probe_node"] = node
@@ -307,7 +389,9 @@ class _Session:
         # every Service programmed: the last one created answers
         res = agent.poll(last.cluster_ip, last.port, "served", timeout=ms.sync.timeout_s * 10)
         if not res.get("satisfied"):
-            raise RuntimeError(f"the last Service {last.name} was not served within {ms.sync.timeout_s * 10:.0f}s")
+            raise RuntimeError(
+                f"the last Service {last.name} was not served within {ms.sync.timeout_s * 10:.0f}s"
+            )
         port = kpc.metrics_port(kpc.with_mode({}, p.mode, self.opts.sync()))
 
         from kubernetes.client.rest import ApiException
@@ -333,9 +417,15 @@ class _Session:
         rng = random.Random(self.sc.seed + p.rep)
         c = self.sc.measure.connect
         plan = [(*_addr(rng.choice(svcs)), "random") for _ in range(c.samples)]
-        plan += [x for _ in range(c.edge_samples) for x in ((*_addr(svcs[0]), "first"), (*_addr(svcs[-1]), "last"))]
-        plan += [(ip, manifests.BACKEND_PORT, "direct") for ip, _ in
-                 (rng.choice(self.endpoints) for _ in range(c.direct_samples if self.endpoints else 0))]
+        plan += [
+            x for _ in range(c.edge_samples) for x in ((*_addr(svcs[0]), "first"), (*_addr(svcs[-1]), "last"))
+        ]
+        plan += [
+            (ip, manifests.BACKEND_PORT, "direct")
+            for ip, _ in (
+                rng.choice(self.endpoints) for _ in range(c.direct_samples if self.endpoints else 0)
+            )
+        ]
         rng.shuffle(plan)
         timeout = c.timeout_ms / 1000
         seq: dict[str, int] = {}
@@ -347,14 +437,20 @@ class _Session:
             if kind == "direct":
                 rows.append(ctx.row("connect_direct_us", v, "us", seq=k, timed_out=bool(err), path="pod"))
             else:
-                rows.append(ctx.row("connect_us", v, "us", seq=k, timed_out=bool(err), position=kind,
-                                    path="clusterip"))
+                rows.append(
+                    ctx.row(
+                        "connect_us", v, "us", seq=k, timed_out=bool(err), position=kind, path="clusterip"
+                    )
+                )
         return rows
 
     def sync_one(self, p, ctx: PointContext, svcs, status: dict) -> list[dict]:
         """Rule-present latency: one added Service, from the create request to the first connect."""
         s = self.sc.measure.sync
-        return [self._sync_add(self.probe, ctx, j, s.timeout_s) for j in range(s.samples if "add" in s.kinds else 0)]
+        return [
+            self._sync_add(self.probe, ctx, j, s.timeout_s)
+            for j in range(s.samples if "add" in s.kinds else 0)
+        ]
 
     def end_point(self, p, ctx: PointContext, out: SampleWriter, status: dict) -> None:
         """kube-proxy's own sync time between the two scrapes (program_us)."""
@@ -379,14 +475,18 @@ class _Session:
         i = self.next_index
         self.next_index += 1
         name = service_name(i)
-        svc = self.store._create(f"/api/v1/namespaces/{self.ns}/services",
-                                 manifests.service(self.ns, self.state.run_id, name, selector=False))
+        svc = self.store._create(
+            f"/api/v1/namespaces/{self.ns}/services",
+            manifests.service(self.ns, self.state.run_id, name, selector=False),
+        )
         ip = svc["spec"]["clusterIP"]
         t_poll = agent.poll_start(ip, manifests.SERVICE_PORT, "served", timeout=timeout_s)
         try:
             if self.opts.endpoints_via == "selector":
-                self.rest.merge_patch(f"/api/v1/namespaces/{self.ns}/services/{name}",
-                                      {"spec": {"selector": manifests.backend_selector(self.state.run_id)}})
+                self.rest.merge_patch(
+                    f"/api/v1/namespaces/{self.ns}/services/{name}",
+                    {"spec": {"selector": manifests.backend_selector(self.state.run_id)}},
+                )
             else:
                 k = len(self.endpoints)
                 eps = [self.endpoints[(i + m) % k] for m in range(max(1, self.sc.model.endpoints))]
@@ -396,7 +496,9 @@ class _Session:
             res = agent.poll_result()
             self.store.delete_services([name])
         if not res.get("satisfied"):
-            return ctx.row("sync_one_s", timeout_s, "s", seq=j, timed_out=True, change="add", path="clusterip")
+            return ctx.row(
+                "sync_one_s", timeout_s, "s", seq=j, timed_out=True, change="add", path="clusterip"
+            )
         return ctx.row("sync_one_s", (res["t_ns"] - t_poll) / 1e9, "s", seq=j, change="add", path="clusterip")
 
 

@@ -73,7 +73,7 @@ def parse_nft(text: str, table: str = "table ip kube-proxy") -> dict[str, NftObj
             rules.append(_NUMGEN.sub(_numgen_values, line))
             continue
         if line.startswith("elements = {"):
-            in_elements, buf = True, line[len("elements = {"):]
+            in_elements, buf = True, line[len("elements = {") :]
         elif in_elements:
             buf += " " + line
         else:

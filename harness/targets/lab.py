@@ -37,12 +37,15 @@ class LabTarget:
                 raise LabError(f"{tool} not found: run `make setup` (installs iproute2, nginx-light ...)")
         # spread: iptables and nftables on the host kernel (cheap, and the kernel users run), IPVS in
         # the UML guest, iptables in both as the bridge; modes are compared within one kernel
-        self._plan = caps.plan_kernels(scenario.modes, scenario.iptables_backend, scenario.kernel, spread=True)
+        self._plan = caps.plan_kernels(
+            scenario.modes, scenario.iptables_backend, scenario.kernel, spread=True
+        )
         check_capacity(scenario)
 
     def plan(self, scenario) -> dict[str, list[str]]:
         if self._plan is None:
             self.preflight(scenario)
+        assert self._plan is not None, "preflight() sets the plan"
         return self._plan
 
     def environment(self, kernel_plan) -> dict:
@@ -52,8 +55,9 @@ class LabTarget:
         by_kernel: dict[str, list] = {}
         for p in points:
             by_kernel.setdefault(p.kernel, []).append(p)
-        sink({"event": "plan", "total": len(run.meta["points"]),
-              "done": len(run.meta["points"]) - len(points)})
+        sink(
+            {"event": "plan", "total": len(run.meta["points"]), "done": len(run.meta["points"]) - len(points)}
+        )
         for kernel, pts in by_kernel.items():
             self._run_group(run, kernel, pts, sink)
 
@@ -64,7 +68,7 @@ class LabTarget:
             in_flight: dict = {}
             finished: set[str] = set()
 
-            def on_line(line: str) -> None:
+            def on_line(line: str, in_flight: dict = in_flight, finished: set[str] = finished) -> None:
                 try:
                     ev = json.loads(line)
                 except json.JSONDecodeError:
@@ -88,23 +92,40 @@ class LabTarget:
                 raise KeyboardInterrupt
             crashed = in_flight.get("point") or todo[0].point_id
             log_tail = _tail(run.dir / f"worker-{kernel}.log")
-            _write_failed(run.dir, crashed, kernel, f"worker exited with status {rc} while measuring; {log_tail}")
-            sink({"event": "point_done", "point_id": crashed, "status": "failed",
-                  "error": f"worker exited with status {rc}", "seconds": 0})
+            _write_failed(
+                run.dir, crashed, kernel, f"worker exited with status {rc} while measuring; {log_tail}"
+            )
+            sink(
+                {
+                    "event": "point_done",
+                    "point_id": crashed,
+                    "status": "failed",
+                    "error": f"worker exited with status {rc}",
+                    "seconds": 0,
+                }
+            )
             todo = [p for p in todo if p.point_id != crashed]
             restarts += 1
             if restarts > MAX_RESTARTS:
-                raise LabError(f"the {kernel} worker died {restarts} times; see {run.dir}/worker-{kernel}.log")
+                raise LabError(
+                    f"the {kernel} worker died {restarts} times; see {run.dir}/worker-{kernel}.log"
+                )
 
     worker_module = "harness.pointloop"
 
-    def write_job(self, run, kernel: str, pts: list, tag: str | None = None,
-                  extra: dict | None = None) -> tuple[dict, list[str]]:
+    def write_job(
+        self, run, kernel: str, pts: list, tag: str | None = None, extra: dict | None = None
+    ) -> tuple[dict, list[str]]:
         """The worker's job file for `pts` in RUN/.jobs/, and the argv that runs it."""
         job = {
-            "run_id": run.meta["run_id"], "run_dir": str(run.dir), "kernel": kernel,
-            "tag": tag or secrets.token_hex(2), "scenario": run.meta["scenario"], "target": self.name,
-            "points": [asdict(p) for p in pts], **(extra or {}),
+            "run_id": run.meta["run_id"],
+            "run_dir": str(run.dir),
+            "kernel": kernel,
+            "tag": tag or secrets.token_hex(2),
+            "scenario": run.meta["scenario"],
+            "target": self.name,
+            "points": [asdict(p) for p in pts],
+            **(extra or {}),
         }
         jobs = run.dir / ".jobs"
         jobs.mkdir(exist_ok=True)
@@ -119,8 +140,9 @@ class LabTarget:
             return run_host_worker(argv, log_path, on_line, job["tag"])
         from harness.lab import uml
 
-        res = uml.run_guest(run.dir, argv, on_line=on_line, mem=run.scenario.lab.uml_mem, timeout=None,
-                            name=kernel)
+        res = uml.run_guest(
+            run.dir, argv, on_line=on_line, mem=run.scenario.lab.uml_mem, timeout=None, name=kernel
+        )
         write_guest_log(log_path, res)
         return res.status
 
@@ -136,14 +158,23 @@ def write_guest_log(log_path: Path, res) -> None:
 
 def check_capacity(scenario) -> None:
     """The sweep's largest count, plus the Services the sync measurements add, fit the CIDR."""
-    spec = ModelSpec(n_services=0, service_cidr=scenario.lab.service_cidr, pod_cidr=scenario.lab.pod_cidr,
-                     pods_per_node=scenario.lab.pods_per_node, endpoints=max(scenario.endpoint_counts()))
+    spec = ModelSpec(
+        n_services=0,
+        service_cidr=scenario.lab.service_cidr,
+        pod_cidr=scenario.lab.pod_cidr,
+        pods_per_node=scenario.lab.pods_per_node,
+        endpoints=max(scenario.endpoint_counts()),
+    )
     model = build_model(spec)
     need = max(scenario.counts()) + scenario.measure.sync.samples + 1
-    if need > model._ips.size:
-        raise ModelError(f"{max(scenario.counts())} Services do not fit in service CIDR "
-                         f"{scenario.lab.service_cidr} ({model._ips.size} usable addresses): "
-                         "use a larger lab.service_cidr or fewer Services")
+    ips = model._ips
+    assert ips is not None  # build_model sets it
+    if need > ips.size:
+        raise ModelError(
+            f"{max(scenario.counts())} Services do not fit in service CIDR "
+            f"{scenario.lab.service_cidr} ({ips.size} usable addresses): "
+            "use a larger lab.service_cidr or fewer Services"
+        )
 
 
 def run_host_worker(argv, log_path: Path, on_line, tag: str) -> int:
@@ -151,9 +182,17 @@ def run_host_worker(argv, log_path: Path, on_line, tag: str) -> int:
     exit (Ctrl-C included) stop the group and remove the namespaces of `tag`."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log_path.open("a") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-                                start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]))
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parents[2]),
+        )
         try:
+            assert proc.stdout is not None  # stdout=PIPE
             for line in proc.stdout:
                 on_line(line)
             return proc.wait()
@@ -188,7 +227,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 def _tail(path: Path, n: int = 3) -> str:
     try:
-        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "no worker log"
     return "last log lines: " + " | ".join(lines[-n:])[-600:]

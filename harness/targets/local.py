@@ -38,24 +38,37 @@ class LocalTarget(LabTarget):
 
     def preflight(self, scenario) -> None:
         if os.geteuid() != 0:
-            raise LabError("kpbench run --target local needs root (network namespaces, kube-proxy): run it with sudo")
-        tools = ["ip", "nginx", "nft", f"iptables-{scenario.iptables_backend}-save",
-                 f"iptables-{scenario.iptables_backend}-restore"]
+            raise LabError(
+                "kpbench run --target local needs root (network namespaces, kube-proxy): run it with sudo"
+            )
+        tools = [
+            "ip",
+            "nginx",
+            "nft",
+            f"iptables-{scenario.iptables_backend}-save",
+            f"iptables-{scenario.iptables_backend}-restore",
+        ]
         for tool in tools:
             if not shutil.which(tool):
-                raise LabError(f"{tool} not found: run `make setup` (installs iproute2, iptables, nftables, nginx-light)")
+                raise LabError(
+                    f"{tool} not found: run `make setup` (installs iproute2, iptables, nftables, nginx-light)"
+                )
         from harness.targets import localcluster as lc
-
         from harness.targets.local_binaries import binaries_for
 
-        self._binaries = binaries_for(scenario.kube_proxy_version)  # one line: "... not built: run `make kube ...`"
+        self._binaries = binaries_for(
+            scenario.kube_proxy_version
+        )  # one line: "... not built: run `make kube ...`"
         for release in scenario.releases():  # a version sweep runs each release's kube-proxy
             binaries_for(release)
         check_capacity(scenario)
         import ipaddress
 
         api = ipaddress.ip_network(lc.DEFAULT_API_CIDR)
-        for what, cidr in (("lab.service_cidr", scenario.lab.service_cidr), ("lab.pod_cidr", scenario.lab.pod_cidr)):
+        for what, cidr in (
+            ("lab.service_cidr", scenario.lab.service_cidr),
+            ("lab.pod_cidr", scenario.lab.pod_cidr),
+        ):
             if ipaddress.ip_network(cidr).overlaps(api):
                 raise ModelError(f"{what} {cidr} overlaps the local API network {api}: choose another range")
         plan = caps.plan_kernels(scenario.modes, scenario.iptables_backend, scenario.kernel, spread=True)
@@ -63,14 +76,18 @@ class LocalTarget(LabTarget):
         n = max(scenario.counts())
         if KERNELS["uml"] in self._plan.get("ipvs", []) and n > UML_IPVS_WARN:
             # measured here: full sync 67 s at 100 Services, 175 s at 300; one change 16 s / 30 s
-            print(f"kpbench: warning: ipvs runs kube-proxy in the UML guest, where its per-entry `ipset add` "
-                  f"forks make a full sync cost ~0.55 s per Service and one change ~0.07 s per Service: "
-                  f"{n} Services take about {n * (0.55 + 0.07 * scenario.measure.sync.samples) / 3600:.1f} h per "
-                  f"ipvs point (--modes iptables,nftables or --target lab to avoid)", file=sys.stderr)
+            print(
+                f"kpbench: warning: ipvs runs kube-proxy in the UML guest, where its per-entry `ipset add` "
+                f"forks make a full sync cost ~0.55 s per Service and one change ~0.07 s per Service: "
+                f"{n} Services take about {n * (0.55 + 0.07 * scenario.measure.sync.samples) / 3600:.1f} h per "
+                f"ipvs point (--modes iptables,nftables or --target lab to avoid)",
+                file=sys.stderr,
+            )
 
     def plan(self, scenario) -> dict[str, list[str]]:
         if self._plan is None:
             self.preflight(scenario)
+        assert self._plan is not None, "preflight() sets the plan"
         return self._plan
 
     def environment(self, kernel_plan) -> dict:
@@ -80,7 +97,7 @@ class LocalTarget(LabTarget):
             for name in ("etcd", "kube-apiserver", "kube-proxy"):
                 try:
                     tools[name] = b.version(name)
-                except Exception as e:  # a version string is not worth failing the run
+                except Exception as e:  # noqa: BLE001 - converted to "unknown (...)": a version string is not worth failing the run
                     tools[name] = f"unknown ({type(e).__name__})"
         return {"kernels": [], "tools": tools}
 
@@ -103,23 +120,40 @@ class LocalTarget(LabTarget):
         jobs.mkdir(exist_ok=True)
         # the guest sees the host's files read-only, but not its /tmp: the work dir (certificates,
         # tokens, logs) lives in the run folder, which the guest mounts, and goes at the end
-        cluster = lc.LocalCluster(tag=tag, binaries=self._binaries, service_cidr=sc.lab.service_cidr,
-                                  apiserver_args=list(sc.local.apiserver_args),
-                                  ready_timeout=sc.local.ready_timeout_s, workdir=jobs)
-        on_line(json.dumps({"event": "log", "message": f"local: starting etcd + kube-apiserver for the {kernel} guest"}))
+        cluster = lc.LocalCluster(
+            tag=tag,
+            binaries=self._binaries,
+            service_cidr=sc.lab.service_cidr,
+            apiserver_args=list(sc.local.apiserver_args),
+            ready_timeout=sc.local.ready_timeout_s,
+            workdir=jobs,
+        )
+        on_line(
+            json.dumps(
+                {"event": "log", "message": f"local: starting etcd + kube-apiserver for the {kernel} guest"}
+            )
+        )
         try:
             cluster.start()  # LocalClusterError with the log tail if it does not come up
             cluster.add_tap(TAP)
-            job, argv = self.write_job(run, kernel, pts, tag=tag,
-                                       extra={"local_cluster": str(cluster.write_connection())})
+            job, argv = self.write_job(
+                run, kernel, pts, tag=tag, extra={"local_cluster": str(cluster.write_connection())}
+            )
             bin_dir = self._binaries.kube_proxy.parent
             hidden = any(bin_dir.is_relative_to(t) for t in uml.GUEST_TMPFS)  # the guest has its own /tmp
-            res = uml.run_guest(run.dir, argv, on_line=on_line, mem=sc.lab.uml_mem, timeout=None, name=kernel,
-                                netns=cluster.netns, net=[f"{lc.GUEST_UPLINK}:transport=tap,ifname={TAP}"],
-                                mounts=[bin_dir] if hidden else [])
+            res = uml.run_guest(
+                run.dir,
+                argv,
+                on_line=on_line,
+                mem=sc.lab.uml_mem,
+                timeout=None,
+                name=kernel,
+                netns=cluster.netns,
+                net=[f"{lc.GUEST_UPLINK}:transport=tap,ifname={TAP}"],
+                mounts=[bin_dir] if hidden else [],
+            )
         finally:
             cluster.keep_logs(run.dir / "local-logs")
             cluster.stop()
         write_guest_log(log_path, res)
         return res.status
-

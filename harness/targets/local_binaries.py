@@ -41,8 +41,10 @@ def pinned_kube_version() -> str:
     return m.group(1)
 
 
-CACHE_ROOT = Path(os.environ.get("KPBENCH_CACHE")
-                  or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kpbench")
+CACHE_ROOT = Path(
+    os.environ.get("KPBENCH_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kpbench"
+)
 
 
 def default_bin_dir() -> Path:
@@ -88,7 +90,8 @@ def find_binaries(bin_dir: str | Path | None = None) -> Binaries:
         hint = f" (built here: {', '.join(built)}; select one with KUBE_VERSION)" if built else ""
         raise LocalClusterError(
             f"{', '.join(missing)} not found in {', '.join(str(d) for d in dirs)}: run `make kube` "
-            f"(kube/build.sh) or point KUBE_BIN_DIR at official release binaries{hint}")
+            f"(kube/build.sh) or point KUBE_BIN_DIR at official release binaries{hint}"
+        )
     return Binaries(etcd=etcd, kube_apiserver=api, kube_proxy=proxy)  # type: ignore[arg-type]
 
 
@@ -98,8 +101,11 @@ def cache_dir(version: str) -> Path:
 
 def built_releases() -> list[str]:
     """Releases with kube-apiserver and kube-proxy in the `make kube` cache, oldest first."""
-    out = [p.parent.parent.name for p in (CACHE_ROOT / "kube").glob("v*/bin/kube-proxy")
-           if (p.parent / "kube-apiserver").is_file()]
+    out = [
+        p.parent.parent.name
+        for p in (CACHE_ROOT / "kube").glob("v*/bin/kube-proxy")
+        if (p.parent / "kube-apiserver").is_file()
+    ]
     return sorted(out, key=lambda v: versions.parse(v) if _parses(v) else (0, 0, 0))
 
 
@@ -119,8 +125,10 @@ def binaries_for(version: str) -> Binaries:
         b = find_binaries(bin_dir)
         got = b.version("kube-proxy")
         if version not in got.split():
-            raise LocalClusterError(f"KUBE_BIN_DIR={bin_dir} holds kube-proxy {got or '(no version)'}, not "
-                                       f"{version}: unset KUBE_BIN_DIR or set kube_proxy_version to its release")
+            raise LocalClusterError(
+                f"KUBE_BIN_DIR={bin_dir} holds kube-proxy {got or '(no version)'}, not "
+                f"{version}: unset KUBE_BIN_DIR or set kube_proxy_version to its release"
+            )
         return b
     d = cache_dir(version)
     missing = [n for n in ("kube-apiserver", "kube-proxy") if not os.access(d / n, os.X_OK)]
@@ -129,5 +137,6 @@ def binaries_for(version: str) -> Binaries:
         raise LocalClusterError(
             f"kube-proxy {version} is not built ({', '.join(missing)} missing in {d}): run "
             f"`make kube KUBE_VERSION={version}` (built here: {built}; buildable: any release from v1.33.0 "
-            f"the Go module proxy serves; the lab renders {versions.known_range()})")
+            f"the Go module proxy serves; the lab renders {versions.known_range()})"
+        )
     return find_binaries(d)

@@ -18,8 +18,15 @@ from harness.samples import PointContext
 from harness.targets.local_binaries import find_binaries
 from harness.targets.local_procs import LocalClusterError, Proc, http_get, spawn
 
-__all__ = ["HEALTHZ_PORT", "METRICS_PORT", "KubeProxy", "kube_proxy_cleanup", "metric_rows", "scrape_metrics",
-           "start_kube_proxy"]
+__all__ = [
+    "HEALTHZ_PORT",
+    "METRICS_PORT",
+    "KubeProxy",
+    "kube_proxy_cleanup",
+    "metric_rows",
+    "scrape_metrics",
+    "start_kube_proxy",
+]
 
 
 @dataclass
@@ -38,9 +45,19 @@ class KubeProxy:
         return self.proc.stop()
 
 
-def start_kube_proxy(kubeconfig: str | Path, mode: str, node_name: str, netns: str, config_path: str | Path,
-                     *, binary: str | Path | None = None, log_path: str | Path | None = None,
-                     wait_ready: float = 60.0, env: dict | None = None, **config) -> KubeProxy:
+def start_kube_proxy(
+    kubeconfig: str | Path,
+    mode: str,
+    node_name: str,
+    netns: str,
+    config_path: str | Path,
+    *,
+    binary: str | Path | None = None,
+    log_path: str | Path | None = None,
+    wait_ready: float = 60.0,
+    env: dict | None = None,
+    **config,
+) -> KubeProxy:
     """Render a KubeProxyConfiguration into `config_path` and run kube-proxy inside `netns`.
 
     Waits until /proxyMode answers on the metrics port (or `wait_ready` is 0); a kube-proxy
@@ -55,14 +72,21 @@ def start_kube_proxy(kubeconfig: str | Path, mode: str, node_name: str, netns: s
     log = Path(log_path) if log_path else config_path.with_suffix(".log")
     # env: e.g. a PATH whose iptables* are one backend's (legacy or nft) binaries
     proc = spawn(f"kube-proxy-{node_name}", [str(binary), f"--config={config_path}"], netns, log, env=env)
-    kp = KubeProxy(proc=proc, mode=mode, node_name=node_name, netns=netns, config_path=config_path,
-                   metrics_port=int(cfg["metricsBindAddress"].rsplit(":", 1)[1]))
+    kp = KubeProxy(
+        proc=proc,
+        mode=mode,
+        node_name=node_name,
+        netns=netns,
+        config_path=config_path,
+        metrics_port=int(cfg["metricsBindAddress"].rsplit(":", 1)[1]),
+    )
     if wait_ready:
         deadline = time.monotonic() + wait_ready
         while True:
             if not proc.alive():
-                raise LocalClusterError(f"kube-proxy ({mode}) in {netns} exited with {proc.popen.returncode}:\n"
-                                        f"{proc.failure()}")
+                raise LocalClusterError(
+                    f"kube-proxy ({mode}) in {netns} exited with {proc.popen.returncode}:\n{proc.failure()}"
+                )
             try:
                 status, body = http_get(netns, "127.0.0.1", kp.metrics_port, "/proxyMode", timeout=2)
                 if status == 200:
@@ -71,14 +95,17 @@ def start_kube_proxy(kubeconfig: str | Path, mode: str, node_name: str, netns: s
                 pass
             if time.monotonic() > deadline:
                 proc.stop()
-                raise LocalClusterError(f"kube-proxy ({mode}) in {netns}: /proxyMode not answering after "
-                                        f"{wait_ready:.0f} s:\n{proc.failure()}")
+                raise LocalClusterError(
+                    f"kube-proxy ({mode}) in {netns}: /proxyMode not answering after "
+                    f"{wait_ready:.0f} s:\n{proc.failure()}"
+                )
             time.sleep(0.2)
     return kp
 
 
-def kube_proxy_cleanup(netns: str, binary: str | Path | None = None, timeout: float = 300,
-                       path: str | None = None, log=None) -> str:
+def kube_proxy_cleanup(
+    netns: str, binary: str | Path | None = None, timeout: float = 300, path: str | None = None, log=None
+) -> str:
     """`kube-proxy --cleanup` inside `netns` (removes iptables, ipvs and nftables state there).
 
     `path`: the PATH kube-proxy runs with (e.g. one iptables backend's binaries). After IPVS mode
@@ -96,14 +123,18 @@ def kube_proxy_cleanup(netns: str, binary: str | Path | None = None, timeout: fl
         if p.returncode == 0:
             return p.stderr
         if log:
-            log(f"kube-proxy --cleanup in {netns} (attempt {attempt}): exit {p.returncode}:\n{p.stderr[-6000:]}")
+            log(
+                f"kube-proxy --cleanup in {netns} (attempt {attempt}): exit {p.returncode}:\n{p.stderr[-6000:]}"
+            )
     errors = [line for line in p.stderr.splitlines() if line.startswith("E")] or p.stderr.strip().splitlines()
-    raise LocalClusterError(f"kube-proxy --cleanup in {netns} failed twice (exit {p.returncode}): "
-                            f"{' | '.join(errors[:3])[-900:]}")
+    raise LocalClusterError(
+        f"kube-proxy --cleanup in {netns} failed twice (exit {p.returncode}): {' | '.join(errors[:3])[-900:]}"
+    )
 
 
-def scrape_metrics(netns: str | None, port: int = METRICS_PORT, host: str = "127.0.0.1",
-                   timeout: float = 5.0) -> dict[str, Any]:
+def scrape_metrics(
+    netns: str | None, port: int = METRICS_PORT, host: str = "127.0.0.1", timeout: float = 5.0
+) -> dict[str, Any]:
     """kube-proxy's /proxyMode and /metrics, read from inside `netns`.
 
     Returns {"proxy_mode": str, "metrics": {name{labels}: value}, "raw": text}.
@@ -118,8 +149,12 @@ def scrape_metrics(netns: str | None, port: int = METRICS_PORT, host: str = "127
     return {"proxy_mode": mode.decode().strip(), "metrics": parse_metrics(text), "raw": text}
 
 
-_KP_PREFIXES = ("kubeproxy_sync_proxy_rules", "kubeproxy_network_programming", "kubeproxy_sync_full_proxy_rules",
-                "kubeproxy_sync_partial_proxy_rules")
+_KP_PREFIXES = (
+    "kubeproxy_sync_proxy_rules",
+    "kubeproxy_network_programming",
+    "kubeproxy_sync_full_proxy_rules",
+    "kubeproxy_sync_partial_proxy_rules",
+)
 _LABELS = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -140,5 +175,5 @@ def metric_rows(ctx: PointContext, metrics: dict[str, float]) -> list[dict]:
             path = f"le={lab.get('le', '')}"
         elif "table" in lab:
             path = lab["table"]
-        rows.append(ctx.row("kp_" + name[len("kubeproxy_"):], value, path=path))  # unit: harness.metrics
+        rows.append(ctx.row("kp_" + name[len("kubeproxy_") :], value, path=path))  # unit: harness.metrics
     return rows

@@ -38,7 +38,7 @@ class Proc:
 
     def log_tail(self, lines: int = 40) -> str:
         try:
-            data = self.log.read_bytes()[-64 * 1024:].decode(errors="replace")
+            data = self.log.read_bytes()[-64 * 1024 :].decode(errors="replace")
         except OSError:
             return ""
         return "\n".join(data.splitlines()[-lines:])
@@ -69,18 +69,35 @@ def spawn(name: str, argv: Sequence[str], netns: str | None, log: Path, env: dic
     full = (lab_netns.exec_prefix(netns) if netns else []) + [str(a) for a in argv]
     logf = open(log, "ab", buffering=0)
     try:
-        popen = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                 start_new_session=True, env=env, close_fds=True)
+        popen = subprocess.Popen(
+            full,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            close_fds=True,
+        )
     finally:
         logf.close()
     return Proc(name=name, argv=list(full), netns=netns, log=log, popen=popen)
 
 
-def http_get(netns: str | None, host: str, port: int, path: str, *, tls: ssl.SSLContext | None = None,
-              token: str | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+def http_get(
+    netns: str | None,
+    host: str,
+    port: int,
+    path: str,
+    *,
+    tls: ssl.SSLContext | None = None,
+    token: str | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, bytes]:
     with lab_netns.in_netns(netns):
         if tls is not None:
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls)
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                host, port, timeout=timeout, context=tls
+            )
         else:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
         try:

@@ -118,7 +118,10 @@ class LocalPoints(LabPoints):
         t0 = time.monotonic()
         if self.job.get("local_cluster"):  # in a UML guest: the host runs etcd + kube-apiserver
             self.cluster = lc.GuestCluster(self.job.get("local_cluster"), self.job.tag)
-            emit("log", message=f"local: reaching the host's kube-apiserver {self.cluster.server} over the TAP link")
+            emit(
+                "log",
+                message=f"local: reaching the host's kube-apiserver {self.cluster.server} over the TAP link",
+            )
             self.cluster.start()
             emit("log", message=f"local: apiserver reachable from the guest in {time.monotonic() - t0:.1f} s")
         else:
@@ -127,8 +130,12 @@ class LocalPoints(LabPoints):
             binaries = binaries_for(self.scenario.kube_proxy_version)  # local.kube_version is folded into it
             emit("log", message=f"local: starting etcd + kube-apiserver ({binaries.kube_apiserver})")
             self.cluster = lc.LocalCluster(
-                tag=self.job.tag, binaries=binaries, service_cidr=self.scenario.lab.service_cidr,
-                apiserver_args=list(self.local.apiserver_args), ready_timeout=self.local.ready_timeout_s)
+                tag=self.job.tag,
+                binaries=binaries,
+                service_cidr=self.scenario.lab.service_cidr,
+                apiserver_args=list(self.local.apiserver_args),
+                ready_timeout=self.local.ready_timeout_s,
+            )
             self.cluster.start()  # LocalClusterError with the log tail if it does not come up
             emit("log", message=f"local: apiserver ready in {time.monotonic() - t0:.1f} s")
         super().start()
@@ -146,8 +153,10 @@ class LocalPoints(LabPoints):
     def stop(self) -> None:
         self.stop_proxies()
         if self.cluster is not None:
-            self.cluster.keep_logs(self.run_dir / "local-logs",
-                                   prefix="guest-" if isinstance(self.cluster, lc.GuestCluster) else "")
+            self.cluster.keep_logs(
+                self.run_dir / "local-logs",
+                prefix="guest-" if isinstance(self.cluster, lc.GuestCluster) else "",
+            )
         if self.api_client is not None:
             self.api_client.close()
             self.api_client = None
@@ -195,12 +204,15 @@ class LocalPoints(LabPoints):
             # `kube-proxy --cleanup` then skips its whole IPVS pass (it checks with modprobe first).
             # What modprobe answers for a built-in module on any distribution kernel: success.
             shim = d / "modprobe"
-            shim.write_text("#!/bin/sh\n# kpbench: no loadable modules in this kernel; all are built in\nexit 0\n")
+            shim.write_text(
+                "#!/bin/sh\n# kpbench: no loadable modules in this kernel; all are built in\nexit 0\n"
+            )
             shim.chmod(0o755)
         return {**os.environ, "PATH": f"{d}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
 
     def _kubernetes_service(self) -> Service | None:
         """default/kubernetes as kube-proxy sees it (the apiserver's own Service and slice)."""
+
         def get(client, path):
             status, data = _request(client, "GET", path)
             return json.loads(data) if status == 200 else None
@@ -215,13 +227,26 @@ class LocalPoints(LabPoints):
                 return None
             time.sleep(0.5)
         p = svc["spec"]["ports"][0]
-        sl_port = next((q["port"] for q in sl.get("ports") or [] if q.get("name") == p.get("name")),
-                       p.get("targetPort", p["port"]))
+        sl_port = next(
+            (q["port"] for q in sl.get("ports") or [] if q.get("name") == p.get("name")),
+            p.get("targetPort", p["port"]),
+        )
         eps = tuple(Endpoint(a, int(sl_port), "") for e in sl.get("endpoints") or [] for a in e["addresses"])
-        return Service(index=-1, namespace="default", name="kubernetes", cluster_ip=svc["spec"]["clusterIP"],
-                       ports=(ServicePort(name=p.get("name", ""), port=p["port"], target_port=int(sl_port),
-                                          protocol=p.get("protocol", "TCP").lower()),),
-                       endpoints=eps)
+        return Service(
+            index=-1,
+            namespace="default",
+            name="kubernetes",
+            cluster_ip=svc["spec"]["clusterIP"],
+            ports=(
+                ServicePort(
+                    name=p.get("name", ""),
+                    port=p["port"],
+                    target_port=int(sl_port),
+                    protocol=p.get("protocol", "TCP").lower(),
+                ),
+            ),
+            endpoints=eps,
+        )
 
     def _service_cidr_objects(self) -> None:
         """With the flat allocator (MultiCIDRServiceAllocator=false) the apiserver creates no
@@ -230,20 +255,46 @@ class LocalPoints(LabPoints):
         rule). Give it what an upstream-default 1.34 apiserver gives it."""
         rbac = "/apis/rbac.authorization.k8s.io/v1"
         objs: list[tuple[str, dict]] = [
-            ("/apis/networking.k8s.io/v1/servicecidrs",
-             {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "kubernetes"},
-              "spec": {"cidrs": [self.scenario.lab.service_cidr]}}),
-            (f"{rbac}/clusterroles",
-             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-              "metadata": {"name": "kpbench:kube-proxy-servicecidrs"},
-              "rules": [{"apiGroups": ["networking.k8s.io"], "resources": ["servicecidrs"],
-                         "verbs": ["get", "list", "watch"]}]}),
-            (f"{rbac}/clusterrolebindings",
-             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-              "metadata": {"name": "kpbench:kube-proxy-servicecidrs"},
-              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                          "name": "kpbench:kube-proxy-servicecidrs"},
-              "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:kube-proxy"}]}),
+            (
+                "/apis/networking.k8s.io/v1/servicecidrs",
+                {
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "ServiceCIDR",
+                    "metadata": {"name": "kubernetes"},
+                    "spec": {"cidrs": [self.scenario.lab.service_cidr]},
+                },
+            ),
+            (
+                f"{rbac}/clusterroles",
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRole",
+                    "metadata": {"name": "kpbench:kube-proxy-servicecidrs"},
+                    "rules": [
+                        {
+                            "apiGroups": ["networking.k8s.io"],
+                            "resources": ["servicecidrs"],
+                            "verbs": ["get", "list", "watch"],
+                        }
+                    ],
+                },
+            ),
+            (
+                f"{rbac}/clusterrolebindings",
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": "kpbench:kube-proxy-servicecidrs"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": "kpbench:kube-proxy-servicecidrs",
+                    },
+                    "subjects": [
+                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:kube-proxy"}
+                    ],
+                },
+            ),
         ]
 
         def run(client):
@@ -251,6 +302,7 @@ class LocalPoints(LabPoints):
             if status != 200 or json.loads(data).get("items"):
                 return  # not served, or the apiserver made its own
             _post_all(client, objs, ok=(200, 201, 409))
+
         self.api(run)
 
     # -- the API ------------------------------------------------------------------------------
@@ -276,8 +328,10 @@ class LocalPoints(LabPoints):
     def api_create(self, svc: Service, trigger: bool = False) -> None:
         ns = svc.namespace
         bodies = [(f"/api/v1/namespaces/{ns}/services", lc.service_body(svc))]
-        bodies += [(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", b)
-                   for b in self._slices(svc, trigger)]
+        bodies += [
+            (f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", b)
+            for b in self._slices(svc, trigger)
+        ]
 
         self.api(_post_all, bodies)
         self.in_api[(ns, svc.name)] = svc
@@ -286,23 +340,34 @@ class LocalPoints(LabPoints):
         ns = svc.namespace
         old = self.in_api.get((ns, svc.name))
         new_bodies = self._slices(svc, trigger)
-        old_names = {b["metadata"]["name"] for b in lc.endpoint_slice_bodies(old, self._node_names())} if old else set()
+        old_names = (
+            {b["metadata"]["name"] for b in lc.endpoint_slice_bodies(old, self._node_names())}
+            if old
+            else set()
+        )
 
         def run(client):
             for b in new_bodies:
                 name = b["metadata"]["name"]
                 base = f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
                 if name in old_names:
-                    patch = {"metadata": {"annotations": b["metadata"].get("annotations") or {}},
-                             "endpoints": b["endpoints"], "ports": b["ports"]}
-                    status, data = _request(client, "PATCH", f"{base}/{name}", patch,
-                                            content_type="application/merge-patch+json")
+                    patch = {
+                        "metadata": {"annotations": b["metadata"].get("annotations") or {}},
+                        "endpoints": b["endpoints"],
+                        "ports": b["ports"],
+                    }
+                    status, data = _request(
+                        client, "PATCH", f"{base}/{name}", patch, content_type="application/merge-patch+json"
+                    )
                 else:
                     status, data = _request(client, "POST", base, b)
                 if status not in (200, 201):
-                    raise lc.LocalClusterError(f"updating EndpointSlice {ns}/{name}: HTTP {status}: {data[:300]!r}")
+                    raise lc.LocalClusterError(
+                        f"updating EndpointSlice {ns}/{name}: HTTP {status}: {data[:300]!r}"
+                    )
             for name in old_names - {b["metadata"]["name"] for b in new_bodies}:
                 _request(client, "DELETE", f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}")
+
         self.api(run)
         self.in_api[(ns, svc.name)] = svc
 
@@ -322,6 +387,7 @@ class LocalPoints(LabPoints):
         def slices(client):
             for name in names:
                 _request(client, "DELETE", f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}")
+
         self.api(run)
         self._api_executor().submit(slices, self.api_client)
         self.in_api.pop((ns, svc.name), None)
@@ -339,8 +405,13 @@ class LocalPoints(LabPoints):
         missing = [s for key, s in want.items() if key not in self.in_api]
         if not missing:
             return None
-        stats = lc.create_services(self.running_cluster().api, missing, qps=self.local.create_qps,
-                                   concurrency=self.local.create_concurrency, node_names=self._node_names())
+        stats = lc.create_services(
+            self.running_cluster().api,
+            missing,
+            qps=self.local.create_qps,
+            concurrency=self.local.create_concurrency,
+            node_names=self._node_names(),
+        )
         for s in missing:
             self.in_api[(s.namespace, s.name)] = s
         return stats
@@ -350,7 +421,9 @@ class LocalPoints(LabPoints):
         for kp in self.proxies.values():
             try:
                 kp.stop()
-            except subprocess.TimeoutExpired:  # alive even after SIGKILL: stop the others; its namespace goes at stop()
+            except (
+                subprocess.TimeoutExpired
+            ):  # alive even after SIGKILL: stop the others; its namespace goes at stop()
                 pass
         self.proxies = {}
         self.proxy_mode = None
@@ -360,17 +433,29 @@ class LocalPoints(LabPoints):
         assert self.env is not None, "start() first"
         lab, binaries, path = self.running_lab(), self.running_cluster().binaries, self.env["PATH"]
         for n in self.model.spec.nodes:
-            lc.kube_proxy_cleanup(lab.node_ns(n), binaries.kube_proxy, path=path,
-                                  log=lambda message: emit("log", message=message))
+            lc.kube_proxy_cleanup(
+                lab.node_ns(n),
+                binaries.kube_proxy,
+                path=path,
+                log=lambda message: emit("log", message=message),
+            )
 
     def start_proxies(self, mode: str) -> None:
         cluster, lab = self.running_cluster(), self.running_lab()
         for n in self.model.spec.nodes:
             self.proxies[n] = cluster.start_kube_proxy(
-                lab.node_ns(n), node_name(n), mode, wait_ready=0, env=self.env, binary=self.kube_proxy_binary(),
-                cluster_cidr=self.scenario.lab.pod_cidr, sync_period=self.local.sync_period,
-                min_sync_period=self.local.min_sync_period, ipvs_scheduler=self.scenario.ipvs.scheduler,
-                node_port_addresses=self.local.node_port_addresses or None)
+                lab.node_ns(n),
+                node_name(n),
+                mode,
+                wait_ready=0,
+                env=self.env,
+                binary=self.kube_proxy_binary(),
+                cluster_cidr=self.scenario.lab.pod_cidr,
+                sync_period=self.local.sync_period,
+                min_sync_period=self.local.min_sync_period,
+                ipvs_scheduler=self.scenario.ipvs.scheduler,
+                node_port_addresses=self.local.node_port_addresses or None,
+            )
         self.proxy_mode = mode
         self.proxy_release = self.settings.kube_version
         self.proxy_starts += 1
@@ -386,8 +471,12 @@ class LocalPoints(LabPoints):
         return binaries_for(release).kube_proxy
 
     def proxies_running(self, mode: str) -> bool:
-        return (self.proxy_mode == mode and self.proxy_release == self.settings.kube_version and bool(self.proxies)
-                and all(kp.alive() for kp in self.proxies.values()))
+        return (
+            self.proxy_mode == mode
+            and self.proxy_release == self.settings.kube_version
+            and bool(self.proxies)
+            and all(kp.alive() for kp in self.proxies.values())
+        )
 
     def ensure_proxies(self, mode: str, restart: bool = False) -> None:
         """kube-proxy of `mode` running on every node: from a clean kernel when another mode (or
@@ -407,8 +496,14 @@ class LocalPoints(LabPoints):
                 tail = kp.proc.log_tail(20)
                 last = " | ".join(ln.strip() for ln in tail.splitlines()[-3:])[-500:]
                 rc = kp.proc.popen.returncode
-                how = f"{rc} ({signal.Signals(-rc).name})" if rc < 0 and -rc in signal.valid_signals() else str(rc)
-                err = KubeProxyCrashed(f"kube-proxy ({kp.mode}) on {node_name(n)} exited with status {how}: {last}")
+                how = (
+                    f"{rc} ({signal.Signals(-rc).name})"
+                    if rc < 0 and -rc in signal.valid_signals()
+                    else str(rc)
+                )
+                err = KubeProxyCrashed(
+                    f"kube-proxy ({kp.mode}) on {node_name(n)} exited with status {how}: {last}"
+                )
                 err.log_tail = tail  # type: ignore[attr-defined]
                 raise err
         self.running_cluster().check_alive()
@@ -416,7 +511,9 @@ class LocalPoints(LabPoints):
     def programmed_ips(self, node: str, mode: str) -> set[str]:
         """ClusterIPs kube-proxy of `mode` has programmed in `node`'s kernel (read back as the registry says)."""
         rb = mode_spec(mode).read_back
-        text = netns.run(self.running_lab().node_ns(node), rb.service_ips_argv(self.backend), check=False).stdout
+        text = netns.run(
+            self.running_lab().node_ns(node), rb.service_ips_argv(self.backend), check=False
+        ).stdout
         return set(rb.ip_pattern.findall(text))
 
     def wait_programmed(self, ips: set[str], nodes: Sequence[str], timeout: float) -> int:
@@ -432,8 +529,10 @@ class LocalPoints(LabPoints):
                 return time.perf_counter_ns()
             if time.monotonic() > deadline:
                 have = len(ips & self.programmed_ips(pending[0], mode))
-                raise LabError(f"kube-proxy ({self.proxy_mode}) on {node_name(pending[0])}: {have} of "
-                               f"{len(ips)} Services programmed after {timeout:.0f} s")
+                raise LabError(
+                    f"kube-proxy ({self.proxy_mode}) on {node_name(pending[0])}: {have} of "
+                    f"{len(ips)} Services programmed after {timeout:.0f} s"
+                )
             time.sleep(POLL_S)
 
     def wait_sync_finished(self, node: str, since: float, timeout: float) -> None:
@@ -443,13 +542,17 @@ class LocalPoints(LabPoints):
         deadline = time.monotonic() + timeout
         while True:
             self.check_proxies()
-            m = lc.scrape_metrics(self.running_lab().node_ns(node), self.proxies[node].metrics_port)["metrics"]
+            m = lc.scrape_metrics(self.running_lab().node_ns(node), self.proxies[node].metrics_port)[
+                "metrics"
+            ]
             last = m.get(key, m.get("kubeproxy_sync_proxy_rules_last_timestamp_seconds", 0.0))
             if last >= since:
                 return
             if time.monotonic() > deadline:
-                raise LabError(f"kube-proxy ({self.proxy_mode}) on {node_name(node)}: no finished sync "
-                               f"{timeout:.0f} s after its rules appeared")
+                raise LabError(
+                    f"kube-proxy ({self.proxy_mode}) on {node_name(node)}: no finished sync "
+                    f"{timeout:.0f} s after its rules appeared"
+                )
             time.sleep(0.1)
 
     def kernel_counts(self, node: str, mode: str) -> dict[str, int]:
@@ -475,8 +578,12 @@ class LocalPoints(LabPoints):
         status["phases"]["api_reconcile_s"] = round(time.monotonic() - t, 2)
         if stats is not None:
             status["api_create"] = stats.as_dict()
-            out.extend([ctx.row("api_create_rps", stats.objects_per_s, "rps"),
-                        ctx.row("api_create_s", stats.seconds, "s")])
+            out.extend(
+                [
+                    ctx.row("api_create_rps", stats.objects_per_s, "rps"),
+                    ctx.row("api_create_s", stats.seconds, "s"),
+                ]
+            )
         ips = {s.cluster_ip for s in self._all_services(services)}
         t0, t_wall = time.perf_counter_ns(), time.time()
         self.start_proxies(mode)
@@ -484,14 +591,25 @@ class LocalPoints(LabPoints):
         t1 = t_kernel
         last = services[-1] if services else None
         if last is not None and last.endpoints:
-            res = self.running_agent().poll(last.cluster_ip, last.ports[0].port, "served", interval=0.001,
-                                  timeout=self.local.sync_timeout_s, attempt_timeout=0.2)
+            res = self.running_agent().poll(
+                last.cluster_ip,
+                last.ports[0].port,
+                "served",
+                interval=0.001,
+                timeout=self.local.sync_timeout_s,
+                attempt_timeout=0.2,
+            )
             if not res["satisfied"]:
-                raise LabError(f"kube-proxy ({mode}) programmed {len(ips)} Services but a connect to the last, "
-                               f"{last.cluster_ip}:{last.ports[0].port}, failed: {res.get('detail')}")
+                raise LabError(
+                    f"kube-proxy ({mode}) programmed {len(ips)} Services but a connect to the last, "
+                    f"{last.cluster_ip}:{last.ports[0].port}, failed: {res.get('detail')}"
+                )
             t1 = max(t1, res["t_ns"])
         out.extend([ctx.row("sync_full_s", (t1 - t0) / 1e9, "s")])
-        status["sync_full"] = {"kernel_s": round((t_kernel - t0) / 1e9, 4), "served_s": round((t1 - t0) / 1e9, 4)}
+        status["sync_full"] = {
+            "kernel_s": round((t_kernel - t0) / 1e9, 4),
+            "served_s": round((t1 - t0) / 1e9, 4),
+        }
         self.wait_programmed(ips, [n for n in self.model.spec.nodes if n != "a"], self.local.sync_timeout_s)
         # kube-proxy may still be writing the rest of its first sync (ipvs: the iptables rules come
         # after the ipsets): count what a finished one left. Every Service was in the API before
@@ -499,8 +617,9 @@ class LocalPoints(LabPoints):
         self.wait_sync_finished("a", since=t_wall, timeout=self.local.sync_timeout_s)
         status["counts"] = self.kernel_counts("a", mode)
         if self.local.fidelity:
-            status["fidelity"], status["fidelity_differences"] = self.fidelity(mode, services, status["counts"],
-                                                                               ctx.point_id)
+            status["fidelity"], status["fidelity_differences"] = self.fidelity(
+                mode, services, status["counts"], ctx.point_id
+            )
 
     def _dump(self, ns: str, mode: str) -> str:
         argvs = mode_spec(mode).read_back.dump_argvs(self.backend)
@@ -512,7 +631,9 @@ class LocalPoints(LabPoints):
         if self.fid_ns is None:
             self.fid_ns = netns.ns_name(self.job.tag, "fid")
             netns.create(self.fid_ns)
-        dp = make_dataplane(mode, self.fid_ns, replace(self.settings, node_ips=(self.running_lab().node_ip("a"),)), node="a")
+        dp = make_dataplane(
+            mode, self.fid_ns, replace(self.settings, node_ips=(self.running_lab().node_ip("a"),)), node="a"
+        )
         d = self.run_dir / "fidelity"
         d.mkdir(exist_ok=True)
         kp_dump = self._dump(self.running_lab().node_ns("a"), mode)
@@ -524,10 +645,15 @@ class LocalPoints(LabPoints):
             (d / f"{point_id}-lab.txt").write_text(lab_dump)
         finally:
             dp.cleanup()
-        fid = {k: {"kube_proxy": kp_counts.get(k), "lab": lab_counts.get(k)}
-               for k in sorted(set(kp_counts) | set(lab_counts))}
-        diffs = [f"{k}: kube-proxy {v['kube_proxy']}, lab {v['lab']}" for k, v in fid.items()
-                 if v["kube_proxy"] != v["lab"]]
+        fid = {
+            k: {"kube_proxy": kp_counts.get(k), "lab": lab_counts.get(k)}
+            for k in sorted(set(kp_counts) | set(lab_counts))
+        }
+        diffs = [
+            f"{k}: kube-proxy {v['kube_proxy']}, lab {v['lab']}"
+            for k, v in fid.items()
+            if v["kube_proxy"] != v["lab"]
+        ]
         # and rule by rule (harness.targets.fidelity lists what is left out as cosmetic)
         diffs += [f"ruleset {x}" for x in fidelity_diff.differences(mode, kp_dump, lab_dump)]
         return fid, diffs
@@ -542,8 +668,17 @@ class LocalPoints(LabPoints):
             a = apply.get((r["change"], r["seq"]))
             if a is None:
                 continue
-            extra.append(ctx.row("program_us", max(0.0, r["value"] - a) * 1e6, "us", seq=r["seq"],
-                                 timed_out=r["timed_out"], change=r["change"], error=r["error"]))
+            extra.append(
+                ctx.row(
+                    "program_us",
+                    max(0.0, r["value"] - a) * 1e6,
+                    "us",
+                    seq=r["seq"],
+                    timed_out=r["timed_out"],
+                    change=r["change"],
+                    error=r["error"],
+                )
+            )
         return rows + extra
 
     def end_point(self, p: JobPoint, ctx: PointContext, out: SampleWriter, status: dict) -> None:
@@ -567,10 +702,14 @@ class LocalPoints(LabPoints):
         if crash is None:
             return None
         self.stop_proxies()  # the next point starts it again
-        return {"point_id": p.point_id, "kernel": self.kernel, "status": "failed",
-                "error": f"{type(crash).__name__}: {crash}".splitlines()[0][:800],
-                "kube_proxy_log_tail": getattr(crash, "log_tail", ""),
-                "traceback": traceback.format_exc(limit=8)}
+        return {
+            "point_id": p.point_id,
+            "kernel": self.kernel,
+            "status": "failed",
+            "error": f"{type(crash).__name__}: {crash}".splitlines()[0][:800],
+            "kube_proxy_log_tail": getattr(crash, "log_tail", ""),
+            "traceback": traceback.format_exc(limit=8),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:

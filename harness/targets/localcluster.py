@@ -67,12 +67,42 @@ from harness.targets.local_pki import make_pki
 from harness.targets.local_procs import LocalClusterError, Proc, http_get, spawn
 
 # what callers of the local target use from here (tests, local_worker, benchmarks)
-__all__ = ["API_PORT", "CACHE_ROOT", "DEFAULT_API_CIDR", "DEFAULT_CLUSTER_CIDR", "ETCD_PORT", "GUEST_UPLINK",
-           "HEALTHZ_PORT", "MANAGED_BY", "METRICS_PORT", "REPO", "ApiEndpoint", "Binaries", "CreateStats",
-           "GuestCluster", "KubeProxy", "LocalCluster", "LocalClusterError", "Proc", "create_node",
-           "create_services", "default_bin_dir", "endpoint_slice_bodies", "ensure_namespaces", "find_binaries",
-           "http_get", "kube_proxy_cleanup", "kube_version", "list_names", "netns_listening", "pinned_kube_version",
-           "scrape_metrics", "service_body", "spawn", "start_kube_proxy"]
+__all__ = [
+    "API_PORT",
+    "CACHE_ROOT",
+    "DEFAULT_API_CIDR",
+    "DEFAULT_CLUSTER_CIDR",
+    "ETCD_PORT",
+    "GUEST_UPLINK",
+    "HEALTHZ_PORT",
+    "MANAGED_BY",
+    "METRICS_PORT",
+    "REPO",
+    "ApiEndpoint",
+    "Binaries",
+    "CreateStats",
+    "GuestCluster",
+    "KubeProxy",
+    "LocalCluster",
+    "LocalClusterError",
+    "Proc",
+    "create_node",
+    "create_services",
+    "default_bin_dir",
+    "endpoint_slice_bodies",
+    "ensure_namespaces",
+    "find_binaries",
+    "http_get",
+    "kube_proxy_cleanup",
+    "kube_version",
+    "list_names",
+    "netns_listening",
+    "pinned_kube_version",
+    "scrape_metrics",
+    "service_body",
+    "spawn",
+    "start_kube_proxy",
+]
 
 DEFAULT_API_CIDR = "10.254.0.0/24"  # the API namespace's bridge; clear of pod, service and underlay CIDRs
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
@@ -89,12 +119,21 @@ def _etcd_major_minor(etcd: Path) -> tuple[int, int]:
 class LocalCluster:
     """etcd + kube-apiserver inside namespace `kpb-<tag>-api`; see the module docstring."""
 
-    def __init__(self, tag: str | None = None, *, binaries: Binaries | None = None,
-                 api_cidr: str = DEFAULT_API_CIDR, service_cidr: str = DEFAULT_SERVICE_CIDR,
-                 workdir: str | Path | None = None, keep_workdir: bool = False,
-                 etcd_unsafe_no_fsync: bool = True, apiserver_args: Sequence[str] = (),
-                 apiserver_verbosity: int = 1, ready_timeout: float = 120.0,
-                 gogc: int | None = None):
+    def __init__(
+        self,
+        tag: str | None = None,
+        *,
+        binaries: Binaries | None = None,
+        api_cidr: str = DEFAULT_API_CIDR,
+        service_cidr: str = DEFAULT_SERVICE_CIDR,
+        workdir: str | Path | None = None,
+        keep_workdir: bool = False,
+        etcd_unsafe_no_fsync: bool = True,
+        apiserver_args: Sequence[str] = (),
+        apiserver_verbosity: int = 1,
+        ready_timeout: float = 120.0,
+        gogc: int | None = None,
+    ):
         self.tag = tag or f"lc{secrets.token_hex(3)}"
         self.binaries = binaries or find_binaries()
         self.netns = lab_netns.ns_name(self.tag, "api")
@@ -163,7 +202,9 @@ class LocalCluster:
         for p in reversed(self.procs):
             try:
                 p.stop()
-            except subprocess.TimeoutExpired:  # alive even after SIGKILL: stop the rest; the namespace goes below
+            except (
+                subprocess.TimeoutExpired
+            ):  # alive even after SIGKILL: stop the rest; the namespace goes below
                 pass
         for ns in reversed(self.namespaces):
             lab_netns.delete(ns)  # also kills anything still inside
@@ -187,9 +228,13 @@ class LocalCluster:
 
     def _register(self) -> None:
         try:
-            registry.register("localcluster", self.tag, namespaces=list(self.namespaces),
-                              pids=[p.popen.pid for p in self.procs],
-                              paths=[str(self.workdir)] if self.workdir else [])
+            registry.register(
+                "localcluster",
+                self.tag,
+                namespaces=list(self.namespaces),
+                pids=[p.popen.pid for p in self.procs],
+                paths=[str(self.workdir)] if self.workdir else [],
+            )
         except OSError:
             pass
 
@@ -202,7 +247,9 @@ class LocalCluster:
         self.namespaces.append(self.netns)
         ns = self.netns
         lab_netns.run(ns, ["ip", "link", "add", "kapi0", "type", "bridge"])
-        lab_netns.run(ns, ["ip", "addr", "add", f"{self.bridge_addr}/{self._api_net.prefixlen}", "dev", "kapi0"])
+        lab_netns.run(
+            ns, ["ip", "addr", "add", f"{self.bridge_addr}/{self._api_net.prefixlen}", "dev", "kapi0"]
+        )
         lab_netns.run(ns, ["ip", "link", "set", "kapi0", "up"])
 
     def add_tap(self, name: str = "kt0") -> str:
@@ -217,11 +264,22 @@ class LocalCluster:
         work dir: it holds the tokens, and goes with the work dir."""
         assert self.workdir
         path = self.workdir / "connection.json"
-        path.write_text(json.dumps({
-            "server": self.server, "ca_file": str(self.pki["ca_crt"]), "tokens": self.tokens,
-            "api_cidr": str(self._api_net), "service_cidr": self.service_cidr,
-            "binaries": {"etcd": str(self.binaries.etcd), "kube_apiserver": str(self.binaries.kube_apiserver),
-                         "kube_proxy": str(self.binaries.kube_proxy)}}))
+        path.write_text(
+            json.dumps(
+                {
+                    "server": self.server,
+                    "ca_file": str(self.pki["ca_crt"]),
+                    "tokens": self.tokens,
+                    "api_cidr": str(self._api_net),
+                    "service_cidr": self.service_cidr,
+                    "binaries": {
+                        "etcd": str(self.binaries.etcd),
+                        "kube_apiserver": str(self.binaries.kube_apiserver),
+                        "kube_proxy": str(self.binaries.kube_proxy),
+                    },
+                }
+            )
+        )
         os.chmod(path, 0o600)
         return path
 
@@ -238,8 +296,10 @@ class LocalCluster:
             self._next_host += 1
         idx = len(self.links)
         host_if = f"kn{idx}"
-        lab_netns.run(self.netns, ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ifname,
-                                   "netns", node_netns])
+        lab_netns.run(
+            self.netns,
+            ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ifname, "netns", node_netns],
+        )
         lab_netns.run(self.netns, ["ip", "link", "set", host_if, "master", "kapi0", "up"])
         lab_netns.run(node_netns, ["ip", "addr", "add", f"{addr}/{self._api_net.prefixlen}", "dev", ifname])
         lab_netns.run(node_netns, ["ip", "link", "set", ifname, "up"])
@@ -250,15 +310,24 @@ class LocalCluster:
 
     def _make_credentials(self) -> None:
         assert self.workdir
-        self.pki = make_pki(self.workdir / "pki",
-                            san_ips=[self.api_addr, self.kubernetes_service_ip, "127.0.0.1"],
-                            san_dns=["kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                                     "kubernetes.default.svc.cluster.local", "localhost"])
+        self.pki = make_pki(
+            self.workdir / "pki",
+            san_ips=[self.api_addr, self.kubernetes_service_ip, "127.0.0.1"],
+            san_dns=[
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+                "localhost",
+            ],
+        )
         self.tokens = {"admin": secrets.token_urlsafe(32), "kube-proxy": secrets.token_urlsafe(32)}
         # token,user,uid,"group1,group2" - admin is in system:masters (RBAC superuser);
         # kube-proxy is the user the bootstrap policy binds to ClusterRole system:node-proxier.
-        lines = [f'{self.tokens["admin"]},kpbench-admin,kpbench-admin,"system:masters"',
-                 f'{self.tokens["kube-proxy"]},system:kube-proxy,system:kube-proxy,"system:authenticated"']
+        lines = [
+            f'{self.tokens["admin"]},kpbench-admin,kpbench-admin,"system:masters"',
+            f'{self.tokens["kube-proxy"]},system:kube-proxy,system:kube-proxy,"system:authenticated"',
+        ]
         tf = self.workdir / "tokens.csv"
         tf.write_text("\n".join(lines) + "\n")
         os.chmod(tf, 0o600)
@@ -268,14 +337,20 @@ class LocalCluster:
         assert self.workdir
         path = self.workdir / f"kubeconfig-{user}.json"
         if not path.exists():
-            write_kubeconfig(path, self.server, self.pki["ca_crt"], self.tokens[user],
-                             user="kpbench-admin" if user == "admin" else f"system:{user}")
+            write_kubeconfig(
+                path,
+                self.server,
+                self.pki["ca_crt"],
+                self.tokens[user],
+                user="kpbench-admin" if user == "admin" else f"system:{user}",
+            )
         return path
 
     @property
     def api(self) -> ApiEndpoint:
-        return ApiEndpoint(host=self.server, ca_file=str(self.pki["ca_crt"]), token=self.tokens["admin"],
-                           netns=self.netns)
+        return ApiEndpoint(
+            host=self.server, ca_file=str(self.pki["ca_crt"]), token=self.tokens["admin"], netns=self.netns
+        )
 
     # ---- etcd and apiserver
 
@@ -284,11 +359,29 @@ class LocalCluster:
         data = self.workdir / "etcd"
         url = f"http://127.0.0.1:{ETCD_PORT}"
         peer = f"http://127.0.0.1:{ETCD_PORT + 1}"
-        argv = [str(self.binaries.etcd), "--name", "kpb", "--data-dir", str(data),
-                "--listen-client-urls", url, "--advertise-client-urls", url,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"kpb={peer}", "--initial-cluster-state", "new",
-                "--log-level", "warn", "--quota-backend-bytes", str(8 * 1024 ** 3)]
+        argv = [
+            str(self.binaries.etcd),
+            "--name",
+            "kpb",
+            "--data-dir",
+            str(data),
+            "--listen-client-urls",
+            url,
+            "--advertise-client-urls",
+            url,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"kpb={peer}",
+            "--initial-cluster-state",
+            "new",
+            "--log-level",
+            "warn",
+            "--quota-backend-bytes",
+            str(8 * 1024**3),
+        ]
         major_minor = _etcd_major_minor(self.binaries.etcd)
         if self.etcd_unsafe_no_fsync and major_minor >= (3, 5):
             argv.append("--unsafe-no-fsync")  # throwaway data: fsync would only measure the disk
@@ -296,7 +389,9 @@ class LocalCluster:
         deadline = time.monotonic() + 30
         while True:
             if not self.etcd.alive():
-                raise LocalClusterError(f"etcd exited with {self.etcd.popen.returncode}:\n{self.etcd.failure()}")
+                raise LocalClusterError(
+                    f"etcd exited with {self.etcd.popen.returncode}:\n{self.etcd.failure()}"
+                )
             try:
                 status, body = http_get(self.netns, "127.0.0.1", ETCD_PORT, "/health", timeout=2)
                 if status == 200 and b'"health":"true"' in body:
@@ -310,33 +405,42 @@ class LocalCluster:
     def _start_apiserver(self) -> None:
         assert self.workdir
         pki = self.pki
-        argv = [str(self.binaries.kube_apiserver),
-                f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
-                f"--bind-address={self.api_addr}", f"--advertise-address={self.api_addr}",
-                f"--secure-port={API_PORT}",
-                f"--tls-cert-file={pki['crt']}", f"--tls-private-key-file={pki['key']}",
-                f"--client-ca-file={pki['ca_crt']}",
-                f"--cert-dir={self.workdir / 'certs'}",
-                f"--token-auth-file={self.workdir / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
-                f"--service-cluster-ip-range={self.service_cidr}",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={pki['sa_pub']}",
-                f"--service-account-signing-key-file={pki['sa_key']}",
-                "--allow-privileged=true", "--profiling=false",
-                "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount",
-                f"--v={self.apiserver_verbosity}",
-                *self.apiserver_args]
+        argv = [
+            str(self.binaries.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
+            f"--bind-address={self.api_addr}",
+            f"--advertise-address={self.api_addr}",
+            f"--secure-port={API_PORT}",
+            f"--tls-cert-file={pki['crt']}",
+            f"--tls-private-key-file={pki['key']}",
+            f"--client-ca-file={pki['ca_crt']}",
+            f"--cert-dir={self.workdir / 'certs'}",
+            f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            f"--service-cluster-ip-range={self.service_cidr}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki['sa_pub']}",
+            f"--service-account-signing-key-file={pki['sa_key']}",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount",
+            f"--v={self.apiserver_verbosity}",
+            *self.apiserver_args,
+        ]
         self.apiserver = apiserver = self._spawn("kube-apiserver", argv)
 
         def alive() -> None:
             if not apiserver.alive():
-                raise LocalClusterError(f"kube-apiserver exited with {apiserver.popen.returncode}:\n"
-                                        f"{apiserver.failure()}")
+                raise LocalClusterError(
+                    f"kube-apiserver exited with {apiserver.popen.returncode}:\n{apiserver.failure()}"
+                )
+
         last = self._wait_readyz(self.api_addr, self.ready_timeout, attempt_timeout=3, alive=alive)
         if last is not None:
-            raise LocalClusterError(f"kube-apiserver not ready after {self.ready_timeout:.0f} s ({last}); "
-                                    f"log:\n{self.apiserver.failure()}")
+            raise LocalClusterError(
+                f"kube-apiserver not ready after {self.ready_timeout:.0f} s ({last}); "
+                f"log:\n{self.apiserver.failure()}"
+            )
 
     def _wait_readyz(self, host: str, timeout: float, attempt_timeout: float, alive=None) -> str | None:
         """Poll https://<host>:6443/readyz from the API namespace until it answers 200 (returns
@@ -347,8 +451,15 @@ class LocalCluster:
             if alive:
                 alive()
             try:
-                status, body = http_get(self.netns, host, API_PORT, "/readyz", tls=tls,
-                                         token=self.tokens["admin"], timeout=attempt_timeout)
+                status, body = http_get(
+                    self.netns,
+                    host,
+                    API_PORT,
+                    "/readyz",
+                    tls=tls,
+                    token=self.tokens["admin"],
+                    timeout=attempt_timeout,
+                )
                 if status == 200:
                     return None
                 last = f"/readyz {status}: {body.decode(errors='replace')[-600:]}"
@@ -403,9 +514,16 @@ class GuestCluster(LocalCluster):
     def __init__(self, connection: str | Path, tag: str, *, guest_host: int = 250):
         c = json.loads(Path(connection).read_text())
         b = c["binaries"]
-        super().__init__(tag, binaries=Binaries(etcd=Path(b["etcd"]), kube_apiserver=Path(b["kube_apiserver"]),
-                                                kube_proxy=Path(b["kube_proxy"])),
-                         api_cidr=c["api_cidr"], service_cidr=c["service_cidr"])
+        super().__init__(
+            tag,
+            binaries=Binaries(
+                etcd=Path(b["etcd"]),
+                kube_apiserver=Path(b["kube_apiserver"]),
+                kube_proxy=Path(b["kube_proxy"]),
+            ),
+            api_cidr=c["api_cidr"],
+            service_cidr=c["service_cidr"],
+        )
         self.server = c["server"]
         self.bridge_addr = str(self._api_net.network_address + guest_host)
         self._next_host = guest_host + 1
@@ -422,14 +540,17 @@ class GuestCluster(LocalCluster):
         try:
             lab_netns.run(None, ["ip", "link", "set", GUEST_UPLINK, "netns", self.netns])
         except lab_netns.LabError as e:
-            raise LocalClusterError(f"the guest has no {GUEST_UPLINK} (the TAP link to the host's API "
-                                    f"namespace): {e}") from None
+            raise LocalClusterError(
+                f"the guest has no {GUEST_UPLINK} (the TAP link to the host's API namespace): {e}"
+            ) from None
         lab_netns.run(self.netns, ["ip", "link", "set", GUEST_UPLINK, "master", "kapi0", "up"])
         host = self.server.split("//", 1)[1].rsplit(":", 1)[0]
         last = self._wait_readyz(host, ready_timeout, attempt_timeout=5)
         if last is not None:
-            raise LocalClusterError(f"the host's kube-apiserver {self.server} is not reachable from the UML "
-                                    f"guest after {ready_timeout:.0f} s ({last})")
+            raise LocalClusterError(
+                f"the host's kube-apiserver {self.server} is not reachable from the UML "
+                f"guest after {ready_timeout:.0f} s ({last})"
+            )
         return self
 
 
@@ -447,12 +568,16 @@ def _install_cleanup(obj) -> None:
         return
     _cleanup_installed = True
     atexit.register(_stop_all)
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+        signal.SIG_DFL,
+        None,
+    ):
+
         def on_term(signum, frame):
             _stop_all()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             raise SystemExit(128 + signum)
+
         signal.signal(signal.SIGTERM, on_term)
 
 
@@ -460,7 +585,10 @@ def _stop_all() -> None:
     for obj in list(_cleanup_objects):
         try:
             obj.stop()
-        except (OSError, subprocess.SubprocessError):  # at exit: stop the others; `kpbench clean` gets the rest
+        except (
+            OSError,
+            subprocess.SubprocessError,
+        ):  # at exit: stop the others; `kpbench clean` gets the rest
             pass
 
 

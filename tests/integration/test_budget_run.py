@@ -14,13 +14,23 @@ from harness import costmodel as cm
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
-SMALL = ["quick", "--kernel", "host", "--modes", "iptables,nftables", "--services", "50,200",
-         "--set", "measure.load.duration_s=1"]
+SMALL = [
+    "quick",
+    "--kernel",
+    "host",
+    "--modes",
+    "iptables,nftables",
+    "--services",
+    "50,200",
+    "--set",
+    "measure.load.duration_s=1",
+]
 
 
 def kpbench(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def one_line_error(p) -> str:
@@ -31,8 +41,9 @@ def one_line_error(p) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("budget, needle", [("1s", "too small"), ("abc", "not a duration"),
-                                            ("-5m", "negative")])
+@pytest.mark.parametrize(
+    "budget, needle", [("1s", "too small"), ("abc", "not a duration"), ("-5m", "negative")]
+)
 def test_bad_budget_exits_2_with_nothing_started(tmp_path, budget, needle):
     line = one_line_error(kpbench("run", *SMALL, "--out", str(tmp_path), "--budget", budget))
     assert needle in line and re.search(r"needs at least \d+(m\d\ds|s)", line), line
@@ -52,7 +63,7 @@ def test_plan_printed_over_budget_recorded_resume_measures_the_rest(tmp_path):
     assert "projected:" in err and "QUADRATIC" in err and "--kernel host asked for" in err
     assert "OVER BUDGET" in err
     for pid in ("host-iptables-200-r1", "host-nftables-200-r1"):
-        assert pid in err[plan_at:err.index("ok host-iptables-50-r1")]
+        assert pid in err[plan_at : err.index("ok host-iptables-50-r1")]
 
     (run,) = [d for d in tmp_path.iterdir() if (d / "metadata.json").exists()]
     meta = json.loads((run / "metadata.json").read_text())
@@ -111,8 +122,10 @@ def test_budget_spent_mid_run_stops_the_real_worker_after_its_point(tmp_path):
     assert status["host-iptables-50-r1"] == "ok"
     assert sorted(v for k, v in status.items() if k != "host-iptables-50-r1") == ["over_budget"] * 3
     assert "spent" in meta["budget_stop"]
-    assert sorted(f.name for f in (run.dir / "points").iterdir()) == ["host-iptables-50-r1.json",
-                                                                      "host-iptables-50-r1.jsonl"]
+    assert sorted(f.name for f in (run.dir / "points").iterdir()) == [
+        "host-iptables-50-r1.json",
+        "host-iptables-50-r1.jsonl",
+    ]
     tag = json.loads((run.dir / ".jobs" / "host.json").read_text())["tag"]
     assert not [n for n in set(netns.list_namespaces()) - before if n.startswith(f"{netns.PREFIX}{tag}-")]
     p = subprocess.run(["pgrep", "-f", f"harness.pointloop {run.dir}"], capture_output=True, text=True)

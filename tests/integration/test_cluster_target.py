@@ -154,8 +154,9 @@ def kubeadm(cluster):
 
 
 def _scenario(modes=("iptables", "ipvs")):
-    return load_scenario("quick", [(["target"], "cluster"), (["services"], {"counts": [20]}),
-                                   (["modes"], list(modes))])
+    return load_scenario(
+        "quick", [(["target"], "cluster"), (["services"], {"counts": [20]}), (["modes"], list(modes))]
+    )
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -181,13 +182,17 @@ def test_preflight_passes_on_kubeadm_layout(cluster, kubeadm):
     assert t.report.kube_proxy.image == "registry.k8s.io/kube-proxy:v1.34.2"
 
     def without_yes():
-        ClusterTarget(str(cluster.kubeconfig("admin")), None, False, out=lambda s: None).preflight(_scenario())
+        ClusterTarget(str(cluster.kubeconfig("admin")), None, False, out=lambda s: None).preflight(
+            _scenario()
+        )
 
     with pytest.raises(ClusterError, match="without --yes"):
         cluster.in_api(without_yes)
 
     def labelled():
-        return Rest(_admin(cluster).api).get("/api/v1/namespaces", query={"labelSelector": LABEL_RUN})["items"]
+        return Rest(_admin(cluster).api).get("/api/v1/namespaces", query={"labelSelector": LABEL_RUN})[
+            "items"
+        ]
 
     assert cluster.in_api(labelled) == []  # preflight created nothing
 
@@ -207,11 +212,15 @@ def test_preflight_without_configmap(cluster):
         rest = Rest(_admin(cluster).api)
         rest.create("/apis/apps/v1/namespaces/kube-system/daemonsets", kubeadm_daemonset())
         try:
-            ClusterTarget(str(cluster.kubeconfig("admin")), None, True, out=lambda s: None).preflight(_scenario())
+            ClusterTarget(str(cluster.kubeconfig("admin")), None, True, out=lambda s: None).preflight(
+                _scenario()
+            )
         finally:
             rest.delete(DS_PATH)
 
-    with pytest.raises(ClusterError, match="not configured the kubeadm way.*ConfigMap kube-system/kube-proxy does not"):
+    with pytest.raises(
+        ClusterError, match="not configured the kubeadm way.*ConfigMap kube-system/kube-proxy does not"
+    ):
         cluster.in_api(run)
 
 
@@ -220,7 +229,9 @@ def test_permissions_checked(cluster, kubeadm):
     from harness.targets.cluster import ClusterTarget
 
     def run():
-        ClusterTarget(str(cluster.kubeconfig("kube-proxy")), None, True, out=lambda s: None).preflight(_scenario())
+        ClusterTarget(str(cluster.kubeconfig("kube-proxy")), None, True, out=lambda s: None).preflight(
+            _scenario()
+        )
 
     with pytest.raises(ClusterError) as e:
         cluster.in_api(run)
@@ -246,19 +257,25 @@ def test_objects_created_and_deleted_by_label(cluster, kubeadm):
         # the rendered privileged manifests pass the real API's validation and PodSecurity admission
         store._create(f"/api/v1/namespaces/{ns}/pods", m.probe_pod(ns, run_id, NODE_KP, "kpbench:latest"))
         for node in (NODE_KP, NODE_B):
-            store._create(f"/apis/batch/v1/namespaces/{ns}/jobs",
-                          m.cleanup_job(ns, run_id, node, "registry.k8s.io/kube-proxy:v1.34.2"))
+            store._create(
+                f"/apis/batch/v1/namespaces/{ns}/jobs",
+                m.cleanup_job(ns, run_id, node, "registry.k8s.io/kube-proxy:v1.34.2"),
+            )
         for obj in m.locust_manifests(ns, run_id, "kpbench:latest", 3, users=6, rate=100, duration_s=5):
             kind = {"ConfigMap": "configmaps", "Service": "services", "Job": "jobs"}[obj["kind"]]
             group = "/apis/batch/v1" if kind == "jobs" else "/api/v1"
             store._create(f"{group}/namespaces/{ns}/{kind}", obj)
         svcs = rest.get(f"/api/v1/namespaces/{ns}/services", query={"labelSelector": store.selector})["items"]
-        slices = rest.get(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
-                          query={"labelSelector": store.selector})["items"]
+        slices = rest.get(
+            f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+            query={"labelSelector": store.selector},
+        )["items"]
         before = store.remaining()
         # everything goes by label (KubeProxyController.delete_run_objects: objects, then namespaces)
         state = SimpleNamespace(run_id=run_id, namespace=ns)
-        KubeProxyController(rest, state, None, waits=StubWaits(rest), log=lambda s: None).delete_run_objects(wait_s=0)
+        KubeProxyController(rest, state, None, waits=StubWaits(rest), log=lambda s: None).delete_run_objects(
+            wait_s=0
+        )
         after = store.remaining()
         nsobj = rest.get_or_none(f"/api/v1/namespaces/{ns}")
         return stats, sel, svcs, slices, before, after, nsobj
@@ -273,10 +290,11 @@ def test_objects_created_and_deleted_by_label(cluster, kubeadm):
     assert nsobj is None or nsobj["status"]["phase"] == "Terminating"
 
 
-@pytest.mark.parametrize("inject", [Boom("rollout never finished (injected)"), KeyboardInterrupt()],
-                         ids=["failure", "ctrl-c"])
+@pytest.mark.parametrize(
+    "inject", [Boom("rollout never finished (injected)"), KeyboardInterrupt()], ids=["failure", "ctrl-c"]
+)
 def test_configmap_patched_and_restored_with_failure_halfway(cluster, kubeadm, tmp_path, inject):
-    run_id = f"it-{int(time.time() * 1000) % 10 ** 9}"
+    run_id = f"it-{int(time.time() * 1000) % 10**9}"
 
     def run():
         conn = _admin(cluster)
@@ -297,15 +315,18 @@ def test_configmap_patched_and_restored_with_failure_halfway(cluster, kubeadm, t
         halfway = rest.get(CM_PATH), rest.get(DS_PATH), load(path)
         # restore as `kpbench restore` would: from the file alone
         st = load(path)
-        ctl2 = KubeProxyController(rest, st, path, waits=StubWaits(rest), log=lambda s: None,
-                                   namespace_wait_s=0)  # no namespace controller here
+        ctl2 = KubeProxyController(
+            rest, st, path, waits=StubWaits(rest), log=lambda s: None, namespace_wait_s=0
+        )  # no namespace controller here
         restore_cluster(ctl2, st, path, log=lambda s: None)
         return original, caught, halfway, rest.get(CM_PATH), rest.get(DS_PATH), load(path), waits
 
     original, caught, (cm_mid, ds_mid, st_mid), cm, ds, st, waits = cluster.in_api(run)
     assert type(caught) is type(inject)
     # halfway: kube-proxy paused for cleanup, cleaned up (Jobs created on both nodes), ipvs written, restarted
-    assert "mode: ipvs" in cm_mid["data"][KP_KEY] and cm_mid["metadata"]["annotations"][ANN_MODIFIED] == run_id
+    assert (
+        "mode: ipvs" in cm_mid["data"][KP_KEY] and cm_mid["metadata"]["annotations"][ANN_MODIFIED] == run_id
+    )
     assert PAUSE_KEY not in ds_mid["spec"]["template"]["spec"]["nodeSelector"]
     assert len(waits.jobs_seen) == 2 and st_mid.status == "changed"
     # restored: config.conf byte for byte, the other key and the kubeadm annotation as found
@@ -324,11 +345,17 @@ def test_target_run_restores_on_failure(cluster, kubeadm, tmp_path):
     from harness.targets import cluster as ct
 
     sc = _scenario(modes=("nftables", "iptables"))
-    run_id = f"it-{int(time.time() * 1000) % 10 ** 9}"
+    run_id = f"it-{int(time.time() * 1000) % 10**9}"
 
     def run():
-        t = ct.ClusterTarget(str(cluster.kubeconfig("admin")), None, True, out=lambda s: None,
-                             options=ClusterOptions(ready_timeout_s=1, namespace_wait_s=0), waits=StubWaits)
+        t = ct.ClusterTarget(
+            str(cluster.kubeconfig("admin")),
+            None,
+            True,
+            out=lambda s: None,
+            options=ClusterOptions(ready_timeout_s=1, namespace_wait_s=0),
+            waits=StubWaits,
+        )
         t.preflight(sc)
         (tmp_path / "points").mkdir()
         r = SimpleNamespace(dir=tmp_path, scenario=sc, meta={"run_id": run_id, "points": []})

@@ -74,8 +74,11 @@ def changes(m, services):
     after_upd = [upd if s.name == upd.name else s for s in after_add]
     gone = after_upd[10]  # has affinity
     after_del = [s for s in after_upd if s.name != gone.name]
-    return [("add", Change("add", new), after_add), ("update", Change("update", upd), after_upd),
-            ("delete", Change("delete", gone), after_del)]
+    return [
+        ("add", Change("add", new), after_add),
+        ("update", Change("update", upd), after_upd),
+        ("delete", Change("delete", gone), after_del),
+    ]
 
 
 # ------------------------------------------------------------------ the tools accept the payloads
@@ -86,7 +89,9 @@ def test_iptables_payload_accepted(ns, backend):
         netns.run(ns, [f"iptables-{backend}-restore", "--noflush", "--test"], input=text)
 
 
-@pytest.mark.parametrize("release", [versions.representative("nftables", f) for f in versions.families("nftables")])
+@pytest.mark.parametrize(
+    "release", [versions.representative("nftables", f) for f in versions.families("nftables")]
+)
 def test_nftables_payload_accepted(ns, release):
     for services in (small(), model_200()[1]):
         for settings in (DataplaneSettings(node_ips=(NODE_IP,)), DataplaneSettings()):
@@ -116,13 +121,25 @@ def expected_iptables(services, node_ips=1):
         rules += 3 * e + 2 + (e if s.affinity_timeout else 0) + (3 if s.ports[0].node_port else 0)
         chains += 1 + e + (1 if s.ports[0].node_port else 0)
         svc_rules += 1
-    return {"nat_kube_rules": rules, "nat_chains": chains, "nat_kube_services_rules": svc_rules,
-            "filter_kube_rules": 3 + rejects, "filter_kube_services_rules": sum(not s.endpoints for s in services)}
+    return {
+        "nat_kube_rules": rules,
+        "nat_chains": chains,
+        "nat_kube_services_rules": svc_rules,
+        "filter_kube_rules": 3 + rejects,
+        "filter_kube_services_rules": sum(not s.endpoints for s in services),
+    }
 
 
 def expected_nftables(services):
-    c = {"chains": 16, "rules": 23, "cluster_ips": 0, "service_ips": 0, "service_nodeports": 0,
-         "no_endpoint_services": 0, "no_endpoint_nodeports": 0}
+    c = {
+        "chains": 16,
+        "rules": 23,
+        "cluster_ips": 0,
+        "service_ips": 0,
+        "service_nodeports": 0,
+        "no_endpoint_services": 0,
+        "no_endpoint_nodeports": 0,
+    }
     for s in services:
         e = len(s.endpoints)
         c["cluster_ips"] += 1
@@ -141,8 +158,16 @@ def expected_nftables(services):
 def expected_nftables_v136(services, single_dnat: bool):
     """v1.36+ (single_dnat: v1.37): no mark-for-masquerade chain, one masquerade rule in
     `services`, endpoint chains only with affinity, a shared hairpin-connections set."""
-    c = {"chains": 15, "rules": 22, "cluster_ips": 0, "service_ips": 0, "service_nodeports": 0,
-         "no_endpoint_services": 0, "no_endpoint_nodeports": 0, "hairpin_connections": 0}
+    c = {
+        "chains": 15,
+        "rules": 22,
+        "cluster_ips": 0,
+        "service_ips": 0,
+        "service_nodeports": 0,
+        "no_endpoint_services": 0,
+        "no_endpoint_nodeports": 0,
+        "hairpin_connections": 0,
+    }
     hairpin = set()
     for s in services:
         e = len(s.endpoints)
@@ -193,8 +218,12 @@ def expected_ipvs(services, node_ips=1):
         rs += k * e
         members += 1 + 1 + bool(s.ports[0].node_port)  # CLUSTER-IP, IPVS-IPS, NODE-PORT-TCP
     loop = {(e.ip, e.port) for s in services for e in s.endpoints}
-    return {"virtual_servers": vs, "real_servers": rs, "addresses": len(services),
-            "ipset_members": members + len(loop)}
+    return {
+        "virtual_servers": vs,
+        "real_servers": rs,
+        "addresses": len(services),
+        "ipset_members": members + len(loop),
+    }
 
 
 def subset(counts, expected):
@@ -243,9 +272,11 @@ def test_nftables_program_apply_cleanup(ns):
     assert "kube-proxy" not in netns.run(ns, ["nft", "list", "tables"]).stdout
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/net/ip_vs"),
-                    reason="this kernel has no IPVS (/proc/net/ip_vs missing: the host 6.18 kernel is built "
-                           "without CONFIG_IP_VS); runs inside the UML guest")
+@pytest.mark.skipif(
+    not os.path.exists("/proc/net/ip_vs"),
+    reason="this kernel has no IPVS (/proc/net/ip_vs missing: the host 6.18 kernel is built "
+    "without CONFIG_IP_VS); runs inside the UML guest",
+)
 def test_ipvs_program_apply_cleanup(ns):
     lab_routes(ns)
     m, services = model_200()
@@ -265,8 +296,12 @@ def test_ipvs_program_apply_cleanup(ns):
         assert netns.run(ns, ["sysctl", "-n", "net.ipv4.vs.conntrack"]).stdout.strip() == "1"
         dp.cleanup()
         assert all(v == 0 for v in dp.counts().values()), dp.counts()
-        assert subprocess.run(netns.exec_prefix(ns) + ["ip", "link", "show", "kube-ipvs0"],
-                              capture_output=True).returncode != 0
+        assert (
+            subprocess.run(
+                netns.exec_prefix(ns) + ["ip", "link", "show", "kube-ipvs0"], capture_output=True
+            ).returncode
+            != 0
+        )
     finally:
         dp.close()
 
@@ -290,8 +325,10 @@ def test_200_services_answer_through_the_lab(mode):
 
     model = build_model(ModelSpec(n_services=200, endpoints=2))
     with Lab(model, tag=f"t{os.getpid() % 10000}{mode[:2]}") as lab:
-        dps = {n: make_dataplane(mode, lab.node_ns(n), DataplaneSettings(node_ips=(lab.node_ip(n),)))
-               for n in model.spec.nodes}
+        dps = {
+            n: make_dataplane(mode, lab.node_ns(n), DataplaneSettings(node_ips=(lab.node_ip(n),)))
+            for n in model.spec.nodes
+        }
         for dp in dps.values():
             dp.full_sync(model.services)
         counts = dps["a"].counts()
@@ -300,13 +337,22 @@ def test_200_services_answer_through_the_lab(mode):
             # namespace holds virtual servers too, on 6.1); every one is also looked up by address
             assert counts.get("addresses") == 200, counts
             assert counts.get("virtual_servers") == 200 and counts.get("real_servers") == 400, counts
-            missing = [s.name for s in model.services
-                       if netns.run(lab.node_ns("a"), ["ipvsadm", "-Ln", "-t", f"{s.cluster_ip}:{s.ports[0].port}"],
-                                    check=False).returncode != 0]
+            missing = [
+                s.name
+                for s in model.services
+                if netns.run(
+                    lab.node_ns("a"),
+                    ["ipvsadm", "-Ln", "-t", f"{s.cluster_ip}:{s.ports[0].port}"],
+                    check=False,
+                ).returncode
+                != 0
+            ]
             assert not missing, missing
         else:
-            installed = {"iptables": counts.get("nat_kube_services_rules"),
-                         "nftables": counts.get("service_ips")}[mode]
+            installed = {
+                "iptables": counts.get("nat_kube_services_rules"),
+                "nftables": counts.get("service_ips"),
+            }[mode]
             assert installed is not None and installed >= 200, counts
         pods = {p.ip: p for p in model.pods}
         with Agent(lab.client_ns) as agent:
@@ -318,8 +364,11 @@ def test_200_services_answer_through_the_lab(mode):
         for dp in dps.values():
             dp.cleanup()
         after = dps["a"].counts()
-        left = {"iptables": after.get("nat_kube_services_rules"), "ipvs": after.get("addresses"),
-                "nftables": after.get("service_ips")}[mode]
+        left = {
+            "iptables": after.get("nat_kube_services_rules"),
+            "ipvs": after.get("addresses"),
+            "nftables": after.get("service_ips"),
+        }[mode]
         assert not left, after
         if mode == "ipvs":
             assert netns.run(lab.node_ns("a"), ["ipvsadm", "-Ln"]).stdout.count("TCP") == 0
@@ -329,8 +378,12 @@ def _read_back_cases() -> list[tuple[str, str]]:
     """Every registered mode with the legacy backend, and with nft where its read-back names the backend."""
     from harness.modes import mode as mode_spec
 
-    return [(m, b) for m in MODES for b in ("legacy", "nft")
-            if b == "legacy" or "{backend}" in " ".join(mode_spec(m).read_back.service_ips)]
+    return [
+        (m, b)
+        for m in MODES
+        for b in ("legacy", "nft")
+        if b == "legacy" or "{backend}" in " ".join(mode_spec(m).read_back.service_ips)
+    ]
 
 
 @pytest.mark.parametrize("mode, backend", _read_back_cases())
@@ -347,7 +400,10 @@ def test_registry_read_back_finds_every_programmed_service(ns, mode, backend):
     _, services = model_200()
     dp = make_dataplane(mode, ns, DataplaneSettings(node_ips=(NODE_IP,), iptables_backend=backend), node="a")
     try:
-        assert set(rb.ip_pattern.findall(netns.run(ns, rb.service_ips_argv(backend), check=False).stdout)) == set()
+        assert (
+            set(rb.ip_pattern.findall(netns.run(ns, rb.service_ips_argv(backend), check=False).stdout))
+            == set()
+        )
         dp.full_sync(services)
         found = set(rb.ip_pattern.findall(netns.run(ns, rb.service_ips_argv(backend), check=False).stdout))
         ips = {s.cluster_ip for s in services}

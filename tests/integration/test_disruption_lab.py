@@ -19,19 +19,36 @@ from harness.pointloop.loop import JobPoint, PointLoop
 from harness.pointloop.worker import Job
 from harness.scenario import Scenario
 
-pytestmark = [pytest.mark.kernel,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
 
 KINDS = {"full", "cold", "add", "update", "delete"}
 
 
 def _scenario(mode: str) -> Scenario:
-    return Scenario.model_validate({
-        "modes": [mode], "services": {"counts": [20]}, "kernel": "host", "validate": False,
-        "measure": {"connect": {"samples": 10, "edge_samples": 0, "direct_samples": 0},
-                    "sync": {"samples": 3}, "load": {"enabled": False},
-                    "disruption": {"enabled": True, "rate": 200, "window_s": 0.3, "keepalive_conns": 1,
-                                   "timeout_ms": 200, "targets": 4}}})
+    return Scenario.model_validate(
+        {
+            "modes": [mode],
+            "services": {"counts": [20]},
+            "kernel": "host",
+            "validate": False,
+            "measure": {
+                "connect": {"samples": 10, "edge_samples": 0, "direct_samples": 0},
+                "sync": {"samples": 3},
+                "load": {"enabled": False},
+                "disruption": {
+                    "enabled": True,
+                    "rate": 200,
+                    "window_s": 0.3,
+                    "keepalive_conns": 1,
+                    "timeout_ms": 200,
+                    "targets": 4,
+                },
+            },
+        }
+    )
 
 
 def _prober_pids() -> list[str]:
@@ -43,8 +60,16 @@ def _prober_pids() -> list[str]:
 def test_disruption_rows_on_the_host_lab(tmp_path, mode):
     sc = _scenario(mode)
     point = JobPoint(point_id=f"{mode}-20-r0", kernel="host", mode=mode, n_services=20, rep=0)
-    job = Job({"scenario": sc.model_dump(by_alias=True), "points": [point.__dict__], "run_id": "t",
-               "run_dir": str(tmp_path), "kernel": "host", "tag": f"dis{os.getpid() % 10000}"})
+    job = Job(
+        {
+            "scenario": sc.model_dump(by_alias=True),
+            "points": [point.__dict__],
+            "run_id": "t",
+            "run_dir": str(tmp_path),
+            "kernel": "host",
+            "tag": f"dis{os.getpid() % 10000}",
+        }
+    )
     (tmp_path / "points").mkdir()
     before = set(_prober_pids())
     target = LabPoints(job)
@@ -62,10 +87,14 @@ def test_disruption_rows_on_the_host_lab(tmp_path, mode):
     rows = [json.loads(line) for line in (tmp_path / "points" / f"{point.point_id}.jsonl").open()]
     conn = [r for r in rows if r["metric"] == "disrupt_connect_us"]
     assert {r["sync"] for r in conn} == KINDS
-    assert {r["phase"] for r in conn} == {"before", "during", "after"} or \
-        {r["phase"] for r in conn} >= {"before", "after"}  # a sub-ms change may hold no attempt start
+    assert {r["phase"] for r in conn} == {"before", "during", "after"} or {r["phase"] for r in conn} >= {
+        "before",
+        "after",
+    }  # a sub-ms change may hold no attempt start
     gaps = [r for r in rows if r["metric"] == "disrupt_gap_ms"]
-    assert {(r["sync"], r["phase"]) for r in gaps} == {(k, ph) for k in KINDS for ph in ("before", "during", "after")}
+    assert {(r["sync"], r["phase"]) for r in gaps} == {
+        (k, ph) for k in KINDS for ph in ("before", "during", "after")
+    }
     failed = [r for r in rows if r["metric"] == "disrupt_failed"]
     assert all(r["error"] for r in failed)
     assert all(r["timed_out"] and r["value"] == 200_000 for r in conn if r["error"] not in ("",))
@@ -88,8 +117,17 @@ def test_unreachable_targets_are_kept_as_timeouts(tmp_path):
         netns.run(ns, ["ip", "link", "set", "lo", "up"])
         netns.run(ns, ["ip", "addr", "add", "10.99.0.1/24", "dev", "lo"])
         ctx = PointContext("t", "p", "lab", "host", "none", "", 1, 1, 0)
-        obs = disrupt.measure_during(ns, [("10.99.0.1", 9)], lambda: None, ctx, "full", rate=100,
-                                     keepalive=1, window_s=0.3, timeout=0.1)
+        obs = disrupt.measure_during(
+            ns,
+            [("10.99.0.1", 9)],
+            lambda: None,
+            ctx,
+            "full",
+            rate=100,
+            keepalive=1,
+            window_s=0.3,
+            timeout=0.1,
+        )
     finally:
         netns.run(None, ["ip", "netns", "del", ns])
     conn = [r for r in obs.rows if r["metric"] == "disrupt_connect_us"]

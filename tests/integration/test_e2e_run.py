@@ -17,8 +17,14 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 
 def kpbench(*args, timeout=900, **kw):
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def run_dir_of(out: Path) -> Path:
@@ -49,14 +55,23 @@ def test_quick_scenario_all_modes_end_to_end(tmp_path):
     run = run_dir_of(tmp_path)
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["status"] == "complete"
-    assert {pt["status"] for pt in meta["points"]} == {"ok"}, [pt for pt in meta["points"] if pt["status"] != "ok"]
+    assert {pt["status"] for pt in meta["points"]} == {"ok"}, [
+        pt for pt in meta["points"] if pt["status"] != "ok"
+    ]
     df = results.load(run)
     modes = set(df["mode"].astype(str))
     assert modes == {"iptables", "ipvs", "nftables"}
     for mode in modes:
         sub = df[df["mode"] == mode]
-        for metric in ("sync_full_s", "sync_one_s", "sync_apply_s", "connect_us", "connect_direct_us",
-                       "request_us", "cpu_system_s"):
+        for metric in (
+            "sync_full_s",
+            "sync_one_s",
+            "sync_apply_s",
+            "connect_us",
+            "connect_direct_us",
+            "request_us",
+            "cpu_system_s",
+        ):
             assert (sub["metric"] == metric).any(), (mode, metric)
     # every row names the kernel it was measured on; ipvs only where IPVS exists
     assert df["kernel"].astype(str).str.match(r"^(host|uml)-").all()
@@ -72,8 +87,22 @@ def test_quick_scenario_all_modes_end_to_end(tmp_path):
 def test_interrupt_keeps_finished_points_and_resume_completes(tmp_path):
     """Ctrl-C after the first point: readable folder, status incomplete, nothing left; --resume finishes it."""
     before = set(netns.list_namespaces())
-    args = [sys.executable, "-m", "harness", "run", "quick", "--modes", "iptables,nftables", "--kernel", "host",
-            "--set", "measure.load.duration_s=1", "--out", str(tmp_path), "--no-report"]
+    args = [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        "quick",
+        "--modes",
+        "iptables,nftables",
+        "--kernel",
+        "host",
+        "--set",
+        "measure.load.duration_s=1",
+        "--out",
+        str(tmp_path),
+        "--no-report",
+    ]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     run = None
@@ -106,18 +135,23 @@ def test_interrupt_keeps_finished_points_and_resume_completes(tmp_path):
     df = results.load(run)
     assert set(df["point_id"].astype(str)) == {pt["point_id"] for pt in meta["points"]}
     # the points measured before the interrupt were not measured again
-    assert df.groupby("point_id", observed=True)["metric"].apply(lambda m: (m == "sync_full_s").sum()).max() == 1
+    assert (
+        df.groupby("point_id", observed=True)["metric"].apply(lambda m: (m == "sync_full_s").sum()).max() == 1
+    )
     no_leftovers(before, run)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["run", "--services", "abc"], "--services"),
-    (["run", "quick", "--set", "measure.load.rat=3"], "measure.load.rat"),
-    (["run", "quick", "--modes", "iptables,bogus"], "modes"),
-    (["run", "quick", "--services", "2000000"], "service CIDR"),
-    (["run", "--resume", "/nonexistent/run"], "not a kpbench run folder"),
-    (["report", "/nonexistent/run"], "/nonexistent/run"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "--services", "abc"], "--services"),
+        (["run", "quick", "--set", "measure.load.rat=3"], "measure.load.rat"),
+        (["run", "quick", "--modes", "iptables,bogus"], "modes"),
+        (["run", "quick", "--services", "2000000"], "service CIDR"),
+        (["run", "--resume", "/nonexistent/run"], "not a kpbench run folder"),
+        (["report", "/nonexistent/run"], "/nonexistent/run"),
+    ],
+)
 def test_bad_input_one_line_exit_2(args, needle):
     p = kpbench(*args, timeout=120)
     assert p.returncode == 2, (p.stdout, p.stderr)

@@ -39,11 +39,18 @@ def _root_state() -> dict[str, str]:
         s = re.sub(r"counter packets \d+ bytes \d+", "counter", s)
         return re.sub(r"valid_lft \S+ preferred_lft \S+", "", s)
 
-    return {name: strip(out(argv)) for name, argv in {
-        "iptables-save": ["iptables-save"], "iptables-legacy-save": ["iptables-legacy-save"],
-        "nft": ["nft", "list", "ruleset"], "addr": ["ip", "addr"], "route": ["ip", "route", "show", "table", "all"],
-        "link": ["ip", "-o", "link"], "sysctl-fwd": ["cat", "/proc/sys/net/ipv4/ip_forward"],
-    }.items()}
+    return {
+        name: strip(out(argv))
+        for name, argv in {
+            "iptables-save": ["iptables-save"],
+            "iptables-legacy-save": ["iptables-legacy-save"],
+            "nft": ["nft", "list", "ruleset"],
+            "addr": ["ip", "addr"],
+            "route": ["ip", "route", "show", "table", "all"],
+            "link": ["ip", "-o", "link"],
+            "sysctl-fwd": ["cat", "/proc/sys/net/ipv4/ip_forward"],
+        }.items()
+    }
 
 
 def _nginx_pids(tag: str) -> list[int]:
@@ -108,8 +115,13 @@ LEAK = textwrap.dedent("""
 
 
 def _start(tag: str, how: str) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-c", LEAK, tag, how], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", LEAK, tag, how],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert p.stdout is not None and p.stdout.readline().strip() == "up"
     return p
 

@@ -51,8 +51,12 @@ def _root_snapshot() -> dict:
     ipt = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     sysctls = {}
-    for k in ("net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_tcp_timeout_established",
-              "net/ipv4/conf/all/route_localnet", "net/ipv4/ip_forward"):
+    for k in (
+        "net/netfilter/nf_conntrack_max",
+        "net/netfilter/nf_conntrack_tcp_timeout_established",
+        "net/ipv4/conf/all/route_localnet",
+        "net/ipv4/ip_forward",
+    ):
         try:
             sysctls[k] = open(f"/proc/sys/{k}").read().strip()
         except OSError:
@@ -63,8 +67,10 @@ def _root_snapshot() -> dict:
         "api_addr": "10.254.0." in addrs,
         "kube_chains": sorted(set(re.findall(r"^:(KUBE-[^ ]+)", ipt, re.M))),
         "nft_tables": sorted(nft.split("\n")),
-        "listening": sorted(lc.netns_listening(None) & {lc.API_PORT, lc.ETCD_PORT, lc.ETCD_PORT + 1,
-                                                         lc.METRICS_PORT, lc.HEALTHZ_PORT}),
+        "listening": sorted(
+            lc.netns_listening(None)
+            & {lc.API_PORT, lc.ETCD_PORT, lc.ETCD_PORT + 1, lc.METRICS_PORT, lc.HEALTHZ_PORT}
+        ),
     }
 
 
@@ -90,15 +96,28 @@ def test_apiserver_up_inside_its_namespace(cluster, root_before):
     inside = lc.netns_listening(cluster.netns)
     assert {lc.API_PORT, lc.ETCD_PORT} <= inside
     tls = ssl.create_default_context(cafile=str(cluster.pki["ca_crt"]))
-    status, body = lc.http_get(cluster.netns, cluster.api_addr, lc.API_PORT, "/version", tls=tls,
-                                token=cluster.tokens["admin"])
+    status, body = lc.http_get(
+        cluster.netns, cluster.api_addr, lc.API_PORT, "/version", tls=tls, token=cluster.tokens["admin"]
+    )
     assert status == 200 and lc.kube_version().encode() in body
     # RBAC is on: the kube-proxy identity may list Services but not create them
-    status, _ = lc.http_get(cluster.netns, cluster.api_addr, lc.API_PORT, "/api/v1/services", tls=tls,
-                             token=cluster.tokens["kube-proxy"])
+    status, _ = lc.http_get(
+        cluster.netns,
+        cluster.api_addr,
+        lc.API_PORT,
+        "/api/v1/services",
+        tls=tls,
+        token=cluster.tokens["kube-proxy"],
+    )
     assert status == 200
-    status, _ = lc.http_get(cluster.netns, cluster.api_addr, lc.API_PORT, "/api/v1/secrets", tls=tls,
-                             token=cluster.tokens["kube-proxy"])
+    status, _ = lc.http_get(
+        cluster.netns,
+        cluster.api_addr,
+        lc.API_PORT,
+        "/api/v1/secrets",
+        tls=tls,
+        token=cluster.tokens["kube-proxy"],
+    )
     assert status == 403
     # nothing of it is in the root namespace
     assert _root_snapshot() == root_before
@@ -106,8 +125,9 @@ def test_apiserver_up_inside_its_namespace(cluster, root_before):
 
 
 def test_services_and_slices_created_and_listed(cluster, model):
-    stats = lc.create_services(cluster, model.services, qps=None, concurrency=4,
-                               node_names={"a": "node-a", "b": "node-b"})
+    stats = lc.create_services(
+        cluster, model.services, qps=None, concurrency=4, node_names={"a": "node-a", "b": "node-b"}
+    )
     assert stats.services == N_SERVICES and stats.slices == N_SERVICES and not stats.errors
     assert set(lc.list_names(cluster, "kpbench", "services")) == {s.name for s in model.services}
     assert len(lc.list_names(cluster, "kpbench", "endpointslices")) == N_SERVICES
@@ -179,10 +199,12 @@ def test_start_failure_reports_log_and_cleans_up():
 def test_signal_stops_everything(sig, tmp_path):
     """Ctrl-C (SIGINT) or SIGTERM of the process that owns a cluster leaves nothing behind."""
     tag = f"sg{os.getpid() % 10000}{sig.value}"
-    code = (f"import time; from harness.targets import localcluster as lc\n"
-            f"with lc.LocalCluster(tag={tag!r}) as c:\n"
-            f"    print('UP', c.workdir, c.etcd.popen.pid, c.apiserver.popen.pid, flush=True)\n"
-            f"    time.sleep(300)\n")
+    code = (
+        f"import time; from harness.targets import localcluster as lc\n"
+        f"with lc.LocalCluster(tag={tag!r}) as c:\n"
+        f"    print('UP', c.workdir, c.etcd.popen.pid, c.apiserver.popen.pid, flush=True)\n"
+        f"    time.sleep(300)\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=lc.REPO)
     try:
         line = p.stdout.readline()

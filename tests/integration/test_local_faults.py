@@ -60,8 +60,12 @@ def _kube_proxy_pid(tag: str, node: str) -> int | None:
         if not d.isdigit():
             continue
         cmd = _cmdline(d)
-        if ("kube-proxy" not in cmd or "--config=" not in cmd or f"kpb-{tag}-" not in cmd
-                or f"kube-proxy-{node}.json" not in cmd):
+        if (
+            "kube-proxy" not in cmd
+            or "--config=" not in cmd
+            or f"kpb-{tag}-" not in cmd
+            or f"kube-proxy-{node}.json" not in cmd
+        ):
             continue
         try:
             if os.stat(f"/proc/{d}/ns/net").st_ino != ino:
@@ -94,9 +98,15 @@ def _run_cmd(scenario: Path, out: Path, *sets: str) -> list[str]:
 def _write_scenario(path: Path, counts: list[int], mode: str = "iptables", kernel: str = "host") -> Path:
     """One mode, small counts, few samples, short load: a point is a few seconds."""
     sc = {
-        "name": "local-faults", "target": "local", "modes": [mode],
-        "services": {"counts": counts}, "model": {"endpoints": 2}, "repetitions": 1,
-        "kernel": kernel, "seed": 1, "validate": False,
+        "name": "local-faults",
+        "target": "local",
+        "modes": [mode],
+        "services": {"counts": counts},
+        "model": {"endpoints": 2},
+        "repetitions": 1,
+        "kernel": kernel,
+        "seed": 1,
+        "validate": False,
         "measure": {
             "connect": {"samples": 100, "edge_samples": 20, "direct_samples": 20, "timeout_ms": 300},
             "sync": {"samples": 3, "timeout_s": 2},
@@ -111,23 +121,34 @@ def _write_scenario(path: Path, counts: list[int], mode: str = "iptables", kerne
 # -- the apiserver does not come up ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arg,cause", [
-    ("--no-such-flag", "unknown flag: --no-such-flag"),  # cobra refuses it before logging anything
-    ("--tls-cert-file=/nonexistent", "open /nonexistent: no such file or directory"),  # after the flag dump
-])
+@pytest.mark.parametrize(
+    "arg,cause",
+    [
+        ("--no-such-flag", "unknown flag: --no-such-flag"),  # cobra refuses it before logging anything
+        (
+            "--tls-cert-file=/nonexistent",
+            "open /nonexistent: no such file or directory",
+        ),  # after the flag dump
+    ],
+)
 def test_apiserver_that_does_not_start_is_reported_with_its_log_tail(tmp_path, arg, cause):
     scen = _write_scenario(tmp_path / "scenario.yaml", [30])
     out = tmp_path / "out"
     before = set(netns.list_namespaces())
     t0 = time.monotonic()
-    p = subprocess.run(_run_cmd(scen, out, f'local.apiserver_args=["{arg}"]'),
-                       capture_output=True, text=True, timeout=300, cwd=lc.REPO)
+    p = subprocess.run(
+        _run_cmd(scen, out, f'local.apiserver_args=["{arg}"]'),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=lc.REPO,
+    )
     took = time.monotonic() - t0
     # the worker's fatal error comes back as a LabError: cli.main prints it, exit status 2
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     assert "Traceback" not in p.stderr and "Traceback" not in p.stdout, p.stderr[-3000:]
     # one error: names the component, quotes its log tail (the line that says why)
-    err = p.stderr[p.stderr.index("kpbench: error:"):] if "kpbench: error:" in p.stderr else ""
+    err = p.stderr[p.stderr.index("kpbench: error:") :] if "kpbench: error:" in p.stderr else ""
     assert err, p.stderr[-3000:]
     assert "kube-apiserver exited" in err.splitlines()[0], err
     assert cause in err, err
@@ -150,11 +171,16 @@ def test_apiserver_that_does_not_start_for_the_guest_is_reported(tmp_path):
     scen = _write_scenario(tmp_path / "scenario.yaml", [30], mode="ipvs", kernel="auto")
     out = tmp_path / "out"
     before = set(netns.list_namespaces())
-    p = subprocess.run(_run_cmd(scen, out, 'local.apiserver_args=["--no-such-flag"]'),
-                       capture_output=True, text=True, timeout=300, cwd=lc.REPO)
+    p = subprocess.run(
+        _run_cmd(scen, out, 'local.apiserver_args=["--no-such-flag"]'),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=lc.REPO,
+    )
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     assert "Traceback" not in p.stderr and "Traceback" not in p.stdout, p.stderr[-3000:]
-    err = p.stderr[p.stderr.index("kpbench: error:"):] if "kpbench: error:" in p.stderr else ""
+    err = p.stderr[p.stderr.index("kpbench: error:") :] if "kpbench: error:" in p.stderr else ""
     assert err.splitlines()[0].endswith("kube-apiserver exited with 1:"), err
     assert "unknown flag: --no-such-flag" in err and len(err.splitlines()) <= 10, err
     (run_dir,) = [x for x in out.iterdir() if x.is_dir()]
@@ -180,7 +206,7 @@ def _phases(run_log: Path) -> list[dict]:
         if i < 0:
             continue
         try:
-            evs.append(json.loads(line[i + 6:]))
+            evs.append(json.loads(line[i + 6 :]))
         except json.JSONDecodeError:
             pass
     return evs
@@ -210,8 +236,10 @@ def test_kube_proxy_crash_fails_the_point_and_the_run_goes_on(tmp_path):
                 done = [e for e in evs if e.get("event") == "point_done" and e.get("point_id") == first]
                 assert not done, f"{first} finished before kube-proxy could be killed: {done[0]}"
                 # after the first point's sync_full: kube-proxy is up and has programmed every Service
-                if any(e.get("event") == "phase" and e.get("point_id") == first and e.get("phase") == "connect"
-                       for e in evs):
+                if any(
+                    e.get("event") == "phase" and e.get("point_id") == first and e.get("phase") == "connect"
+                    for e in evs
+                ):
                     tag = _tag(run_dir)
                     pid = _kube_proxy_pid(tag, "node-a")
                     assert pid is not None, f"no kube-proxy of node-a (tag {tag}) found while {first} runs"
@@ -219,8 +247,10 @@ def test_kube_proxy_crash_fails_the_point_and_the_run_goes_on(tmp_path):
                     killed = {"pid": pid, "tag": tag, "at": time.monotonic() - t0}
                     break
             time.sleep(0.05)
-        assert killed, (f"the first point's connect phase was not reached in time (run exit {proc.poll()}): "
-                        + err_f.read_text()[-3000:])
+        assert killed, (
+            f"the first point's connect phase was not reached in time (run exit {proc.poll()}): "
+            + err_f.read_text()[-3000:]
+        )
         proc.wait(timeout=max(10.0, 230 - (time.monotonic() - t0)))
     finally:
         if proc.poll() is None:  # only our own run, by its process group
@@ -248,7 +278,10 @@ def test_kube_proxy_crash_fails_the_point_and_the_run_goes_on(tmp_path):
         assert st["kube_proxy"]["proxy_mode"] == "iptables"
         assert st["kube_proxy"]["starts"] >= 2  # restarted after the crash
     meta = json.loads((run_dir / "metadata.json").read_text())
-    assert {r["point_id"]: r["status"] for r in meta["points"]} == {first: "failed", **{p: "ok" for p in later}}
+    assert {r["point_id"]: r["status"] for r in meta["points"]} == {
+        first: "failed",
+        **{p: "ok" for p in later},
+    }
     assert meta["status"] == "complete"
     assert f"failed {first}" in " ".join(stderr.split()), stderr[-3000:]  # the progress line says so
     _assert_nothing_left(killed["tag"], before)

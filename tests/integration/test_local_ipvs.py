@@ -43,8 +43,13 @@ def _guests_of(owner_pid: int) -> list[int]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("local-ipvs")
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "local-ipvs-quick", "--out", str(out),
-                             "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=lc.REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "local-ipvs-quick", "--out", str(out), "--no-report"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=lc.REPO,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=1200)
     finally:
@@ -71,9 +76,18 @@ def test_rows(run_dir):
 
     d = pd.read_parquet(run_dir / "samples.parquet")
     assert set(d.target.unique()) == {"local"} and set(d["mode"].unique()) == {"ipvs"}
-    for metric in ("sync_full_s", "connect_us", "connect_direct_us", "request_us", "sync_one_s", "sync_apply_s",
-                   "program_us", "api_create_rps", "kp_sync_proxy_rules_duration_seconds_count",
-                   "kp_network_programming_duration_seconds_count"):
+    for metric in (
+        "sync_full_s",
+        "connect_us",
+        "connect_direct_us",
+        "request_us",
+        "sync_one_s",
+        "sync_apply_s",
+        "program_us",
+        "api_create_rps",
+        "kp_sync_proxy_rules_duration_seconds_count",
+        "kp_network_programming_duration_seconds_count",
+    ):
         assert (d.metric == metric).any(), metric
     one = d[d.metric == "sync_one_s"]
     assert set(one.change) == {"add", "update", "delete"}

@@ -48,7 +48,10 @@ def _our_processes(tag: str) -> list[str]:
             cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(k in cmd for k in ("kube-proxy", "kube-apiserver", "etcd --name kpb")) and f"kpb-{tag}-" in cmd:
+        if (
+            any(k in cmd for k in ("kube-proxy", "kube-apiserver", "etcd --name kpb"))
+            and f"kpb-{tag}-" in cmd
+        ):
             out.append(cmd)
     return out
 
@@ -57,8 +60,13 @@ def _our_processes(tag: str) -> list[str]:
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
     before = set(netns.list_namespaces())
-    p = subprocess.run([sys.executable, "-m", "harness", "run", "local-quick", "--out", str(out), "--no-report"],
-                       capture_output=True, text=True, timeout=900, cwd=lc.REPO)
+    p = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "local-quick", "--out", str(out), "--no-report"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=lc.REPO,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (d,) = [x for x in out.iterdir() if x.is_dir()]
     d.joinpath(".before").write_text(json.dumps(sorted(before)))
@@ -85,10 +93,19 @@ def test_rows(run_dir):
     assert all(k.startswith("local-") for k in d.kernel.unique())
     for mode in ("iptables", "nftables"):
         m = d[d["mode"] == mode]
-        for metric in ("sync_full_s", "connect_us", "connect_direct_us", "request_us", "sync_one_s",
-                       "sync_apply_s", "program_us", "kp_sync_proxy_rules_duration_seconds_sum",
-                       "kp_sync_proxy_rules_duration_seconds_count", "kp_sync_proxy_rules_duration_seconds_bucket",
-                       "kp_network_programming_duration_seconds_count"):
+        for metric in (
+            "sync_full_s",
+            "connect_us",
+            "connect_direct_us",
+            "request_us",
+            "sync_one_s",
+            "sync_apply_s",
+            "program_us",
+            "kp_sync_proxy_rules_duration_seconds_sum",
+            "kp_sync_proxy_rules_duration_seconds_count",
+            "kp_sync_proxy_rules_duration_seconds_bucket",
+            "kp_network_programming_duration_seconds_count",
+        ):
             assert (m.metric == metric).any(), (mode, metric)
         prog = m[m.metric == "program_us"].value  # API call return -> served; 0 when kube-proxy was faster
         assert (prog >= 0).all() and prog.median() > 0

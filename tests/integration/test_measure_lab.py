@@ -21,8 +21,10 @@ from harness.model import Endpoint, ModelSpec, build_model
 from harness.samples import PointContext
 from tests.support.minilab import DnatDataplane, MiniLab
 
-pytestmark = [pytest.mark.kernel,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
 
 N = 6
 CTX = PointContext("run", "pt", "lab", "host", "dnat-test", "nft", N, 1, 0)
@@ -39,11 +41,20 @@ def lab():
     try:
         dp = DnatDataplane(lab.router)
         dp.full_sync(services)
-        netns.run(lab.router, ["iptables", "-t", "raw", "-A", "PREROUTING", "-d",
-                               f"{dropped.cluster_ip}/32", "-j", "DROP"])
+        netns.run(
+            lab.router,
+            ["iptables", "-t", "raw", "-A", "PREROUTING", "-d", f"{dropped.cluster_ip}/32", "-j", "DROP"],
+        )
         with Agent(lab.client) as agent:
-            yield {"lab": lab, "model": model, "dp": dp, "agent": agent, "services": services,
-                   "refused": refused, "dropped": dropped}
+            yield {
+                "lab": lab,
+                "model": model,
+                "dp": dp,
+                "agent": agent,
+                "services": services,
+                "refused": refused,
+                "dropped": dropped,
+            }
     finally:
         lab.close()
         assert not [n for n in netns.list_namespaces() if n.startswith(f"kpb-{lab.tag}-")]
@@ -59,8 +70,17 @@ def test_http_get_reaches_backend_through_vip(lab):
 
 def test_connect_samples_plausible(lab):
     timeout = 1.0
-    rows = measure_connect(lab["agent"], CTX, lab["model"].services, N, 60, random.Random(1), timeout,
-                           edge_samples=10, direct_samples=40)
+    rows = measure_connect(
+        lab["agent"],
+        CTX,
+        lab["model"].services,
+        N,
+        60,
+        random.Random(1),
+        timeout,
+        edge_samples=10,
+        direct_samples=40,
+    )
     by = {}
     for r in rows:
         by.setdefault((r["metric"], r["position"]), []).append(r)
@@ -76,8 +96,9 @@ def test_connect_samples_plausible(lab):
 @pytest.mark.parametrize("which", ["refused", "dropped"])
 def test_dead_service_gives_timed_out_rows(lab, which):
     svc, timeout = lab[which], 0.15
-    rows = measure_connect(lab["agent"], CTX, [svc], 1, 5, random.Random(2), timeout,
-                           edge_samples=1, direct_samples=0, warmup=0)
+    rows = measure_connect(
+        lab["agent"], CTX, [svc], 1, 5, random.Random(2), timeout, edge_samples=1, direct_samples=0, warmup=0
+    )
     assert len(rows) == 7  # 5 random + first + last: none dropped
     assert all(r["timed_out"] and r["value"] == timeout * 1e6 for r in rows)
     raw = lab["agent"].connect([(svc.cluster_ip, 80, "")], samples=2, timeout=timeout)
@@ -94,9 +115,26 @@ def test_poll_sees_rule_added_within_ms(lab):
     agent.poll_start(svc.cluster_ip, 80, "served", interval=0.001, timeout=3.0)
     time.sleep(0.02)  # polling, not yet served
     t_before = time.perf_counter_ns()
-    netns.run(lab["lab"].router, ["iptables", "-t", "nat", "-I", "KPB-SERVICES", "-d",
-                                  f"{svc.cluster_ip}/32", "-p", "tcp", "--dport", "80", "-j", "DNAT",
-                                  "--to-destination", f"{ep.ip}:80"])
+    netns.run(
+        lab["lab"].router,
+        [
+            "iptables",
+            "-t",
+            "nat",
+            "-I",
+            "KPB-SERVICES",
+            "-d",
+            f"{svc.cluster_ip}/32",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            f"{ep.ip}:80",
+        ],
+    )
     t_after = time.perf_counter_ns()
     res = agent.poll_result()
     lab["dp"].full_sync(lab["services"])  # drop the extra rule again
@@ -143,8 +181,17 @@ def test_sync_one_times_out_when_never_served(lab):
         def apply(self, services, change):
             pass
 
-    rows = measure_sync_one(lab["agent"], NoOp(), lab["services"], lab["model"], CTX, samples=1,
-                            kinds=("add",), timeout=0.1, verify_restore=False)
+    rows = measure_sync_one(
+        lab["agent"],
+        NoOp(),
+        lab["services"],
+        lab["model"],
+        CTX,
+        samples=1,
+        kinds=("add",),
+        timeout=0.1,
+        verify_restore=False,
+    )
     one = [r for r in rows if r["metric"] == "sync_one_s"]
     assert len(one) == 1 and one[0]["timed_out"] and one[0]["value"] == 0.1
 
@@ -153,8 +200,16 @@ def test_sync_one_times_out_when_never_served(lab):
 def test_load_request_latency(lab, keepalive):
     mini = lab["lab"]
     before = mini.accepted_connections()
-    res = measure_load(mini.client, CTX, lab["model"].services, users=3, rate=300, duration=0.5,
-                       timeout=1.0, keepalive=keepalive)
+    res = measure_load(
+        mini.client,
+        CTX,
+        lab["model"].services,
+        users=3,
+        rate=300,
+        duration=0.5,
+        timeout=1.0,
+        keepalive=keepalive,
+    )
     accepted = mini.accepted_connections() - before - 1  # minus the status request
     req = [r for r in res.rows if r["metric"] == "request_us"]
     corr = [r for r in res.rows if r["metric"] == "request_corrected_us"]
@@ -168,8 +223,17 @@ def test_load_request_latency(lab, keepalive):
     c_by_seq = {r["seq"]: r["value"] for r in corr}
     assert all(c_by_seq[r["seq"]] >= r["value"] for r in req)  # intended start <= actual start
     metrics = {r["metric"] for r in res.rows}
-    assert {"load_target_rps", "load_achieved_rps", "load_requests", "load_failures",
-            "load_client_cpu_pct", "cpu_system_s", "cpu_softirq_s", "cpu_user_s", "cpu_busy_pct"} <= metrics
+    assert {
+        "load_target_rps",
+        "load_achieved_rps",
+        "load_requests",
+        "load_failures",
+        "load_client_cpu_pct",
+        "cpu_system_s",
+        "cpu_softirq_s",
+        "cpu_user_s",
+        "cpu_busy_pct",
+    } <= metrics
     if keepalive:
         assert s["connections"] == 3 and accepted == 3
     else:  # a new TCP connection per request, seen by the client and by the server
@@ -177,8 +241,17 @@ def test_load_request_latency(lab, keepalive):
 
 
 def test_load_saturation_flag(lab):
-    res = measure_load(lab["lab"].client, CTX, lab["model"].services, users=1, rate=100000,
-                       duration=0.3, timeout=1.0, keepalive=False, cpu=False)
+    res = measure_load(
+        lab["lab"].client,
+        CTX,
+        lab["model"].services,
+        users=1,
+        rate=100000,
+        duration=0.3,
+        timeout=1.0,
+        keepalive=False,
+        cpu=False,
+    )
     assert res.saturated and res.reasons
     assert res.summary["missed"] > 0
     assert res.summary["requests"] + res.summary["missed"] == res.summary["scheduled"]

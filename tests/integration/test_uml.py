@@ -91,12 +91,18 @@ def test_lab_topology_inside_the_guest(tmp_path):
     res = uml.run_guest(tmp_path, [PY, "-c", LAB_SCRIPT], mem="1G", timeout=300, on_line=lines.append)
     assert res.status == 0, (lines, res.stderr_tail)
     out = json.loads(lines[-1])
-    assert out["answers"] == {"a0": "a0 10.244.0.10:80\n", "a1": "a1 10.244.0.11:80\n",
-                              "b0": "b0 10.244.1.10:80\n", "b1": "b1 10.244.1.11:80\n"}
+    assert out["answers"] == {
+        "a0": "a0 10.244.0.10:80\n",
+        "a1": "a1 10.244.0.11:80\n",
+        "b0": "b0 10.244.1.10:80\n",
+        "b1": "b1 10.244.1.11:80\n",
+    }
     assert out["from_b"] == "a0 10.244.0.10:80\n"
     assert out["left"] == []
-    print(f"UML: boot {res.boot_s:.1f}s, imports {out['import_s']:.1f}s, lab {out['timings']}, "
-          f"total {res.elapsed_s:.1f}s")
+    print(
+        f"UML: boot {res.boot_s:.1f}s, imports {out['import_s']:.1f}s, lab {out['timings']}, "
+        f"total {res.elapsed_s:.1f}s"
+    )
     mine = [r for _, r in registry.records("uml") if r.get("owner_pid") == os.getpid()]
     assert mine == []  # (other people's guests may be running on this machine)
 
@@ -118,8 +124,13 @@ def test_cleanup_kills_the_guest_of_a_crashed_run(tmp_path):
 
     from harness.lab.cleanup import cleanup_leftovers
 
-    p = subprocess.run([sys.executable, "-c", CRASH, str(tmp_path)], cwd=uml.REPO, capture_output=True,
-                       text=True, timeout=200)
+    p = subprocess.run(
+        [sys.executable, "-c", CRASH, str(tmp_path)],
+        cwd=uml.REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
     pid_s, tmpdir = p.stdout.split()
     pid = int(pid_s)
     os.killpg(pid, 0)  # still running: nobody killed it

@@ -44,15 +44,19 @@ def find_kernel() -> tuple[Path | None, str]:
     if env:
         p = Path(env)
         return (p, "") if os.access(p, os.X_OK) else (None, f"KPBENCH_UML_KERNEL={env} is not an executable")
-    cache = Path(os.environ.get("KPBENCH_UML_CACHE")
-                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kpbench" / "uml")
+    cache = Path(
+        os.environ.get("KPBENCH_UML_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kpbench" / "uml"
+    )
     pattern = f"*-kpbench{_fragment_hash()}/linux"
     found = sorted((p for p in cache.glob(pattern) if os.access(p, os.X_OK)), key=lambda p: p.stat().st_mtime)
     if found:
         return found[-1], ""
-    return None, (f"the kpbench UML kernel is not built (no {cache}/{pattern} for the current "
-                  f"{FRAGMENT.name}, KPBENCH_UML_KERNEL unset): run {BUILD_SCRIPT.relative_to(REPO)} "
-                  f"(about 30 min on 2 shared cores)")
+    return None, (
+        f"the kpbench UML kernel is not built (no {cache}/{pattern} for the current "
+        f"{FRAGMENT.name}, KPBENCH_UML_KERNEL unset): run {BUILD_SCRIPT.relative_to(REPO)} "
+        f"(about 30 min on 2 shared cores)"
+    )
 
 
 KERNEL, _WHY = find_kernel()
@@ -203,7 +207,14 @@ ipvs.dest("add", service=svc, dest=IPVSDest(addr="10.244.0.5", port=80, fwd_meth
 print(len(list(ipvs.service("dump"))), "service(s)")
 """
 
-IPSET_TYPES = ["hash:ip", "hash:ip,port", "hash:ip,port,ip", "hash:ip,port,net", "hash:net", "bitmap:port range 0-65535"]
+IPSET_TYPES = [
+    "hash:ip",
+    "hash:ip,port",
+    "hash:ip,port,ip",
+    "hash:ip,port,net",
+    "hash:net",
+    "bitmap:port range 0-65535",
+]
 IPVS_SCHEDULERS = ["rr", "wrr", "lc", "sh", "mh"]
 
 
@@ -228,15 +239,25 @@ def _checks() -> dict[str, str]:
         "ipvs_pyroute2": f"{q(PY)} -c {q(IPVS_PYROUTE2)} && ipvsadm -Ln | grep -q 10.244.0.5:80",
         "ipvs_schedulers_protocols": " && ".join(
             [f"ipvsadm -A -t 10.96.1.{i}:80 -s {s}" for i, s in enumerate(IPVS_SCHEDULERS, 1)]
-            + ["ipvsadm -A -u 10.96.2.1:53 -s rr", "ipvsadm -A --sctp-service 10.96.2.2:80 -s rr",
-               "ipvsadm -Ln | grep -c ' 10.96' | grep -qx 7"]),
+            + [
+                "ipvsadm -A -u 10.96.2.1:53 -s rr",
+                "ipvsadm -A --sctp-service 10.96.2.2:80 -s rr",
+                "ipvsadm -Ln | grep -c ' 10.96' | grep -qx 7",
+            ]
+        ),
     }
-    ipvs_sets = ("ipset create KUBE-CLUSTER-IP hash:ip,port && ipset create KUBE-LOOP-BACK hash:ip,port,ip && "
-                 "ipset create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 && ")
-    c["iptables_legacy_ipvs_mode_rules"] = ipvs_sets + f"printf '%s' {q(KUBE_IPVS_MODE)} | iptables-legacy-restore"
+    ipvs_sets = (
+        "ipset create KUBE-CLUSTER-IP hash:ip,port && ipset create KUBE-LOOP-BACK hash:ip,port,ip && "
+        "ipset create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 && "
+    )
+    c["iptables_legacy_ipvs_mode_rules"] = (
+        ipvs_sets + f"printf '%s' {q(KUBE_IPVS_MODE)} | iptables-legacy-restore"
+    )
     c["iptables_nft_ipvs_mode_rules"] = ipvs_sets + f"printf '%s' {q(KUBE_IPVS_MODE)} | iptables-nft-restore"
-    c["python_import_pyroute2"] = (f"t0=$(date +%s%N); {q(PY)} -c 'import pyroute2' && t1=$(date +%s%N) && "
-                                   "echo $(( (t1 - t0) / 1000000 )) ms")
+    c["python_import_pyroute2"] = (
+        f"t0=$(date +%s%N); {q(PY)} -c 'import pyroute2' && t1=$(date +%s%N) && "
+        "echo $(( (t1 - t0) / 1000000 )) ms"
+    )
     return c
 
 
@@ -303,8 +324,10 @@ def booted(tmp_path_factory):
     results = json.loads(out.read_text()) if out.exists() else {}
     print(f"\n{KERNEL}: boot to command {res.boot_s}s, guest total {res.elapsed_s:.1f}s (wall {wall:.1f}s)")
     for name, r in results.items():
-        print(f"  {'ok ' if r['ok'] else 'BAD'} {name} ({r['s']}s) {r.get('stdout', '').strip()[-80:]!r}"
-              f"{'' if r['ok'] else ' ' + r['stderr'].strip()[-300:]!r}")
+        print(
+            f"  {'ok ' if r['ok'] else 'BAD'} {name} ({r['s']}s) {r.get('stdout', '').strip()[-80:]!r}"
+            f"{'' if r['ok'] else ' ' + r['stderr'].strip()[-300:]!r}"
+        )
     return {"res": res, "lines": lines, "guest": g, "results": results}
 
 
@@ -327,8 +350,11 @@ def test_harness_probe_sees_every_mode(booted):
     r = booted["results"]["harness_caps"]
     assert r["ok"], r["stderr"]
     caps = r["caps"]
-    missing = {f: caps.get("why", {}).get(f) for f in ("ipvs", "dummy", "nft_nat", "iptables_legacy",
-                                                       "iptables_nft", "ipset", "br_netfilter") if not caps.get(f)}
+    missing = {
+        f: caps.get("why", {}).get(f)
+        for f in ("ipvs", "dummy", "nft_nat", "iptables_legacy", "iptables_nft", "ipset", "br_netfilter")
+        if not caps.get(f)
+    }
     assert not missing, missing
     assert caps["release"].endswith("-kpbench")
 

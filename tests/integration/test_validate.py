@@ -24,9 +24,11 @@ from harness.dataplane.base import Change, DataplaneSettings
 from harness.lab import netns
 from harness.model import ModelSpec, Service, build_model
 
-pytestmark = [pytest.mark.kernel,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-              pytest.mark.skipif(not shutil.which("nginx"), reason="needs nginx (make setup)")]
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+    pytest.mark.skipif(not shutil.which("nginx"), reason="needs nginx (make setup)"),
+]
 
 HOST_MODES = ("iptables", "nftables")
 
@@ -87,9 +89,13 @@ class Broken:
 def _run(lab_fixture, mode: str, breakers: dict[str, Any] | None = None) -> dict:
     lab, agent, model, settings = lab_fixture
     # each node serves NodePorts on its own address only, as kube-proxy does
-    dps = {n: Broken(_dataplane(mode, lab.node_ns(n), replace(settings, node_ips=(lab.node_ip(n),))),
-                     (breakers or {}).get(n))
-           for n in model.spec.nodes}
+    dps = {
+        n: Broken(
+            _dataplane(mode, lab.node_ns(n), replace(settings, node_ips=(lab.node_ip(n),))),
+            (breakers or {}).get(n),
+        )
+        for n in model.spec.nodes
+    }
     try:
         return V.validate_mode(lab, agent, dps, model, settings)
     finally:
@@ -111,8 +117,11 @@ def _failed(res: dict) -> set[str]:
 
 
 def _explain(res: dict) -> str:
-    return "\n".join(f"  {c['path']}: {c['from']} -> {c['to']}: {c['note'] or c['observed_backend']}"
-                     for c in res["cells"] if not c["passed"])
+    return "\n".join(
+        f"  {c['path']}: {c['from']} -> {c['to']}: {c['note'] or c['observed_backend']}"
+        for c in res["cells"]
+        if not c["passed"]
+    )
 
 
 def _assert_exactly(lab_fixture, mode: str, res: dict, expected: set[str], base: dict | None = None) -> None:
@@ -120,10 +129,13 @@ def _assert_exactly(lab_fixture, mode: str, res: dict, expected: set[str], base:
     must pass in the baseline, or the breakage would prove nothing."""
     base = base if base is not None else baseline(lab_fixture, mode)
     vacuous = expected & _failed(base)
-    assert not vacuous, f"{mode}: cells already failing without the breakage: {sorted(vacuous)}\n{_explain(base)}"
+    assert not vacuous, (
+        f"{mode}: cells already failing without the breakage: {sorted(vacuous)}\n{_explain(base)}"
+    )
     assert _failed(res) == _failed(base) | expected, (
         f"{mode}: expected exactly {sorted(expected)} to fail (beyond the baseline's "
-        f"{sorted(_failed(base))}), got:\n{_explain(res)}")
+        f"{sorted(_failed(base))}), got:\n{_explain(res)}"
+    )
     assert res["passed"] is False and set(res["failed_cells"]) == _failed(res)
 
 
@@ -138,6 +150,7 @@ def _cells_of(res: dict, key: str) -> set[str]:
 
 # ------------------------------------------------------------------------------------ matrix
 
+
 @pytest.mark.parametrize("mode", HOST_MODES)
 def test_matrix_passes(lab, mode):
     res = baseline(lab, mode)
@@ -150,7 +163,10 @@ def test_matrix_passes(lab, mode):
     # kube-proxy rejects (iptables REJECT / nftables reject-chain) a Service without endpoints
     assert res["no_endpoints_behaviour"] == "reject"
     by = {c["path"]: c for c in res["cells"]}
-    assert by["pod->svc->same pod (hairpin)"]["observed_backend"] == f"client {lab[0].client_ip}:{V.HAIRPIN_PORT}"
+    assert (
+        by["pod->svc->same pod (hairpin)"]["observed_backend"]
+        == f"client {lab[0].client_ip}:{V.HAIRPIN_PORT}"
+    )
     assert by["pod->svc->pod cross node"]["observed_backend"].split()[0].startswith("b")
     assert by["pod->svc->pod same node"]["observed_backend"].split()[0].startswith("a")
     for c in res["cells"]:
@@ -179,6 +195,7 @@ def test_format_table_names_every_path_and_mode(lab):
 
 # ------------------------------------------------------------------------------------ broken dataplanes
 
+
 @pytest.mark.parametrize("mode", HOST_MODES)
 def test_deleted_service_fails_exactly_its_cells(lab, mode):
     """apply(delete) of the same-node Service on both nodes: its 3 cells fail, nothing else."""
@@ -190,8 +207,11 @@ def test_deleted_service_fails_exactly_its_cells(lab, mode):
 
     res = _run(lab, mode, {"a": delete, "b": delete})
     expected = _cells_of(res, V.SAME)
-    assert expected == {"pod->svc->pod same node", "node->svc->pod same node (a)",
-                        "node->svc->pod cross node (b)"}
+    assert expected == {
+        "pod->svc->pod same node",
+        "node->svc->pod same node (a)",
+        "node->svc->pod cross node (b)",
+    }
     _assert_exactly(lab, mode, res, expected)
 
 
@@ -205,7 +225,9 @@ def test_flushed_service_chain_on_the_entry_node_fails_its_cells(lab, mode):
     def flush(dp, services):
         if mode == "iptables":
             chain = names.svc_chain(svc.port_string(port), port.protocol)
-            netns.run(dp.ns, [f"iptables-{dp.settings.iptables_backend}", "-w", "5", "-t", "nat", "-F", chain])
+            netns.run(
+                dp.ns, [f"iptables-{dp.settings.iptables_backend}", "-w", "5", "-t", "nat", "-F", chain]
+            )
         else:
             chain = names.nft_service_chain(svc.namespace, svc.name, port.protocol, port.name)
             netns.run(dp.ns, ["nft", f"flush chain ip kube-proxy {chain}"])
@@ -221,11 +243,24 @@ def _drop_hairpin_masquerade(mode: str, svc: Service):
         if mode == "iptables":
             save = netns.run(dp.ns, [f"iptables-{dp.settings.iptables_backend}-save", "-t", "nat"]).stdout
             sep = names.sep_chain(svc.port_string(svc.ports[0]), "tcp", ep.addr)
-            rules = [ln for ln in save.splitlines()
-                     if ln.startswith(f"-A {sep} ") and f"-s {ep.ip}/32" in ln and "KUBE-MARK-MASQ" in ln]
+            rules = [
+                ln
+                for ln in save.splitlines()
+                if ln.startswith(f"-A {sep} ") and f"-s {ep.ip}/32" in ln and "KUBE-MARK-MASQ" in ln
+            ]
             assert len(rules) == 1, f"no hairpin masquerade rule in {sep}:\n{save}"
-            netns.run(dp.ns, [f"iptables-{dp.settings.iptables_backend}", "-w", "5", "-t", "nat", "-D",
-                              *_split(rules[0][3:])])
+            netns.run(
+                dp.ns,
+                [
+                    f"iptables-{dp.settings.iptables_backend}",
+                    "-w",
+                    "5",
+                    "-t",
+                    "nat",
+                    "-D",
+                    *_split(rules[0][3:]),
+                ],
+            )
         elif getattr(dp, "shared_masq", False):  # nftables v1.36+: the hairpin-connections element
             key = f"{ep.ip} . {ep.ip} . tcp . {ep.port}"
             netns.run(dp.ns, ["nft", f"delete element ip kube-proxy hairpin-connections {{ {key} }}"])
@@ -291,6 +326,7 @@ def test_nodeport_deleted_on_one_node_fails_only_that_nodes_cells(lab, mode):
 
 # ------------------------------------------------------------------------------------ worker path
 
+
 def _host_scenario(modes):
     from harness.scenario import load_scenario
 
@@ -303,10 +339,11 @@ def test_validate_only_worker_on_the_host(tmp_path):
     from harness.commands import validate_cmd
 
     events: list[dict] = []
-    res = validate_cmd.validate_on_kernel(_host_scenario(["iptables"]), "host", ["iptables"], tmp_path,
-                                          on_event=events.append)
+    res = validate_cmd.validate_on_kernel(
+        _host_scenario(["iptables"]), "host", ["iptables"], tmp_path, on_event=events.append
+    )
     assert len(res) == 1, {k: (v.get("error"), v.get("failed_cells")) for k, v in res.items()}
-    (key, r), = res.items()
+    ((key, r),) = res.items()
     assert key.endswith("/iptables") and key.startswith("host-")
     assert r["cells"], r.get("error")
     assert r["passed"], _explain(r)
@@ -395,15 +432,24 @@ def test_ipvs_matrix_in_the_uml_guest(tmp_path):
     from harness.lab import uml
 
     lines: list[str] = []
-    res = uml.run_guest(tmp_path, [uml.default_command("x")[0], "-c", GUEST_SCRIPT], mem="1G", timeout=400,
-                        on_line=lines.append, name="validate")
+    res = uml.run_guest(
+        tmp_path,
+        [uml.default_command("x")[0], "-c", GUEST_SCRIPT],
+        mem="1G",
+        timeout=400,
+        on_line=lines.append,
+        name="validate",
+    )
     got = {}
     for line in lines:
         if line.startswith("RESULT "):
             _, name, body = line.split(" ", 2)
             got[name] = json.loads(body)
     assert res.status == 0 and set(got) == {"baseline", "deleted", "no-loopback"}, (
-        res.status, res.stderr_tail[-3000:], lines[-20:])
+        res.status,
+        res.stderr_tail[-3000:],
+        lines[-20:],
+    )
     base = got["baseline"]
     assert base["mode"] == "ipvs"
     assert base["passed"], f"ipvs in UML: failing cells:\n{_explain(base)}"

@@ -43,11 +43,15 @@ class Page:
     def _note(self, msg: dict) -> None:
         m, p = msg.get("method"), msg.get("params", {})
         if m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            self.errors.append("console: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p["args"]))
+            self.errors.append(
+                "console: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p["args"])
+            )
         elif m == "Runtime.exceptionThrown":
             self.errors.append("exception: " + p["exceptionDetails"].get("text", ""))
         elif m == "Log.entryAdded" and p["entry"].get("level") == "error":
-            self.errors.append(f"log ({p['entry'].get('source')}): {p['entry'].get('text')} {p['entry'].get('url', '')}")
+            self.errors.append(
+                f"log ({p['entry'].get('source')}): {p['entry'].get('text')} {p['entry'].get('url', '')}"
+            )
         if m:
             self.events.append(msg)
 
@@ -84,8 +88,12 @@ class Page:
 
     def screenshot(self, path: Path) -> Path:
         size = self.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
-        r = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                      clip={"x": 0, "y": 0, "width": size[0], "height": min(size[1], 16000), "scale": 1})
+        r = self.call(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": size[0], "height": min(size[1], 16000), "scale": 1},
+        )
         path.write_bytes(base64.b64decode(r["data"]))
         return path
 
@@ -105,12 +113,23 @@ class Chromium:
         exe = executable()
         if exe is None:
             raise FileNotFoundError("chromium is not installed: make browser")
-        argv = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-                f"--user-data-dir={self.profile}", "about:blank"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+        argv = [
+            exe,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={self.profile}",
+            "about:blank",
+        ]
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         deadline = time.monotonic() + self.timeout
         self.port = None
         while time.monotonic() < deadline and self.port is None:
@@ -132,7 +151,13 @@ class Chromium:
         page = Page(targets[0]["webSocketDebuggerUrl"], self.timeout)
         for domain in ("Runtime", "Log", "Page"):
             page.call(f"{domain}.enable")
-        page.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         page.call("Page.navigate", url=Path(path).resolve().as_uri())
         page.wait_for("Page.loadEventFired")
         page.evaluate("document.fonts.ready.then(() => true)")

@@ -44,43 +44,77 @@ mode: ""
 
 
 def kubeadm_configmap(config: str = KUBEADM_CONFIG) -> dict:
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "kube-proxy", "namespace": "kube-system", "labels": {"app": "kube-proxy"},
-                         "annotations": {"kubeadm.kubernetes.io/component-config.hash": "sha256:abc"}},
-            "data": {KP_KEY: config, "kubeconfig.conf": "apiVersion: v1\nkind: Config\n"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "kube-proxy",
+            "namespace": "kube-system",
+            "labels": {"app": "kube-proxy"},
+            "annotations": {"kubeadm.kubernetes.io/component-config.hash": "sha256:abc"},
+        },
+        "data": {KP_KEY: config, "kubeconfig.conf": "apiVersion: v1\nkind: Config\n"},
+    }
 
 
 def kubeadm_daemonset(image: str = "registry.k8s.io/kube-proxy:v1.34.2") -> dict:
-    return {"apiVersion": "apps/v1", "kind": "DaemonSet",
-            "metadata": {"name": "kube-proxy", "namespace": "kube-system", "labels": {"k8s-app": "kube-proxy"}},
-            "spec": {"selector": {"matchLabels": {"k8s-app": "kube-proxy"}},
-                     "updateStrategy": {"type": "RollingUpdate"},
-                     "template": {"metadata": {"labels": {"k8s-app": "kube-proxy"}}, "spec": {
-                         "hostNetwork": True, "priorityClassName": "system-node-critical",
-                         "serviceAccountName": "kube-proxy",
-                         "nodeSelector": {"kubernetes.io/os": "linux"},
-                         "containers": [{"name": "kube-proxy", "image": image,
-                                         "command": ["/usr/local/bin/kube-proxy",
-                                                     "--config=/var/lib/kube-proxy/config.conf",
-                                                     "--hostname-override=$(NODE_NAME)"],
-                                         "securityContext": {"privileged": True},
-                                         "volumeMounts": [{"name": "kube-proxy", "mountPath": "/var/lib/kube-proxy"},
-                                                          {"name": "lib-modules", "mountPath": "/lib/modules",
-                                                           "readOnly": True}]}],
-                         "volumes": [{"name": "kube-proxy", "configMap": {"name": "kube-proxy"}},
-                                     {"name": "lib-modules", "hostPath": {"path": "/lib/modules"}}],
-                         "tolerations": [{"operator": "Exists"}]}}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "kube-proxy", "namespace": "kube-system", "labels": {"k8s-app": "kube-proxy"}},
+        "spec": {
+            "selector": {"matchLabels": {"k8s-app": "kube-proxy"}},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {
+                "metadata": {"labels": {"k8s-app": "kube-proxy"}},
+                "spec": {
+                    "hostNetwork": True,
+                    "priorityClassName": "system-node-critical",
+                    "serviceAccountName": "kube-proxy",
+                    "nodeSelector": {"kubernetes.io/os": "linux"},
+                    "containers": [
+                        {
+                            "name": "kube-proxy",
+                            "image": image,
+                            "command": [
+                                "/usr/local/bin/kube-proxy",
+                                "--config=/var/lib/kube-proxy/config.conf",
+                                "--hostname-override=$(NODE_NAME)",
+                            ],
+                            "securityContext": {"privileged": True},
+                            "volumeMounts": [
+                                {"name": "kube-proxy", "mountPath": "/var/lib/kube-proxy"},
+                                {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "kube-proxy", "configMap": {"name": "kube-proxy"}},
+                        {"name": "lib-modules", "hostPath": {"path": "/lib/modules"}},
+                    ],
+                    "tolerations": [{"operator": "Exists"}],
+                },
+            },
+        },
+    }
 
 
-def node(name: str, kernel: str = "6.8.0-45-generic", ip: str = "192.0.2.10", control_plane: bool = False) -> dict:
+def node(
+    name: str, kernel: str = "6.8.0-45-generic", ip: str = "192.0.2.10", control_plane: bool = False
+) -> dict:
     labels = {"kubernetes.io/hostname": name}
     if control_plane:
         labels["node-role.kubernetes.io/control-plane"] = ""
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
-            "status": {"nodeInfo": {"kernelVersion": kernel, "kubeletVersion": "v1.34.2",
-                                    "osImage": "Ubuntu 24.04 LTS"},
-                       "addresses": [{"type": "InternalIP", "address": ip}],
-                       "conditions": [{"type": "Ready", "status": "True"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "status": {
+            "nodeInfo": {"kernelVersion": kernel, "kubeletVersion": "v1.34.2", "osImage": "Ubuntu 24.04 LTS"},
+            "addresses": [{"type": "InternalIP", "address": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
 
 
 def merge_patch(target, patch):
@@ -105,8 +139,16 @@ def _match(labels: dict, selector: str) -> bool:
 
 
 class FakeCluster:
-    def __init__(self, *, nodes=None, with_configmap: bool = True, with_daemonset: bool = True,
-                 config: str = KUBEADM_CONFIG, deny: tuple = (), node_proxy: bool = True):
+    def __init__(
+        self,
+        *,
+        nodes=None,
+        with_configmap: bool = True,
+        with_daemonset: bool = True,
+        config: str = KUBEADM_CONFIG,
+        deny: tuple = (),
+        node_proxy: bool = True,
+    ):
         self.objects: dict[str, dict] = {}
         self.deny = set(deny)  # {(verb, resource, subresource)}
         self.node_proxy = node_proxy
@@ -145,16 +187,24 @@ class FakeCluster:
         want = 0 if paused else n
         gen = ds["metadata"].get("generation", 1)
         ds["metadata"]["generation"] = gen
-        ds["status"] = {"desiredNumberScheduled": want, "updatedNumberScheduled": want, "numberAvailable": want,
-                        "observedGeneration": gen}
+        ds["status"] = {
+            "desiredNumberScheduled": want,
+            "updatedNumberScheduled": want,
+            "numberAvailable": want,
+            "observedGeneration": gen,
+        }
         cm = self.objects.get(CM)
         self.running_config = None if paused else (cm["data"].get(KP_KEY) if cm else None)
 
     def list(self, coll: str, selector: str = "") -> list[dict]:
         depth = coll.count("/") + 1
-        return [o for p, o in sorted(self.objects.items())
-                if p.startswith(coll + "/") and p.count("/") == depth
-                and _match((o.get("metadata") or {}).get("labels") or {}, selector)]
+        return [
+            o
+            for p, o in sorted(self.objects.items())
+            if p.startswith(coll + "/")
+            and p.count("/") == depth
+            and _match((o.get("metadata") or {}).get("labels") or {}, selector)
+        ]
 
     def node_mode(self, name: str) -> str | None:
         if self.running_config is None:
@@ -185,30 +235,48 @@ class FakeCluster:
                 name = path.split("/")[4].split(":")[0]
                 mode = self.node_mode(name)
                 if not self.node_proxy or mode is None:
-                    return 503, {"kind": "Status", "message": "error trying to reach service: dial tcp: connection refused"}
+                    return 503, {
+                        "kind": "Status",
+                        "message": "error trying to reach service: dial tcp: connection refused",
+                    }
                 if path.endswith("/proxyMode"):
                     return 200, mode
-                return 200, "kubeproxy_sync_proxy_rules_duration_seconds_sum 1.5\nkubeproxy_sync_proxy_rules_duration_seconds_count 3\n"
+                return (
+                    200,
+                    "kubeproxy_sync_proxy_rules_duration_seconds_sum 1.5\nkubeproxy_sync_proxy_rules_duration_seconds_count 3\n",
+                )
             if method == "GET":
                 if path in self.objects:
                     return 200, self.objects[path]
                 if path == "/api/v1/namespaces/kube-system/pods":
                     ds = self.objects.get(DS)
                     paused = ds and PAUSE_KEY in (ds["spec"]["template"]["spec"].get("nodeSelector") or {})
-                    items = [] if (not ds or paused) else [
-                        {"metadata": {"name": f"kube-proxy-{i}", "labels": {"k8s-app": "kube-proxy"}}}
-                        for i in range(len(self.list("/api/v1/nodes")))]
+                    items = (
+                        []
+                        if (not ds or paused)
+                        else [
+                            {"metadata": {"name": f"kube-proxy-{i}", "labels": {"k8s-app": "kube-proxy"}}}
+                            for i in range(len(self.list("/api/v1/nodes")))
+                        ]
+                    )
                     return 200, {"kind": "PodList", "items": items}
                 if self._is_collection(path):
                     return 200, {"kind": "List", "items": self.list(path, q.get("labelSelector", ""))}
-                return 404, {"kind": "Status", "reason": "NotFound", "message": f"{path} not found", "code": 404}
+                return 404, {
+                    "kind": "Status",
+                    "reason": "NotFound",
+                    "message": f"{path} not found",
+                    "code": 404,
+                }
             if method == "POST":
                 name = data["metadata"]["name"]
                 p = f"{path}/{name}"
                 if p in self.objects:
                     return 409, {"kind": "Status", "reason": "AlreadyExists", "code": 409}
                 if path.endswith("/services"):
-                    data.setdefault("spec", {})["clusterIP"] = f"10.96.{next(self._ip) // 250}.{next(self._ip) % 250 + 1}"
+                    data.setdefault("spec", {})["clusterIP"] = (
+                        f"10.96.{next(self._ip) // 250}.{next(self._ip) % 250 + 1}"
+                    )
                 if path.endswith("/jobs"):
                     spec = data["spec"]["template"]["spec"]
                     self.jobs_ran.append((spec.get("nodeName"), spec["containers"][0]["command"]))
@@ -286,10 +354,14 @@ class FakeCluster:
             self.server.server_close()
 
     def kubeconfig(self, path, context: str = "fake") -> str:
-        doc = {"apiVersion": "v1", "kind": "Config", "current-context": context,
-               "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-               "contexts": [{"name": context, "context": {"cluster": "fake", "user": "u"}}],
-               "users": [{"name": "u", "user": {"token": "test-token"}}]}
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": context,
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "contexts": [{"name": context, "context": {"cluster": "fake", "user": "u"}}],
+            "users": [{"name": "u", "user": {"token": "test-token"}}],
+        }
         with open(path, "w") as f:
             yaml.safe_dump(doc, f)
         return str(path)

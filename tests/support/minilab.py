@@ -74,7 +74,8 @@ class MiniLab:
             for port in pod.ports:
                 servers.append(
                     f"server {{ listen {pod.ip}:{port} backlog=4096; keepalive_requests 1000000; "
-                    f"location / {{ default_type text/plain; return 200 \"{pod.name} {pod.ip}:{port}\\n\"; }} }}")
+                    f'location / {{ default_type text/plain; return 200 "{pod.name} {pod.ip}:{port}\\n"; }} }}'
+                )
         conf = f"""daemon off; master_process off; worker_processes 1; pid {self.tmp}/nginx.pid;
 error_log {self.tmp}/error.log warn;
 events {{ worker_connections 8192; }}
@@ -87,16 +88,24 @@ server {{ listen {SERVER_IP}:{STATUS_PORT}; location /kpb-status {{ stub_status;
         path = os.path.join(self.tmp, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
-        self._nginx = subprocess.Popen(netns.exec_prefix(self.server) + ["nginx", "-c", path, "-e",
-                                       f"{self.tmp}/error.log"], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.PIPE)
+        self._nginx = subprocess.Popen(
+            netns.exec_prefix(self.server) + ["nginx", "-c", path, "-e", f"{self.tmp}/error.log"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         pod = self.model.pods[0]
         for _ in range(200):
             if self._nginx.poll() is not None:
                 raise netns.LabError(f"nginx failed: {self._nginx.stderr.read().decode()[-2000:]}")
-            p = netns.run(self.server, ["python3", "-c",
-                          f"import socket; socket.create_connection(('{pod.ip}', {pod.ports[0]}), 1)"],
-                          check=False)
+            p = netns.run(
+                self.server,
+                [
+                    "python3",
+                    "-c",
+                    f"import socket; socket.create_connection(('{pod.ip}', {pod.ports[0]}), 1)",
+                ],
+                check=False,
+            )
             if p.returncode == 0:
                 return
             time.sleep(0.05)
@@ -104,9 +113,15 @@ server {{ listen {SERVER_IP}:{STATUS_PORT}; location /kpb-status {{ stub_status;
 
     def accepted_connections(self) -> int:
         """nginx's 'accepts' counter (includes the status request itself)."""
-        p = netns.run(self.server, ["python3", "-c",
-                      "import urllib.request;print(urllib.request.urlopen("
-                      f"'http://{SERVER_IP}:{STATUS_PORT}/kpb-status').read().decode())"])
+        p = netns.run(
+            self.server,
+            [
+                "python3",
+                "-c",
+                "import urllib.request;print(urllib.request.urlopen("
+                f"'http://{SERVER_IP}:{STATUS_PORT}/kpb-status').read().decode())",
+            ],
+        )
         lines = p.stdout.splitlines()
         return int(lines[2].split()[0])
 
@@ -140,8 +155,7 @@ class DnatDataplane:
         self.synced = 0
 
     def render(self, services: Sequence[Service]) -> str:
-        lines = ["*nat", ":KPB-SERVICES - [0:0]", ":PREROUTING ACCEPT [0:0]",
-                 "-A PREROUTING -j KPB-SERVICES"]
+        lines = ["*nat", ":KPB-SERVICES - [0:0]", ":PREROUTING ACCEPT [0:0]", "-A PREROUTING -j KPB-SERVICES"]
         for svc in services:
             port = svc.ports[0]
             eps = svc.endpoints_for(port)

@@ -12,8 +12,14 @@ from harness.samples import COLUMNS, PointContext
 COUNTS = [100, 1000, 5000, 10000, 20000]
 
 
-def frame(series: dict[tuple[str, int, int], np.ndarray], metric: str = "connect_us", unit: str = "us",
-          kernel: str = "host-6.18", timed_out: dict | None = None, **tags) -> pd.DataFrame:
+def frame(
+    series: dict[tuple[str, int, int], np.ndarray],
+    metric: str = "connect_us",
+    unit: str = "us",
+    kernel: str = "host-6.18",
+    timed_out: dict | None = None,
+    **tags,
+) -> pd.DataFrame:
     """(mode, n, rep) -> values  ->  a sample DataFrame with the real columns."""
     rows = []
     for (mode, n, rep), vals in series.items():
@@ -26,7 +32,9 @@ def frame(series: dict[tuple[str, int, int], np.ndarray], metric: str = "connect
 
 def series(fn, reps=3, n_samples=50, sigma=0.03, seed=1, mode="iptables"):
     rng = np.random.default_rng(seed)
-    return {(mode, n, r): fn(n) * rng.lognormal(0, sigma, n_samples) for n in COUNTS for r in range(1, reps + 1)}
+    return {
+        (mode, n, r): fn(n) * rng.lognormal(0, sigma, n_samples) for n in COUNTS for r in range(1, reps + 1)
+    }
 
 
 def test_quantiles_known_values_and_timeouts_counted():
@@ -44,8 +52,13 @@ def test_quantiles_known_values_and_timeouts_counted():
 
 
 def test_bands_minmax_and_ci():
-    df = frame({("ipvs", 100, 1): np.full(5, 10.0), ("ipvs", 100, 2): np.full(5, 12.0),
-                ("ipvs", 100, 3): np.full(5, 14.0)})
+    df = frame(
+        {
+            ("ipvs", 100, 1): np.full(5, 10.0),
+            ("ipvs", 100, 2): np.full(5, 12.0),
+            ("ipvs", 100, 3): np.full(5, 14.0),
+        }
+    )
     b = analysis.bands(df, "p50", how="minmax").iloc[0]
     assert (b["center"], b["lo"], b["hi"], b["n_reps"]) == (12.0, 10.0, 14.0, 3)
     c = analysis.bands(df, "p50", how="ci").iloc[0]
@@ -102,7 +115,10 @@ def test_fits_never_mix_kernels():
     a = frame(series(lambda n: 0.02 * n), kernel="host-6.18")
     b = frame(series(lambda n: 90.0), kernel="uml-6.1")
     f = analysis.scaling_fits(pd.concat([a, b]))
-    assert dict(zip(f["kernel"], f["verdict"], strict=True)) == {"host-6.18": analysis.LINEAR, "uml-6.1": analysis.FLAT}
+    assert dict(zip(f["kernel"], f["verdict"], strict=True)) == {
+        "host-6.18": analysis.LINEAR,
+        "uml-6.1": analysis.FLAT,
+    }
 
 
 def test_compare_detects_2x():
@@ -128,8 +144,12 @@ def test_compare_identical_and_same_distribution():
 def test_compare_frames_per_point():
     rng = np.random.default_rng(5)
     da = frame({("iptables", n, 1): rng.lognormal(np.log(100), 0.1, 200) for n in (100, 1000)})
-    db = frame({("iptables", 100, 1): rng.lognormal(np.log(100), 0.1, 200),
-                ("iptables", 1000, 1): 1.8 * rng.lognormal(np.log(100), 0.1, 200)})
+    db = frame(
+        {
+            ("iptables", 100, 1): rng.lognormal(np.log(100), 0.1, 200),
+            ("iptables", 1000, 1): 1.8 * rng.lognormal(np.log(100), 0.1, 200),
+        }
+    )
     c = analysis.compare(da, db, n_boot=500)
     got = dict(zip(c["n_services"], c["verdict"], strict=True))
     assert got[100] == "no significant difference"
@@ -151,8 +171,13 @@ def test_compare_modes_within_kernel_only():
     for mode, f in (("iptables", 3.0), ("nftables", 1.0)):
         rows[(mode, 10000, 1)] = f * rng.lognormal(np.log(100), 0.1, 200)
     host = frame(rows, kernel="host-6.18")
-    uml = frame({("iptables", 10000, 1): rng.lognormal(np.log(100), 0.1, 200),
-                 ("ipvs", 10000, 1): rng.lognormal(np.log(100), 0.1, 200)}, kernel="uml-6.1")
+    uml = frame(
+        {
+            ("iptables", 10000, 1): rng.lognormal(np.log(100), 0.1, 200),
+            ("ipvs", 10000, 1): rng.lognormal(np.log(100), 0.1, 200),
+        },
+        kernel="uml-6.1",
+    )
     c = analysis.compare_modes(pd.concat([host, uml]), "iptables", n_services=-1, n_boot=300)
     got = {(k, m): v for k, m, v in zip(c["kernel"], c["mode"], c["verdict"], strict=True)}
     assert got == {("host-6.18", "nftables"): "3.0x faster", ("uml-6.1", "ipvs"): "no significant difference"}
@@ -160,14 +185,38 @@ def test_compare_modes_within_kernel_only():
 
 def test_data_quality_unstable_and_points():
     rng = np.random.default_rng(2)
-    df = frame({("ipvs", 100, 1): 100 * rng.lognormal(0, 0.01, 200), ("ipvs", 100, 2): 150 * rng.lognormal(0, 0.01, 200),
-                ("ipvs", 1000, 1): 100 * rng.lognormal(0, 0.01, 200), ("ipvs", 1000, 2): 101 * rng.lognormal(0, 0.01, 200)})
-    points = pd.DataFrame([
-        {"kernel": "uml", "mode": "ipvs", "n_services": 1000, "rep": 3, "status": "failed", "error": "boom",
-         "saturated": False, "saturated_detail": ""},
-        {"kernel": "uml", "mode": "ipvs", "n_services": 100, "rep": 1, "status": "ok", "error": "",
-         "saturated": True, "saturated_detail": "{}"},
-    ])
+    df = frame(
+        {
+            ("ipvs", 100, 1): 100 * rng.lognormal(0, 0.01, 200),
+            ("ipvs", 100, 2): 150 * rng.lognormal(0, 0.01, 200),
+            ("ipvs", 1000, 1): 100 * rng.lognormal(0, 0.01, 200),
+            ("ipvs", 1000, 2): 101 * rng.lognormal(0, 0.01, 200),
+        }
+    )
+    points = pd.DataFrame(
+        [
+            {
+                "kernel": "uml",
+                "mode": "ipvs",
+                "n_services": 1000,
+                "rep": 3,
+                "status": "failed",
+                "error": "boom",
+                "saturated": False,
+                "saturated_detail": "",
+            },
+            {
+                "kernel": "uml",
+                "mode": "ipvs",
+                "n_services": 100,
+                "rep": 1,
+                "status": "ok",
+                "error": "",
+                "saturated": True,
+                "saturated_detail": "{}",
+            },
+        ]
+    )
     dq = analysis.data_quality(df, points)
     unstable = dq[dq["kind"] == "unstable"]
     assert list(unstable["n_services"]) == [100]

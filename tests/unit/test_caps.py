@@ -16,8 +16,14 @@ from harness.lab.netns import LabError
 from harness.modes import MODES
 
 HOST = {  # the host here: 6.18 without IPVS and dummy
-    "kernel": "host", "ipvs": False, "dummy": False, "nft_nat": True, "iptables_legacy": True,
-    "iptables_nft": True, "ipset": True, "br_netfilter": True,
+    "kernel": "host",
+    "ipvs": False,
+    "dummy": False,
+    "nft_nat": True,
+    "iptables_legacy": True,
+    "iptables_nft": True,
+    "ipset": True,
+    "br_netfilter": True,
     "why": {"ipvs": "the host kernel has no CONFIG_IP_VS (no /proc/net/ip_vs)"},
 }
 FULL = {**HOST, "ipvs": True, "dummy": True, "why": {}}
@@ -27,7 +33,10 @@ ALL = ["iptables", "ipvs", "nftables"]
 
 def test_auto_one_kernel_when_it_runs_everything():
     assert plan_kernels(ALL, uml_=UML, host=FULL) == {m: ["host"] for m in ALL}
-    assert plan_kernels(["iptables", "nftables"], host=HOST, uml_=UML) == {"iptables": ["host"], "nftables": ["host"]}
+    assert plan_kernels(["iptables", "nftables"], host=HOST, uml_=UML) == {
+        "iptables": ["host"],
+        "nftables": ["host"],
+    }
 
 
 def test_auto_prefers_one_kernel_for_all_even_if_not_the_host():
@@ -64,11 +73,15 @@ def test_auto_without_uml_names_mode_and_reason():
 
 def test_forced_host_and_uml():
     assert plan_kernels(["iptables", "nftables"], choice="host", host=HOST, uml_=UML) == {
-        "iptables": ["host"], "nftables": ["host"]}
+        "iptables": ["host"],
+        "nftables": ["host"],
+    }
     with pytest.raises(LabError, match=r"^mode ipvs cannot run on the host kernel: .*CONFIG_IP_VS"):
         plan_kernels(ALL, choice="host", host=HOST, uml_=UML)
     assert plan_kernels(["ipvs", "iptables"], choice="uml", host=HOST, uml_=UML) == {
-        "ipvs": ["uml"], "iptables": ["uml"]}
+        "ipvs": ["uml"],
+        "iptables": ["uml"],
+    }
     with pytest.raises(LabError, match=r"^mode nftables cannot run on the UML kernel: .*nft_chain_nat"):
         plan_kernels(ALL, choice="uml", host=HOST, uml_=UML)
     with pytest.raises(LabError, match="no UML guest is available"):

@@ -32,8 +32,9 @@ def test_subcommand_builds_its_parser(command):
 
 
 def test_help_lists_every_subcommand():
-    p = subprocess.run([sys.executable, "-m", "harness", "--help"], cwd=REPO, capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "harness", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     listed = {line.split()[0] for line in p.stdout.splitlines() if line.startswith("    ") and line.split()}
     for command in COMMANDS:
@@ -83,4 +84,6 @@ def test_root_check_is_a_user_error(monkeypatch, capsys):
     monkeypatch.setattr("harness.lab.cleanup.cleanup_leftovers", lambda *a: pytest.fail("ran without root"))
     assert cli.main(["clean"]) == 2
     err = capsys.readouterr().err
-    assert err == "kpbench: error: kpbench clean needs root (it creates network namespaces): run it with sudo\n"
+    assert (
+        err == "kpbench: error: kpbench clean needs root (it creates network namespaces): run it with sudo\n"
+    )

@@ -74,7 +74,11 @@ def test_backend_and_services():
     _all_labels_ok(d, "backend")
     assert d["spec"]["replicas"] == 3
     assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
-    assert d["spec"]["template"]["spec"]["containers"][0]["command"][:3] == ["python", "-m", "harness.cluster.backend"]
+    assert d["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
+        "python",
+        "-m",
+        "harness.cluster.backend",
+    ]
     with_sel = m.service(NS, RUN, "s1", selector=True)
     without = m.service(NS, RUN, "s1", selector=False)
     _all_labels_ok(with_sel, "service")
@@ -123,7 +127,9 @@ def test_kubeadm_config_mode_and_patch():
     doc = kpc.parse(KUBEADM_CONFIG)
     assert kpc.configured_mode(doc) == "iptables" and kpc.raw_mode(doc) == ""
     new = kpc.with_mode(doc, "ipvs", kpc.SyncSettings(ipvs_scheduler="wrr"))
-    assert new["mode"] == "ipvs" and new["ipvs"]["minSyncPeriod"] == "0s" and new["ipvs"]["scheduler"] == "wrr"
+    assert (
+        new["mode"] == "ipvs" and new["ipvs"]["minSyncPeriod"] == "0s" and new["ipvs"]["scheduler"] == "wrr"
+    )
     assert new["metricsBindAddress"] == "0.0.0.0:10249" and not kpc.metrics_on_loopback(new)
     assert kpc.metrics_on_loopback(doc)  # kubeadm's "" means 127.0.0.1:10249
     assert doc["mode"] == "" and doc["iptables"]["minSyncPeriod"] == "1s"  # the original is not touched
@@ -135,7 +141,12 @@ def test_kubeadm_config_mode_and_patch():
 
 def test_needs_cleanup_matrix():
     assert kpc.needs_cleanup("iptables", "ipvs") and kpc.needs_cleanup("ipvs", "iptables")
-    for a, b in [("iptables", "nftables"), ("nftables", "ipvs"), ("ipvs", "nftables"), ("iptables", "iptables")]:
+    for a, b in [
+        ("iptables", "nftables"),
+        ("nftables", "ipvs"),
+        ("ipvs", "nftables"),
+        ("iptables", "iptables"),
+    ]:
         assert not kpc.needs_cleanup(a, b)
 
 
@@ -149,8 +160,13 @@ def test_bad_config_conf():
 
 
 def test_options():
-    o = options_from(None, env={"KPBENCH_CLUSTER": "{endpoints_via: selector, qps: 50, burst: 5}",
-                                "KPBENCH_IMAGE": "reg/kpbench:2"})
+    o = options_from(
+        None,
+        env={
+            "KPBENCH_CLUSTER": "{endpoints_via: selector, qps: 50, burst: 5}",
+            "KPBENCH_IMAGE": "reg/kpbench:2",
+        },
+    )
     assert (o.endpoints_via, o.qps, o.burst, o.image) == ("selector", 50, 5, "reg/kpbench:2")
     with pytest.raises(ClusterError, match="unknown cluster option"):
         options_from(None, env={"KPBENCH_CLUSTER": "{qpz: 1}"})

@@ -35,10 +35,14 @@ def _unused_loopback_port() -> int:
 
 
 def _kubeconfig(path, server: str, context: str = "test") -> str:
-    doc = {"apiVersion": "v1", "kind": "Config", "current-context": context,
-           "clusters": [{"name": "c", "cluster": {"server": server}}],
-           "contexts": [{"name": context, "context": {"cluster": "c", "user": "u"}}],
-           "users": [{"name": "u", "user": {"token": "t"}}]}
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": context,
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "contexts": [{"name": context, "context": {"cluster": "c", "user": "u"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+    }
     path.write_text(yaml.safe_dump(doc))
     return str(path)
 
@@ -51,8 +55,11 @@ def _preflight(fake, tmp_path, yes=True, scenario=None, out=None):
 
 
 def _mutations(fake):
-    return [c for c in fake.calls if c[0] in ("PUT", "PATCH", "DELETE")
-            or (c[0] == "POST" and "selfsubjectaccessreviews" not in c[1])]
+    return [
+        c
+        for c in fake.calls
+        if c[0] in ("PUT", "PATCH", "DELETE") or (c[0] == "POST" and "selfsubjectaccessreviews" not in c[1])
+    ]
 
 
 # ---------------------------------------------------------------------------- kubeconfig
@@ -144,11 +151,27 @@ def test_refuses_without_yes_and_changes_nothing(tmp_path):
 def test_refuses_without_yes_cli(tmp_path, capsys):
     with FakeCluster() as fake:
         kc = fake.kubeconfig(tmp_path / "kc.yaml")
-        rc = main(["run", "quick", "--target", "cluster", "--kubeconfig", kc, "--services", "10",
-                   "--out", str(tmp_path / "res")])
+        rc = main(
+            [
+                "run",
+                "quick",
+                "--target",
+                "cluster",
+                "--kubeconfig",
+                kc,
+                "--services",
+                "10",
+                "--out",
+                str(tmp_path / "res"),
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 2
-        assert err.strip().splitlines()[-1].startswith("kpbench: error: refusing to change the cluster without --yes")
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .startswith("kpbench: error: refusing to change the cluster without --yes")
+        )
         assert _mutations(fake) == []
         assert not (tmp_path / "res").exists()  # no run folder either
 
@@ -159,7 +182,10 @@ def test_no_kube_proxy_configmap(tmp_path):
             _preflight(fake, tmp_path)
         msg = str(e.value)
         assert msg.startswith("this cluster's kube-proxy is not configured the kubeadm way")
-        assert "ConfigMap kube-system/kube-proxy does not" in msg and "DaemonSet kube-system/kube-proxy exists" in msg
+        assert (
+            "ConfigMap kube-system/kube-proxy does not" in msg
+            and "DaemonSet kube-system/kube-proxy exists" in msg
+        )
         assert _mutations(fake) == []
 
 
@@ -171,7 +197,9 @@ def test_no_kube_proxy_at_all(tmp_path):
 
 def test_no_daemonset(tmp_path):
     with FakeCluster(with_daemonset=False) as fake:
-        with pytest.raises(ClusterError, match="not configured the kubeadm way.*DaemonSet kube-system/kube-proxy does not"):
+        with pytest.raises(
+            ClusterError, match="not configured the kubeadm way.*DaemonSet kube-system/kube-proxy does not"
+        ):
             _preflight(fake, tmp_path)
 
 
@@ -213,8 +241,12 @@ def test_missing_permissions(tmp_path):
 def test_nodes_disagree_with_configmap(tmp_path):
     with FakeCluster() as fake:
         cm = fake.objects[CM]
-        cm["data"]["config.conf"] = cm["data"]["config.conf"].replace('mode: ""', "mode: ipvs")  # not rolled out
-        with pytest.raises(ClusterError, match=r"another mode than its ConfigMap says \(ipvs\) on node-a=iptables"):
+        cm["data"]["config.conf"] = cm["data"]["config.conf"].replace(
+            'mode: ""', "mode: ipvs"
+        )  # not rolled out
+        with pytest.raises(
+            ClusterError, match=r"another mode than its ConfigMap says \(ipvs\) on node-a=iptables"
+        ):
             _preflight(fake, tmp_path)
 
 

@@ -89,9 +89,12 @@ def test_resumed_run_keeps_the_first_original(tmp_path):
         # a resumed run would read the cluster as it is now (nftables): the file must keep iptables
         kp = read_kube_proxy(rest)
         assert kp.mode == "nftables"
-        again = save_initial(path, state_from_cluster(RUN, "ns", SimpleNamespace(kubeconfig="k", context="c",
-                                                                                 server="s"),
-                                                      rest.get(CM), kp, {}))
+        again = save_initial(
+            path,
+            state_from_cluster(
+                RUN, "ns", SimpleNamespace(kubeconfig="k", context="c", server="s"), rest.get(CM), kp, {}
+            ),
+        )
         assert again.original_mode == "iptables" and again.original_text == KUBEADM_CONFIG
 
 
@@ -108,7 +111,10 @@ def test_switch_with_cleanup_and_restore(tmp_path):
         assert sorted(n for n, _ in fake.jobs_ran) == ["node-a", "node-b"]
         assert all(cmd[1] == "--cleanup" for _, cmd in fake.jobs_ran)
         tmpl = fake.objects[DS]["spec"]["template"]
-        assert PAUSE_KEY not in tmpl["spec"]["nodeSelector"] and "kubectl.kubernetes.io/restartedAt" in tmpl["metadata"]["annotations"]
+        assert (
+            PAUSE_KEY not in tmpl["spec"]["nodeSelector"]
+            and "kubectl.kubernetes.io/restartedAt" in tmpl["metadata"]["annotations"]
+        )
         assert load(path).status == "changed" and load(path).modes_possibly_running == ["ipvs"]
 
         restore_cluster(ctl, state, path, log=lambda s: None)
@@ -157,8 +163,13 @@ def test_failure_halfway_is_restored(tmp_path, where):
         fake.fail_on.clear()
         # a fresh controller, as `kpbench restore` would build it from the file
         st = load(path)
-        ctl2 = KubeProxyController(rest, st, path, waits=Waits(rest, lambda s: None, poll_s=0.01,
-                                                               rollout_timeout_s=5), log=lambda s: None)
+        ctl2 = KubeProxyController(
+            rest,
+            st,
+            path,
+            waits=Waits(rest, lambda s: None, poll_s=0.01, rollout_timeout_s=5),
+            log=lambda s: None,
+        )
         restore_cluster(ctl2, st, path, log=lambda s: None)
         _assert_original(fake)
         assert load(path).status == "restored"
@@ -211,12 +222,19 @@ def test_target_restores_when_the_run_fails(tmp_path):
     from harness.runner import plan_points
     from harness.targets import cluster as ct
 
-    sc = load_scenario("quick", [(["target"], "cluster"), (["services"], {"counts": [10]}),
-                                 (["modes"], ["ipvs", "iptables"])])
+    sc = load_scenario(
+        "quick",
+        [(["target"], "cluster"), (["services"], {"counts": [10]}), (["modes"], ["ipvs", "iptables"])],
+    )
     with FakeCluster() as fake:
-        t = ct.ClusterTarget(fake.kubeconfig(tmp_path / "kc.yaml"), None, True, out=lambda s: None,
-                             options=ClusterOptions(ready_timeout_s=0.1),
-                             waits=lambda rest: Waits(rest, lambda s: None, poll_s=0.01, rollout_timeout_s=5))
+        t = ct.ClusterTarget(
+            fake.kubeconfig(tmp_path / "kc.yaml"),
+            None,
+            True,
+            out=lambda s: None,
+            options=ClusterOptions(ready_timeout_s=0.1),
+            waits=lambda rest: Waits(rest, lambda s: None, poll_s=0.01, rollout_timeout_s=5),
+        )
         t.preflight(sc)
         (tmp_path / "points").mkdir()
         run = SimpleNamespace(dir=tmp_path, scenario=sc, meta={"run_id": RUN, "points": []})

@@ -52,8 +52,10 @@ def test_iptables_chain_names_match_kube_proxy():
 
 def test_nftables_chain_names_match_kube_proxy():
     assert names.nft_service_chain("ns1", "svc1", "tcp", "p80") == "service-ULMVA6XW-ns1/svc1/tcp/p80"
-    assert (names.nft_endpoint_chain("ns1", "svc1", "tcp", "p80", "10.180.0.1", 80)
-            == "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80")
+    assert (
+        names.nft_endpoint_chain("ns1", "svc1", "tcp", "p80", "10.180.0.1", 80)
+        == "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+    )
 
 
 def test_bulk_hash_equals_single_hash():
@@ -63,12 +65,20 @@ def test_bulk_hash_equals_single_hash():
 
 
 def test_rendered_names_use_the_model_port_string():
-    svc = Service(index=0, namespace="ns1", name="svc1", cluster_ip="172.30.0.41",
-                  ports=(ServicePort(name="p80", port=80, target_port=80),),
-                  endpoints=(Endpoint("10.180.0.1", 80, "a"),))
+    svc = Service(
+        index=0,
+        namespace="ns1",
+        name="svc1",
+        cluster_ip="172.30.0.41",
+        ports=(ServicePort(name="p80", port=80, target_port=80),),
+        endpoints=(Endpoint("10.180.0.1", 80, "a"),),
+    )
     ipt = render("iptables", [svc])
     assert ":KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]" in ipt
-    assert "-A KUBE-SEP-SXIVWICOYRO3J4NJ -m comment --comment ns1/svc1:p80 -s 10.180.0.1 -j KUBE-MARK-MASQ" in ipt
+    assert (
+        "-A KUBE-SEP-SXIVWICOYRO3J4NJ -m comment --comment ns1/svc1:p80 -s 10.180.0.1 -j KUBE-MARK-MASQ"
+        in ipt
+    )
     nft = render("nftables", [svc], DataplaneSettings(kube_version=V134))
     assert "add chain ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80\n" in nft
     assert "numgen random mod 1 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 }" in nft
@@ -122,7 +132,7 @@ def test_iptables_masquerade_and_affinity_rules():
     assert re.search(r"-A KUBE-SVC-\w+ .* ! -s 10\.0\.0\.0/8 -j KUBE-MARK-MASQ", text)
     assert re.search(r"-m recent --name (KUBE-SEP-\w+) --rcheck --seconds 10800 --reap -j \1", text)
     assert re.search(r"-m recent --name (KUBE-SEP-\w+) --set -m tcp -p tcp -j DNAT", text)
-    assert '-A KUBE-NODEPORTS -m comment --comment kpbench/svc-00001:http -m tcp -p tcp --dport 30001' in text
+    assert "-A KUBE-NODEPORTS -m comment --comment kpbench/svc-00001:http -m tcp -p tcp --dport 30001" in text
 
 
 def test_partial_sync_payload_rewrites_only_the_changed_service():

@@ -4,8 +4,17 @@ from harness.measure import disrupt
 from harness.samples import PointContext
 
 MS = 1_000_000
-CTX = PointContext(run_id="r", point_id="p", target="lab", kernel="host", mode="nftables",
-                   iptables_backend="", n_services=10, endpoints=1, rep=0)
+CTX = PointContext(
+    run_id="r",
+    point_id="p",
+    target="lab",
+    kernel="host",
+    mode="nftables",
+    iptables_backend="",
+    n_services=10,
+    endpoints=1,
+    rep=0,
+)
 
 
 def test_phase_of_uses_the_syncs_own_timestamps():
@@ -84,7 +93,7 @@ def test_report_table_and_timeline_from_rows():
     df[list(samples.TAGS)] = df[list(samples.TAGS)].fillna("")
     t = report.disruption_table(df)
     (row,) = t["rows"]
-    cols = dict(zip(t["columns"], row))
+    cols = dict(zip(t["columns"], row, strict=True))
     assert cols["sync"] == "full" and cols["attempts before"] == "30" and cols["failed % before"] == "0.00"
     assert cols["attempts during"] == "41" and cols["failed % during"] == f"{100 * 20 / 41:.2f}"
     assert cols["longest gap during"] == "21.0 ms"
@@ -98,5 +107,7 @@ def test_the_plan_counts_the_disruption_phase_only_when_enabled():
 
     mc = costmodel.mode_costs("lab", "host", "iptables")
     assert costmodel.disruption_cost(Scenario(), mc, 1000) == 0.0
-    on = Scenario.model_validate({"measure": {"disruption": {"enabled": True, "window_s": 2, "timeout_ms": 1000}}})
+    on = Scenario.model_validate(
+        {"measure": {"disruption": {"enabled": True, "window_s": 2, "timeout_ms": 1000}}}
+    )
     assert costmodel.disruption_cost(on, mc, 1000) > 5 * (2 * 2 + 1)  # five kinds, plus their syncs

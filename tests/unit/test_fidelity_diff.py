@@ -44,16 +44,20 @@ def test_same_listing_has_no_differences():
 
 
 def test_cosmetic_differences_are_ignored():
-    other = (NFT.replace("10.96.0.1, 10.100.0.7,\n\t\t\t     10.100.0.8", "10.100.0.8, 10.96.0.1, 10.100.0.7")
-             .replace("0 : 10.244.0.10 . 80, 1 : 10.244.1.10 . 80", "0 : 10.244.1.10 . 80, 1 : 10.244.0.10 . 80")
-             .replace("10.244.0.2 expires 2h59m", "10.244.0.3 expires 1h")
-             .replace("\t\taccept", "\t\tdrop"))  # another table
+    other = (
+        NFT.replace("10.96.0.1, 10.100.0.7,\n\t\t\t     10.100.0.8", "10.100.0.8, 10.96.0.1, 10.100.0.7")
+        .replace("0 : 10.244.0.10 . 80, 1 : 10.244.1.10 . 80", "0 : 10.244.1.10 . 80, 1 : 10.244.0.10 . 80")
+        .replace("10.244.0.2 expires 2h59m", "10.244.0.3 expires 1h")
+        .replace("\t\taccept", "\t\tdrop")
+    )  # another table
     assert differences("nftables", NFT, other) == []
 
 
 def test_real_differences_are_named():
-    lab = NFT.replace("meta l4proto tcp dnat to 10.244.0.10:80",
-                      "meta l4proto tcp dnat ip to numgen random mod 1 map { 0 : 10.244.0.10 . 80 }")
+    lab = NFT.replace(
+        "meta l4proto tcp dnat to 10.244.0.10:80",
+        "meta l4proto tcp dnat ip to numgen random mod 1 map { 0 : 10.244.0.10 . 80 }",
+    )
     lab = lab.replace("10.100.0.7,", "").replace("\tchain service-A", "\tchain service-C")
     d = differences("nftables", NFT, lab)
     assert any(x.startswith("chain service-B: kube-proxy only 1:") for x in d)
@@ -78,19 +82,25 @@ COMMIT
 
 def test_iptables_compares_kube_chains_as_multisets():
     assert differences("iptables", IPT, IPT) == []
-    reordered = IPT.replace("-A KUBE-SERVICES -d 10.96.0.1/32 -j KUBE-SVC-A\n-A KUBE-SERVICES -d 10.96.0.2/32 -j KUBE-SVC-B",
-                            "-A KUBE-SERVICES -d 10.96.0.2/32 -j KUBE-SVC-B\n-A KUBE-SERVICES -d 10.96.0.1/32 -j KUBE-SVC-A")
-    swapped = reordered.replace("-j KUBE-SEP-1\n-A KUBE-SVC-A -j KUBE-SEP-2",
-                                "-j KUBE-SEP-2\n-A KUBE-SVC-A -j KUBE-SEP-1").replace("-j LAB-OWN", "-j OTHER")
+    reordered = IPT.replace(
+        "-A KUBE-SERVICES -d 10.96.0.1/32 -j KUBE-SVC-A\n-A KUBE-SERVICES -d 10.96.0.2/32 -j KUBE-SVC-B",
+        "-A KUBE-SERVICES -d 10.96.0.2/32 -j KUBE-SVC-B\n-A KUBE-SERVICES -d 10.96.0.1/32 -j KUBE-SVC-A",
+    )
+    swapped = reordered.replace(
+        "-j KUBE-SEP-1\n-A KUBE-SVC-A -j KUBE-SEP-2", "-j KUBE-SEP-2\n-A KUBE-SVC-A -j KUBE-SEP-1"
+    ).replace("-j LAB-OWN", "-j OTHER")
     assert differences("iptables", IPT, swapped) == []
     missing = IPT.replace("-A KUBE-SERVICES -d 10.96.0.2/32 -j KUBE-SVC-B\n", "")
     assert differences("iptables", IPT, missing) == [
-        "nat/KUBE-SERVICES: kube-proxy only 1: '-A KUBE-SERVICES -d 10.96.0.2/32 -j KUBE-SVC-B'"]
+        "nat/KUBE-SERVICES: kube-proxy only 1: '-A KUBE-SERVICES -d 10.96.0.2/32 -j KUBE-SVC-B'"
+    ]
 
 
 def test_iptables_accounting_match_is_cosmetic():
-    kp = ("*filter\n:KUBE-FORWARD - [0:0]\n-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct "
-          "--nfacct-name  ct_state_invalid_dropped_pkts -j DROP\nCOMMIT\n")
+    kp = (
+        "*filter\n:KUBE-FORWARD - [0:0]\n-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct "
+        "--nfacct-name  ct_state_invalid_dropped_pkts -j DROP\nCOMMIT\n"
+    )
     lab = "*filter\n:KUBE-FORWARD - [0:0]\n-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\nCOMMIT\n"
     assert differences("iptables", kp, lab) == []
     assert differences("iptables", kp, lab.replace("DROP", "ACCEPT")) != []

@@ -72,8 +72,13 @@ def test_findings_are_sentences_from_the_data():
 
 
 def test_crossover_is_found_where_one_mode_overtakes_another():
-    med = pd.DataFrame({"mode": ["iptables"] * 3 + ["nftables"] * 3, "n_services": [100, 1000, 10000] * 2,
-                        "median": [50.0, 80.0, 300.0, 70.0, 71.0, 72.0]})
+    med = pd.DataFrame(
+        {
+            "mode": ["iptables"] * 3 + ["nftables"] * 3,
+            "n_services": [100, 1000, 10000] * 2,
+            "median": [50.0, 80.0, 300.0, 70.0, 71.0, 72.0],
+        }
+    )
     (line,) = findings.crossovers(med, metrics.get("connect_us"))
     assert "iptables overtakes nftables" not in line
     assert "nftables overtakes iptables between 100 and 1,000 Services (medians cross near 550" in line
@@ -117,7 +122,9 @@ def test_runs_side_by_side_one_series_per_run(tmp_path, capsys):
     df = results.load([REAL, b])
     fig = plots.hashing_vs_chain(df)
     labels = {t.get_text() for t in fig.legends[0].get_texts()}
-    assert {"iptables (run-b)", "nftables (run-b)"} <= labels and len([x for x in labels if "iptables" in x]) == 2
+    assert {"iptables (run-b)", "nftables (run-b)"} <= labels and len(
+        [x for x in labels if "iptables" in x]
+    ) == 2
     s = findings.summary(df, results.load_points([REAL, b]), n_boot=200)
     assert [k["kernel"].endswith("run run-b") for k in s["kernels"]].count(True) == 1
     assert report_cmd.run(_args([str(REAL), str(b), "-o", str(tmp_path / "r")])) == 0
@@ -141,29 +148,41 @@ def test_publish_writes_a_self_contained_folder(tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"index.html", "report.md", "figures", "samples.parquet", "samples.csv", "metadata.json"} <= names
     html = (out / "index.html").read_text()
-    assert html.count("<svg") >= 5 and "src=\"http" not in html and html.index("Findings") < html.index("Environment")
-    assert len(pd.read_parquet(out / "samples.parquet")) == len(pd.read_csv(out / "samples.csv")) == len(results.load(REAL))
+    assert (
+        html.count("<svg") >= 5
+        and 'src="http' not in html
+        and html.index("Findings") < html.index("Environment")
+    )
+    assert (
+        len(pd.read_parquet(out / "samples.parquet"))
+        == len(pd.read_csv(out / "samples.csv"))
+        == len(results.load(REAL))
+    )
     assert json.loads((out / "metadata.json").read_text())["run_id"] == results.load_metadata(REAL)["run_id"]
     assert report_cmd.run(_args([str(REAL), "--publish", str(out), "-o", str(tmp_path / "x")])) == 2
 
 
 def test_report_opens_with_findings_and_moves_environment_to_the_appendix(tmp_path):
     md = Path(report.build_report([REAL], tmp_path)).with_suffix(".md").read_text()
-    order = [md.index(h) for h in ("## Findings", "## Figures", "## Modes compared", "## Appendix",
-                                   "### Environment")]
+    order = [
+        md.index(h)
+        for h in ("## Findings", "## Figures", "## Modes compared", "## Appendix", "### Environment")
+    ]
     assert order == sorted(order)
     assert "Sync times were programmed by the lab" in md
 
 
 def test_wait_until_never_returns_before_the_intended_start():
     """The load generator's wait (in its own process: locust patches the whole process)."""
-    code = ("from harness.measure.load_worker import wait_until, _pc\n"
-            "late = []\n"
-            "for i in range(40):\n"
-            "    t = _pc() + 3_000_000 + i * 10_000\n"
-            "    wait_until(t)\n"
-            "    late.append(_pc() - t)\n"
-            "print(min(late))\n")
+    code = (
+        "from harness.measure.load_worker import wait_until, _pc\n"
+        "late = []\n"
+        "for i in range(40):\n"
+        "    t = _pc() + 3_000_000 + i * 10_000\n"
+        "    wait_until(t)\n"
+        "    late.append(_pc() - t)\n"
+        "print(min(late))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[-1]) >= 0
@@ -173,7 +192,10 @@ def test_load_rows_record_the_generators_own_lateness():
     from harness.measure.load import _rows
     from tests.unit.test_measure_units import CTX, _summary
 
-    recs = [[0, 0, 1_000_000, 1_000_500, 1_300_777, 1, "", 1], [1, 1, 2_000_000, 2_900_000, 3_000_000, 0, "timeout", 1]]
+    recs = [
+        [0, 0, 1_000_000, 1_000_500, 1_300_777, 1, "", 1],
+        [1, 1, 2_000_000, 2_900_000, 3_000_000, 0, "timeout", 1],
+    ]
     rows = _rows(CTX, recs, _summary(), True, 1.0, False)[0]
     late = [r for r in rows if r["metric"] == "request_lateness_us"]
     assert [r["value"] for r in late] == pytest.approx([0.5, 900.0])

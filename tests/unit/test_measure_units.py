@@ -50,15 +50,19 @@ class FakeAgent:
 
     def connect(self, targets, samples=1, timeout=1.0):
         self.calls += 1
-        return [[i, timeout * 1e6 * 1.01 if ip in self.bad else 50.0, "timeout" if ip in self.bad else ""]
-                for _ in range(samples) for i, (ip, port, tag) in enumerate(targets)]
+        return [
+            [i, timeout * 1e6 * 1.01 if ip in self.bad else 50.0, "timeout" if ip in self.bad else ""]
+            for _ in range(samples)
+            for i, (ip, port, tag) in enumerate(targets)
+        ]
 
 
 def test_measure_connect_rows_and_censoring():
     m = build_model(ModelSpec(n_services=10))
     bad = m.services[9].cluster_ip  # the last in lookup order
-    rows = measure_connect(FakeAgent([bad]), CTX, m.services, 10, 100, random.Random(0), 0.5,
-                           edge_samples=7, direct_samples=20)
+    rows = measure_connect(
+        FakeAgent([bad]), CTX, m.services, 10, 100, random.Random(0), 0.5, edge_samples=7, direct_samples=20
+    )
     last = [r for r in rows if r["position"] == "last"]
     assert len(last) == 7 and all(r["timed_out"] and r["value"] == 0.5e6 for r in last)
     first = [r for r in rows if r["position"] == "first"]
@@ -72,17 +76,29 @@ def test_measure_connect_rows_and_censoring():
 
 
 def _summary(**kw):
-    s = {"target_rps": 100.0, "achieved_rps": 100.0, "requests": 3, "failures": 1, "missed": 0,
-         "connections": 3, "client_cpu_pct": 10.0,
-         "proc_stat": [[0, 100, 0, 50, 800, 0, 0, 10, 0, 2], [1_000_000_000, 200, 0, 80, 1500, 0, 0, 30, 0, 2]]}
+    s = {
+        "target_rps": 100.0,
+        "achieved_rps": 100.0,
+        "requests": 3,
+        "failures": 1,
+        "missed": 0,
+        "connections": 3,
+        "client_cpu_pct": 10.0,
+        "proc_stat": [
+            [0, 100, 0, 50, 800, 0, 0, 10, 0, 2],
+            [1_000_000_000, 200, 0, 80, 1500, 0, 0, 30, 0, 2],
+        ],
+    }
     s.update(kw)
     return s
 
 
 def test_load_rows_keep_float_latency_and_failures():
-    recs = [[1, 1, 2_000_000, 2_100_000, 2_450_123, 1, "", 1],
-            [0, 0, 1_000_000, 1_000_500, 1_300_777, 1, "", 1],
-            [2, 0, 3_000_000, 3_000_000, 4_000_000, 0, "timeout", 1]]
+    recs = [
+        [1, 1, 2_000_000, 2_100_000, 2_450_123, 1, "", 1],
+        [0, 0, 1_000_000, 1_000_500, 1_300_777, 1, "", 1],
+        [2, 0, 3_000_000, 3_000_000, 4_000_000, 0, "timeout", 1],
+    ]
     rows, sat, s, why = _rows(CTX, recs, _summary(), False, 1.0, True)
     req = [r for r in rows if r["metric"] == "request_us"]
     corr = [r for r in rows if r["metric"] == "request_corrected_us"]
@@ -110,6 +126,7 @@ def test_cpu_delta_from_proc_stat(tmp_path):
         body += "".join(f"cpu{i} 0 0 0 0 0 0 0 0 0 0\n" for i in range(ncpu)) + "intr 1 2\n"
         p.write_text(body)
         return snapshot(str(p))
+
     a = write([100, 10, 50, 1000, 5, 1, 20, 0])
     b = write([300, 10, 150, 1200, 5, 3, 60, 0])
     d = delta(a, b)
@@ -126,9 +143,11 @@ def test_cpu_delta_from_proc_stat(tmp_path):
 
 def test_agent_imports_stdlib_only():
     """The agent may run in a UML guest: no third-party (or locust/gevent) imports."""
-    code = ("import sys, harness.measure.agent as a; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('locust','gevent','pyroute2','pandas')]; "
-            "print(bad)")
+    code = (
+        "import sys, harness.measure.agent as a; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('locust','gevent','pyroute2','pandas')]; "
+        "print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -29,11 +29,17 @@ def _row_calls():
     files = sorted((ROOT / "harness").rglob("*.py")) + [ROOT / "tests" / "canned" / "make_canned.py"]
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "row" and node.args):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "row"
+                and node.args
+            ):
                 continue
-            lit = [a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None
-                   for a in node.args[:3]]
+            lit = [
+                a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None
+                for a in node.args[:3]
+            ]
             yield str(path.relative_to(ROOT)), lit[0], lit[2] if len(lit) > 2 else None
 
 
@@ -49,26 +55,43 @@ def test_every_literal_metric_written_is_registered_in_its_unit():
 
 
 def test_dynamic_writers_write_registered_metrics():
-    recs = [[0, 0, 1_000_000, 1_000_500, 1_300_777, 1, "", 1], [1, 0, 2_000_000, 2_000_000, 3_000_000, 0, "x", 1]]
-    summary = {"target_rps": 100.0, "achieved_rps": 100.0, "requests": 2, "failures": 1, "missed": 0,
-               "connections": 2, "client_cpu_pct": 10.0,
-               "proc_stat": [[0, 100, 0, 50, 800, 0, 0, 10, 0, 2], [10**9, 200, 0, 80, 1500, 0, 0, 30, 0, 2]]}
+    recs = [
+        [0, 0, 1_000_000, 1_000_500, 1_300_777, 1, "", 1],
+        [1, 0, 2_000_000, 2_000_000, 3_000_000, 0, "x", 1],
+    ]
+    summary = {
+        "target_rps": 100.0,
+        "achieved_rps": 100.0,
+        "requests": 2,
+        "failures": 1,
+        "missed": 0,
+        "connections": 2,
+        "client_cpu_pct": 10.0,
+        "proc_stat": [[0, 100, 0, 50, 800, 0, 0, 10, 0, 2], [10**9, 200, 0, 80, 1500, 0, 0, 30, 0, 2]],
+    }
     rows, *_ = _rows(CTX, recs, summary, False, 1.0, True)  # raises on an unregistered metric
-    assert {"request_us", "load_achieved_rps", "load_missed", "cpu_busy_pct", "cpu_count"} <= {r["metric"] for r in rows}
-    kp = metric_rows(CTX, {
-        'kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family="IPv4"}': 1.5,
-        'kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"}': 3,
-        'kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="0.001"}': 1,
-        'kubeproxy_network_programming_duration_seconds_sum{ip_family="IPv4"}': 0.2,
-        'kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}': 120,
-        'kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"}': 1e9,
-    })
+    assert {"request_us", "load_achieved_rps", "load_missed", "cpu_busy_pct", "cpu_count"} <= {
+        r["metric"] for r in rows
+    }
+    kp = metric_rows(
+        CTX,
+        {
+            'kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family="IPv4"}': 1.5,
+            'kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"}': 3,
+            'kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="0.001"}': 1,
+            'kubeproxy_network_programming_duration_seconds_sum{ip_family="IPv4"}': 0.2,
+            'kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}': 120,
+            'kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"}': 1e9,
+        },
+    )
     units = {r["metric"]: r["unit"] for r in kp}
-    assert units == {"kp_sync_proxy_rules_duration_seconds_sum": "s",
-                     "kp_sync_proxy_rules_duration_seconds_count": "count",
-                     "kp_sync_proxy_rules_duration_seconds_bucket": "count",
-                     "kp_network_programming_duration_seconds_sum": "s",
-                     "kp_sync_proxy_rules_iptables_total": "count"}
+    assert units == {
+        "kp_sync_proxy_rules_duration_seconds_sum": "s",
+        "kp_sync_proxy_rules_duration_seconds_count": "count",
+        "kp_sync_proxy_rules_duration_seconds_bucket": "count",
+        "kp_network_programming_duration_seconds_sum": "s",
+        "kp_sync_proxy_rules_iptables_total": "count",
+    }
 
 
 def test_sample_rows_reject_unregistered_metrics_and_wrong_units():
@@ -120,25 +143,40 @@ def test_report_units_and_lists_come_from_the_registry():
     assert seen["sync_full_s"] == "s" and seen["cpu_softirq_s"] == "s" and seen["connect_us"] == "us"
     assert set(seen) == {m for m in metrics.names(fit=True) if (df["metric"] == m).any()}
     tables = report.quantile_tables(df)
-    assert [t["metric"] for t in tables] == [m for m in metrics.names(table=True) if (df["metric"] == m).any()]
+    assert [t["metric"] for t in tables] == [
+        m for m in metrics.names(table=True) if (df["metric"] == m).any()
+    ]
     assert all(t["unit"] == metrics.unit(t["metric"]) for t in tables)
-    assert analysis.MIN_SAMPLES == {"connect_us": 100, "connect_direct_us": 100, "request_us": 100,
-                                    "request_corrected_us": 100}
+    assert analysis.MIN_SAMPLES == {
+        "connect_us": 100,
+        "connect_direct_us": 100,
+        "request_us": 100,
+        "request_corrected_us": 100,
+    }
 
 
 def test_readme_table_is_the_generated_one():
     readme = (ROOT / "README.md").read_text()
     begin = readme.index("<!-- metric table:")
-    table = readme[readme.index("\n", begin) + 1:readme.index("<!-- end of metric table -->")]
-    assert table == metrics.markdown_table(), "run: python -m harness.metrics --markdown, paste into README.md"
-    out = subprocess.run([sys.executable, "-m", "harness.metrics", "--markdown"], capture_output=True,
-                         text=True, check=True, cwd=ROOT).stdout
+    table = readme[readme.index("\n", begin) + 1 : readme.index("<!-- end of metric table -->")]
+    assert table == metrics.markdown_table(), (
+        "run: python -m harness.metrics --markdown, paste into README.md"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.metrics", "--markdown"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     assert out == table
 
 
 def test_registry_imports_with_the_standard_library_only():
-    code = ("import sys; import harness.metrics, harness.samples; "
-            "bad = {'pandas', 'numpy', 'pydantic'} & set(sys.modules); assert not bad, bad")
+    code = (
+        "import sys; import harness.metrics, harness.samples; "
+        "bad = {'pandas', 'numpy', 'pydantic'} & set(sys.modules); assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 

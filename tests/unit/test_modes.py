@@ -21,8 +21,9 @@ from harness.modes import MODES, ModeSpec, SectionOptions, UnknownModeError
 from harness.scenario import Scenario
 
 DATAPLANE_METHODS = ("render", "full_sync", "apply", "counts", "cleanup")
-OPTIONS = SectionOptions(sync_period="30s", min_sync_period="1ms", masquerade_all=True, strict_arp=True,
-                         ipvs_scheduler="wrr")
+OPTIONS = SectionOptions(
+    sync_period="30s", min_sync_period="1ms", masquerade_all=True, strict_arp=True, ipvs_scheduler="wrr"
+)
 
 
 def test_registry_lists_the_modes_in_registration_order():
@@ -84,7 +85,9 @@ def test_every_registered_mode_renders_and_configures(name):
 
 
 def test_unknown_modes_raise_everywhere():
-    with pytest.raises(UnknownModeError, match="unknown proxy mode 'ebpf': use one of iptables, ipvs, nftables"):
+    with pytest.raises(
+        UnknownModeError, match="unknown proxy mode 'ebpf': use one of iptables, ipvs, nftables"
+    ):
         modes.mode("ebpf")
     with pytest.raises(ValueError, match="unknown proxy mode"):
         make_dataplane("ebpf", None)

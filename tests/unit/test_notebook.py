@@ -20,8 +20,9 @@ def test_notebook_executes_against_canned_run(monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     t0 = time.monotonic()
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
     elapsed = time.monotonic() - t0
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
@@ -31,7 +32,10 @@ def test_notebook_executes_against_canned_run(monkeypatch):
     assert str(CANNED) in text
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs if "data" in o)
     assert "grows linearly with the number of Services" in html and "flat within noise" in html
-    first_md = next(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})
-                    and "Findings" in o["data"]["text/markdown"])
+    first_md = next(
+        o["data"]["text/markdown"]
+        for o in outputs
+        if "text/markdown" in o.get("data", {}) and "Findings" in o["data"]["text/markdown"]
+    )
     assert "through iptables costs" in first_md and "Decision rule" in first_md  # the report's findings
     assert elapsed < 120  # ~30 s on 2 shared cores

@@ -9,10 +9,20 @@ from harness.scenario import load_scenario, parse_override
 
 
 # -- durations --------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, seconds", [
-    ("30m", 1800), ("1h30m", 5400), ("900s", 900), ("900", 900), ("1h", 3600), ("2m30s", 150),
-    ("1.5h", 5400), (" 45S ", 45), (900, 900),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30m", 1800),
+        ("1h30m", 5400),
+        ("900s", 900),
+        ("900", 900),
+        ("1h", 3600),
+        ("2m30s", 150),
+        ("1.5h", 5400),
+        (" 45S ", 45),
+        (900, 900),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert pl.parse_duration(text) == seconds
 
@@ -63,7 +73,12 @@ def test_measured_anchor_figures_are_reproduced():
 
 
 def test_kernel_names_of_every_target_map_to_host_or_uml():
-    assert [cm.kernel_kind(k) for k in ("host", "uml", "local", "local-uml")] == ["host", "uml", "host", "uml"]
+    assert [cm.kernel_kind(k) for k in ("host", "uml", "local", "local-uml")] == [
+        "host",
+        "uml",
+        "host",
+        "uml",
+    ]
 
 
 def test_phases_follow_the_scenario():
@@ -75,7 +90,9 @@ def test_phases_follow_the_scenario():
     assert ph["load"] == pytest.approx(2 * (3 + cm.KERNEL[("lab", "host")].load_overhead))
     assert cm.base_phases(sc, shape, validate=False, api_delta=0)["validate"] == 0
     flat = load_scenario("quick", [parse_override("kube_proxy_version=v1.34.12")])  # the bitmap allocator
-    local = cm.base_phases(flat, cm.PointShape("local", "local", "iptables", 200), validate=False, api_delta=150)
+    local = cm.base_phases(
+        flat, cm.PointShape("local", "local", "iptables", 200), validate=False, api_delta=150
+    )
     assert local["api"] == pytest.approx(2 * 150 / cm.API_OBJECTS_PER_S)
 
 
@@ -86,12 +103,29 @@ def test_one_change_syncs_are_capped_at_the_sync_timeout():
 
 
 def test_actual_phases_from_a_worker_status():
-    st = {"seconds": 20.0, "phases": {"validate_s": 1.0, "api_reconcile_s": 2.0, "sync_full_s": 5.0,
-                                      "connect_s": 1.0, "load_keepalive_false_s": 4.0,
-                                      "load_keepalive_true_s": 4.0, "sync_one_s": 3.0, "setup_s": 9.0}}
+    st = {
+        "seconds": 20.0,
+        "phases": {
+            "validate_s": 1.0,
+            "api_reconcile_s": 2.0,
+            "sync_full_s": 5.0,
+            "connect_s": 1.0,
+            "load_keepalive_false_s": 4.0,
+            "load_keepalive_true_s": 4.0,
+            "sync_one_s": 3.0,
+            "setup_s": 9.0,
+        },
+    }
     a = cm.actual_phases(st)
-    assert a == {"validate": 1.0, "api": 2.0, "sync_full": 3.0, "connect": 1.0, "load": 8.0, "sync_one": 3.0,
-                 "other": pytest.approx(2.0)}
+    assert a == {
+        "validate": 1.0,
+        "api": 2.0,
+        "sync_full": 3.0,
+        "connect": 1.0,
+        "load": 8.0,
+        "sync_one": 3.0,
+        "other": pytest.approx(2.0),
+    }
 
 
 def test_refiner_scales_the_remaining_points_by_the_largest_measured():
@@ -152,14 +186,21 @@ def test_budget_leaves_out_what_does_not_fit_and_says_so():
     over = {p.point.point_id for p in plan.over_budget}
     assert "uml-nftables-50000-r1" in over  # projected at hours: quadratic full sync
     # one point of each mode always fits
-    assert {p.point.mode for p in plan.included if p.point.n_services == 1000} == {"iptables", "ipvs", "nftables"}
+    assert {p.point.mode for p in plan.included if p.point.n_services == 1000} == {
+        "iptables",
+        "ipvs",
+        "nftables",
+    }
     # a cheaper, later point still gets in after an expensive one is left out
     assert "uml-ipvs-50000-r1" not in over
     text = plan.render("RUNDIR")
     for pid in over:
         assert pid in text
     assert text.count("OVER BUDGET") == len(over)
-    assert "kpbench run RUNDIR/scenario.yaml --services 50000 --modes nftables --kernel uml --budget none" in text
+    assert (
+        "kpbench run RUNDIR/scenario.yaml --services 50000 --modes nftables --kernel uml --budget none"
+        in text
+    )
     assert "kpbench run --resume RUNDIR --budget none" in text
     assert "QUADRATIC" in text
     meta = plan.to_meta("RUNDIR")
@@ -174,9 +215,14 @@ def test_a_larger_budget_fits_more():
     assert n == sorted(n) and n[0] < n[-1] == len(pts)
 
 
-@pytest.mark.parametrize("budget, needle", [
-    ("1m", "too small"), ("abc", "not a duration"), ("-5m", "negative"),
-])
+@pytest.mark.parametrize(
+    "budget, needle",
+    [
+        ("1m", "too small"),
+        ("abc", "not a duration"),
+        ("-5m", "negative"),
+    ],
+)
 def test_bad_budget_names_the_minimum(budget, needle):
     sc, pts = default_points()
     with pytest.raises(pl.BudgetError) as e:
@@ -192,15 +238,22 @@ def test_budget_of_exactly_the_minimum_measures_one_point_per_mode():
     minimum = pl.build_plan(sc, "lab", KP, pts, "none").minimum_s
     plan = pl.build_plan(sc, "lab", KP, pts, f"{int(minimum) + 1}s")
     assert sorted((p.point.mode, p.point.n_services) for p in plan.included) == [
-        ("iptables", 1000), ("ipvs", 1000), ("nftables", 1000)]
+        ("iptables", 1000),
+        ("ipvs", 1000),
+        ("nftables", 1000),
+    ]
 
 
 def test_kernel_reasons(monkeypatch):
     monkeypatch.setattr(pl, "_host_lacks", lambda mode, backend: "no IPVS here" if mode == "ipvs" else None)
     sc = load_scenario("quick")
-    plan = pl.build_plan(sc, "lab", {"iptables": ["host", "uml"], "ipvs": ["uml"], "nftables": ["host"]},
-                         runner.plan_points(sc, {"iptables": ["host", "uml"], "ipvs": ["uml"],
-                                                 "nftables": ["host"]}), None)
+    plan = pl.build_plan(
+        sc,
+        "lab",
+        {"iptables": ["host", "uml"], "ipvs": ["uml"], "nftables": ["host"]},
+        runner.plan_points(sc, {"iptables": ["host", "uml"], "ipvs": ["uml"], "nftables": ["host"]}),
+        None,
+    )
     assert "bridge" in plan.kernel_reasons["iptables"]
     assert plan.kernel_reasons["ipvs"] == "no IPVS here: measured in the UML guest"
     assert "every mode on one kernel" in pl.kernel_reason(sc, "nftables", ["uml"])
@@ -245,9 +298,18 @@ class StatusTarget:
         for p in points:
             self.measured.append(p.point_id)
             k = self.scale
-            st = {"point_id": p.point_id, "status": "ok", "seconds": 10.0 * k,
-                  "phases": {"sync_full_s": 4.0 * k, "connect_s": 1.0 * k, "load_keepalive_false_s": 2.0 * k,
-                             "load_keepalive_true_s": 2.0 * k, "sync_one_s": 1.0 * k}}
+            st = {
+                "point_id": p.point_id,
+                "status": "ok",
+                "seconds": 10.0 * k,
+                "phases": {
+                    "sync_full_s": 4.0 * k,
+                    "connect_s": 1.0 * k,
+                    "load_keepalive_false_s": 2.0 * k,
+                    "load_keepalive_true_s": 2.0 * k,
+                    "sync_one_s": 1.0 * k,
+                },
+            }
             self.now += st["seconds"]
             (run.dir / "points" / f"{p.point_id}.jsonl").write_text("")
             (run.dir / "points" / f"{p.point_id}.json").write_text(json.dumps(st))
@@ -267,11 +329,18 @@ def test_budget_spent_mid_run_finishes_the_point_marks_the_rest_and_resume_measu
     assert target.measured == ["host-iptables-50-r1"]
     meta = json.loads((run.dir / "metadata.json").read_text())
     st = {p["point_id"]: p["status"] for p in meta["points"]}
-    assert st == {"host-iptables-50-r1": "ok", "host-nftables-50-r1": "over_budget",
-                  "host-iptables-200-r1": "over_budget", "host-nftables-200-r1": "over_budget"}
+    assert st == {
+        "host-iptables-50-r1": "ok",
+        "host-nftables-50-r1": "over_budget",
+        "host-iptables-200-r1": "over_budget",
+        "host-nftables-200-r1": "over_budget",
+    }
     assert meta["status"] == "incomplete" and "budget" in meta["budget_stop"]
     assert [o["point_id"] for o in meta["plan"]["over_budget"]] == [
-        "host-nftables-50-r1", "host-iptables-200-r1", "host-nftables-200-r1"]
+        "host-nftables-50-r1",
+        "host-iptables-200-r1",
+        "host-nftables-200-r1",
+    ]
     # projected against actual, per phase and in total
     row = meta["plan"]["points"]["host-iptables-50-r1"]
     assert row["actual"]["sync_full"] == 4.0 and row["actual"]["load"] == 4.0 and row["projected_s"] > 0
@@ -283,7 +352,9 @@ def test_budget_spent_mid_run_finishes_the_point_marks_the_rest_and_resume_measu
 
     resumed = runner.Run.resume(run.dir)
     target2 = StatusTarget(kp)
-    status = runner.execute(resumed, target2, plan=runner.prepare_plan(resumed.scenario, target2, None, resumed))
+    status = runner.execute(
+        resumed, target2, plan=runner.prepare_plan(resumed.scenario, target2, None, resumed)
+    )
     assert status == "complete"
     assert target2.measured == ["host-nftables-50-r1", "host-iptables-200-r1", "host-nftables-200-r1"]
     meta = json.loads((run.dir / "metadata.json").read_text())
@@ -295,11 +366,22 @@ def test_budget_spent_mid_run_finishes_the_point_marks_the_rest_and_resume_measu
 def test_report_lists_projected_against_actual_and_over_budget_points():
     from harness.report import plan_tables
 
-    meta = {"run_id": "r1", "plan": {
-        "budget_text": "30m", "projected_total_s": 100.0, "actual_total_s": 120.0,
-        "phases": [{"phase": ph, "projected_s": 10.0, "actual_s": 12.0} for ph in cm.PHASES],
-        "over_budget": [{"point_id": "uml-nftables-50000-r1", "projected_s": 8000.0,
-                         "command": "kpbench run R/scenario.yaml --services 50000 --modes nftables"}]}}
+    meta = {
+        "run_id": "r1",
+        "plan": {
+            "budget_text": "30m",
+            "projected_total_s": 100.0,
+            "actual_total_s": 120.0,
+            "phases": [{"phase": ph, "projected_s": 10.0, "actual_s": 12.0} for ph in cm.PHASES],
+            "over_budget": [
+                {
+                    "point_id": "uml-nftables-50000-r1",
+                    "projected_s": 8000.0,
+                    "command": "kpbench run R/scenario.yaml --services 50000 --modes nftables",
+                }
+            ],
+        },
+    }
     (t,) = plan_tables([meta, {"run_id": "old run without a plan"}])
     assert t["budget"] == "30m"
     assert [r[0] for r in t["phases"]["rows"]] == [*cm.PHASES, "total"]
@@ -355,8 +437,17 @@ def test_refit_keeps_the_models_figures_and_refines_once():
     need = pl.build_plan(sc, "lab", kp, pts, None).minimum_s
     plan = pl.build_plan(sc, "lab", kp, pts, f"{int(need) + 1}s")
     first = plan.included[0]
-    plan.observe(first.point.point_id, {"status": "ok", "seconds": 5.0, "phases": {
-        "load_keepalive_false_s": first.projected["load"] / 4, "load_keepalive_true_s": first.projected["load"] / 4}})
+    plan.observe(
+        first.point.point_id,
+        {
+            "status": "ok",
+            "seconds": 5.0,
+            "phases": {
+                "load_keepalive_false_s": first.projected["load"] / 4,
+                "load_keepalive_true_s": first.projected["load"] / 4,
+            },
+        },
+    )
     left_out = [pp.point for pp in plan.over_budget]
     raw = {pp.point.point_id: dict(pp.projected) for pp in pl.project(sc, "lab", left_out)}
     assert plan.refit(left_out, 1e6) == left_out
@@ -368,8 +459,10 @@ def test_refit_keeps_the_models_figures_and_refines_once():
     assert f == pytest.approx(0.5)
     # load refined by the factor once (not twice), the rest of the same kernel by its median
     shapes = {p.point.point_id: p.shape for p in plan.points}
-    once = sum(sum(v * plan.refiner.factor(shapes[pid], ph) for ph, v in phases.items())
-               for pid, phases in raw.items())
+    once = sum(
+        sum(v * plan.refiner.factor(shapes[pid], ph) for ph, v in phases.items())
+        for pid, phases in raw.items()
+    )
     assert plan.remaining(done) == pytest.approx(once)
 
 

@@ -36,8 +36,17 @@ class Recording:
 
     def program(self, p, out, status):
         self._call("program", p)
-        ctx = PointContext(run_id="r", point_id=p.point_id, target="lab", kernel=self.kernel, mode=p.mode,
-                           iptables_backend="", n_services=p.n_services, endpoints=1, rep=p.rep)
+        ctx = PointContext(
+            run_id="r",
+            point_id=p.point_id,
+            target="lab",
+            kernel=self.kernel,
+            mode=p.mode,
+            iptables_backend="",
+            n_services=p.n_services,
+            endpoints=1,
+            rep=p.rep,
+        )
         out.write(ctx.row("sync_full_s", 0.5, "s"))
         status["counts"] = {"rules": p.n_services}
         return ctx, list(range(p.n_services))
@@ -68,12 +77,26 @@ def test_sequence_statuses_and_validation_once_per_mode(tmp_path):
     (tmp_path / "points").mkdir()
     events: list[dict] = []
     target = Recording()
-    PointLoop(target, load_scenario("quick"), tmp_path, events.append).run(_points("iptables", "ipvs", "iptables"))
+    PointLoop(target, load_scenario("quick"), tmp_path, events.append).run(
+        _points("iptables", "ipvs", "iptables")
+    )
     p0, p1, p2 = (p.point_id for p in _points("iptables", "ipvs", "iptables"))
-    assert target.calls == [("validate", "iptables"), ("program", p0), ("connect", p0), ("sync_one", p0),
-                            ("end_point", p0), ("validate", "ipvs"), ("program", p1), ("connect", p1),
-                            ("sync_one", p1), ("end_point", p1), ("program", p2), ("connect", p2),
-                            ("sync_one", p2), ("end_point", p2)]
+    assert target.calls == [
+        ("validate", "iptables"),
+        ("program", p0),
+        ("connect", p0),
+        ("sync_one", p0),
+        ("end_point", p0),
+        ("validate", "ipvs"),
+        ("program", p1),
+        ("connect", p1),
+        ("sync_one", p1),
+        ("end_point", p1),
+        ("program", p2),
+        ("connect", p2),
+        ("sync_one", p2),
+        ("end_point", p2),
+    ]
     st = json.loads((tmp_path / "points" / f"{p0}.json").read_text())
     assert st["status"] == "ok" and st["samples"] == 3 and st["counts"] == {"rules": 10}
     assert set(st["phases"]) == {"validate_s", "sync_full_s", "connect_s", "sync_one_s"}
@@ -101,9 +124,16 @@ def test_a_failing_point_is_recorded_and_the_next_one_runs(tmp_path):
 
 def test_the_job_file_scenario_is_validated_again(tmp_path):
     sc = load_scenario("quick")
-    data = {"run_id": "r", "run_dir": str(tmp_path), "kernel": "host", "tag": "t", "scenario": sc.resolved(),
-            "points": [{"point_id": "p", "kernel": "host", "mode": "iptables", "n_services": 10, "rep": 1,
-                        "order": 0}]}
+    data = {
+        "run_id": "r",
+        "run_dir": str(tmp_path),
+        "kernel": "host",
+        "tag": "t",
+        "scenario": sc.resolved(),
+        "points": [
+            {"point_id": "p", "kernel": "host", "mode": "iptables", "n_services": 10, "rep": 1, "order": 0}
+        ],
+    }
     job = Job(json.loads(json.dumps(data)))
     assert job.scenario == sc.model_copy(update={"services": job.scenario.services})
     assert job.scenario.measure.load.users == sc.measure.load.users

@@ -30,8 +30,14 @@ def test_html_is_self_contained_with_figures_and_tables(built):
     assert path.name == "report.html"
     assert html.count("<svg") >= 5
     assert not re.search(r'(src|href)="(https?:)?//', html) and "<link" not in html and "<script" not in html
-    for section in ("Environment", "Data quality", "Scaling with the number of Services", "Quantile tables",
-                    "Validation matrix", "Caveats"):
+    for section in (
+        "Environment",
+        "Data quality",
+        "Scaling with the number of Services",
+        "Quantile tables",
+        "Validation matrix",
+        "Caveats",
+    ):
         assert section in html
     assert "SYNTHETIC DATA" in html and 'id="synthetic-banner"' in html
     assert "grows linearly with the number of Services" in html and "flat within noise" in html
@@ -59,8 +65,7 @@ def test_no_banner_without_synthetic_flag(tmp_path):
     (run / "metadata.json").write_text(json.dumps(meta))
     df = results.load(run)
     small = df[(df["kernel"] == "host-6.18.0-synthetic") & df["metric"].isin(["sync_full_s"])]
-    ctx_html = report._env(True).get_template("report.html.j2").render(
-        **report.report_context([run], None))
+    ctx_html = report._env(True).get_template("report.html.j2").render(**report.report_context([run], None))
     assert "SYNTHETIC DATA" not in ctx_html
     assert len(small)
 
@@ -102,7 +107,11 @@ def test_commands_exit_2_on_bad_input(tmp_path, capsys):
 
 
 def test_compare_command_same_run(capsys):
-    assert compare_cmd.run(_args(compare_cmd, [str(CANNED), str(CANNED), "--metric", "sync_full_s",
-                                               "--bootstrap", "200"])) == 0
+    assert (
+        compare_cmd.run(
+            _args(compare_cmd, [str(CANNED), str(CANNED), "--metric", "sync_full_s", "--bootstrap", "200"])
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "0 of" in out and "no significant difference at any point" in out

@@ -90,8 +90,14 @@ def test_published_folder_opens_alone(chromium, tmp_path):
     finally:
         page.close()
     assert errors == [] and n_svg >= 5
-    assert {p.name for p in moved.iterdir()} >= {"index.html", "report.md", "figures", "samples.parquet",
-                                                 "samples.csv", "metadata.json"}
+    assert {p.name for p in moved.iterdir()} >= {
+        "index.html",
+        "report.md",
+        "figures",
+        "samples.parquet",
+        "samples.csv",
+        "metadata.json",
+    }
 
 
 UNIT_IN_LABEL = re.compile(r"\[(ns|us|ms|s|%|/s|count)\]")
@@ -119,8 +125,14 @@ def test_hashing_figure_shows_fits_and_positions():
     df = results.load(CANNED / "run-small")
     fig = plots.hashing_vs_chain(df)
     labels = {t.get_text() for t in fig.legends[0].get_texts()}
-    assert {"iptables", "nftables", "ipvs", "first Service (median)", "last Service (median)",
-            "straight-line fit"} <= labels
+    assert {
+        "iptables",
+        "nftables",
+        "ipvs",
+        "first Service (median)",
+        "last Service (median)",
+        "straight-line fit",
+    } <= labels
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     assert ax.get_ylabel() == f"connect latency [{metrics.unit('connect_us')}]"

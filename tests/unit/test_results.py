@@ -46,8 +46,10 @@ def test_load_canned_types_and_content():
 
 def test_load_metadata_and_points():
     meta = results.load_metadata(CANNED)
-    assert meta["schema_version"] == 1 and results.kernel_labels(meta) == ["host-6.18.0-synthetic",
-                                                                          "uml-6.1.0-synthetic"]
+    assert meta["schema_version"] == 1 and results.kernel_labels(meta) == [
+        "host-6.18.0-synthetic",
+        "uml-6.1.0-synthetic",
+    ]
     pts = results.load_points(CANNED)
     assert set(pts["status"]) == {"ok", "failed"}
     assert pts["saturated"].sum() == 1

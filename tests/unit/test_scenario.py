@@ -46,13 +46,16 @@ def test_unknown_key_names_file_and_field(tmp_path):
     assert str(f) in str(e.value) and "measure.load.rat" in str(e.value) and "unknown key" in str(e.value)
 
 
-@pytest.mark.parametrize("override, field", [
-    ("repetitions=0", "repetitions"),
-    ("modes=[iptables,bogus]", "modes"),
-    ("services.counts=[0]", "services"),
-    ("measure.sync.poll_interval_ms=5", "measure.sync.poll_interval_ms"),
-    ("kernel=qemu", "kernel"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("repetitions=0", "repetitions"),
+        ("modes=[iptables,bogus]", "modes"),
+        ("services.counts=[0]", "services"),
+        ("measure.sync.poll_interval_ms=5", "measure.sync.poll_interval_ms"),
+        ("kernel=qemu", "kernel"),
+    ],
+)
 def test_impossible_values_are_named(override, field):
     with pytest.raises(ScenarioError) as e:
         load_scenario("quick", [parse_override(override)])
@@ -73,7 +76,9 @@ def test_resolved_scenario_lists_counts():
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("services: {max: 10}\nrepetitons: 2\n")
-    p = subprocess.run([sys.executable, "-m", "harness", "run", str(f)], capture_output=True, text=True, cwd=REPO)
+    p = subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(f)], capture_output=True, text=True, cwd=REPO
+    )
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and "repetitons" in p.stderr

@@ -19,7 +19,9 @@ from harness.scenario import ScenarioError, load_scenario, parse_override
 
 CANNED = Path(__file__).resolve().parents[1] / "canned"
 SMALL = CANNED / "run-small"  # written before the release was a column
-SWEEP = CANNED / "run-versions-host"  # real: lab, host kernel, nftables v1.34.12 and v1.37.2, 1 and 2 endpoints
+SWEEP = (
+    CANNED / "run-versions-host"
+)  # real: lab, host kernel, nftables v1.34.12 and v1.37.2, 1 and 2 endpoints
 KP = {"iptables": ["host"], "nftables": ["host"]}
 
 
@@ -28,6 +30,7 @@ def scen(*sets: str, name: str = "quick"):
 
 
 # -- scenario --------------------------------------------------------------------------------
+
 
 def test_a_comma_list_of_releases_is_a_sweep_oldest_first_and_the_newest_is_the_apiservers():
     sc = scen("kube_proxy_version=v1.37.2,1.34.12")
@@ -45,15 +48,23 @@ def test_a_versions_list_and_its_overrides():
     again = load_scenario(data=sc.resolved(), source="scenario.yaml")
     assert again.releases() == sc.releases() and again.kube_proxy_version == "v1.37.2"
     # --set kube_proxy_version replaces a scenario's versions list
-    assert load_scenario("versions", [parse_override("kube_proxy_version=v1.34.12")]).releases() == ["v1.34.12"]
+    assert load_scenario("versions", [parse_override("kube_proxy_version=v1.34.12")]).releases() == [
+        "v1.34.12"
+    ]
 
 
-@pytest.mark.parametrize("sets, words", [
-    (["kube_proxy_version=v1.34.12,v1.99.0"], "v1.99.0"),
-    (["target=cluster", "kube_proxy_version=v1.34.12,v1.37.2"], "version sweep needs --target lab or local"),
-    (["model.endpoints=[]"], "must not be empty"),
-    (["model.endpoints=[1, 2000]"], "between 0 and 1000"),
-])
+@pytest.mark.parametrize(
+    "sets, words",
+    [
+        (["kube_proxy_version=v1.34.12,v1.99.0"], "v1.99.0"),
+        (
+            ["target=cluster", "kube_proxy_version=v1.34.12,v1.37.2"],
+            "version sweep needs --target lab or local",
+        ),
+        (["model.endpoints=[]"], "must not be empty"),
+        (["model.endpoints=[1, 2000]"], "between 0 and 1000"),
+    ],
+)
 def test_bad_sweeps_are_one_line_errors(sets, words):
     with pytest.raises(ScenarioError) as e:
         scen(*sets)
@@ -87,13 +98,23 @@ def test_the_versions_scenario_is_oldest_and_newest_with_one_and_two_endpoints()
 
 # -- points ----------------------------------------------------------------------------------
 
+
 def test_releases_and_endpoints_are_interleaved_axes_with_their_own_point_ids():
-    sc = scen("modes=[iptables, nftables]", "services.counts=[100, 200]", "repetitions=2",
-              "kube_proxy_version=v1.34.12,v1.37.2", "model.endpoints=[1, 2]")
+    sc = scen(
+        "modes=[iptables, nftables]",
+        "services.counts=[100, 200]",
+        "repetitions=2",
+        "kube_proxy_version=v1.34.12,v1.37.2",
+        "model.endpoints=[1, 2]",
+    )
     pts = runner.plan_points(sc, KP)
     assert len(pts) == 2 * 2 * 2 * 2 * 2 and len({p.point_id for p in pts}) == len(pts)
     p0 = pts[0]
-    assert (p0.point_id, p0.kube_proxy_version, p0.endpoints) == ("host-iptables-v1.34.12-e1-100-r1", "v1.34.12", 1)
+    assert (p0.point_id, p0.kube_proxy_version, p0.endpoints) == (
+        "host-iptables-v1.34.12-e1-100-r1",
+        "v1.34.12",
+        1,
+    )
     # every (mode, release, endpoints) of a count and repetition before the next repetition
     first_rep = [(p.mode, p.kube_proxy_version, p.endpoints) for p in pts[:8]]
     assert len(set(first_rep)) == 8 and all(p.rep == 1 and p.n_services == 100 for p in pts[:8])
@@ -109,6 +130,7 @@ def test_a_single_release_keeps_the_point_ids_older_runs_wrote():
 
 
 # -- samples and results ---------------------------------------------------------------------
+
 
 def test_every_row_carries_its_release():
     assert "kube_proxy_version" in COLUMNS
@@ -146,12 +168,19 @@ def test_the_sweep_run_loads_with_both_releases():
 
 # -- plan ------------------------------------------------------------------------------------
 
+
 def test_the_plan_lists_the_release_and_projects_each_familys_full_sync():
-    sc = scen("modes=[nftables]", "services.counts=[10000]", "kube_proxy_version=v1.34.12,v1.37.2",
-              "model.endpoints=[1, 2]")
+    sc = scen(
+        "modes=[nftables]",
+        "services.counts=[10000]",
+        "kube_proxy_version=v1.34.12,v1.37.2",
+        "model.endpoints=[1, 2]",
+    )
     pts = runner.plan_points(sc, {"nftables": ["host"]})
     plan = pl.build_plan(sc, "lab", {"nftables": ["host"]}, pts, "none")
-    full = {(pp.point.kube_proxy_version, pp.point.endpoints): pp.projected["sync_full"] for pp in plan.points}
+    full = {
+        (pp.point.kube_proxy_version, pp.point.endpoints): pp.projected["sync_full"] for pp in plan.points
+    }
     # v1.37 with one endpoint: a plain dnat, linear; every other cell: an anonymous set per Service
     assert full[("v1.37.2", 1)] < 0.1 * full[("v1.34.12", 1)]
     assert full[("v1.37.2", 1)] < full[("v1.37.2", 2)] < full[("v1.34.12", 2)]
@@ -168,6 +197,7 @@ def test_the_plan_lists_the_release_and_projects_each_familys_full_sync():
 
 # -- findings, report, figures, compare -------------------------------------------------------
 
+
 def test_findings_state_the_version_effect_with_the_mode_statistics():
     df = results.load(SWEEP)
     s = findings.summary(df, results.load_points(SWEEP), n_boot=300)
@@ -175,8 +205,14 @@ def test_findings_state_the_version_effect_with_the_mode_statistics():
     full = [x for x in k["versions"] if "a full sync" in x]
     assert len(full) == 2  # one per endpoint count
     one = next(x for x in full if "(1 endpoint per Service)" in x)
-    assert one.startswith(f"At {k['n_services']:,} Services (1 endpoint per Service), nftables: a full sync with "
-                          "v1.37.2 takes ") and "v1.34.12's" in one and "95% CI" in one
+    assert (
+        one.startswith(
+            f"At {k['n_services']:,} Services (1 endpoint per Service), nftables: a full sync with "
+            "v1.37.2 takes "
+        )
+        and "v1.34.12's" in one
+        and "95% CI" in one
+    )
     assert "Version effect" in findings.markdown(s)
     # growth is fitted per release, never pooled across them
     assert any("nftables (v1.34.12, 1 endpoint)" in x for x in k["growth"])
@@ -189,8 +225,11 @@ def test_compare_releases_agrees_with_compare_samples():
     r = c[c["endpoints"] == 1].iloc[0]
     n = int(df["n_services"].max())
     sel = df[(df["metric"] == "sync_full_s") & (df["n_services"] == n) & (df["endpoints"] == 1)]
-    direct = analysis.compare_samples(sel[sel["kube_proxy_version"] == "v1.34.12"]["value"],
-                                      sel[sel["kube_proxy_version"] == "v1.37.2"]["value"], n_boot=300)
+    direct = analysis.compare_samples(
+        sel[sel["kube_proxy_version"] == "v1.34.12"]["value"],
+        sel[sel["kube_proxy_version"] == "v1.37.2"]["value"],
+        n_boot=300,
+    )
     assert r["ratio"] == pytest.approx(direct["ratio"]) and r["ci_lo"] == pytest.approx(direct["ci_lo"])
 
 
