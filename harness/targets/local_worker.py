@@ -64,8 +64,7 @@ from harness.targets.local_dataplane import ApiDataplane
 from harness.targets.local_kubeproxy import metric_rows
 
 if TYPE_CHECKING:
-    from harness.lab.topology import Lab
-    from harness.measure.agent import Agent
+    pass
 
 TRIGGER_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 POLL_S = 0.02
@@ -170,19 +169,10 @@ class LocalPoints(LabPoints):
             self.fid_ns = None
         super().stop()
 
-    def running_lab(self) -> Lab:
-        """The lab start() brought up (the nodes kube-proxy runs in)."""
-        assert self.lab is not None, "start() first"
-        return self.lab
-
     def running_cluster(self) -> lc.LocalCluster:
         """The etcd + kube-apiserver start() brought up (or reached, in a guest)."""
         assert self.cluster is not None, "start() first"
         return self.cluster
-
-    def running_agent(self) -> Agent:
-        assert self.agent is not None, "start() first"
-        return self.agent
 
     def _backend_env(self) -> dict:
         """A PATH whose iptables* are the scenario's backend (kube-proxy runs plain `iptables`)."""
