@@ -319,8 +319,12 @@ def summary(
         # one run: per kernel; several runs laid side by side: per run and kernel, never pooled
         dk = df[(df["kernel"] == kernel) & (df["run_id"] == run)]
         label = kernel if len(runs) == 1 else f"{kernel}, run {run}"
-        n_max = int(dk["n_services"].max())
         modes = sorted(map(str, dk["mode"].unique()))
+        # the largest count every mode of this kernel reached (a point left out, e.g. over budget,
+        # must not leave the comparison without its baseline)
+        per_mode = [set(dk[dk["mode"] == m]["n_services"].unique()) for m in modes]
+        common = set.intersection(*per_mode) if per_mode else set()
+        n_max = int(max(common)) if common else int(dk["n_services"].max())
         k: dict[str, Any] = {
             "kernel": label,
             "n_services": n_max,

@@ -201,3 +201,15 @@ def test_load_rows_record_the_generators_own_lateness():
     assert [r["value"] for r in late] == pytest.approx([0.5, 900.0])
     assert all(r["keepalive"] == "true" and r["unit"] == metrics.unit("request_lateness_us") for r in late)
     assert np.isclose([r for r in rows if r["metric"] == "request_corrected_us"][0]["value"], 300.777)
+
+
+def test_findings_compare_at_the_largest_count_every_mode_reached():
+    """A mode missing its largest point (e.g. over budget) moves the comparison to the largest count
+    both modes have, instead of leaving it without a baseline."""
+    df = results.load(REAL)
+    n_max = int(df["n_services"].max())
+    assert findings.summary(df)["kernels"][0]["n_services"] == n_max
+    cut = df[~((df["mode"] == "iptables") & (df["n_services"] == n_max))]
+    k = findings.summary(cut)["kernels"][0]
+    assert k["n_services"] == int(cut["n_services"].min()) < n_max
+    assert k["compare"] and all(s.startswith(f"At {k['n_services']:,} Services") for s in k["compare"])
