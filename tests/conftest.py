@@ -1,9 +1,16 @@
 """Shared test settings: kernel tests need root; every test leaves the machine as it found it."""
 
 import os
+import signal
 import subprocess
 
 import pytest
+
+# Started as a background job of a non-interactive shell, the suite inherits SIGINT ignored, and so
+# would every process it starts: the Ctrl-C tests would then test nothing. A Python handler here
+# makes each child start with the default disposition again (exec resets handlers, not SIG_IGN).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         run = runner.Run.create(scenario, Path(args.out) if args.out else runner.default_out())
     view = ProgressView(run.dir)
     signal.signal(signal.SIGTERM, _terminate)  # `kill` is handled like Ctrl-C: stop, clean up, keep
+    # Ctrl-C (SIGINT) too, even when started as a background job that inherited SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with view:
             status = runner.execute(run, target, view.on_event, plan=plan, merge=results.merge_points)
