@@ -438,6 +438,29 @@ class AgentClient:
         self.close()
 
 
+def spawn_module(ns: str | None, module: str, python: str | None = None) -> subprocess.Popen:
+    """`python -u -m module` inside namespace `ns` (None: here), this checkout on its PYTHONPATH,
+    stdin/stdout/stderr as line-buffered text pipes."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + [
+        python or sys.executable,
+        "-u",
+        "-m",
+        module,
+    ]
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        env=env,
+    )
+
+
 class Agent(AgentClient):
     """Starts the agent inside namespace `ns` (None: here) and sends it commands.
 
@@ -446,24 +469,7 @@ class Agent(AgentClient):
 
     def __init__(self, ns: str | None, python: str | None = None):
         self.ns = ns
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + [
-            python or sys.executable,
-            "-u",
-            "-m",
-            "harness.measure.agent",
-        ]
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            env=env,
-        )
+        self.proc = spawn_module(ns, "harness.measure.agent", python)
         # all three are PIPEs, so Popen set them
         assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
         self._stdin: IO[str] = self.proc.stdin

@@ -27,14 +27,13 @@ result says so and the caller flags the point ``saturated``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.measure.agent import spawn_module
 from harness.samples import PointContext
 
 PHASES = ("before", "during", "after")
@@ -170,25 +169,8 @@ class Prober:
         timeout: float,
         python: str | None = None,
     ):
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + [
-            python or sys.executable,
-            "-u",
-            "-m",
-            "harness.measure.disrupt_prober",
-        ]
         self.timeout = timeout
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            env=env,
-        )
+        self.proc = spawn_module(ns, "harness.measure.disrupt_prober", python)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
         cfg = {
