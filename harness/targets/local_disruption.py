@@ -94,6 +94,7 @@ class KubeProxySyncs:
 
     def __init__(self, w: LocalPoints, mode: str):
         self.w, self.mode = w, mode
+        self.node_ns = w.running_lab().node_ns("a")
         self.record: dict[str, list[dict[str, Any]]] = {}
 
     # -- metrics ------------------------------------------------------------------------------
