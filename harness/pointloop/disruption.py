@@ -133,8 +133,8 @@ def ipvs_warm_sync(dp: Any, services: Sequence[Service]) -> None:
     from harness.dataplane._tool import stream
     from harness.lab.netns import run
 
-    creates = "".join(
-        line for line in dp.ipset_text([]).splitlines(keepends=True) if line.startswith("create ")
+    creates = "".join(  # the sets as full_sync made them (maxelem grows with the members)
+        line for line in dp.ipset_text(services).splitlines(keepends=True) if line.startswith("create ")
     )
     run(dp.ns, ["ipset", "-exist", "restore"], input=creates)
     run(dp.ns, ["ip", "-o", "-4", "addr", "show", "dev", ipvs.IFNAME])
