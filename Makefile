@@ -108,8 +108,9 @@ kube:
 
 # The offline test cluster's binaries (`kpbench cluster up`): `make kube`'s three plus kubelet,
 # kube-controller-manager, kube-scheduler and containerd v2, cached in ~/.cache/kpbench like them
-# (a cold build takes about CLUSTER_BUILD_MINUTES on 2 cores). runc and the CNI plugins are Debian's,
-# installed here rather than by `make setup`, which needs neither.
+# (after `make kube`, 14 min on 2 busy shared cores: kubelet 5.4, kube-controller-manager 2.4,
+# kube-scheduler 0.5, containerd 5.6). runc and the CNI plugins are Debian's, installed here rather
+# than by `make setup`, which needs neither.
 CONTAINERD_VERSION ?= $(shell sed -n 's/^default_version=//p' kube/build_containerd.sh)
 CLUSTER_APT_PACKAGES := runc containernetworking-plugins
 
