@@ -70,3 +70,16 @@ def test_adaptive_load_is_projected_at_its_minimum_duration_plus_a_check():
 def test_default_one_change_cap_is_six_per_kind():
     sc = load_scenario("default")
     assert cm.sync_changes(sc) == 18
+
+
+def test_the_load_generator_start_is_charged_once_per_kernel_group():
+    from harness import plan as pl, runner
+
+    sc = load_scenario("default", [parse_override("services.max=5000")])
+    kp = {"iptables": ["host", "uml"], "ipvs": ["uml"], "nftables": ["host"]}
+    plan = pl.build_plan(sc, "lab", kp, runner.plan_points(sc, kp), "none")
+    for kernel in ("host", "uml"):
+        loads = [pp.projected["load"] for pp in plan.points if pp.point.kernel == kernel]
+        start = cm.KERNEL[("lab", kernel)].load_start
+        assert start > 0 and loads[0] == pytest.approx(loads[1] + start)
+        assert len(set(loads[1:])) == 1
