@@ -286,6 +286,7 @@ def project(
     out: list[PlannedPoint] = []
     started: set[str] = set()
     validated: set[tuple[str, str, str]] = set()
+    loaded: set[str] = set()  # kernels whose worker has started its load generator
     api_n: dict[str, int] = {}
     so_far = 0.0
     for p in run_order(points):
@@ -300,6 +301,7 @@ def project(
             validate=validate,
             api_delta=p.n_services - api_n.get(p.kernel, 0),
             api_from=api_n.get(p.kernel, 0),
+            load_start=p.kernel not in loaded,
         )
         phases = {"setup": 0.0 if p.kernel in started else cm.setup_cost(target, p.kernel), **phases}
         pp = PlannedPoint(p, shape, phases)  # the model's figures: the refiner's reference
@@ -309,6 +311,7 @@ def project(
             so_far += cost
             started.add(p.kernel)
             validated.add((p.kernel, p.mode, release))
+            loaded.add(p.kernel)
             api_n[p.kernel] = p.n_services
         out.append(pp)
     return out

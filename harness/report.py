@@ -547,13 +547,15 @@ PROGRAMMED_BY = {
 
 
 def _samples_spent(adaptive: dict | None) -> str:
-    """'add 7 (+-36%), update 6 (+-4%)': samples spent per series and the CI reached."""
+    """'add 7 (+-36%), update 6 (+-4%)': samples spent per series and the CI reached (a one-change
+    kind by its name; the other series by metric and tag, e.g. 'request_us keepalive=false')."""
     if not adaptive:
         return ""
     parts = []
     for key, a in adaptive.items():
         ci = "no CI" if a.get("ci_rel") is None else f"+-{a['ci_rel']:.0%}"
-        parts.append(f"{key.rpartition('=')[2] or key} {a.get('samples')}/{a.get('cap')} ({ci})")
+        label = key.rpartition("=")[2] if key.startswith("sync_one_s") else key
+        parts.append(f"{label} {a.get('samples')}/{a.get('cap')} ({ci})")
     return ", ".join(parts)
 
 

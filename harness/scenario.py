@@ -116,6 +116,14 @@ class LoadSpec(_Strict):
     duration_s: float = Field(default=10, gt=0)
     keepalive: list[bool] = [False, True]
     timeout_s: float = Field(default=2, gt=0)
+    adaptive: bool = Field(
+        default=True,
+        description="duration_s is a cap: a phase stops once the 95% CI of its median request "
+        "latency is within +-5% (never before min_duration_s nor below the report's floor)",
+    )
+    min_duration_s: float = Field(
+        default=3.0, gt=0, description="adaptive: the shortest phase (seconds at the rate)"
+    )
 
 
 class DisruptionSpec(_Strict):

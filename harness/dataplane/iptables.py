@@ -30,6 +30,12 @@ from harness.lab.netns import run
 from harness.model import Service
 
 LARGE_CLUSTER_ENDPOINTS = 1000  # kube-proxy's largeClusterEndpointsThreshold
+# Wait for the xtables lock without a timer: with `-w 5`, iptables 1.8.9 sets alarm(5) when it takes
+# the lock and never cancels it, and the SIGALRM (no SA_RESTART) interrupts a read of stdin still
+# open 5 s later, which iptables-restore takes for EOF ("COMMIT expected at line N", exit 1). The
+# payload is streamed while it is rendered, so a restore longer than 5 s (a cleanup at 10,000
+# Services in the UML guest, a full sync at 50,000 on the host) failed whenever the reader caught up.
+LOCK_WAIT = ("-w",)
 CHUNK = 2000  # Services per written chunk
 
 FILTER_TOP = (
@@ -70,7 +76,7 @@ class IptablesDataplane:
         b = self.settings.iptables_backend
         if b not in ("legacy", "nft"):
             raise ValueError(f"iptables_backend must be legacy or nft, not {b!r}")
-        self.restore_cmd = [f"iptables-{b}-restore", "--noflush", "-w", "5"]
+        self.restore_cmd = [f"iptables-{b}-restore", "--noflush", *LOCK_WAIT]
         self.save_cmd = f"iptables-{b}-save"
         self.mark = "%#010x" % (1 << self.settings.masquerade_bit)  # Go's %#08x: 0x00004000
         self.cidr = self.settings.cluster_cidr

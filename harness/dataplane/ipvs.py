@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from harness import releases as versions
 from harness.dataplane._tool import stream
 from harness.dataplane.base import Change, DataplaneSettings
+from harness.dataplane.iptables import LOCK_WAIT
 from harness.dataplane.ipvs_netlink import (
     F_CREATE,
     F_EXCL,
@@ -385,7 +386,7 @@ class IpvsDataplane:
         ipvs, rt = self._socks()
         run(self.ns, ["sysctl", "-q", "-w", *SYSCTLS])
         run(self.ns, ["ipset", "-exist", "restore"], input=self.ipset_text(services))
-        stream(self.ns, ["iptables-legacy-restore", "--noflush", "-w", "5"], [self.iptables_text(services)])
+        stream(self.ns, ["iptables-legacy-restore", "--noflush", *LOCK_WAIT], [self.iptables_text(services)])
         idx = self._ifindex(create=True)
         addrs = [a for svc in services for a in self.bound_addresses(svc)]
         rt.run(
@@ -478,7 +479,7 @@ class IpvsDataplane:
             run(self.ns, ["ipset", "-exist", "restore"], input="".join(lines))
         stream(
             self.ns,
-            ["iptables-legacy-restore", "--noflush", "-w", "5"],
+            ["iptables-legacy-restore", "--noflush", *LOCK_WAIT],
             [self.iptables_text(services, full=False)],
         )
         if new is None:

@@ -114,3 +114,23 @@ def sync_stop_rule(cap: int) -> StopRule:
     from harness.metrics import min_samples
 
     return StopRule(cap=cap, floor=max(min_samples().get("sync_one_s", 1), MIN_FOR_CI))
+
+
+def load_stop_rule(cap: int, floor: int = 0) -> StopRule:
+    """The stop rule of a load phase, over its request latencies (request_us and
+    request_corrected_us): at most `cap` requests (the phase's full schedule), never fewer than
+    `floor` (the phase's minimum duration at its rate), the report's floor for request_us, nor
+    than a CI needs."""
+    from harness.metrics import min_samples
+
+    report = max(min_samples().get("request_us", 1), min_samples().get("request_corrected_us", 1))
+    return StopRule(cap=cap, floor=max(floor, report, MIN_FOR_CI))
+
+
+def schedule_cut(t_start_ns: int, period_ns: float, now_ns: int, n_slots: int) -> int:
+    """Slots of an open-loop schedule (slot g intended at t_start + g * period) kept when the
+    phase stops at `now`: those intended before it (a slot already due still starts), never more
+    than the schedule had."""
+    if now_ns <= t_start_ns:
+        return min(n_slots, 1)
+    return min(n_slots, int((now_ns - t_start_ns) // period_ns) + 1)

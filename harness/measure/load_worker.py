@@ -1,13 +1,26 @@
 """The load generator process: locust as a library, open-loop, raw per-request timings.
 
     ip netns exec NS <python> -m harness.measure.load_worker --users U --rate R --duration D \
-        --timeout T --keepalive true|false [--seed S] [--keepalive-targets K] < targets.json
+        [--min-duration F] --timeout T --keepalive false,true [--seed S] [--keepalive-targets K] \
+        < targets.json
 
 stdin: a JSON list of [ip, port] targets (the ClusterIPs of the N Services). stdout: JSON lines,
 ``{"t": "req", "r": [seq, user, intended_ns, start_ns, end_ns, ok, err, new_conn]}`` per request
-(perf_counter_ns; err "" when ok) and one final ``{"t": "summary", ...}``.
+(perf_counter_ns; err "" when ok; ``"k"``: 1 in a keepalive phase) and one ``{"t": "summary", ...}``
+per phase. ``--keepalive false,true`` runs both phases one after the other in this one process
+(``import locust`` costs ~3.4 s inside the UML guest: paid once per point, not per phase).
+
+Adaptive (``--min-duration F``): D is a cap. From F seconds on, every CHECK_S, the phase stops
+once the order-statistic 95% CI of the median of request_us and of request_corrected_us is
+within +-5% (harness.measure.adaptive.load_stop_rule; never below F seconds' requests nor the
+report's floor): the schedule is cut at the slots already due, so the phase is exactly as if its
+duration had been that shorter one (its summary's ``duration_s``; ``duration_cap_s`` is D).
 
 Why its own process: ``import locust`` monkey-patches the whole process with gevent.
+``load_worker --serve`` keeps one such process for many requests (harness.measure.load
+.LoadGenerator: one per worker, so ``import locust`` is paid once per kernel group, not per point):
+each stdin line ``{"args": [the command line above], "targets": [...]}`` is answered by its
+phases' lines and ``{"t": "done", "rc": N}``; EOF ends it.
 
 Schedule (open loop, so coordinated omission is visible): request g (g = 0, 1, ...) is intended to
 start at t_start + g / rate and belongs to user g mod U; each user waits for its next intended
@@ -45,6 +58,7 @@ from locust import User, task
 from locust.env import Environment
 from locust.exception import StopUser
 
+from harness.measure.adaptive import load_stop_rule, schedule_cut
 from harness.measure.cpu import snapshot
 
 _pc = time.perf_counter_ns
@@ -53,6 +67,9 @@ _pc = time.perf_counter_ns
 # time, so a plain sleep to the intended start runs late (measured in the lab at 50/s: p50 645 us
 # before, 4.7 us with this wait), and request_corrected_us would count that as dataplane latency.
 SPIN_NS = 2_000_000
+# adaptive phases: how often the stop rule is asked once the minimum duration has passed (each
+# check sorts the latencies so far: ~1-3 ms at 600-2,000 requests, within one request's slot)
+CHECK_S = 0.5
 
 
 def wait_until(t_ns: int) -> None:
@@ -85,6 +102,7 @@ class _State:
     connections = 0
     missed = 0
     n_slots = 0
+    stopped_early = False
 
 
 S = _State()
@@ -227,6 +245,8 @@ class ProbeUser(User):
                     break
                 if intended > now:
                     wait_until(intended)
+                    if g >= S.n_slots:  # the phase stopped early (adaptive) while this user waited
+                        break
                 addr = self.rng.choice(self.mine) if S.keepalive else self.rng.choice(S.targets)
                 start = _pc()
                 exc = None
@@ -287,33 +307,51 @@ def on_request(request_type, name, response_time, response_length, exception, co
     )
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="load_worker")
-    ap.add_argument("--users", type=int, required=True)
-    ap.add_argument("--rate", type=float, required=True, help="target requests per second (all users)")
-    ap.add_argument("--duration", type=float, required=True, help="phase length, seconds")
-    ap.add_argument("--timeout", type=float, default=1.0, help="per request, seconds")
-    ap.add_argument("--keepalive", choices=("true", "false"), required=True)
-    ap.add_argument("--keepalive-targets", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--targets-file", default="-")
-    a = ap.parse_args(argv)
-    if a.users < 1 or a.rate <= 0 or a.duration <= 0:
-        ap.error("users >= 1, rate > 0, duration > 0")
-    raw = sys.stdin.read() if a.targets_file == "-" else open(a.targets_file).read()
-    S.targets = [(str(ip), int(port)) for ip, port in json.loads(raw)]
-    if not S.targets:
-        ap.error("no targets")
-    S.users, S.rate, S.duration, S.timeout = a.users, a.rate, a.duration, a.timeout
-    S.keepalive, S.ka_targets, S.seed = a.keepalive == "true", max(1, a.keepalive_targets), a.seed
-    try:  # one fd per connection: raise the soft limit
-        import resource
+def reset(keepalive: bool) -> None:
+    """A fresh phase state (the targets and the arguments stay)."""
+    S.keepalive = keepalive
+    S.go, S.all_done = Event(), Event()
+    S.ready = S.done = S.next_index = S.connections = S.missed = S.n_slots = 0
+    S.records = []
+    S.t_start_ns = S.t_end_ns = 0
 
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):
-        pass
 
+def latencies(records: list) -> tuple[list[float], list[float]]:
+    """(request_us, request_corrected_us) of the records so far, as load.py writes them (a failed
+    request counts as the timeout)."""
+    t_us = S.timeout * 1e6
+    req, corr = [], []
+    for r in records:
+        if r[5]:
+            req.append((r[4] - r[3]) / 1000.0)
+            corr.append((r[4] - r[2]) / 1000.0)
+        else:
+            req.append(t_us)
+            corr.append(t_us)
+    return req, corr
+
+
+def watch(rule, min_duration: float, period: float) -> None:
+    """Stop the phase early once `rule` holds for the request latencies (asked every CHECK_S from
+    min_duration on): the schedule is cut at the slots already due, and the phase's end moves to
+    the end of the last kept slot's period, as if the phase had been that long."""
+    gevent.sleep(max(0.0, (S.t_start_ns - _pc()) / 1e9 + min_duration))
+    while not S.all_done.is_set() and _pc() < S.t_end_ns:
+        rule.series = dict(zip(("request_us", "request_corrected_us"), latencies(S.records), strict=True))
+        if rule.done():
+            cut = schedule_cut(S.t_start_ns, period, _pc(), S.n_slots)
+            if cut < S.n_slots:
+                S.n_slots = cut
+                S.t_end_ns = S.t_start_ns + int(cut * period)
+                S.stopped_early = True
+            return
+        gevent.sleep(CHECK_S)
+
+
+def run_phase(a, keepalive: bool, out) -> int:
+    """One load phase (one keepalive variant): its records and summary lines on `out`."""
+    reset(keepalive)
+    S.stopped_early = False
     env = Environment(user_classes=[ProbeUser])
     env.events.request.add_listener(on_request)
     runner = env.create_local_runner()
@@ -334,29 +372,43 @@ def main(argv=None) -> int:
     S.n_slots = int(a.duration * 1e9 / period) + 1
     while S.n_slots > 0 and int((S.n_slots - 1) * period) >= S.t_end_ns - S.t_start_ns:
         S.n_slots -= 1
+    cap = S.n_slots
+    rule = None
+    if a.min_duration is not None and a.min_duration < a.duration:
+        rule = load_stop_rule(cap, int(a.min_duration * a.rate))
+        watcher = gevent.spawn(watch, rule, a.min_duration, period)
     S.go.set()
     S.all_done.wait(timeout=a.duration + a.timeout + 30)
     t_stop = _pc()
     t1 = os.times()
     cpu1 = snapshot()
     runner.quit()
+    if rule is not None:
+        watcher.kill()
+        rule.series = dict(zip(("request_us", "request_corrected_us"), latencies(S.records), strict=True))
     wall = (t_stop - S.t_start_ns) / 1e9
+    duration = (S.t_end_ns - S.t_start_ns) / 1e9  # the phase's length (shorter when it stopped early)
     cpu_s = (t1.user - t0.user) + (t1.system - t0.system)
-    out = sys.stdout
+    head = '{"t":"req","k":1,"r":' if keepalive else '{"t":"req","k":0,"r":'
     for r in S.records:
-        out.write('{"t":"req","r":' + json.dumps(r, separators=(",", ":")) + "}\n")
+        out.write(head + json.dumps(r, separators=(",", ":")) + "}\n")
     issued = len(S.records)
     summary = {
         "t": "summary",
+        "keepalive": keepalive,
         "users": a.users,
         "target_rps": a.rate,
-        "duration_s": a.duration,
+        "duration_s": duration,
+        "duration_cap_s": a.duration,
+        "stopped_early": S.stopped_early,
+        "adaptive": rule.summary() if rule is not None else None,
         "wall_s": wall,
         "requests": issued,
         "failures": sum(1 for r in S.records if not r[5]),
-        "achieved_rps": issued / a.duration,
+        "achieved_rps": issued / duration,
         "missed": S.missed,
         "scheduled": S.n_slots,
+        "scheduled_cap": cap,
         "connections": S.connections,
         "connections_setup": conns_setup,
         "cpu_s": cpu_s,
@@ -370,6 +422,86 @@ def main(argv=None) -> int:
     out.write(json.dumps(summary) + "\n")
     out.flush()
     return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="load_worker")
+    ap.add_argument("--users", type=int, required=True)
+    ap.add_argument("--rate", type=float, required=True, help="target requests per second (all users)")
+    ap.add_argument("--duration", type=float, required=True, help="phase length (the cap), seconds")
+    ap.add_argument(
+        "--min-duration",
+        type=float,
+        default=None,
+        help="adaptive: stop once the median's 95%% CI is within +-5%%, not before this (seconds)",
+    )
+    ap.add_argument("--timeout", type=float, default=1.0, help="per request, seconds")
+    ap.add_argument(
+        "--keepalive",
+        required=True,
+        help="true, false, or a comma list: one phase per value, in order, in this process",
+    )
+    ap.add_argument("--keepalive-targets", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--targets-file", default="-")
+    return ap
+
+
+def run_request(argv: list[str], targets: list | None, out) -> int:
+    """The phases one command line asks for (targets: from it, or read from --targets-file / stdin)."""
+    ap = parser()
+    a = ap.parse_args(argv)
+    if a.users < 1 or a.rate <= 0 or a.duration <= 0:
+        ap.error("users >= 1, rate > 0, duration > 0")
+    phases = [v.strip() for v in a.keepalive.split(",")]
+    if not phases or any(v not in ("true", "false") for v in phases):
+        ap.error("--keepalive: true, false or a comma list of them")
+    if targets is None:
+        targets = json.loads(sys.stdin.read() if a.targets_file == "-" else open(a.targets_file).read())
+    S.targets = [(str(ip), int(port)) for ip, port in targets]
+    if not S.targets:
+        ap.error("no targets")
+    S.users, S.rate, S.duration, S.timeout = a.users, a.rate, a.duration, a.timeout
+    S.ka_targets, S.seed = max(1, a.keepalive_targets), a.seed
+    for v in phases:
+        rc = run_phase(a, v == "true", out)
+        if rc:
+            return rc
+    return 0
+
+
+def serve(inp, out) -> int:
+    """Requests as JSON lines on `inp` ({"args": [command line], "targets": [[ip, port], ...]}),
+    each answered by its phases' lines and {"t": "done", "rc": ...}; ends at EOF. Between requests
+    the process only waits in a blocking read (no greenlet runs): it costs nothing while the
+    other phases of a point are measured."""
+    while True:
+        line = inp.readline()
+        if not line:
+            return 0
+        req = json.loads(line)
+        try:
+            rc = run_request(req["args"], req["targets"], out)
+        except SystemExit as e:  # argparse's error: reported, the process goes on
+            rc = e.code if isinstance(e.code, int) else 2
+        out.write(
+            json.dumps({"t": "done", "rc": rc}, separators=(",", ":")) + "\n"
+        )  # as the reader looks for it
+        out.flush()
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:  # one fd per connection: raise the soft limit
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+    if argv == ["--serve"]:
+        return serve(sys.stdin, sys.stdout)
+    return run_request(argv, None, sys.stdout)
 
 
 if __name__ == "__main__":

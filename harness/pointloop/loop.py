@@ -93,6 +93,7 @@ class PointLoop:
     def __init__(self, target: PointTarget, scenario: Scenario, run_dir: Path, emit: Emit):
         self.target, self.scenario, self.run_dir, self.emit = target, scenario, Path(run_dir), emit
         self.validated: dict[tuple[str, str], dict | None] = {}
+        self.loadgen: Any = None  # harness.measure.load.LoadGenerator, kept from point to point
 
     @contextmanager
     def phase(self, p: JobPoint, name: str, status: dict, key: str) -> Iterator[None]:
@@ -108,6 +109,14 @@ class PointLoop:
     def run(self, points: Sequence[JobPoint], setup_s: float | None = None) -> None:
         """Measure every point; a point that raises is recorded as failed and the next one runs.
         `setup_s` (the target's start) goes into the first point's phases (plan: projected vs actual)."""
+        try:
+            self._run(points, setup_s)
+        finally:
+            if self.loadgen is not None:
+                self.loadgen.close()
+                self.loadgen = None
+
+    def _run(self, points: Sequence[JobPoint], setup_s: float | None) -> None:
         for p in points:
             self.emit(
                 {
@@ -156,10 +165,53 @@ class PointLoop:
         with self.phase(p, "disruption", status, "disruption_s"):
             out.extend(disrupt(p, ctx, services, status))
 
-    def run_point(self, p: JobPoint) -> dict:
-        """The measurement sequence of one point -> its status."""
+    def run_load(
+        self,
+        p: JobPoint,
+        ctx: PointContext,
+        services: Sequence[Any],
+        ns: str,
+        out: SampleWriter,
+        status: dict,
+    ) -> None:
+        """The load phases (one per keepalive variant) from the load-generator process this loop
+        keeps (started at its first load, ended when run() ends); adaptive phases record the
+        requests they spent and the CI reached in status["adaptive"]."""
         from harness.measure import load
 
+        L = self.scenario.measure.load
+        adaptive = L.adaptive and L.min_duration_s < L.duration_s
+        if self.loadgen is None or self.loadgen.ns != ns:
+            if self.loadgen is not None:
+                self.loadgen.close()
+            self.loadgen = load.LoadGenerator(ns)
+        with self.phase(p, "load", status, "load_s"):
+            results = load.measure_loads(
+                ns,
+                ctx,
+                services,
+                keepalives=L.keepalive,
+                users=L.users,
+                rate=L.rate,
+                duration=L.duration_s,
+                timeout=L.timeout_s,
+                seed=self.scenario.seed * 1000 + p.rep,
+                min_duration=L.min_duration_s if adaptive else None,
+                generator=self.loadgen,
+            )
+        for keepalive, res in zip(L.keepalive, results, strict=True):
+            out.extend(res.rows)
+            if adaptive:
+                status.setdefault("adaptive", {}).update(load.adaptive_summary(res))
+            if res.saturated:
+                ka = str(keepalive).lower()
+                status["flags"].setdefault("saturated", {})[f"keepalive={ka}"] = {
+                    "reasons": res.reasons,
+                    **{k: v for k, v in res.summary.items() if isinstance(v, (int, float, str))},
+                }
+
+    def run_point(self, p: JobPoint) -> dict:
+        """The measurement sequence of one point -> its status."""
         t, sc, ms = self.target, self.scenario, self.scenario.measure
         status: dict[str, Any] = {
             "point_id": p.point_id,
@@ -192,28 +244,8 @@ class PointLoop:
             fh.flush()
 
             client_ns = t.load_namespace()
-            if ms.load.enabled and client_ns is not None:
-                L = ms.load
-                for keepalive in L.keepalive:
-                    ka = str(keepalive).lower()
-                    with self.phase(p, f"load keepalive={ka}", status, f"load_keepalive_{ka}_s"):
-                        res = load.measure_load(
-                            client_ns,
-                            ctx,
-                            services,
-                            users=L.users,
-                            rate=L.rate,
-                            duration=L.duration_s,
-                            keepalive=keepalive,
-                            timeout=L.timeout_s,
-                            seed=sc.seed * 1000 + p.rep,
-                        )
-                        out.extend(res.rows)
-                        if res.saturated:
-                            status["flags"].setdefault("saturated", {})[f"keepalive={ka}"] = {
-                                "reasons": res.reasons,
-                                **{k: v for k, v in res.summary.items() if isinstance(v, (int, float, str))},
-                            }
+            if ms.load.enabled and client_ns is not None and ms.load.keepalive:
+                self.run_load(p, ctx, services, client_ns, out, status)
             self.run_disruption(p, ctx, services, out, status)
             fh.flush()
             # last: the changes are not undone (each would cost another apply), so the state after

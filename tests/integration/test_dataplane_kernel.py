@@ -413,3 +413,21 @@ def test_registry_read_back_finds_every_programmed_service(ns, mode, backend):
         dp.cleanup()
     finally:
         getattr(dp, "close", lambda: None)()
+
+
+def test_a_restore_streamed_for_longer_than_five_seconds_is_applied(ns):
+    """iptables-restore's lock wait must not cut a slow stream: with `-w 5` iptables 1.8.9 leaves
+    an alarm(5) running, and its SIGALRM ends the read of a stdin still open ("COMMIT expected")."""
+    import time
+
+    from harness.dataplane.iptables import IptablesDataplane
+
+    dp = IptablesDataplane(ns, DataplaneSettings(iptables_backend="legacy"))
+
+    def slow():
+        yield "*filter\n"
+        time.sleep(6)  # a renderer still producing (a large table in the UML guest)
+        yield ":KUBE-SLOW - [0:0]\nCOMMIT\n"
+
+    dp.restore(slow())
+    assert ":KUBE-SLOW " in dp.save("filter")

@@ -15,7 +15,7 @@ import pytest
 from harness.lab import netns
 from harness.measure.agent import Agent
 from harness.measure.connect import measure_connect
-from harness.measure.load import measure_load
+from harness.measure.load import LoadGenerator, adaptive_summary, measure_load, measure_loads
 from harness.measure.sync import measure_sync_full, measure_sync_one, positions
 from harness.model import Endpoint, ModelSpec, build_model
 from harness.samples import PointContext
@@ -238,6 +238,65 @@ def test_load_request_latency(lab, keepalive):
         assert s["connections"] == 3 and accepted == 3
     else:  # a new TCP connection per request, seen by the client and by the server
         assert s["connections"] == s["requests"] == accepted
+
+
+def test_load_adaptive_phases_in_one_process(lab):
+    """Both keepalive variants from one load-generator process, each an adaptive phase: never
+    shorter than its minimum, never longer than its cap, its schedule cut consistently (every
+    request kept, none counted missed for stopping early), and the CI it reports is the one its
+    own request_us rows give."""
+    from harness.measure.adaptive import ci_halfwidth_rel
+
+    res = measure_loads(
+        lab["lab"].client,
+        CTX,
+        lab["model"].services,
+        keepalives=[False, True],
+        users=3,
+        rate=300,
+        duration=4.0,
+        min_duration=1.0,
+        timeout=1.0,
+    )
+    assert [r.summary["keepalive"] for r in res] == [False, True]
+    for r, ka in zip(res, ("false", "true"), strict=True):
+        s = r.summary
+        assert all(row["keepalive"] == ka for row in r.rows)
+        assert 1.0 <= s["duration_s"] <= 4.0 and s["duration_cap_s"] == 4.0
+        assert s["scheduled"] <= s["scheduled_cap"]
+        assert s["stopped_early"] == (s["scheduled"] < s["scheduled_cap"])
+        assert s["requests"] + s["missed"] == s["scheduled"]
+        assert s["requests"] >= 300  # the minimum duration's requests at the rate
+        req = [row["value"] for row in r.rows if row["metric"] == "request_us"]
+        assert len(req) == s["requests"]
+        spent = adaptive_summary(r)[f"request_us keepalive={ka}"]
+        assert spent["samples"] == len(req)
+        w = ci_halfwidth_rel(req)
+        assert spent["ci_rel"] == round(w, 4) and spent["ci_met"] == (w <= 0.05)
+        print(ka, s["duration_s"], s["requests"], spent)
+
+
+def test_one_load_generator_serves_several_points(lab):
+    """A kept generator answers request after request from one process (one `import locust`), each
+    phase as complete as a one-shot worker's; closing it ends the process."""
+    kw = dict(users=2, rate=200, duration=0.5, timeout=1.0)
+    with LoadGenerator(lab["lab"].client) as gen:
+        first = measure_loads(
+            lab["lab"].client, CTX, lab["model"].services, keepalives=[False], generator=gen, **kw
+        )
+        second = measure_loads(
+            lab["lab"].client, CTX, lab["model"].services, keepalives=[True, False], generator=gen, **kw
+        )
+        proc = gen.proc
+        assert proc is not None and proc.poll() is None  # waiting for the next request
+    assert proc.poll() is not None  # ended with the generator
+    pids = {r.summary["pid"] for r in first + second}
+    assert len(pids) == 1 and gen.requests == 2
+    assert [r.summary["keepalive"] for r in second] == [True, False]
+    for r in first + second:
+        s = r.summary
+        assert s["requests"] + s["missed"] == s["scheduled"] >= 90
+        assert len([row for row in r.rows if row["metric"] == "request_us"]) == s["requests"]
 
 
 def test_load_saturation_flag(lab):

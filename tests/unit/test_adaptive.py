@@ -137,3 +137,48 @@ def test_connect_probes_take_every_sample_when_the_ci_stays_wide():
     assert len(rows) == 2000 + 600 + 500
     assert not spent["connect_us random"]["ci_met"] and spent["connect_us random"]["samples"] == 2000
     assert len(_connect(SteadyAgent(), None)) == 3100  # not adaptive: every planned attempt
+
+
+def test_a_seventh_sample_gives_the_same_ci_ranks_as_six():
+    # why the default one-change cap is 6 per kind: the order-statistic 95% CI of the median is
+    # [x1, xn] for n = 6, 7 and 8; it first narrows (to [x2, x8]) at n = 9
+    for n in (6, 7, 8):
+        xs = list(range(1, n + 1))
+        assert median_ci(xs)[1:] == (1, n)
+    assert median_ci(list(range(1, 10)))[1:] == (2, 8)
+
+
+def test_load_rule_floor_is_the_minimum_duration_or_the_reports_floor():
+    from harness.measure.adaptive import load_stop_rule
+    from harness.metrics import min_samples
+
+    assert load_stop_rule(cap=2000, floor=600).floor == 600
+    report = min_samples()["request_us"]
+    assert load_stop_rule(cap=2000, floor=10).floor == report  # a short minimum: the report's floor
+    assert load_stop_rule(cap=50, floor=600).floor == 50  # never above the whole schedule
+
+
+def test_load_rule_needs_both_latency_series_within_five_percent():
+    from harness.measure.adaptive import load_stop_rule
+
+    rule = load_stop_rule(cap=2000, floor=600)
+    tight = [500.0 + (i % 11) for i in range(600)]  # +-1%
+    rule.series = {"request_us": tight, "request_corrected_us": tight[:599]}
+    assert not rule.done()  # one series below the floor
+    wide = [100.0 * 2 ** ((i * 37 % 100) / 10) for i in range(600)]  # 100 us to 93 ms
+    rule.series = {"request_us": tight, "request_corrected_us": wide}
+    assert not rule.done()  # the corrected latencies (coordinated omission) are still wide
+    rule.series = {"request_us": tight, "request_corrected_us": [t + 20 for t in tight]}
+    assert rule.done()
+
+
+def test_schedule_cut_keeps_the_slots_already_due():
+    from harness.measure.adaptive import schedule_cut
+
+    period = 5_000_000  # 200 requests/s
+    t0 = 1_000_000_000
+    assert schedule_cut(t0, period, t0 + 3 * 10**9, 2000) == 601  # slots 0..600 intended by 3 s
+    assert schedule_cut(t0, period, t0 + 3 * 10**9 + 1, 2000) == 601
+    assert schedule_cut(t0, period, t0 + 3 * 10**9 - 1, 2000) == 600
+    assert schedule_cut(t0, period, t0 + 20 * 10**9, 2000) == 2000  # never more than the schedule
+    assert schedule_cut(t0, period, t0 - 5, 2000) == 1

@@ -140,3 +140,100 @@ def test_the_job_file_scenario_is_validated_again(tmp_path):
     data["scenario"]["measure"]["load"]["users"] = "many"
     with pytest.raises(ValidationError):
         Job(data)
+
+
+class FakeGenerator:
+    """Stands in for harness.measure.load.LoadGenerator: canned phases, its life recorded."""
+
+    made: list[FakeGenerator] = []
+
+    def __init__(self, ns):
+        self.ns, self.requests, self.closed = ns, [], False
+        FakeGenerator.made.append(self)
+
+    def run(self, targets, keepalives, **kw):
+        self.requests.append((list(keepalives), kw))
+        out = []
+        for ka in keepalives:
+            recs = [[g, 0, 1000 * g, 1000 * g + 10, 1000 * g + 510, 1, "", 1] for g in range(600)]
+            spent = {"samples": 600, "cap": 2000, "floor": 600, "ci_rel": 0.01, "ci_met": True}
+            out.append(
+                (
+                    recs,
+                    {
+                        "keepalive": ka,
+                        "target_rps": 200.0,
+                        "achieved_rps": 200.0,
+                        "requests": 600,
+                        "failures": 0,
+                        "missed": 0,
+                        "connections": 600,
+                        "client_cpu_pct": 5.0,
+                        "duration_s": 3.0,
+                        "duration_cap_s": 10.0,
+                        "adaptive": {"request_us": spent, "request_corrected_us": spent},
+                        "proc_stat": [[0, 1, 0, 1, 10, 0, 0, 0, 0, 2], [10**9, 2, 0, 2, 20, 0, 0, 0, 0, 2]],
+                    },
+                )
+            )
+        return out
+
+    def close(self):
+        self.closed = True
+
+
+class Loaded(Recording):
+    """Recording, with Services to load and a client namespace."""
+
+    def program(self, p, out, status):
+        from harness.model import ModelSpec, build_model
+
+        ctx, _ = super().program(p, out, status)
+        return ctx, build_model(ModelSpec(n_services=p.n_services)).services
+
+    def load_namespace(self):
+        return "kpb-test-client"
+
+
+def test_load_phases_share_one_generator_and_record_what_they_spent(tmp_path, monkeypatch):
+    from harness.measure import load
+
+    (tmp_path / "points").mkdir()
+    FakeGenerator.made = []
+    monkeypatch.setattr(load, "LoadGenerator", FakeGenerator)
+    target = Loaded()
+    sc = load_scenario("default")
+    pts = _points("iptables", "nftables")
+    PointLoop(target, sc, tmp_path, lambda e: None).run(pts)
+    (gen,) = FakeGenerator.made  # one process for both points, ended with the run
+    assert gen.ns == "kpb-test-client" and gen.closed
+    assert [r[0] for r in gen.requests] == [[False, True], [False, True]]
+    kw = gen.requests[0][1]
+    assert (
+        kw["min_duration"] == sc.measure.load.min_duration_s and kw["duration"] == sc.measure.load.duration_s
+    )
+    st = json.loads((tmp_path / "points" / f"{pts[0].point_id}.json").read_text())
+    assert "load_s" in st["phases"]
+    for ka in ("false", "true"):
+        spent = st["adaptive"][f"request_us keepalive={ka}"]
+        assert spent["samples"] == 600 and spent["ci_met"] and spent["duration_s"] == 3.0
+    rows = [
+        json.loads(x) for x in (tmp_path / "points" / f"{pts[0].point_id}.jsonl").read_text().splitlines()
+    ]
+    req = [r for r in rows if r["metric"] == "request_us"]
+    assert len(req) == 1200 and {r["keepalive"] for r in req} == {"false", "true"}
+
+
+def test_fixed_load_phases_ask_for_no_minimum(tmp_path, monkeypatch):
+    from harness.measure import load
+    from harness.scenario import parse_override
+
+    (tmp_path / "points").mkdir()
+    FakeGenerator.made = []
+    monkeypatch.setattr(load, "LoadGenerator", FakeGenerator)
+    target = Loaded()
+    sc = load_scenario("default", [parse_override("measure.load.adaptive=false")])
+    PointLoop(target, sc, tmp_path, lambda e: None).run(_points("iptables"))
+    assert FakeGenerator.made[0].requests[0][1]["min_duration"] is None
+    st = json.loads((tmp_path / "points" / "host-iptables-10-r1.json").read_text())
+    assert not any(k.startswith("request_") for k in st.get("adaptive", {}))

@@ -1,0 +1,85 @@
+"""The cost model against what runs measured: the refit reproduces the published 50k run, and the
+projection follows the adaptive load phases and the one-change cap of the default scenario."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import costmodel as cm
+from harness.scenario import load_scenario, parse_override
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "docs" / "example-50k"
+
+
+def plan_accuracy():
+    spec = importlib.util.spec_from_file_location("plan_accuracy", ROOT / "benchmarks" / "plan_accuracy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_refit_projects_the_published_50k_run_within_30_percent():
+    meta = json.loads((EXAMPLE / "metadata.json").read_text())
+    total, proj, act = plan_accuracy().model_projection(meta, EXAMPLE)
+    wall = meta["plan"]["actual_total_s"]
+    assert abs(total - wall) <= 0.3 * wall
+    # the phases the old figures missed most (full sync -57%, one-change syncs -33%) and the largest
+    for phase in ("sync_full", "sync_one", "load"):
+        assert abs(proj[phase] - act[phase]) <= 0.3 * act[phase], phase
+
+
+def test_the_50k_run_is_replayed_with_its_whole_load_phases():
+    # recorded before adaptive load phases: its scenario has no measure.load.adaptive
+    meta = json.loads((EXAMPLE / "metadata.json").read_text())
+    sc = plan_accuracy().recorded_scenario(meta, EXAMPLE)
+    assert not sc.measure.load.adaptive
+    assert cm.load_duration(sc) == sc.measure.load.duration_s == 10
+
+
+def test_uml_iptables_points_follow_the_measured_cost():
+    # the 50k run's UML iptables points cost about twice the old model: 168 s at 10,000 Services
+    # (sync_one 139 s, 21 changes), 381 s at 20,000 (sync_one 332 s)
+    sc = load_scenario("default", [parse_override("measure.sync.samples=21")])
+    for n, measured_one in ((10000, 139.0), (20000, 332.0)):
+        ph = cm.base_phases(sc, cm.PointShape("lab", "uml", "iptables", n), validate=False, api_delta=0)
+        assert ph["sync_one"] == pytest.approx(measured_one, rel=0.15)
+
+
+def test_adaptive_load_is_projected_at_its_minimum_duration_plus_a_check():
+    sc = load_scenario("default")
+    L = sc.measure.load
+    assert L.adaptive and L.min_duration_s < L.duration_s
+    assert cm.load_duration(sc) == L.min_duration_s + cm.LOAD_ADAPTIVE_EXTRA_S
+    shape = cm.PointShape("lab", "uml", "ipvs", 1000)
+    kc = cm.KERNEL[("lab", "uml")]
+    adaptive = cm.base_phases(sc, shape, validate=False, api_delta=0)["load"]
+    assert adaptive == pytest.approx(kc.load_start + 2 * (cm.load_duration(sc) + kc.load_overhead))
+    fixed = load_scenario("default", [parse_override("measure.load.adaptive=false")])
+    assert cm.load_duration(fixed) == L.duration_s
+    assert cm.base_phases(fixed, shape, validate=False, api_delta=0)["load"] > adaptive
+    # a minimum at or above the duration: the whole duration
+    flat = load_scenario("default", [parse_override("measure.load.min_duration_s=10")])
+    assert cm.load_duration(flat) == 10
+
+
+def test_default_one_change_cap_is_six_per_kind():
+    sc = load_scenario("default")
+    assert cm.sync_changes(sc) == 18
+
+
+def test_the_load_generator_start_is_charged_once_per_kernel_group():
+    from harness import plan as pl, runner
+
+    sc = load_scenario("default", [parse_override("services.max=5000")])
+    kp = {"iptables": ["host", "uml"], "ipvs": ["uml"], "nftables": ["host"]}
+    plan = pl.build_plan(sc, "lab", kp, runner.plan_points(sc, kp), "none")
+    for kernel in ("host", "uml"):
+        loads = [pp.projected["load"] for pp in plan.points if pp.point.kernel == kernel]
+        start = cm.KERNEL[("lab", kernel)].load_start
+        assert start > 0 and loads[0] == pytest.approx(loads[1] + start)
+        assert len(set(loads[1:])) == 1
