@@ -99,6 +99,12 @@ LAYERS: dict[str, list[str]] = {
         "harness.cluster.probe",
         "harness.cluster.restore",
         "harness.cluster.switch",
+        # the offline test cluster (`kpbench cluster up`): it uses harness.k8s, harness.cluster and
+        # local_binaries, and the targets may use it, so it shares their layer
+        "harness.testcluster",
+        "harness.testcluster.debian",
+        "harness.testcluster.images",
+        "harness.testcluster.oci",
     ],
     "runner": ["harness.runner", "harness.plan", "harness.costmodel", "harness.progress", "harness.metadata"],
     "results": ["harness.results", "harness.analysis", "harness.plots", "harness.report", "harness.findings"],
