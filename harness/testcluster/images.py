@@ -458,6 +458,8 @@ def ensure_images(
     """The archives of the pause, kube-proxy and harness images for a release, building those not
     cached (as root: mmdebstrap and chroot need it)."""
     todo = plan(kube_version, kinds)
+    if all(path.is_file() for _, path, _ in todo):  # all cached: no need to wait for another build
+        return [ImageArchive(name, path) for name, path, _ in todo]
     out = []
     with _cache_lock():
         for name, path, build in todo:
