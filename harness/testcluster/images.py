@@ -203,7 +203,7 @@ def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
 
 def _layout(name: str, key: str, build: Callable[[Path, Path], None]) -> Path:
     """A cached intermediate OCI layout (tag "img"): <images>/layouts/<name>-<key>, built by
-    `build(layout, workdir)` when missing; older layouts of the same name are removed."""
+    `build(layout, workdir)` when missing; the KEEP_LAYOUTS newest of the same name are kept."""
     final = IMAGES_DIR / "layouts" / f"{name}-{key}"
     if (final / "index.json").is_file():
         return final
@@ -226,12 +226,12 @@ def _stale(paths: Iterable[Path], keep: int) -> list[Path]:
 @contextlib.contextmanager
 def _workdir(name: str) -> Iterator[Path]:
     work = IMAGES_DIR / "tmp" / f"{name}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
+    debian.remove_tree(work)
     work.mkdir(parents=True)
     try:
         yield work
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        debian.remove_tree(work)
 
 
 def _base_key() -> str:
@@ -446,7 +446,7 @@ def _cache_lock() -> Iterator[None]:
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
     with (IMAGES_DIR / ".lock").open("w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        shutil.rmtree(IMAGES_DIR / "tmp", ignore_errors=True)
+        debian.remove_tree(IMAGES_DIR / "tmp")
         yield
 
 

@@ -196,3 +196,24 @@ def test_harness_image_imports_what_its_pods_run(archives, ctr):
         name, "kpb-tools", "sh", "-c", f"ls {LOCUSTFILE} && for t in {tools}; do command -v $t; done"
     )
     assert len(out.stdout.split()) == 1 + len(tools.split()), out.stdout
+
+
+def test_a_work_dir_with_a_leftover_mount_is_removed_without_entering_it(tmp_path):
+    """What a killed mmdebstrap leaves (a file system mounted inside its rootfs) is unmounted, and
+    what that file system holds is not deleted through the mount."""
+    from harness.testcluster import debian
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("host file")
+    work = tmp_path / "work"
+    (work / "rootfs" / "dev").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(outside), str(work / "rootfs" / "dev")], check=True)
+    try:
+        debian.remove_tree(work)
+    finally:
+        if str(work) in Path("/proc/mounts").read_text():
+            subprocess.run(["umount", "-l", str(work / "rootfs" / "dev")], check=False)
+    assert not work.exists()
+    assert (outside / "keep").read_text() == "host file"
+    assert str(work) not in Path("/proc/mounts").read_text()
