@@ -74,6 +74,7 @@ LAYERS: dict[str, list[str]] = {
         "harness.targets.local",
         "harness.targets.local_binaries",
         "harness.targets.local_dataplane",
+        "harness.targets.local_disruption",
         "harness.targets.local_kubeproxy",
         "harness.targets.local_pki",
         "harness.targets.local_procs",
@@ -102,6 +103,7 @@ LAYERS: dict[str, list[str]] = {
         # the offline test cluster (`kpbench cluster up`): it uses harness.k8s, harness.cluster and
         # local_binaries, and the targets may use it, so it shares their layer
         "harness.testcluster",
+        "harness.testcluster.artifacts",
         "harness.testcluster.debian",
         "harness.testcluster.images",
         "harness.testcluster.oci",
