@@ -104,6 +104,9 @@ LAYERS: dict[str, list[str]] = {
         # local_binaries, and the targets may use it, so it shares their layer
         "harness.testcluster",
         "harness.testcluster.artifacts",
+        "harness.testcluster.debian",
+        "harness.testcluster.images",
+        "harness.testcluster.oci",
     ],
     "runner": ["harness.runner", "harness.plan", "harness.costmodel", "harness.progress", "harness.metadata"],
     "results": ["harness.results", "harness.analysis", "harness.plots", "harness.report", "harness.findings"],
