@@ -116,7 +116,9 @@ def up(
     )
     sf.save()
     try:
-        return _bring_up(plan, sf, binaries, images, pause_image(version), kube_proxy_image(version), timings, log)
+        return _bring_up(
+            plan, sf, binaries, images, pause_image(version), kube_proxy_image(version), timings, log
+        )
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         log(
@@ -308,6 +310,14 @@ def down(directory: Path | None = None, *, log: Log = print) -> list[str]:
         done.append(msg)
         log(msg)
 
+    t0 = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def lap(name: str, since: list[float] = [t0]) -> None:  # noqa: B006 - a running timer
+        now = time.monotonic()
+        phases[name] = now - since[0]
+        since[0] = now
+
     namespaces = sorted(set(st.namespaces) | set(network.existing_namespaces()))
     for _ in range(20):  # processes first: the mount namespaces and cgroups go with them
         ours = {p.pid for p in st.procs if registry.alive(p.pid, p.start)}
@@ -319,11 +329,14 @@ def down(directory: Path | None = None, *, log: Log = print) -> list[str]:
         _kill(ours)
         note(f"killed {len(ours)} process(es)")
         time.sleep(0.2)
+    lap("processes")
     for what in network.remove(namespaces, sorted(set(st.host_links) | {HOST_LINK})):
         note(f"removed {what}")
+    lap("network")
     for top in nodemod.cgroup_dirs():
         if _rmdir_tree(top):
             note(f"removed cgroup {top}")
+    lap("cgroups")
     for line in sysctls.restore(st.sysctls):
         note(f"sysctl {line}")
     for m in _mounts_under([d, *map(Path, nodemod.HOST_DIRS)]):
@@ -342,6 +355,13 @@ def down(directory: Path | None = None, *, log: Log = print) -> list[str]:
     if d.exists():
         shutil.rmtree(d, ignore_errors=True)
         note(f"removed {d}")
+    lap("files")
+    if done:
+        log(
+            f"down in {time.monotonic() - t0:.1f} s ("
+            + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+            + ")"
+        )
     return done
 
 

@@ -37,14 +37,16 @@ LIB_MODULES = "/lib/modules"
 KUBELET_HEALTHZ_PORT = 10248
 
 
-def cgroup_mounts(mountinfo: str | None = None) -> list[Path]:
-    """Mount points of the cgroup v1 hierarchies (cpu, memory, ..., name=systemd)."""
+def cgroup_mounts(mountinfo: str | None = None, *, v2: bool = False) -> list[Path]:
+    """Mount points of the cgroup v1 hierarchies (cpu, memory, ..., name=systemd); with `v2` also
+    the cgroup2 mount (hybrid here: runc creates each container's cgroup there too)."""
     if mountinfo is None:
         mountinfo = Path("/proc/self/mountinfo").read_text()
+    kinds = ("cgroup", "cgroup2") if v2 else ("cgroup",)
     out = []
     for line in mountinfo.splitlines():
         left, _, right = line.partition(" - ")
-        if right.split()[:1] == ["cgroup"]:
+        if right.split()[:1] and right.split()[0] in kinds:
             out.append(Path(left.split()[4]))
     return out
 
@@ -349,5 +351,5 @@ class Node:
 
 
 def cgroup_dirs() -> list[Path]:
-    """The test cluster's cgroup directory in every v1 hierarchy that has one."""
-    return [m / CGROUP_PARENT for m in cgroup_mounts() if (m / CGROUP_PARENT).is_dir()]
+    """The test cluster's cgroup directory in every hierarchy (v1 and v2) that has one."""
+    return [m / CGROUP_PARENT for m in cgroup_mounts(v2=True) if (m / CGROUP_PARENT).is_dir()]

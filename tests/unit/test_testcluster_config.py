@@ -103,6 +103,7 @@ def test_cgroup_mounts_are_the_v1_hierarchies():
         "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
     )
     assert nodemod.cgroup_mounts(info) == [Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/systemd")]
+    assert nodemod.cgroup_mounts(info, v2=True)[-1] == Path("/sys/fs/cgroup/unified")
 
 
 def _zip_present(version: str) -> bool:
