@@ -4,13 +4,15 @@ cluster's names), so `down` after a crash or Ctrl-C leaves nothing behind."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,37 @@ READY_TIMEOUT = 180.0
 
 class ClusterUpError(UserError):
     """The test cluster could not be brought up; the message quotes the logs that say why."""
+
+
+class ClusterBusy(UserError):
+    """A test cluster is up, or another `cluster up/down` runs: names are machine-wide."""
+
+
+LOCK_FILE = registry.STATE_DIR / "testcluster.lock"
+
+
+@contextmanager
+def machine_lock(*, wait: bool, log: Log) -> Iterator[None]:
+    """One `cluster up` / `cluster down` at a time on this machine (flock on LOCK_FILE, which
+    holds the pid of the holder). Not waiting: ClusterBusy naming that pid."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if not wait:
+                raise ClusterBusy(
+                    f"another `kpbench cluster up/down` is running (pid {holder}): wait for it to finish"
+                ) from None
+            log(f"waiting for `kpbench cluster up/down` (pid {holder}) to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass
@@ -83,22 +116,41 @@ def up(
     UserError quoting the failing component's log lines."""
     from harness.targets.local_binaries import pinned_kube_version
     from harness.testcluster.artifacts import cluster_binaries
-    from harness.testcluster.images import ensure_images, kube_proxy_image, pause_image
 
     version = kube_version or pinned_kube_version()
     try:
         plan = make_plan(nodes, version, directory)
     except ValueError as e:
         raise UserError(str(e)) from None
+    binaries = cluster_binaries(version)
+    with machine_lock(wait=False, log=log):
+        _refuse_if_running(plan)
+        existing = load(plan.state_file)
+        if existing is not None or network.existing_namespaces() or nodemod.cgroup_dirs():
+            log("removing the leftovers of an earlier test cluster")
+            _down(plan.dir, log=log)
+        return _up_locked(plan, binaries, log)
+
+
+def _refuse_if_running(plan: ClusterPlan) -> None:
+    """ClusterBusy if a test cluster runs: names are machine-wide, so there is one at a time."""
     existing = load(plan.state_file)
     if existing is not None and existing.state.phase == "up" and _procs_alive(existing.state):
-        raise UserError(
+        raise ClusterBusy(
             f"a test cluster is already up ({existing.state.kubeconfig}): `kpbench cluster down` first"
         )
-    if existing is not None or network.existing_namespaces() or nodemod.cgroup_dirs():
-        log("removing the leftovers of an earlier test cluster")
-        down(plan.dir, log=log)
-    binaries = cluster_binaries(version)
+    busy = {ns: pids for ns, pids in namespace_pids(network.existing_namespaces()).items() if pids}
+    if busy:
+        raise ClusterBusy(
+            f"a test cluster is running in namespaces {', '.join(sorted(busy))} (started with another --dir?): "
+            "`kpbench cluster down --dir DIR` first"
+        )
+
+
+def _up_locked(plan: ClusterPlan, binaries, log: Log) -> TestCluster:
+    from harness.testcluster.images import ensure_images, kube_proxy_image, pause_image
+
+    version = plan.kube_version
     t0 = time.monotonic()
     images = ensure_images(version, log=log)
     timings = {"images_s": time.monotonic() - t0}
@@ -127,7 +179,7 @@ def up(
             else "bring-up failed: removing what was started"
         )
         _keep_logs(plan)
-        down(plan.dir, log=lambda s: None)
+        _down(plan.dir, log=lambda s: None)
         if interrupted or not isinstance(e, (UserError, OSError)):
             raise
         raise ClusterUpError(f"kpbench cluster up failed: {e} (logs kept in {_logs_dir(plan)})") from None
@@ -300,7 +352,13 @@ def _kill(pids: set[int]) -> None:
 def down(directory: Path | None = None, *, log: Log = print) -> list[str]:
     """Remove the test cluster in `directory` (default: the default one) and everything it left:
     processes, namespaces, the root namespace's link, cgroups, containerd state, host dirs it
-    made; put back the sysctls it changed. Idempotent; returns one line per thing removed."""
+    made; put back the sysctls it changed. Idempotent; returns one line per thing removed.
+    Waits for a `cluster up` in progress to finish first."""
+    with machine_lock(wait=True, log=log):
+        return _down(directory, log=log)
+
+
+def _down(directory: Path | None, *, log: Log) -> list[str]:
     d = Path(directory) if directory else default_dir()
     sf = load(d / "state.json")
     st = sf.state if sf else ClusterState()
@@ -313,10 +371,8 @@ def down(directory: Path | None = None, *, log: Log = print) -> list[str]:
     t0 = time.monotonic()
     phases: dict[str, float] = {}
 
-    def lap(name: str, since: list[float] = [t0]) -> None:  # noqa: B006 - a running timer
-        now = time.monotonic()
-        phases[name] = now - since[0]
-        since[0] = now
+    def lap(name: str) -> None:
+        phases[name] = time.monotonic() - t0 - sum(phases.values())
 
     namespaces = sorted(set(st.namespaces) | set(network.existing_namespaces()))
     for _ in range(20):  # processes first: the mount namespaces and cgroups go with them
