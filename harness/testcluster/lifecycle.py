@@ -116,6 +116,7 @@ def up(
     UserError quoting the failing component's log lines."""
     from harness.targets.local_binaries import pinned_kube_version
     from harness.testcluster.artifacts import cluster_binaries
+    from harness.testcluster.images import ensure_images
 
     version = kube_version or pinned_kube_version()
     try:
@@ -123,13 +124,16 @@ def up(
     except ValueError as e:
         raise UserError(str(e)) from None
     binaries = cluster_binaries(version)
+    t0 = time.monotonic()
+    images = ensure_images(version, log=log)  # before the checks: a first build takes minutes
+    timings = {"images_s": time.monotonic() - t0}
     with machine_lock(wait=False, log=log):
         _refuse_if_running(plan)
         existing = load(plan.state_file)
         if existing is not None or network.existing_namespaces() or nodemod.cgroup_dirs():
             log("removing the leftovers of an earlier test cluster")
             _down(plan.dir, log=log)
-        return _up_locked(plan, binaries, log)
+        return _up_locked(plan, binaries, images, timings, log)
 
 
 def _refuse_if_running(plan: ClusterPlan) -> None:
@@ -147,13 +151,10 @@ def _refuse_if_running(plan: ClusterPlan) -> None:
         )
 
 
-def _up_locked(plan: ClusterPlan, binaries, log: Log) -> TestCluster:
-    from harness.testcluster.images import ensure_images, kube_proxy_image, pause_image
+def _up_locked(plan: ClusterPlan, binaries, images, timings: dict[str, float], log: Log) -> TestCluster:
+    from harness.testcluster.images import kube_proxy_image, pause_image
 
     version = plan.kube_version
-    t0 = time.monotonic()
-    images = ensure_images(version, log=log)
-    timings = {"images_s": time.monotonic() - t0}
 
     plan.dir.mkdir(parents=True, exist_ok=True)
     os.chmod(plan.dir, 0o700)
@@ -179,7 +180,7 @@ def _up_locked(plan: ClusterPlan, binaries, log: Log) -> TestCluster:
             else "bring-up failed: removing what was started"
         )
         _keep_logs(plan)
-        _down(plan.dir, log=lambda s: None)
+        _down(plan.dir, log=lambda s: None, sweep=False)
         if interrupted or not isinstance(e, (UserError, OSError)):
             raise
         raise ClusterUpError(f"kpbench cluster up failed: {e} (logs kept in {_logs_dir(plan)})") from None
@@ -219,6 +220,8 @@ def _bring_up(plan, sf, binaries, images, pause_image, proxy_image, timings, log
     t = time.monotonic()
     nodes: list[nodemod.Node] = []
     for n in plan.nodes:
+        if n.netns in network.existing_namespaces():  # not ours: never recorded, never removed
+            raise ClusterBusy(f"namespace {n.netns} already exists: another test cluster is up")
         sf.add("namespaces", n.netns)
         network.create_node(plan, n)
         sf.add("cgroups", CGROUP_PARENT)
@@ -358,7 +361,10 @@ def down(directory: Path | None = None, *, log: Log = print) -> list[str]:
         return _down(directory, log=log)
 
 
-def _down(directory: Path | None, *, log: Log) -> list[str]:
+def _down(directory: Path | None, *, log: Log, sweep: bool = True) -> list[str]:
+    """`down` under the lock. `sweep`: also what is found under the cluster's names but not in
+    the state file (a crash before it was written); False after a failed up, which removes only
+    what it recorded making."""
     d = Path(directory) if directory else default_dir()
     sf = load(d / "state.json")
     st = sf.state if sf else ClusterState()
@@ -374,11 +380,11 @@ def _down(directory: Path | None, *, log: Log) -> list[str]:
     def lap(name: str) -> None:
         phases[name] = time.monotonic() - t0 - sum(phases.values())
 
-    namespaces = sorted(set(st.namespaces) | set(network.existing_namespaces()))
+    namespaces = sorted(set(st.namespaces) | (set(network.existing_namespaces()) if sweep else set()))
     for _ in range(20):  # processes first: the mount namespaces and cgroups go with them
         ours = {p.pid for p in st.procs if registry.alive(p.pid, p.start)}
         ours |= {pid for pids in namespace_pids(namespaces).values() for pid in pids}
-        ours |= _cgroup_pids()
+        ours |= _cgroup_pids() if (sweep or st.cgroups) else set()
         ours.discard(os.getpid())
         if not ours:
             break
@@ -386,10 +392,10 @@ def _down(directory: Path | None, *, log: Log) -> list[str]:
         note(f"killed {len(ours)} process(es)")
         time.sleep(0.2)
     lap("processes")
-    for what in network.remove(namespaces, sorted(set(st.host_links) | {HOST_LINK})):
+    for what in network.remove(namespaces, sorted(set(st.host_links) | ({HOST_LINK} if sweep else set()))):
         note(f"removed {what}")
     lap("network")
-    for top in nodemod.cgroup_dirs():
+    for top in nodemod.cgroup_dirs() if (sweep or st.cgroups) else []:
         if _rmdir_tree(top):
             note(f"removed cgroup {top}")
     lap("cgroups")
