@@ -476,4 +476,31 @@ def status(directory: Path | None = None) -> list[str]:
     ]
     if st.timings:
         out.append("bring-up: " + ", ".join(f"{k} {v:.1f}" for k, v in st.timings.items()))
+    if st.phase == "up" and alive:
+        out.append(_node_line(Path(st.kubeconfig)))
     return out
+
+
+def _node_line(kubeconfig: Path) -> str:
+    """ "nodes: name Ready, ..." from the API server (what went wrong, if it does not answer)."""
+    import base64
+    import json
+    import tempfile
+
+    try:
+        kc = json.loads(kubeconfig.read_text())
+        cluster, user = kc["clusters"][0]["cluster"], kc["users"][0]["user"]
+        with tempfile.NamedTemporaryFile(suffix=".crt") as ca:
+            ca.write(base64.b64decode(cluster["certificate-authority-data"]))
+            ca.flush()
+            from harness.k8s.rest import Rest
+
+            rest = Rest(ApiEndpoint(host=cluster["server"], ca_file=ca.name, token=user["token"]).client())
+            items = rest.get("/api/v1/nodes")["items"]
+    except Exception as e:  # noqa: BLE001 - a status line, not an error
+        return f"nodes: the API server did not answer ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    parts = []
+    for n in items:
+        ready = {c["type"]: c["status"] for c in n.get("status", {}).get("conditions", [])}.get("Ready")
+        parts.append(f"{n['metadata']['name']} {'Ready' if ready == 'True' else 'NotReady'}")
+    return "nodes: " + ", ".join(parts)

@@ -3,7 +3,7 @@ scheduler; per node containerd v2 + kubelet in its own namespaces), both nodes R
 kube-proxy DaemonSet running on both, a pod on each node reachable from the other node directly
 and through a Service (kube-proxy's rules), then `cluster down` leaves nothing: no namespaces,
 links, mounts, cgroups, processes, containerd state, host sysctls as found, root namespace's
-iptables/nft untouched. A kubelet that cannot start: up fails with its log lines, removes
+iptables/nft untouched, also after a kubelet died mid-run. A kubelet that cannot start: up fails with its log lines, removes
 everything, and the command exits 2.
 
 Needs root, the binaries of `make cluster-bins` and the images of `make cluster-images`; skipped
@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -222,6 +223,14 @@ def test_two_nodes_up_pods_across_nodes_and_down_leaves_nothing(tmp_path):
             lambda: _try(lambda: _http_get(a, svc["spec"]["clusterIP"], 80)),
         )
         assert b"passwd" in via_svc
+
+        # a kubelet that dies mid-run: down still leaves nothing behind (its pods keep running)
+        from harness.testcluster.state import load
+
+        st = load(d / "state.json")
+        assert st is not None
+        kubelet = next(p for p in st.state.procs if p.name == f"{b}/kubelet")
+        os.kill(kubelet.pid, signal.SIGKILL)
     finally:
         t1 = time.monotonic()
         lifecycle.down(d, log=print)
