@@ -21,7 +21,7 @@ from harness.k8s.endpoint import ApiEndpoint, write_kubeconfig
 from harness.lab import registry
 from harness.lab.topology import namespace_pids
 from harness.testcluster import addons, network, node as nodemod, sysctls
-from harness.testcluster.plan import CGROUP_PARENT, HOST_LINK, ClusterPlan, default_dir, make_plan
+from harness.testcluster.plan import CGROUP_PARENT, HOST_LINK, SOCKET_DIR, ClusterPlan, default_dir, make_plan
 from harness.testcluster.state import ClusterState, StateFile, load
 
 Log = Callable[[str], None]
@@ -190,7 +190,7 @@ def _bring_up(plan, sf, binaries, images, pause_image, proxy_image, timings, log
     from harness.testcluster.controlplane import ControlPlane, bind_nodes_role, node_user
 
     t = time.monotonic()
-    for path in (*nodemod.HOST_DIRS, nodemod.LIB_MODULES):
+    for path in (*nodemod.HOST_DIRS, nodemod.LIB_MODULES, str(SOCKET_DIR)):
         _ensure_host_dir(path, sf)
     cp = ControlPlane(plan, binaries, sf)
     cp.start()
@@ -406,6 +406,9 @@ def _down(directory: Path | None, *, log: Log, sweep: bool = True) -> list[str]:
             ["umount", "-l", m], capture_output=True
         )  # not expected: mounts live in the nodes' namespaces
         note(f"unmounted {m}")
+    if SOCKET_DIR.exists() and (sweep or str(SOCKET_DIR) in st.created_paths):
+        shutil.rmtree(SOCKET_DIR, ignore_errors=True)  # the nodes' sockets: the directory is ours by name
+        note(f"removed {SOCKET_DIR}")
     for p in reversed(st.created_paths):
         try:
             os.rmdir(p)

@@ -216,6 +216,7 @@ class Node:
             "logs",
         ):
             (d / sub).mkdir(parents=True, exist_ok=True)
+        self.node.containerd_socket.parent.mkdir(parents=True, exist_ok=True)
         (d / "containerd" / "config.toml").write_text(
             render_containerd_config(
                 self.node,

@@ -23,6 +23,8 @@ UNDERLAY_CIDR = "10.253.0.0/24"
 HOST_ADDR = "10.253.0.254"
 CLUSTER_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/12"
+# containerd's sockets: a unix socket path has at most 107 bytes, a state directory may be deep
+SOCKET_DIR = Path("/run/kpbtc")
 CGROUP_PARENT = "kpbench-testcluster"  # /sys/fs/cgroup/<controller>/kpbench-testcluster/<node>
 MAX_NODES = 20
 
@@ -60,7 +62,7 @@ class NodePlan:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.dir / "containerd" / "containerd.sock"
+        return SOCKET_DIR / self.name / "containerd.sock"
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ def test_containerd_config_is_per_node_toml(tmp_path):
     assert a["version"] == 3
     for key in ("root", "state"):
         assert a[key] != b[key] and a[key].startswith(str(plan.nodes[0].dir))
-    assert a["grpc"]["address"] == str(plan.nodes[0].containerd_socket)
+    assert a["grpc"]["address"] == str(plan.nodes[0].containerd_socket) != b["grpc"]["address"]
+    assert len(a["ttrpc"]["address"]) < 100  # a unix socket path has at most 107 bytes
     rt = a["plugins"]["io.containerd.cri.v1.runtime"]
     assert rt["restrict_oom_score_adj"] is True and rt["netns_mounts_under_state_dir"] is True
     runc = rt["containerd"]["runtimes"]["runc"]["options"]
