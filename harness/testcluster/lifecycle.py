@@ -18,10 +18,10 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.k8s.endpoint import ApiEndpoint, write_kubeconfig
-from harness.lab import registry
+from harness.lab import netns, registry
 from harness.lab.topology import namespace_pids
 from harness.testcluster import addons, network, node as nodemod, sysctls
-from harness.testcluster.plan import CGROUP_PARENT, HOST_LINK, SOCKET_DIR, ClusterPlan, default_dir, make_plan
+from harness.testcluster.plan import ClusterPlan, Names, current_instance, default_dir, make_plan
 from harness.testcluster.state import ClusterState, StateFile, load
 
 Log = Callable[[str], None]
@@ -130,9 +130,9 @@ def up(
     with machine_lock(wait=False, log=log):
         _refuse_if_running(plan)
         existing = load(plan.state_file)
-        if existing is not None or network.existing_namespaces() or nodemod.cgroup_dirs():
+        if existing is not None or network.existing_namespaces(plan.names) or nodemod.cgroup_dirs(plan.names):
             log("removing the leftovers of an earlier test cluster")
-            _down(plan.dir, log=log)
+            _down(plan.dir, log=log, names=plan.names)
         return _up_locked(plan, binaries, images, timings, log)
 
 
@@ -143,7 +143,7 @@ def _refuse_if_running(plan: ClusterPlan) -> None:
         raise ClusterBusy(
             f"a test cluster is already up ({existing.state.kubeconfig}): `kpbench cluster down` first"
         )
-    busy = {ns: pids for ns, pids in namespace_pids(network.existing_namespaces()).items() if pids}
+    busy = {ns: pids for ns, pids in namespace_pids(network.existing_namespaces(plan.names)).items() if pids}
     if busy:
         raise ClusterBusy(
             f"a test cluster is running in namespaces {', '.join(sorted(busy))} (started with another --dir?): "
@@ -162,6 +162,7 @@ def _up_locked(plan: ClusterPlan, binaries, images, timings: dict[str, float], l
         plan.state_file,
         ClusterState(
             kube_version=version,
+            instance=plan.names.instance,
             nodes=[n.name for n in plan.nodes],
             kubeconfig=str(plan.kubeconfig),
             sysctls=sysctls.read(),
@@ -180,7 +181,7 @@ def _up_locked(plan: ClusterPlan, binaries, images, timings: dict[str, float], l
             else "bring-up failed: removing what was started"
         )
         _keep_logs(plan)
-        _down(plan.dir, log=lambda s: None, sweep=False)
+        _down(plan.dir, log=lambda s: None, sweep=False, names=plan.names)
         if interrupted or not isinstance(e, (UserError, OSError)):
             raise
         raise ClusterUpError(f"kpbench cluster up failed: {e} (logs kept in {_logs_dir(plan)})") from None
@@ -190,7 +191,7 @@ def _bring_up(plan, sf, binaries, images, pause_image, proxy_image, timings, log
     from harness.testcluster.controlplane import ControlPlane, bind_nodes_role, node_user
 
     t = time.monotonic()
-    for path in (*nodemod.HOST_DIRS, nodemod.LIB_MODULES, str(SOCKET_DIR)):
+    for path in (*nodemod.HOST_DIRS, nodemod.LIB_MODULES, str(plan.names.socket_dir)):
         _ensure_host_dir(path, sf)
     cp = ControlPlane(plan, binaries, sf)
     cp.start()
@@ -199,7 +200,7 @@ def _bring_up(plan, sf, binaries, images, pause_image, proxy_image, timings, log
         f"control plane up in {timings['controlplane_s']:.1f} s ({plan.server} in namespace {plan.api_netns})"
     )
 
-    sf.add("host_links", HOST_LINK)
+    sf.add("host_links", plan.names.host_link)
     network.attach_host(plan)
     rest = _api(plan, cp.pki["ca_crt"], cp.tokens["admin"])
     bind_nodes_role(rest)
@@ -220,11 +221,11 @@ def _bring_up(plan, sf, binaries, images, pause_image, proxy_image, timings, log
     t = time.monotonic()
     nodes: list[nodemod.Node] = []
     for n in plan.nodes:
-        if n.netns in network.existing_namespaces():  # not ours: never recorded, never removed
+        if n.netns in network.existing_namespaces(plan.names):  # not ours: never recorded, never removed
             raise ClusterBusy(f"namespace {n.netns} already exists: another test cluster is up")
         sf.add("namespaces", n.netns)
         network.create_node(plan, n)
-        sf.add("cgroups", CGROUP_PARENT)
+        sf.add("cgroups", plan.names.cgroup_parent)
         nd = nodemod.Node(plan, n, binaries, sf.add_proc)
         nd.prepare(
             pause_image=pause_image, ca_file=cp.pki["ca_crt"], kubeconfig=cp.kubeconfig(node_user(n.name))
@@ -333,9 +334,9 @@ def _procs_alive(state: ClusterState) -> bool:
     return any(registry.alive(p.pid, p.start) for p in state.procs)
 
 
-def _cgroup_pids() -> set[int]:
+def _cgroup_pids(names: Names) -> set[int]:
     pids: set[int] = set()
-    for top in nodemod.cgroup_dirs():
+    for top in nodemod.cgroup_dirs(names):
         for f in top.rglob("cgroup.procs"):
             try:
                 pids.update(int(x) for x in f.read_text().split())
@@ -361,13 +362,14 @@ def down(directory: Path | None = None, *, log: Log = print) -> list[str]:
         return _down(directory, log=log)
 
 
-def _down(directory: Path | None, *, log: Log, sweep: bool = True) -> list[str]:
+def _down(directory: Path | None, *, log: Log, sweep: bool = True, names: Names | None = None) -> list[str]:
     """`down` under the lock. `sweep`: also what is found under the cluster's names but not in
     the state file (a crash before it was written); False after a failed up, which removes only
     what it recorded making."""
     d = Path(directory) if directory else default_dir()
     sf = load(d / "state.json")
-    st = sf.state if sf else ClusterState()
+    st = sf.state if sf else ClusterState(instance=names.instance if names else current_instance())
+    names = Names(st.instance)
     done: list[str] = []
 
     def note(msg: str) -> None:
@@ -380,11 +382,11 @@ def _down(directory: Path | None, *, log: Log, sweep: bool = True) -> list[str]:
     def lap(name: str) -> None:
         phases[name] = time.monotonic() - t0 - sum(phases.values())
 
-    namespaces = sorted(set(st.namespaces) | (set(network.existing_namespaces()) if sweep else set()))
+    namespaces = sorted(set(st.namespaces) | (set(network.existing_namespaces(names)) if sweep else set()))
     for _ in range(20):  # processes first: the mount namespaces and cgroups go with them
         ours = {p.pid for p in st.procs if registry.alive(p.pid, p.start)}
         ours |= {pid for pids in namespace_pids(namespaces).values() for pid in pids}
-        ours |= _cgroup_pids() if (sweep or st.cgroups) else set()
+        ours |= _cgroup_pids(names) if (sweep or st.cgroups) else set()
         ours.discard(os.getpid())
         if not ours:
             break
@@ -392,10 +394,12 @@ def _down(directory: Path | None, *, log: Log, sweep: bool = True) -> list[str]:
         note(f"killed {len(ours)} process(es)")
         time.sleep(0.2)
     lap("processes")
-    for what in network.remove(namespaces, sorted(set(st.host_links) | ({HOST_LINK} if sweep else set()))):
+    for what in network.remove(
+        namespaces, sorted(set(st.host_links) | ({names.host_link} if sweep else set()))
+    ):
         note(f"removed {what}")
     lap("network")
-    for top in nodemod.cgroup_dirs() if (sweep or st.cgroups) else []:
+    for top in nodemod.cgroup_dirs(names) if (sweep or st.cgroups) else []:
         if _rmdir_tree(top):
             note(f"removed cgroup {top}")
     lap("cgroups")
@@ -406,10 +410,17 @@ def _down(directory: Path | None, *, log: Log, sweep: bool = True) -> list[str]:
             ["umount", "-l", m], capture_output=True
         )  # not expected: mounts live in the nodes' namespaces
         note(f"unmounted {m}")
-    if SOCKET_DIR.exists() and (sweep or str(SOCKET_DIR) in st.created_paths):
-        shutil.rmtree(SOCKET_DIR, ignore_errors=True)  # the nodes' sockets: the directory is ours by name
-        note(f"removed {SOCKET_DIR}")
+    sockets = names.socket_dir
+    if sockets.exists() and (sweep or str(sockets) in st.created_paths):
+        shutil.rmtree(sockets, ignore_errors=True)  # the nodes' sockets: the directory is ours by name
+        note(f"removed {sockets}")
+    # another instance's nodes bind-mount over the same host dirs: removing one would detach
+    # their mounts, so those dirs stay while any other test cluster runs
+    others = [n for n in netns.list_namespaces("kpbtc") if not n.startswith(names.prefix)]
     for p in reversed(st.created_paths):
+        if others and p != str(sockets):
+            note(f"left {p} (test cluster {others[0].split('-')[0]} uses it)")
+            continue
         try:
             os.rmdir(p)
             note(f"removed {p}")
@@ -464,7 +475,7 @@ def status(directory: Path | None = None) -> list[str]:
     d = Path(directory) if directory else default_dir()
     sf = load(d / "state.json")
     if sf is None:
-        left = network.existing_namespaces()
+        left = network.existing_namespaces(Names(current_instance()))
         return [
             f"no test cluster in {d}"
             + (f" (leftover namespaces: {', '.join(left)}: `kpbench cluster down`)" if left else "")

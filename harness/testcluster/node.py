@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness.lab import netns as lab_netns
 from harness.targets.local_procs import LocalClusterError, Proc, spawn
-from harness.testcluster.plan import CGROUP_PARENT, ClusterPlan, NodePlan
+from harness.testcluster.plan import ClusterPlan, Names, NodePlan
 
 # host path -> the node directory's subdirectory bind-mounted over it in the node's mount namespace
 HOST_DIRS: dict[str, str] = {
@@ -351,6 +351,7 @@ class Node:
                 )
 
 
-def cgroup_dirs() -> list[Path]:
+def cgroup_dirs(names: Names) -> list[Path]:
     """The test cluster's cgroup directory in every hierarchy (v1 and v2) that has one."""
-    return [m / CGROUP_PARENT for m in cgroup_mounts(v2=True) if (m / CGROUP_PARENT).is_dir()]
+    parent = names.cgroup_parent
+    return [m / parent for m in cgroup_mounts(v2=True) if (m / parent).is_dir()]

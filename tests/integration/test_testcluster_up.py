@@ -7,7 +7,8 @@ iptables/nft untouched, also after a kubelet died mid-run. A kubelet that cannot
 everything, and the command exits 2.
 
 Needs root, the binaries of `make cluster-bins` and the images of `make cluster-images`; skipped
-with the reason otherwise (and when another test cluster is up: names are machine-wide).
+with the reason otherwise. Runs as test cluster instance 9 (`kpbtc9-*`), so a developer's cluster
+(instance 0) may stay up meanwhile.
 """
 
 from __future__ import annotations
@@ -27,8 +28,15 @@ import pytest
 from harness.errors import UserError
 from harness.lab import netns
 from harness.testcluster import network, node as nodemod, sysctls
+from harness.testcluster.plan import INSTANCE_ENV, Names
 
 pytestmark = [pytest.mark.kube, pytest.mark.kernel, pytest.mark.slow]
+NAMES = Names(9)
+
+
+@pytest.fixture(autouse=True)
+def _instance(monkeypatch):
+    monkeypatch.setenv(INSTANCE_ENV, str(NAMES.instance))
 
 
 def _skip_reason() -> str | None:
@@ -50,8 +58,10 @@ def _skip_reason() -> str | None:
         return "harness.testcluster.images is not here (the offline images)"
     if not shutil.which("mmdebstrap") and not list(images.IMAGES_DIR.glob("*.tar")):
         return "mmdebstrap not installed and no image archives built (make cluster-images)"
-    if network.existing_namespaces():
-        return f"a test cluster is up ({', '.join(network.existing_namespaces())}): names are machine-wide"
+    if network.existing_namespaces(NAMES):
+        return (
+            f"test cluster instance {NAMES.instance} is up ({', '.join(network.existing_namespaces(NAMES))})"
+        )
     return None
 
 
@@ -61,25 +71,31 @@ if _reason:
 
 
 def _root_snapshot() -> dict:
-    def out(*argv: str) -> str:
-        return subprocess.run(list(argv), capture_output=True, text=True).stdout
+    """The root namespace's links, addresses, routes and rules, the sysctls, this instance's
+    namespaces and cgroups (another instance's own link and routes are left out)."""
+
+    def out(*argv: str) -> list[str]:
+        lines = subprocess.run(list(argv), capture_output=True, text=True).stdout.splitlines()
+        return [ln for ln in lines if not _other_instance(ln)]
 
     return {
-        "links": sorted(
-            line.split(":")[1].split("@")[0].strip() for line in out("ip", "-o", "link").splitlines()
-        ),
+        "links": sorted(line.split(":")[1].split("@")[0].strip() for line in out("ip", "-o", "link")),
         "addrs": out("ip", "-o", "addr"),
         "routes": out("ip", "route", "show", "table", "all"),
         "iptables": _strip_counters(out("iptables-save")),
         "nft": out("nft", "list", "tables"),
         "sysctls": sysctls.read(),
-        "netns": network.existing_namespaces(),
-        "cgroups": [str(p) for p in nodemod.cgroup_dirs()],
+        "netns": network.existing_namespaces(NAMES),
+        "cgroups": [str(p) for p in nodemod.cgroup_dirs(NAMES)],
     }
 
 
-def _strip_counters(text: str) -> list[str]:
-    return [line.split(" [")[0] for line in text.splitlines() if not line.startswith("#")]
+def _other_instance(line: str) -> bool:
+    return "kpbtc" in line and NAMES.prefix not in line and NAMES.host_link not in line
+
+
+def _strip_counters(lines: list[str]) -> list[str]:
+    return [line.split(" [")[0] for line in lines if not line.startswith("#")]
 
 
 def _mounts_mentioning(path: Path) -> list[str]:
@@ -271,5 +287,5 @@ def test_a_kubelet_that_cannot_start_fails_up_with_its_log_and_removes_everythin
     assert "kpbench: error:" in err and "kubelet exited" in err and "no-such-driver" in err
     _assert_nothing_left(d, before)
     logs = Path(f"{d}-logs")
-    assert (logs / f"{network.PREFIX}node1-kubelet.log").is_file()
+    assert (logs / f"{NAMES.prefix}node1-kubelet.log").is_file()
     shutil.rmtree(logs, ignore_errors=True)

@@ -12,13 +12,13 @@ import yaml
 
 from harness.errors import UserError
 from harness.testcluster import addons, node as nodemod, sysctls
-from harness.testcluster.plan import CLUSTER_CIDR, PREFIX, make_plan
+from harness.testcluster.plan import CLUSTER_CIDR, INSTANCE_ENV, Names, current_instance, make_plan
 from harness.testcluster.state import ClusterState, StateFile, load
 
 
 def test_plan_addresses_do_not_overlap(tmp_path):
-    plan = make_plan(3, "v1.37.2", tmp_path)
-    assert [n.name for n in plan.nodes] == [f"{PREFIX}node1", f"{PREFIX}node2", f"{PREFIX}node3"]
+    plan = make_plan(3, "v1.37.2", tmp_path, instance=0)
+    assert [n.name for n in plan.nodes] == ["kpbtc-node1", "kpbtc-node2", "kpbtc-node3"]
     underlay = ipaddress.ip_network(plan.underlay_cidr)
     ips = {plan.api_addr, plan.host_addr, *(n.ip for n in plan.nodes)}
     assert len(ips) == 5 and all(ipaddress.ip_address(i) in underlay for i in ips)
@@ -30,7 +30,30 @@ def test_plan_addresses_do_not_overlap(tmp_path):
     assert plan.nodes[0].pod_gateway == str(cidrs[0].network_address + 1)
     assert len({n.dir for n in plan.nodes}) == 3 and all(n.dir.is_relative_to(tmp_path) for n in plan.nodes)
     # interface names: at most 15 characters
-    assert all(len(n) <= 15 for n in ("kpbtc-host", "kpbtc-up"))
+    assert all(len(n) <= 15 for n in (plan.names.host_link, plan.names.host_peer, Names(9).host_link))
+
+
+def test_instances_share_no_name(tmp_path, monkeypatch):
+    a, b = Names(0), Names(7)
+    assert not b.api_netns.startswith(a.prefix) and not a.api_netns.startswith(b.prefix)
+    for attr in (
+        "api_netns",
+        "host_link",
+        "host_peer",
+        "underlay_cidr",
+        "host_addr",
+        "cgroup_parent",
+        "socket_dir",
+    ):
+        assert getattr(a, attr) != getattr(b, attr), attr
+    assert not ipaddress.ip_network(a.underlay_cidr).overlaps(ipaddress.ip_network(b.underlay_cidr))
+    monkeypatch.setenv(INSTANCE_ENV, "7")
+    plan = make_plan(2, "v1.37.2", tmp_path)
+    assert plan.names == b and plan.nodes[0].name == "kpbtc7-node1" and plan.nodes[0].ip == "10.253.7.11"
+    assert plan.nodes[0].cgroup_root == "/kpbench-testcluster7/kpbtc7-node1"
+    monkeypatch.setenv(INSTANCE_ENV, "10")
+    with pytest.raises(ValueError, match=INSTANCE_ENV):
+        current_instance()
 
 
 @pytest.mark.parametrize("count", [0, 21])
