@@ -106,6 +106,13 @@ class NodePlan:
         return f"/{self.names.cgroup_parent}/{self.name}"
 
     @property
+    def short_dir(self) -> Path:
+        """`dir` as the node's own processes see it (bind-mounted there in the node's mount
+        namespace): kubelet makes unix sockets under its root dir, and a socket path has at most
+        107 bytes while a state directory may be deep."""
+        return self.names.socket_dir / self.name / "d"
+
+    @property
     def containerd_socket(self) -> Path:
         return self.names.socket_dir / self.name / "containerd.sock"
 
