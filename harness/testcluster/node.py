@@ -158,8 +158,8 @@ def render_kubelet_config(node: NodePlan, *, ca_file: Path) -> dict:
         "failSwapOn": False,
         "protectKernelDefaults": False,
         "containerRuntimeEndpoint": f"unix://{node.containerd_socket}",
-        "podLogsDir": str(node.dir / "pod-logs"),
-        "volumePluginDir": str(node.dir / "volume-plugins"),
+        "podLogsDir": str(node.short_dir / "pod-logs"),
+        "volumePluginDir": str(node.short_dir / "volume-plugins"),
         "resolvConf": "/etc/resolv.conf",
         "clusterDomain": "cluster.local",
         "authentication": {
@@ -181,11 +181,10 @@ def render_kubelet_config(node: NodePlan, *, ca_file: Path) -> dict:
 
 
 def holder_script(node: NodePlan) -> str:
-    """The shell line the mount-namespace holder runs: bind the node's directories, then sleep."""
-    binds = [
-        f"mount --bind {shlex.quote(str(node.dir / sub))} {shlex.quote(host)}"
-        for host, sub in HOST_DIRS.items()
-    ]
+    """The shell line the mount-namespace holder runs: bind the node's directories over the shared
+    host paths and the node directory on its short path, then sleep."""
+    pairs = [(node.dir / sub, host) for host, sub in HOST_DIRS.items()] + [(node.dir, str(node.short_dir))]
+    binds = [f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}" for src, dst in pairs]
     return " && ".join([*binds, "exec sleep infinity"])
 
 
@@ -217,6 +216,7 @@ class Node:
         ):
             (d / sub).mkdir(parents=True, exist_ok=True)
         self.node.containerd_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.node.short_dir.mkdir(parents=True, exist_ok=True)
         (d / "containerd" / "config.toml").write_text(
             render_containerd_config(
                 self.node,
@@ -335,8 +335,8 @@ class Node:
             str(self.binaries.kubelet),
             f"--config={n.dir / 'kubelet-config.yaml'}",
             f"--kubeconfig={self.kubeconfig}",
-            f"--root-dir={n.dir / 'kubelet'}",
-            f"--cert-dir={n.dir / 'kubelet-certs'}",
+            f"--root-dir={n.short_dir / 'kubelet'}",  # paths as seen in the node's mount namespace
+            f"--cert-dir={n.short_dir / 'kubelet-certs'}",
             f"--hostname-override={n.name}",
             f"--node-ip={n.ip}",
             "--v=1",

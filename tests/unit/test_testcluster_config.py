@@ -104,7 +104,9 @@ def test_kubelet_and_cni_config(tmp_path):
     assert k["cgroupRoot"] == f"/kpbench-testcluster/{n.name}"
     assert k["containerRuntimeEndpoint"] == f"unix://{n.containerd_socket}"
     assert k["authentication"]["anonymous"]["enabled"] is False and k["authorization"]["mode"] == "Webhook"
-    assert k["podLogsDir"].startswith(str(n.dir)) and k["address"] == n.ip
+    assert k["podLogsDir"].startswith(str(n.short_dir)) and k["address"] == n.ip
+    # kubelet's sockets under its root dir: at most 107 bytes, however deep the state directory
+    assert len(str(n.short_dir / "kubelet" / "pod-resources" / "4003767407")) < 100
     cni = nodemod.render_cni_config(n)
     ipam = cni["plugins"][0]["ipam"]
     assert ipam["ranges"][0][0] == {"subnet": n.pod_cidr, "gateway": n.pod_gateway}
@@ -116,6 +118,7 @@ def test_holder_binds_every_shared_host_path(tmp_path):
     script = nodemod.holder_script(n)
     for host, sub in nodemod.HOST_DIRS.items():
         assert f"mount --bind {n.dir / sub} {host}" in script
+    assert f"mount --bind {n.dir} {n.short_dir}" in script
     assert script.endswith("exec sleep infinity")
 
 
