@@ -266,26 +266,30 @@ def test_a_kubelet_that_cannot_start_fails_up_with_its_log_and_removes_everythin
     tmp_path, monkeypatch, capsys
 ):
     """Through the command: exit status 2 and the kubelet's own error line, nothing left behind.
-    The bad setting is a cgroup driver kubelet refuses (in-process, so the renderer can be swapped)."""
+    The fault is the one this machine's notes warn of: kubelet told to refuse cgroup v1
+    (failCgroupV1: true, the default from v1.35) on this cgroup v1 host (in-process, so the
+    renderer can be swapped)."""
     from harness import cli
+    from harness.testcluster import lifecycle
 
     d = tmp_path / "tc"
     before = _root_snapshot()
     real = nodemod.render_kubelet_config
 
     def broken(node, **kw):
-        cfg = real(node, **kw)
-        cfg["cgroupDriver"] = "no-such-driver"
-        return cfg
+        return {**real(node, **kw), "failCgroupV1": True}
 
     monkeypatch.setattr(nodemod, "render_kubelet_config", broken)
-    rc = cli.main(["cluster", "up", "--nodes", "1", "--dir", str(d)])
-    err = capsys.readouterr().err
-    if "another `kpbench cluster up/down`" in err or "test cluster is " in err:
-        pytest.skip(f"another test cluster: {err.strip()}")
-    assert rc == 2
-    assert "kpbench: error:" in err and "kubelet exited" in err and "no-such-driver" in err
-    _assert_nothing_left(d, before)
-    logs = Path(f"{d}-logs")
-    assert (logs / f"{NAMES.prefix}node1-kubelet.log").is_file()
-    shutil.rmtree(logs, ignore_errors=True)
+    try:
+        rc = cli.main(["cluster", "up", "--nodes", "1", "--dir", str(d)])
+        err = capsys.readouterr().err
+        if "another `kpbench cluster up/down`" in err or "test cluster is " in err:
+            pytest.skip(f"another test cluster: {err.strip()}")
+        assert rc == 2, err
+        assert "kpbench: error:" in err and "kubelet exited" in err and "cgroup v1" in err
+        _assert_nothing_left(d, before)
+        logs = Path(f"{d}-logs")
+        assert (logs / f"{NAMES.prefix}node1-kubelet.log").is_file()
+        shutil.rmtree(logs, ignore_errors=True)
+    finally:
+        lifecycle.down(d, log=print)

@@ -119,6 +119,7 @@ def test_holder_binds_every_shared_host_path(tmp_path):
     for host, sub in nodemod.HOST_DIRS.items():
         assert f"mount --bind {n.dir / sub} {host}" in script
     assert f"mount --bind {n.dir} {n.short_dir}" in script
+    assert script.startswith(f"mount -t tmpfs -o mode=0700 kpbtc-images {nodemod.containerd_root(n)} && ")
     assert script.endswith("exec sleep infinity")
 
 
