@@ -165,7 +165,7 @@ def _up_locked(plan: ClusterPlan, binaries, images, timings: dict[str, float], l
             instance=plan.names.instance,
             nodes=[n.name for n in plan.nodes],
             kubeconfig=str(plan.kubeconfig),
-            sysctls=sysctls.read(),
+            sysctls=_sysctls_as_found(plan.names),
         ),
     )
     sf.save()
@@ -330,6 +330,29 @@ def _keep_logs(plan: ClusterPlan) -> None:
             pass
 
 
+def _other_instances(names: Names) -> list[int]:
+    """Other test cluster instances with namespaces on this machine."""
+    found = set()
+    for n in netns.list_namespaces("kpbtc"):
+        tag = n.split("-", 1)[0].removeprefix("kpbtc")
+        if tag.isdigit() or tag == "":
+            found.add(int(tag or 0))
+    found.discard(names.instance)
+    return sorted(found)
+
+
+def _sysctls_as_found(names: Names) -> dict[str, str]:
+    """The kernel-wide sysctls before any test cluster changed them: now, or as a running
+    instance recorded them (its kubelets have changed them since)."""
+    found = sysctls.read()
+    for i in _other_instances(names):
+        other = load(default_dir(i) / "state.json")
+        if other is not None:
+            found.update({k: v for k, v in other.state.sysctls.items() if k in found})
+            break
+    return found
+
+
 def _procs_alive(state: ClusterState) -> bool:
     return any(registry.alive(p.pid, p.start) for p in state.procs)
 
@@ -403,12 +426,14 @@ def _down(directory: Path | None, *, log: Log, sweep: bool = True, names: Names 
         if _rmdir_tree(top):
             note(f"removed cgroup {top}")
     lap("cgroups")
-    for line in sysctls.restore(st.sysctls):
-        note(f"sysctl {line}")
-    for m in _mounts_under([d, *map(Path, nodemod.HOST_DIRS)]):
-        subprocess.run(
-            ["umount", "-l", m], capture_output=True
-        )  # not expected: mounts live in the nodes' namespaces
+    others = _other_instances(names)
+    if others:  # kernel-wide values: the last test cluster down puts them back
+        note(f"sysctls left as they are: test cluster instance(s) {', '.join(map(str, others))} still run")
+    else:
+        for line in sysctls.restore(st.sysctls):
+            note(f"sysctl {line}")
+    for m in _mounts_under([d, *map(Path, nodemod.HOST_DIRS)]):  # not expected: mounts stay in the nodes'
+        subprocess.run(["umount", "-l", m], capture_output=True)
         note(f"unmounted {m}")
     sockets = names.socket_dir
     if sockets.exists() and (sweep or str(sockets) in st.created_paths):
@@ -416,10 +441,9 @@ def _down(directory: Path | None, *, log: Log, sweep: bool = True, names: Names 
         note(f"removed {sockets}")
     # another instance's nodes bind-mount over the same host dirs: removing one would detach
     # their mounts, so those dirs stay while any other test cluster runs
-    others = [n for n in netns.list_namespaces("kpbtc") if not n.startswith(names.prefix)]
     for p in reversed(st.created_paths):
         if others and p != str(sockets):
-            note(f"left {p} (test cluster {others[0].split('-')[0]} uses it)")
+            note(f"left {p} (test cluster instance {others[0]} uses it)")
             continue
         try:
             os.rmdir(p)
