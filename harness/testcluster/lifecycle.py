@@ -427,7 +427,7 @@ def _down(directory: Path | None, *, log: Log, sweep: bool = True, names: Names 
             note(f"removed cgroup {top}")
     lap("cgroups")
     others = _other_instances(names)
-    if others:  # kernel-wide values: the last test cluster down puts them back
+    if others and st.sysctls:  # kernel-wide values: the last test cluster down puts them back
         note(f"sysctls left as they are: test cluster instance(s) {', '.join(map(str, others))} still run")
     else:
         for line in sysctls.restore(st.sysctls):
