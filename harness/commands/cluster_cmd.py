@@ -52,7 +52,11 @@ def run(args) -> int:
         print("test cluster removed" if done else "no test cluster: nothing to remove")
         return 0
     signal.signal(signal.SIGTERM, _terminate)  # a killed `up` removes what it started, as Ctrl-C does
-    c = lifecycle.up(args.nodes, args.kube_version, directory=directory, log=say)
+    try:
+        c = lifecycle.up(args.nodes, args.kube_version, directory=directory, log=say)
+    except KeyboardInterrupt:  # up removed what it had started before letting this through
+        say("kpbench cluster up: interrupted; everything it started was removed")
+        return 130
     t = c.timings
     say(
         f"test cluster up: {len(c.nodes)} node(s), Kubernetes {c.kube_version}, {c.server}; "
