@@ -104,6 +104,14 @@ LAYERS: dict[str, list[str]] = {
         # local_binaries, and the targets may use it, so it shares their layer
         "harness.testcluster",
         "harness.testcluster.artifacts",
+        "harness.testcluster.addons",
+        "harness.testcluster.controlplane",
+        "harness.testcluster.lifecycle",
+        "harness.testcluster.network",
+        "harness.testcluster.node",
+        "harness.testcluster.plan",
+        "harness.testcluster.state",
+        "harness.testcluster.sysctls",
         "harness.testcluster.debian",
         "harness.testcluster.images",
         "harness.testcluster.oci",
@@ -113,6 +121,7 @@ LAYERS: dict[str, list[str]] = {
     "commands": [
         "harness.commands",
         "harness.commands.clean_cmd",
+        "harness.commands.cluster_cmd",
         "harness.commands.compare_cmd",
         "harness.commands.doctor_cmd",
         "harness.commands.privileges",
