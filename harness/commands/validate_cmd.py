@@ -21,6 +21,7 @@ from typing import Any
 
 from harness.commands.privileges import require_root
 from harness.commands.scenario_args import add_scenario_arguments, scenario_from_args
+from harness.pointloop.worker import validation_key
 from harness.targets.lab import run_host_worker
 
 NAME = "validate"
@@ -40,8 +41,10 @@ def _work_dir(base: Path | None = None) -> Path:
 
 
 def validation_job(scenario, kernel: str, modes: list[str], work_dir: Path, tag: str | None = None) -> dict:
-    """A worker job that validates `modes` in `kernel` and measures nothing."""
+    """A worker job that validates `modes` in `kernel` and measures nothing: each mode once per
+    release of a version sweep (each release renders its own ruleset family)."""
     resolved = scenario.resolved() if hasattr(scenario, "resolved") else dict(scenario)
+    releases = _swept_releases(scenario)
     return {
         "run_id": work_dir.name,
         "run_dir": str(work_dir),
@@ -52,24 +55,33 @@ def validation_job(scenario, kernel: str, modes: list[str], work_dir: Path, tag:
         "validate_only": True,
         "points": [
             {
-                "point_id": f"{kernel}-{m}-validate",
+                "point_id": f"{kernel}-{m}" + (f"-{r}" if r else "") + "-validate",
                 "kernel": kernel,
                 "mode": m,
                 "n_services": 0,
                 "rep": 0,
                 "order": i,
+                "kube_proxy_version": r,
             }
-            for i, m in enumerate(modes)
+            for i, (r, m) in enumerate((r, m) for r in releases for m in modes)
         ],
     }
+
+
+def _swept_releases(scenario) -> list[str]:
+    """The releases of a version sweep, oldest first; [""] (the scenario's one release) otherwise."""
+    releases = scenario.releases() if hasattr(scenario, "releases") else []
+    return list(releases) if len(releases) > 1 else [""]
 
 
 def validate_on_kernel(
     scenario, kernel: str, modes: list[str], work_dir: Path, on_event: EventSink | None = None
 ) -> dict[str, Any]:
-    """Run a validate-only worker in `kernel` ("host" | "uml"); -> {"<kernel label>/<mode>": result}.
+    """Run a validate-only worker in `kernel` ("host" | "uml"); -> {validation_key(...): result},
+    one per mode, and per release of a version sweep.
 
-    A mode whose validation never reported (the worker died) gets a failed result naming why.
+    A mode (or release) whose validation never reported (the worker died) gets a failed result
+    naming why.
     """
     job = validation_job(scenario, kernel, modes, work_dir)
     jobs = work_dir / ".jobs"
@@ -114,10 +126,14 @@ def validate_on_kernel(
                 f"--- guest stderr ---\n{res.stderr_tail}\n--- guest console ---\n{res.console_tail}\n"
             )
         rc = res.status
-    for m in modes:
-        key = f"{label[0]}/{m}"
-        if not any(k.rsplit("/", 1)[-1] == m for k in results):
-            why = fatal[0] if fatal else f"the {kernel} worker exited with status {rc} before validating {m}"
+    for p in job["points"]:
+        m, release = p["mode"], p["kube_proxy_version"]
+        key = validation_key(label[0], m, release)
+        if key not in results:
+            what = f"{m} {release}" if release else m
+            why = f"the {kernel} worker exited with status {rc} before validating {what}"
+            if fatal:
+                why = fatal[0]
             results[key] = {
                 "mode": m,
                 "passed": False,

@@ -22,7 +22,7 @@ from harness.measure.adaptive import sync_stop_rule
 from harness.model import ModelSpec, build_model
 from harness.modes import mode as mode_spec
 from harness.pointloop.loop import JobPoint
-from harness.pointloop.worker import Job, emit, kernel_label
+from harness.pointloop.worker import Job, emit, kernel_label, validation_key
 from harness.samples import PointContext, SampleWriter
 from harness.scenario import Scenario
 
@@ -152,7 +152,7 @@ class LabPoints:
 
     def _validation_key(self, mode: str) -> str:
         several = len(self.scenario.releases()) > 1
-        return f"{self.kernel}/{mode}" + (f"/{self.settings.kube_version}" if several else "")
+        return validation_key(self.kernel, mode, self.settings.kube_version if several else "")
 
     # -- the PointTarget ----------------------------------------------------------------------
     def context(self, p: JobPoint) -> PointContext:

@@ -43,6 +43,11 @@ def kernel_label(kernel: str) -> str:
     return f"{kernel}-{platform.release()}"
 
 
+def validation_key(kernel: str, mode: str, release: str = "") -> str:
+    """The key of one validation result: `<kernel label>/<mode>`, `/<release>` in a version sweep."""
+    return f"{kernel}/{mode}" + (f"/{release}" if release else "")
+
+
 class Job:
     """A job file, read and validated: the scenario as a Scenario, the points as JobPoints."""
 
@@ -63,15 +68,20 @@ class Job:
 
 def run_validate_only(target, job: Job) -> int:
     """Job flag "validate_only": build the lab and run the validation matrix once per mode of the
-    job's points (no measurements). Each result is emitted as a "validation" event and all are
-    written to RUN/validation-<kernel>.json."""
-    modes = list(dict.fromkeys(p.mode for p in job.points))
+    job's points, and per release when the points name releases (a version sweep: each release's
+    ruleset family). Each result is emitted as a "validation" event and all are written to
+    RUN/validation-<kernel>.json."""
+    checks = list(dict.fromkeys((p.mode, p.kube_proxy_version) for p in job.points))
+    first = {(p.mode, p.kube_proxy_version): p for p in reversed(job.points)}
     target.start()
     results: dict[str, Any] = {}
-    for mode in modes:
-        emit("phase", point_id=f"validate-{mode}", phase="validate")
-        key = f"{target.kernel}/{mode}"
+    for mode, release in checks:
+        emit("phase", point_id=f"validate-{mode}" + (f"-{release}" if release else ""), phase="validate")
+        key = validation_key(target.kernel, mode, release)
         try:
+            use_point = getattr(target, "use_point", None)  # the point's release: its ruleset family
+            if use_point is not None:
+                use_point(first[(mode, release)])
             res = target.validation_matrix(mode)
         except (KeyboardInterrupt, SystemExit):
             raise

@@ -1,10 +1,13 @@
 """Rule-by-rule comparison of what real kube-proxy installed with what the lab installs.
 
-Both sides are the kernel's own listing (`nft list ruleset`, `iptables-save`), so syntax the tools
-normalise cannot differ. Compared: nftables table `ip kube-proxy` (each chain's rules in order,
-each set's and map's definition and elements as a set); iptables every KUBE-* chain's rules
-(as a multiset: kube-proxy writes Services in map order) and the jumps into KUBE-* chains from the
-built-in chains. Left out as cosmetic (they do not change what a packet meets):
+Both sides are the kernel's own listing (`nft list ruleset`, `iptables-save`, `ipvsadm -Sn`,
+`ipset save`, `ip addr show dev kube-ipvs0`), so syntax the tools normalise cannot differ.
+Compared: nftables table `ip kube-proxy` (each chain's rules in order, each set's and map's
+definition and elements as a set); iptables every KUBE-* chain's rules (as a multiset: kube-proxy
+writes Services in map order) and the jumps into KUBE-* chains from the built-in chains; IPVS
+every virtual and real server with its scheduler, persistence, forwarding method and weight (as a
+multiset), each ipset's definition and members (as a set), the addresses on kube-ipvs0, and the
+iptables rules as above. Left out as cosmetic (they do not change what a packet meets):
 - the order of elements in sets and maps, and of Services in KUBE-SERVICES / KUBE-NODEPORTS;
 - which endpoint gets which index of a uniform `numgen random mod N` map (kube-proxy's endpoint
   order is its EndpointSlice cache's), and likewise a KUBE-SVC chain's `-m statistic` cascade
@@ -14,7 +17,10 @@ built-in chains. Left out as cosmetic (they do not change what a packet meets):
   packet counters;
 - iptables `-m nfacct --nfacct-name ct_state_invalid_dropped_pkts` (and the localhost NodePort
   counter): kube-proxy adds these accounting matches, which only count packets for its metrics,
-  when the kernel has nfnetlink_acct; the lab does not create nfacct objects.
+  when the kernel has nfnetlink_acct; the lab does not create nfacct objects;
+- an ipset's `initval` (the random seed of its hash), kube-ipvs0's interface index and queue
+  length, and iptables tables without KUBE-* chains (kube-proxy's IPVS mode leaves an empty
+  `*mangle` in iptables-save: its built-in chains only).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from collections.abc import Mapping
 _NUMGEN = re.compile(r"(numgen random mod \d+ v?map) \{ ([^}]*) \}")
 _IPT_NFACCT = re.compile(r"-m nfacct --nfacct-name\s+\S+ ")
 _IPT_STATISTIC = re.compile(r"-m statistic --mode random --probability \S+ ")
+_IPVSADM = re.compile(r"^-[Aa] -[tuf] ")  # `ipvsadm -Sn`: -A virtual server, -a real server
+_IPSET_INITVAL = re.compile(r" initval 0x[0-9a-f]+")
+_KUBE_IPVS0_ADDR = re.compile(r"^inet \S+ .*kube-ipvs0$")
 
 NftObject = list[str] | tuple[list[str], set[str]]  # a chain's rules | a set/map's (header lines, elements)
 
@@ -104,6 +113,25 @@ def parse_iptables(text: str) -> dict[str, Counter]:
     return out
 
 
+def parse_ipvs(text: str) -> dict[str, object]:
+    """{'ipvs': Counter(ipvsadm -Sn lines), 'ipset NAME': ([definition], {members}),
+    'kube-ipvs0': ([], {addresses})} plus parse_iptables() of the same listing."""
+    out: dict[str, object] = {"ipvs": Counter(), "kube-ipvs0": ([], set())}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if _IPVSADM.match(line):
+            out["ipvs"][line] += 1  # type: ignore[index]
+        elif line.startswith("create "):
+            name = line.split()[1]
+            out[f"ipset {name}"] = ([_IPSET_INITVAL.sub("", line)], set())
+        elif line.startswith("add "):
+            _, name, member = line.split(None, 2)
+            out.setdefault(f"ipset {name}", ([], set()))[1].add(member)  # type: ignore[index]
+        elif _KUBE_IPVS0_ADDR.match(line):
+            out["kube-ipvs0"][1].add(line.split()[1])  # type: ignore[index]
+    return out | parse_iptables(text)
+
+
 def differences(mode: str, kube_proxy: str, lab: str, limit: int = 20) -> list[str]:
     """What differs between kube-proxy's listing and the lab's (empty: the same ruleset)."""
     a: Mapping[str, object]
@@ -112,8 +140,10 @@ def differences(mode: str, kube_proxy: str, lab: str, limit: int = 20) -> list[s
         a, b = parse_nft(kube_proxy), parse_nft(lab)
     elif mode == "iptables":
         a, b = parse_iptables(kube_proxy), parse_iptables(lab)
+    elif mode == "ipvs":
+        a, b = parse_ipvs(kube_proxy), parse_ipvs(lab)
     else:
-        return []  # IPVS: counts() compares virtual servers, real servers and ipset members
+        return []
     out = []
     for name in sorted(set(a) | set(b)):
         if name not in b:

@@ -22,8 +22,8 @@ ascending, as the runner plans them):
   KUBE-CLUSTER-IP ipset) AND a connect to the last Service succeeds;
 * fidelity: what kube-proxy installed (the lab dataplane's own counts() read from node a) against
   what the lab dataplane of the same release installs for the same Services (plus
-  default/kubernetes) in a scratch namespace `kpb-<tag>-fid`, and for iptables and nftables the
-  two listings rule by rule (harness.targets.fidelity); point status `fidelity` and
+  default/kubernetes) in a scratch namespace `kpb-<tag>-fid`, and for every mode the two
+  listings rule by rule (harness.targets.fidelity); point status `fidelity` and
   `fidelity_differences`;
 * connect and load exactly as the lab (harness.measure);
 * sync_one_s / sync_apply_s through harness.measure.sync.measure_sync_one with a Dataplane whose

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from harness.targets.fidelity import differences, parse_nft
+from pathlib import Path
+
+from harness.targets.fidelity import differences, parse_ipvs, parse_nft
 
 NFT = """table ip kube-proxy {
 \tcomment "rules for kube-proxy"
@@ -104,3 +106,41 @@ def test_iptables_accounting_match_is_cosmetic():
     lab = "*filter\n:KUBE-FORWARD - [0:0]\n-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\nCOMMIT\n"
     assert differences("iptables", kp, lab) == []
     assert differences("iptables", kp, lab.replace("DROP", "ACCEPT")) != []
+
+
+IPVS_CANNED = Path(__file__).resolve().parents[1] / "canned" / "fidelity-ipvs-v1.37.2"
+
+
+def test_ipvs_real_kube_proxy_and_lab_listings_agree_rule_by_rule():
+    """Real dumps: kube-proxy v1.37.2 IPVS in the UML guest against the lab (see the README there).
+    They differ only cosmetically (ipset initval, kube-ipvs0 index and qlen, an empty *mangle)."""
+    kp = (IPVS_CANNED / "kube-proxy.txt").read_text()
+    lab = (IPVS_CANNED / "lab.txt").read_text()
+    assert kp != lab and "*mangle" in kp and "*mangle" not in lab
+    assert differences("ipvs", kp, lab) == []
+    parsed = parse_ipvs(kp)
+    assert sum(parsed["ipvs"].values()) == 31 + 61  # virtual servers + real servers
+    assert len(parsed["kube-ipvs0"][1]) == 31 and len(parsed["ipset KUBE-CLUSTER-IP"][1]) == 31
+    assert "nat/KUBE-SERVICES" in parsed  # the iptables half of IPVS mode is compared too
+
+
+def test_ipvs_real_differences_are_named():
+    kp = (IPVS_CANNED / "kube-proxy.txt").read_text()
+    lab = (IPVS_CANNED / "lab.txt").read_text()
+    weight = lab.replace("-r 10.244.0.10:80 -m -w 1", "-r 10.244.0.10:80 -m -w 0", 1)
+    assert [d.split(":")[0] for d in differences("ipvs", kp, weight)] == ["ipvs"]
+    member = lab.replace("add KUBE-CLUSTER-IP 10.96.0.1,tcp:443\n", "")
+    assert differences("ipvs", kp, member) == [
+        "ipset KUBE-CLUSTER-IP: kube-proxy only 1: '10.96.0.1,tcp:443'"
+    ]
+    hash_size = lab.replace(
+        "create KUBE-IPVS-IPS hash:ip family inet hashsize 1024",
+        "create KUBE-IPVS-IPS hash:ip family inet hashsize 2048",
+    )
+    assert [d.split(":")[0] for d in differences("ipvs", kp, hash_size)] == ["ipset KUBE-IPVS-IPS"]
+    addr = lab.replace(
+        "inet 10.96.0.1/32 scope global kube-ipvs0", "inet 10.96.0.2/32 scope global kube-ipvs0"
+    )
+    assert [d.split(":")[0] for d in differences("ipvs", kp, addr)] == ["kube-ipvs0"]
+    rule = lab.replace("-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN\n", "")
+    assert [d.split(":")[0] for d in differences("ipvs", kp, rule)] == ["nat/KUBE-SERVICES"]
