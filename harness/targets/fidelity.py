@@ -116,20 +116,21 @@ def parse_iptables(text: str) -> dict[str, Counter]:
 def parse_ipvs(text: str) -> dict[str, object]:
     """{'ipvs': Counter(ipvsadm -Sn lines), 'ipset NAME': ([definition], {members}),
     'kube-ipvs0': ([], {addresses})} plus parse_iptables() of the same listing."""
-    out: dict[str, object] = {"ipvs": Counter(), "kube-ipvs0": ([], set())}
+    servers: Counter = Counter()
+    ipsets: dict[str, tuple[list[str], set[str]]] = {}
+    addresses: set[str] = set()
     for raw in text.splitlines():
         line = raw.strip()
         if _IPVSADM.match(line):
-            out["ipvs"][line] += 1  # type: ignore[index]
+            servers[line] += 1
         elif line.startswith("create "):
-            name = line.split()[1]
-            out[f"ipset {name}"] = ([_IPSET_INITVAL.sub("", line)], set())
+            ipsets[f"ipset {line.split()[1]}"] = ([_IPSET_INITVAL.sub("", line)], set())
         elif line.startswith("add "):
             _, name, member = line.split(None, 2)
-            out.setdefault(f"ipset {name}", ([], set()))[1].add(member)  # type: ignore[index]
+            ipsets.setdefault(f"ipset {name}", ([], set()))[1].add(member)
         elif _KUBE_IPVS0_ADDR.match(line):
-            out["kube-ipvs0"][1].add(line.split()[1])  # type: ignore[index]
-    return out | parse_iptables(text)
+            addresses.add(line.split()[1])
+    return {"ipvs": servers, "kube-ipvs0": ([], addresses), **ipsets, **parse_iptables(text)}
 
 
 def differences(mode: str, kube_proxy: str, lab: str, limit: int = 20) -> list[str]:
