@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 PHASES = ("setup", "validate", "api", "sync_full", "connect", "load", "sync_one", "other")
 API_OBJECTS_PER_S = 273.0  # stop 10: bench_api_create.py, 50,000 Services + slices, 273 objects/s overall
 # the upstream IPAddress allocator (v1.37, which cannot turn it off) walks every IPAddress per
-# allocation: seconds per object at S Services, fitted to bench_api_create.py --services 20000
-# --chunk 5000 on v1.37.2 (3.7 / 5.9 / 15.0 / 23.9 ms per object for Services 0-5k / 5k-10k /
-# 10k-15k / 15k-20k, 2 cores, load average ~3)
-API_UPSTREAM_S_PER_OBJECT = (6.656e-11, 6.092e-08, 2.7723e-03)  # c*S^2 + b*S + a
+# allocation (ipallocator Used(), 79-87% of kube-apiserver's CPU past 15,000: docs/api-create-v1.37.2):
+# seconds per object at S Services grow linearly. Slope from the CPU per object (apiserver + etcd +
+# client) of bench_api_create.py --services 50000 --chunk 2500 --pprof (load-independent; that run's
+# wall time, 76 min, was taken at load average ~10), scaled so 0-20k gives the 485 s measured on a
+# quiet machine (--services 20000 --chunk 5000, load average ~3): 45 min projected for 0-50k.
+API_UPSTREAM_S_PER_OBJECT = (0.0, 9.768e-07, 2.357e-03)  # c*S^2 + b*S + a
 
 
 def api_seconds(scenario, n_from: int, n_to: int) -> float:
