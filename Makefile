@@ -70,14 +70,16 @@ lint: setup
 	$(VENV)/bin/mypy || status=1; \
 	exit $$status
 
-# The kpbench UML kernel and the Kubernetes binaries are built once into ~/.cache/kpbench (a
-# cold build of both takes 25-40 min on 2 cores); the tests that need them skip, saying so, if
-# they cannot be built here.
+# The kpbench UML kernel, the Kubernetes binaries and the test cluster's binaries and images are
+# built once into ~/.cache/kpbench (cold: ~25-40 min for the first two, ~20-25 min more for the
+# cluster's kubelet, controller manager, scheduler, containerd v2 and images, on 2 cores); the
+# tests that need them skip, saying so, if they cannot be built here.
 test: setup
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory browser || echo "warning: chromium not installed: the report's browser test will skip"
 	@$(MAKE) --no-print-directory uml-kernel || echo "warning: kpbench UML kernel not built: IPVS tests use Debian's UML kernel"
 	@$(MAKE) --no-print-directory kube || echo "warning: Kubernetes binaries not built: local-target tests will skip"
+	@$(MAKE) --no-print-directory cluster-bins cluster-images || echo "warning: test cluster binaries or images not built: test-cluster tests will skip"
 	$(VENV)/bin/python -m pytest -q -ra tests
 
 test-fast: setup
