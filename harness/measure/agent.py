@@ -27,8 +27,8 @@ Commands (``{"cmd": NAME, ...}``):
     "t_first_ns": start of the first attempt, "t_prev_ns": start of the last attempt before the
     satisfying one (or null), "cpu_share": the poller's CPU time / its wall time, "detail": ...}``.
     With ``max_cpu_share`` the attempts are paced so that the poller's own CPU time stays within
-    that share of the elapsed time (``paced_start``): where one attempt is expensive (a UML guest,
-    thousands of rules) the spacing grows past ``interval``, and ``t_prev_ns`` says by how much.
+    that share of a CPU (``paced_start``): where one attempt is expensive (a UML guest, thousands
+    of rules) the spacing grows past ``interval`` (up to 50 ms), and ``t_prev_ns`` says by how much.
     One attempt is started every ``interval`` on a *new* socket (a new source port, so a
     conntrack entry made before the rule existed is never reused); attempts overlap and are
     resolved with poll(2). "served": the TCP connect succeeds. "gone": the connect is refused,
@@ -66,6 +66,8 @@ _LINGER0 = struct.pack("ii", 1, 0)
 _SOL, _LINGER, _SNDTIMEO = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_SNDTIMEO
 _AF, _ST = socket.AF_INET, socket.SOCK_STREAM
 MAX_INTERVAL = 1.0
+MAX_PACED_NS = 50_000_000  # the widest spacing pacing may reach (50 ms)
+COST_EWMA = 0.2  # weight of the newest attempt's CPU cost in the running estimate
 GONE_CONFIRM = 3  # attempts after a silent "gone" that must be gone too (with a control)
 DEFAULT_INTERVAL = 0.001
 
@@ -133,17 +135,21 @@ def _backend_match(body: bytes, names: frozenset) -> bool:
     return any(toks[0].startswith(n) for n in names)
 
 
-def paced_start(next_start: int, now: int, interval_ns: int, t_begin: int, cpu_ns: int, share: float | None) -> int:
-    """When the attempt after the one due at `next_start` starts (ns): `interval_ns` later, never a
-    burst to catch up (a late loop restarts the beat from `now`), and with `share` not before the
-    poller's own CPU time since `t_begin` (`cpu_ns`) is at most `share` of the time elapsed: the
-    poller then never takes more than that share of a CPU (plus one attempt) from the apply it times.
+def paced_start(
+    next_start: int, now: int, interval_ns: int, cost_ns: float, share: float | None, max_ns: int = MAX_PACED_NS
+) -> int:
+    """When the attempt after the one due at `next_start` starts (ns): one spacing later, never a
+    burst to catch up (a late loop restarts the beat from `now`). The spacing is `interval_ns`; with
+    `share`, at least `cost_ns` (the poller's recent CPU time per attempt) / `share`, so that the
+    poller takes at most that share of a CPU from the apply it times, and at most `max_ns`, so that
+    no sample is timed coarser than that (an attempt costlier than share x max_ns then takes more).
     """
-    nxt = next_start + interval_ns
-    if nxt < now:
-        nxt = now + interval_ns
+    spacing = interval_ns
     if share:
-        nxt = max(nxt, t_begin + int(cpu_ns / share))
+        spacing = min(max(interval_ns, int(cost_ns / share)), max(interval_ns, max_ns))
+    nxt = next_start + spacing
+    if nxt < now:
+        nxt = now + spacing
     return nxt
 
 
@@ -172,7 +178,8 @@ def _poll_loop(
     next_start = t_begin
     attempts = 0
     starts: list[int] = []
-    cpu0 = _cpu()
+    cpu0 = cpu_last = _cpu()
+    cost = 0.0  # running estimate of the poller's CPU time per attempt (ns)
     # "gone" by silence only once a control attempt (to a Service that stays served) started no
     # earlier was answered: in a one-CPU guest a served SYN can wait seconds behind the apply. A
     # control starts when a silent attempt expires and none started since it is in flight.
@@ -297,7 +304,10 @@ def _poll_loop(
             else:  # immediate failure (unreachable, ...)
                 live[s.fileno()] = a
                 finish(a, expect == "gone", _pc(), _errname(code))
-            next_start = paced_start(next_start, now, interval_ns, t_begin, _cpu() - cpu0, max_cpu_share)
+            cpu_now = _cpu()
+            cost += COST_EWMA * (cpu_now - cpu_last - cost)
+            cpu_last = cpu_now
+            next_start = paced_start(next_start, now, interval_ns, cost, max_cpu_share)
         # collect what happened, then sleep until the next start: poll(2) rounds its timeout
         # up to whole milliseconds, clock_nanosleep (time.sleep) does not. An attempt's result is
         # then seen up to one interval late, but its start time (what is reported) is exact.
@@ -315,7 +325,11 @@ def _poll_loop(
         # for longer than attempt_timeout (one CPU busy with the apply being timed) must not take a
         # connect that completed meanwhile for "no answer"
         now = _pc()
-        expired = [a for a in live.values() if now - a.t0 >= att_ns]
+        expired = []
+        for a in live.values():  # in start order: the first one not expired ends the scan
+            if now - a.t0 < att_ns:
+                break
+            expired.append(a)
         if expired:
             _handle(poller.poll(0))
             for a in expired:

@@ -167,29 +167,31 @@ def test_agent_protocol_errors_keep_it_alive():
 
 def test_paced_start_keeps_the_beat_without_a_share():
     ms = 1_000_000
-    assert agent_mod.paced_start(10 * ms, 10 * ms, ms, 0, 5 * ms, None) == 11 * ms
+    assert agent_mod.paced_start(10 * ms, 10 * ms, ms, 5 * ms, None) == 11 * ms
     # fell behind: restart the beat from now, no burst
-    assert agent_mod.paced_start(10 * ms, 25 * ms, ms, 0, 0, None) == 26 * ms
+    assert agent_mod.paced_start(10 * ms, 25 * ms, ms, 0, None) == 26 * ms
     # cheap attempts: the share does not bind
-    assert agent_mod.paced_start(10 * ms, 10 * ms, ms, 0, ms // 100, 0.15) == 11 * ms
+    assert agent_mod.paced_start(10 * ms, 10 * ms, ms, ms / 100, 0.15) == 11 * ms
 
 
 def test_paced_start_bounds_the_pollers_cpu_share():
-    """Simulated poller whose attempts cost `cost` of CPU: its CPU stays within share x elapsed plus
-    one attempt, and its spacing settles at cost / share."""
+    """A simulated poller whose attempts cost `cost` of CPU, with the agent's running estimate: its
+    spacing settles at cost / share (never below the interval, never above the cap) and its CPU
+    share over the run stays within the bound wherever the cap does not bind."""
     ms = 1_000_000
-    for cost, share in ((2 * ms, 0.15), (ms // 10, 0.15), (5 * ms, 0.5)):
-        t = t_begin = 0
-        nxt, cpu, starts = t_begin, 0, []
-        while t < 2000 * ms:
+    for cost, share in ((ms * 17 // 10, 0.15), (ms // 10, 0.15), (5 * ms, 0.5), (20 * ms, 0.15)):
+        t, nxt, est, starts = 0, 0, 0.0, []
+        while t < 5000 * ms:
             t = max(t, nxt)
             starts.append(t)
-            cpu += cost
             t += cost  # the attempt's own work
-            nxt = agent_mod.paced_start(nxt, t, ms, t_begin, cpu, share)
-            assert cpu <= share * (t - t_begin) + cost
+            est += agent_mod.COST_EWMA * (cost - est)
+            nxt = agent_mod.paced_start(nxt, t, ms, est, share)
         gap = (starts[-1] - starts[-101]) / 100
-        assert gap == pytest.approx(max(ms, cost / share), rel=0.02)
+        want = min(max(ms, cost / share), agent_mod.MAX_PACED_NS)
+        assert gap == pytest.approx(want, rel=0.02), (cost, share)
+        if cost / share <= agent_mod.MAX_PACED_NS:
+            assert cost * len(starts) <= share * t * 1.02 or gap == pytest.approx(ms, rel=0.02)
 
 
 def test_resolution_is_the_window_the_state_arrived_in():
