@@ -147,7 +147,7 @@ MODE = {
     # the old figures under-projected ~2x. One change since the poller is paced to 15% of a CPU
     # (measure.sync.poll_max_cpu_share; it had taken ~90% of the guest's one CPU at 10k and slowed
     # the apply it timed ~2x): 18-change phase 61.9 / 45.0 s paced against 135.3 s unpaced at 10k,
-    # runs interleaved on a loaded machine (umlsync, benchmarks/bench_sync_poll.py)
+    # runs interleaved on a loaded machine (umlsync, benchmarks/bench_sync_poll.py); 101.6 s at 20k
     ("lab", "uml", "iptables"): ModeCosts(Poly(1.0, 0.0007), Poly(0.5, 0.00025), _IPT),
     # ipvs full 7.2 / 7.5 / 9.9 / 14.6 s; sync_one phase 13-19 s (stop 9); the 50k run: the sync_full
     # phase 3.8 / 7.9 / 6.2 / 31 / 61 / 197 s at 1k .. 50k (node a alone 1.1 / 1.9 / 1.2 / 7.0 /
