@@ -137,6 +137,7 @@ REGISTRY: tuple[Metric, ...] = (
         "s",
         "how finely one sync_one_s sample was timed: the new state arrived after the previous "
         "attempt's start and by the satisfying one's (the poller's spacing at that moment)",
+        table=True,
         split=("change",),
     ),
     Metric(
