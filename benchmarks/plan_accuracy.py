@@ -22,10 +22,12 @@ from harness.scenario import load_scenario
 
 def recorded_scenario(meta: dict, run_dir: Path):
     """The run's resolved scenario; a run from before adaptive load phases (no measure.load.adaptive
-    recorded) ran its load phases for their whole duration, and is replayed so."""
+    recorded) ran its load phases for their whole duration, and is replayed so; one from before the
+    paced sync poller (no measure.sync.poll_max_cpu_share) polled every 1 ms whatever it cost."""
     data = json.loads(json.dumps(meta["scenario"]))
     load = data.setdefault("measure", {}).setdefault("load", {})
     load.setdefault("adaptive", False)
+    data["measure"].setdefault("sync", {}).setdefault("poll_max_cpu_share", None)
     return load_scenario(data=data, source=str(run_dir / "scenario.yaml"))
 
 

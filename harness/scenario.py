@@ -101,6 +101,14 @@ class SyncSpec(_Strict):
     samples: int = Field(default=21, ge=1)
     kinds: list[Literal["add", "update", "delete"]] = ["add", "update", "delete"]
     poll_interval_ms: float = Field(default=1.0, gt=0, le=1.0)
+    poll_max_cpu_share: float | None = Field(
+        default=0.15,
+        gt=0,
+        le=1,
+        description="the sync poller never takes more than this share of a CPU: where one attempt "
+        "is expensive (UML, thousands of rules) attempts are spaced wider than poll_interval_ms, "
+        "and each sample's sync_resolution_s records the spacing reached (null: no pacing)",
+    )
     timeout_s: float = Field(default=30, gt=0)
     adaptive: bool = Field(
         default=True,

@@ -18,16 +18,22 @@ Commands (``{"cmd": NAME, ...}``):
     microseconds (float), ``err`` "" or "timeout" / "refused" / "unreachable" / errno name. A
     failed or timed-out attempt is reported with its elapsed time, never dropped.
 ``poll`` ``ip``, ``port``, ``expect`` ("served" | "gone" | "backend:X,Y,..."), ``interval`` (s,
-<= 0.001), ``timeout`` (s), ``attempt_timeout`` (s, default 0.2)
+<= 1), ``timeout`` (s), ``attempt_timeout`` (s, default 0.2), ``max_cpu_share`` (optional, (0, 1]),
+``control`` (optional ``[ip, port]`` of a Service that stays served)
     Replies twice: first ``{"ok": true, "event": "polling", "t_ns": ...}`` as soon as polling
     starts (the caller then changes the dataplane), then, when done, ``{"ok": true, "event":
     "result", "satisfied": bool, "timed_out": bool, "t_ns": start of the first attempt that
     satisfied the expectation, "t_done_ns": when that attempt completed, "attempts": n,
-    "t_first_ns": start of the first attempt, "detail": ...}``.
+    "t_first_ns": start of the first attempt, "t_prev_ns": start of the last attempt before the
+    satisfying one (or null), "cpu_share": the poller's CPU time / its wall time, "detail": ...}``.
+    With ``max_cpu_share`` the attempts are paced so that the poller's own CPU time stays within
+    that share of a CPU (``paced_start``): where one attempt is expensive (a UML guest, thousands
+    of rules) the spacing grows past ``interval`` (up to 50 ms), and ``t_prev_ns`` says by how much.
     One attempt is started every ``interval`` on a *new* socket (a new source port, so a
     conntrack entry made before the rule existed is never reused); attempts overlap and are
     resolved with poll(2). "served": the TCP connect succeeds. "gone": the connect is refused,
-    unreachable, or not answered within ``attempt_timeout``. "backend:X": an HTTP GET / is
+    unreachable, or not answered within ``attempt_timeout`` (with ``control``: and a control attempt
+    to that address, started no earlier, was answered: proof that the network was moving). "backend:X": an HTTP GET / is
     answered and the body's first line (``"<podname> <ip>:<port>"``) has a token equal to an
     element of X, or a pod name that starts with one. The reported attempt is the earliest
     started one that satisfied the expectation (attempts started earlier are waited for).
@@ -54,11 +60,16 @@ import time
 from typing import IO, Any
 
 _pc = time.perf_counter_ns
+_cpu = time.process_time_ns
 _sleep = time.sleep
 _LINGER0 = struct.pack("ii", 1, 0)
 _SOL, _LINGER, _SNDTIMEO = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_SNDTIMEO
 _AF, _ST = socket.AF_INET, socket.SOCK_STREAM
-MAX_INTERVAL = 0.001
+MAX_INTERVAL = 1.0
+MAX_PACED_NS = 50_000_000  # the widest spacing pacing may reach (50 ms)
+COST_EWMA = 0.2  # weight of the newest attempt's CPU cost in the running estimate
+GONE_CONFIRM = 3  # attempts after a silent "gone" that must be gone too (with a control)
+DEFAULT_INTERVAL = 0.001
 
 
 def _timeval(seconds: float) -> bytes:
@@ -124,8 +135,33 @@ def _backend_match(body: bytes, names: frozenset) -> bool:
     return any(toks[0].startswith(n) for n in names)
 
 
+def paced_start(
+    next_start: int, now: int, interval_ns: int, cost_ns: float, share: float | None, max_ns: int = MAX_PACED_NS
+) -> int:
+    """When the attempt after the one due at `next_start` starts (ns): one spacing later, never a
+    burst to catch up (a late loop restarts the beat from `now`). The spacing is `interval_ns`; with
+    `share`, at least `cost_ns` (the poller's recent CPU time per attempt) / `share`, so that the
+    poller takes at most that share of a CPU from the apply it times, and at most `max_ns`, so that
+    no sample is timed coarser than that (an attempt costlier than share x max_ns then takes more).
+    """
+    spacing = interval_ns
+    if share:
+        spacing = min(max(interval_ns, int(cost_ns / share)), max(interval_ns, max_ns))
+    nxt = next_start + spacing
+    if nxt < now:
+        nxt = now + spacing
+    return nxt
+
+
 def _poll_loop(
-    ip: str, port: int, expect: str, interval: float, timeout: float, attempt_timeout: float
+    ip: str,
+    port: int,
+    expect: str,
+    interval: float,
+    timeout: float,
+    attempt_timeout: float,
+    max_cpu_share: float | None = None,
+    control: tuple[str, int] | None = None,
 ) -> dict:
     """Start an attempt every `interval`; see the module docstring."""
     http = expect.startswith("backend:")
@@ -141,6 +177,19 @@ def _poll_loop(
     deadline = t_begin + int(timeout * 1e9)
     next_start = t_begin
     attempts = 0
+    starts: list[int] = []
+    cpu0 = cpu_last = _cpu()
+    cost = 0.0  # running estimate of the poller's CPU time per attempt (ns)
+    # "gone" by silence only once a control attempt (to a Service that stays served) started no
+    # earlier was answered: in a one-CPU guest a served SYN can wait seconds behind the apply. A
+    # control starts when a silent attempt expires and none started since it is in flight.
+    ctrl: dict[int, Any] = {}  # fd -> (socket, start)
+    ctrl_ok = [-1]  # latest start of an answered control attempt
+    # with a control, "gone" also needs CONFIRM later attempts judged gone and none answered after
+    # it: an early silent attempt whose successors connect was a lost SYN, not the change
+    confirm = GONE_CONFIRM if control is not None and expect == "gone" else 0
+    gone_after = [0]  # attempts judged gone that started at or after best_t0
+    served_t0 = [-1]  # latest start of an attempt that connected
     best_t0 = None  # start of earliest satisfying attempt
     best_done = None
     detail = ""
@@ -154,53 +203,42 @@ def _poll_loop(
             pass
         live.pop(fd, None)
         a.sock.close()
+        if confirm:
+            if ok and a.t0 < served_t0[0]:
+                return  # an attempt started after it was answered: not gone then
+            if ok:
+                gone_after[0] += 1
+            elif why == "connected":
+                served_t0[0] = max(served_t0[0], a.t0)
+                if best_t0 is not None and a.t0 > best_t0:
+                    best_t0, best_done, detail, gone_after[0] = None, None, "", 0  # served after all
         if ok and (best_t0 is None or a.t0 < best_t0):
             best_t0, best_done, detail = a.t0, now, why
 
-    while True:
-        now = _pc()
-        if best_t0 is not None:
-            # done once no attempt started before the best one is still pending
-            if not any(a.t0 < best_t0 for a in live.values()):
-                break
-        elif now >= deadline:
-            break
-        if best_t0 is None and now >= next_start:
-            s = socket.socket(_AF, _ST)
-            s.setsockopt(_SOL, _LINGER, _LINGER0)
-            s.setblocking(False)
-            t0 = _pc()
-            code = s.connect_ex((ip, port))
-            attempts += 1
-            a = _Attempt(s, t0)
-            if code == 0 or code == errno.EINPROGRESS:
-                live[s.fileno()] = a
-                poller.register(s.fileno(), select.POLLOUT)
-                if code == 0:
-                    pass  # resolved by the POLLOUT event below
-            else:  # immediate failure (unreachable, ...)
-                live[s.fileno()] = a
-                finish(a, expect == "gone", _pc(), _errname(code))
-            next_start += interval_ns
-            if next_start < now:  # fell behind: do not burst
-                next_start = now + interval_ns
-        # expire attempts
-        now = _pc()
-        for a in [a for a in live.values() if now - a.t0 >= att_ns]:
-            finish(a, expect == "gone", now, "no answer")
-        # collect what happened, then sleep until the next start: poll(2) rounds its timeout
-        # up to whole milliseconds, clock_nanosleep (time.sleep) does not. An attempt's result is
-        # then seen up to one interval late, but its start time (what is reported) is exact.
-        if best_t0 is None:
-            events = poller.poll(0)
-            if not events:
-                wait_ns = next_start - _pc()
-                if wait_ns > 0:
-                    _sleep(wait_ns / 1e9)
-                events = poller.poll(0)
+    def _control_start() -> None:
+        c = socket.socket(_AF, _ST)
+        c.setsockopt(_SOL, _LINGER, _LINGER0)
+        c.setblocking(False)
+        t = _pc()
+        if c.connect_ex(control) in (0, errno.EINPROGRESS):
+            ctrl[c.fileno()] = (c, t)
+            poller.register(c.fileno(), select.POLLOUT)
         else:
-            events = poller.poll(1)
+            c.close()
+
+    def _control_end(fd: int, answered: bool) -> None:
+        c, t = ctrl.pop(fd)
+        poller.unregister(fd)
+        if answered and c.getsockopt(_SOL, socket.SO_ERROR) == 0:
+            ctrl_ok[0] = max(ctrl_ok[0], t)
+        c.close()
+
+    def _handle(events) -> None:
+        """Advance the attempts that have events: connected / refused, request sent, answer read."""
         for fd, _ev in events:
+            if fd in ctrl:
+                _control_end(fd, True)
+                continue
             found = live.get(fd)
             if found is None:
                 continue
@@ -239,8 +277,79 @@ def _poll_loop(
                     and _backend_match(body, names)
                 )
                 finish(a, ok, now, body.split(b"\n", 1)[0].decode(errors="replace").strip())
+
+    while True:
+        now = _pc()
+        confirming = confirm > 0 and best_t0 is not None and gone_after[0] <= confirm
+        if best_t0 is not None and not confirming:
+            # done once no attempt started before the best one is still pending
+            if not any(a.t0 < best_t0 for a in live.values()):
+                break
+        elif now >= deadline:  # (an unconfirmed "gone" stands: its silence had a control)
+            break
+        if (best_t0 is None or confirming) and now >= next_start:
+            s = socket.socket(_AF, _ST)
+            s.setsockopt(_SOL, _LINGER, _LINGER0)
+            s.setblocking(False)
+            t0 = _pc()
+            code = s.connect_ex((ip, port))
+            attempts += 1
+            starts.append(t0)
+            a = _Attempt(s, t0)
+            if code == 0 or code == errno.EINPROGRESS:
+                live[s.fileno()] = a
+                poller.register(s.fileno(), select.POLLOUT)
+                if code == 0:
+                    pass  # resolved by the POLLOUT event below
+            else:  # immediate failure (unreachable, ...)
+                live[s.fileno()] = a
+                finish(a, expect == "gone", _pc(), _errname(code))
+            cpu_now = _cpu()
+            cost += COST_EWMA * (cpu_now - cpu_last - cost)
+            cpu_last = cpu_now
+            next_start = paced_start(next_start, now, interval_ns, cost, max_cpu_share)
+        # collect what happened, then sleep until the next start: poll(2) rounds its timeout
+        # up to whole milliseconds, clock_nanosleep (time.sleep) does not. An attempt's result is
+        # then seen up to one interval late, but its start time (what is reported) is exact.
+        if best_t0 is None or confirming:
+            events = poller.poll(0)
+            if not events:
+                wait_ns = next_start - _pc()
+                if wait_ns > 0:
+                    _sleep(wait_ns / 1e9)
+                events = poller.poll(0)
+        else:
+            events = poller.poll(1)
+        _handle(events)
+        # expire attempts, only after their events are collected: an agent that was not scheduled
+        # for longer than attempt_timeout (one CPU busy with the apply being timed) must not take a
+        # connect that completed meanwhile for "no answer"
+        now = _pc()
+        expired = []
+        for a in live.values():  # in start order: the first one not expired ends the scan
+            if now - a.t0 < att_ns:
+                break
+            expired.append(a)
+        if expired:
+            _handle(poller.poll(0))
+            for a in expired:
+                if a.sock.fileno() not in live:
+                    continue
+                if control is None or expect != "gone":
+                    finish(a, expect == "gone", now, "no answer")
+                elif ctrl_ok[0] >= a.t0:
+                    finish(a, True, now, "no answer (control answered)")
+                elif not any(t >= a.t0 for _c, t in ctrl.values()):
+                    _control_start()  # one control per silent attempt at most, usually far fewer
+        for fd in [fd for fd, (_c, t) in ctrl.items() if now - t >= att_ns]:
+            _control_end(fd, False)
+
     for a in list(live.values()):
         finish(a, False, _pc(), "")
+    for a in list(live.values()):
+        finish(a, False, _pc(), "")
+    for fd in list(ctrl):
+        _control_end(fd, False)
     satisfied = best_t0 is not None
     return {
         "ok": True,
@@ -252,14 +361,20 @@ def _poll_loop(
         "t_first_ns": t_begin,
         "attempts": attempts,
         "detail": detail,
+        "t_prev_ns": max((t for t in starts if best_t0 is not None and t < best_t0), default=None),
+        "cpu_share": (_cpu() - cpu0) / max(1, _pc() - t_begin),
     }
 
 
 def cmd_poll(req: dict, send) -> dict:
-    interval = float(req.get("interval", MAX_INTERVAL))
+    interval = float(req.get("interval", DEFAULT_INTERVAL))
     if interval > MAX_INTERVAL or interval <= 0:
         return {"ok": False, "error": f"interval must be in (0, {MAX_INTERVAL}] s, got {interval}"}
+    share = req.get("max_cpu_share")
+    if share is not None and not 0 < float(share) <= 1:
+        return {"ok": False, "error": f"max_cpu_share must be in (0, 1], got {share}"}
     send({"ok": True, "event": "polling", "t_ns": _pc()})
+    control = req.get("control")
     return _poll_loop(
         str(req["ip"]),
         int(req["port"]),
@@ -267,6 +382,8 @@ def cmd_poll(req: dict, send) -> dict:
         interval,
         float(req.get("timeout", 10.0)),
         float(req.get("attempt_timeout", 0.2)),
+        float(share) if share is not None else None,
+        (str(control[0]), int(control[1])) if control else None,
     )
 
 
@@ -396,22 +513,27 @@ class AgentClient:
         port: int,
         expect: str,
         *,
-        interval: float = MAX_INTERVAL,
+        interval: float = DEFAULT_INTERVAL,
         timeout: float = 10.0,
         attempt_timeout: float = 0.2,
+        max_cpu_share: float | None = None,
+        control: tuple[str, int] | None = None,
     ) -> int:
         """Start polling; returns once the agent polls (its perf_counter_ns). Then poll_result()."""
-        rep = self.request(
-            {
-                "cmd": "poll",
-                "ip": ip,
-                "port": port,
-                "expect": expect,
-                "interval": interval,
-                "timeout": timeout,
-                "attempt_timeout": attempt_timeout,
-            }
-        )
+        req: dict[str, Any] = {
+            "cmd": "poll",
+            "ip": ip,
+            "port": port,
+            "expect": expect,
+            "interval": interval,
+            "timeout": timeout,
+            "attempt_timeout": attempt_timeout,
+        }
+        if max_cpu_share is not None:
+            req["max_cpu_share"] = max_cpu_share
+        if control is not None:
+            req["control"] = list(control)
+        rep = self.request(req)
         self._polling = True
         return rep["t_ns"]
 

@@ -9,7 +9,18 @@ made at index positions(N, samples)[j] of the list handed to the dataplane):
 
 - ``sync_one_s`` = t_served - t0 (the programming latency as a client sees it); a sample whose
   state never came within ``timeout`` is a row with value = timeout and timed_out=True;
-- ``sync_apply_s`` = t_apply - t0 (the apply call's own time).
+- ``sync_apply_s`` = t_apply - t0 (the apply call's own time);
+- ``sync_resolution_s`` = how finely that sample was timed: the new state arrived after the start
+  of the attempt before the satisfying one (or after t0, if later), so sync_one_s is an upper bound
+  this much above the earliest possible value. The poller starts an attempt every ``interval``
+  but, with ``max_cpu_share``, never takes more than that share of a CPU from the apply it times
+  (agent.paced_start): in a UML guest at 10,000 Services one attempt costs ~1.7 ms of the guest's
+  only CPU, so the spacing there grows to ~10 ms (max_cpu_share 0.15), and this row records it.
+
+A delete is "gone" when the connect is refused, unreachable, or unanswered while a control
+attempt to another Service (one that stays served) was answered: in a one-CPU guest a served SYN
+can wait seconds behind the apply, and silence alone was read as "gone" (deletes timed at 40 ms
+while their apply took 7 s).
 
 add: a new Service (``model.service(i)`` with i >= N, inserted at the sample's position) must
 become served (TCP connect succeeds). update: the Service's endpoints move to other pods; done
@@ -83,6 +94,22 @@ def _addr(svc: Service) -> tuple[str, int]:
     return svc.cluster_ip, svc.ports[0].port
 
 
+def resolution_s(t_served_ns: int, t_prev_ns: int | None, t0_ns: int) -> float:
+    """The width of the window the new state arrived in: after the previous attempt's start (or
+    after t0, the change being asked for, if that is later) and by the satisfying attempt's start."""
+    return (t_served_ns - max(t0_ns, t_prev_ns if t_prev_ns is not None else t0_ns)) / 1e9
+
+
+def _control(services: Sequence[Service], changed: Service, expect: str) -> tuple[str, int] | None:
+    """For a "gone" poll: a Service of `services` other than `changed` (it stays served)."""
+    if expect != "gone":
+        return None
+    for svc in (services[0], services[-1]) if services else ():
+        if svc.cluster_ip != changed.cluster_ip:
+            return _addr(svc)
+    return None
+
+
 def measure_sync_one(
     agent: Agent,
     dataplane: Dataplane,
@@ -94,6 +121,7 @@ def measure_sync_one(
     timeout: float = 10.0,
     *,
     interval: float = 0.001,
+    max_cpu_share: float | None = None,
     attempt_timeout: float = 0.2,
     verify_restore: bool = True,
     restore: bool = True,
@@ -156,9 +184,10 @@ def measure_sync_one(
             else:
                 raise ValueError(f"unknown change kind {kind!r}")
             ip, port = _addr(svc)
+            pace = {"interval": interval, "max_cpu_share": max_cpu_share, "attempt_timeout": attempt_timeout}
 
             agent.poll_start(
-                ip, port, expect, interval=interval, timeout=timeout + 0.05, attempt_timeout=attempt_timeout
+                ip, port, expect, timeout=timeout + 0.05, control=_control(after, svc, expect), **pace
             )
             t0 = time.perf_counter_ns()
             try:
@@ -189,6 +218,16 @@ def measure_sync_one(
             if stop is not None:
                 stop.add(f"sync_one_s change={kind}", lat)
             rows.append(ctx.row("sync_apply_s", (t_apply - t0) / 1e9, "s", seq=j, change=kind))
+            if not timed_out:
+                rows.append(
+                    ctx.row(
+                        "sync_resolution_s",
+                        resolution_s(res["t_ns"], res.get("t_prev_ns"), t0),
+                        "s",
+                        seq=j,
+                        change=kind,
+                    )
+                )
 
             if not restore:
                 services = after
@@ -199,9 +238,9 @@ def measure_sync_one(
                     ip,
                     port,
                     restore_expect,
-                    interval=interval,
                     timeout=max(timeout, 1.0),
-                    attempt_timeout=attempt_timeout,
+                    control=_control(services, svc, restore_expect),
+                    **pace,
                 )
                 if not back["satisfied"]:
                     raise SyncError(

@@ -233,6 +233,7 @@ class LabPoints:
             kinds=kinds,
             timeout=s.timeout_s,
             interval=s.poll_interval_ms / 1000,
+            max_cpu_share=s.poll_max_cpu_share,
             stop=stop,
         )
         if stop is not None:

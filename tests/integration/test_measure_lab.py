@@ -152,6 +152,45 @@ def test_poll_gone_and_backend(lab):
     assert r["satisfied"] and r["detail"] == "refused"
 
 
+def test_poll_gone_needs_the_control_answered(lab):
+    """Silence counts as "gone" only once a control attempt to a served Service was answered."""
+    agent, served, dropped = lab["agent"], lab["model"].services[1], lab["dropped"]
+    other = lab["model"].services[2]
+    ctl = (other.cluster_ip, 80)
+    r = agent.poll(dropped.cluster_ip, 80, "gone", timeout=1.0, attempt_timeout=0.05, control=ctl)
+    assert r["satisfied"] and r["detail"] == "no answer (control answered)"
+    r = agent.poll(served.cluster_ip, 80, "gone", timeout=0.3, attempt_timeout=0.05, control=ctl)
+    assert not r["satisfied"] and r["timed_out"]
+    # a control that is never answered: silence is not taken for "gone"
+    r = agent.poll(dropped.cluster_ip, 80, "gone", timeout=0.3, attempt_timeout=0.05, control=(dropped.cluster_ip, 80))
+    assert not r["satisfied"]
+
+
+def test_a_lost_syn_is_not_gone(lab):
+    """The first SYN to a served Service is dropped (the statistic match), the rest answered: the
+    silent first attempt, even with its control answered, is not taken for "gone"."""
+    agent, svc, other = lab["agent"], lab["model"].services[3], lab["model"].services[4]
+    rule = ["-d", f"{svc.cluster_ip}/32", "-p", "tcp", "--syn", "-m", "statistic", "--mode", "nth",
+            "--every", "100000", "--packet", "0", "-j", "DROP"]  # fmt: skip
+    netns.run(lab["lab"].router, ["iptables", "-t", "raw", "-I", "PREROUTING", *rule])
+    try:
+        r = agent.poll(svc.cluster_ip, 80, "gone", timeout=0.5, attempt_timeout=0.05, control=(other.cluster_ip, 80))
+    finally:
+        netns.run(lab["lab"].router, ["iptables", "-t", "raw", "-D", "PREROUTING", *rule])
+    assert not r["satisfied"], r
+
+
+def test_poll_paced_to_a_cpu_share(lab):
+    """With max_cpu_share the poller's own CPU stays near that share; t_prev_ns precedes t_ns."""
+    agent, svc = lab["agent"], lab["model"].services[1]
+    r = agent.poll(lab["dropped"].cluster_ip, 80, "served", interval=0.001, timeout=0.5, max_cpu_share=0.02)
+    assert not r["satisfied"] and r["cpu_share"] < 0.06, r
+    r = agent.poll(svc.cluster_ip, 80, "served", interval=0.001, timeout=1.0, max_cpu_share=0.05)
+    assert r["satisfied"] and r["t_prev_ns"] is None  # the first attempt saw it
+    with pytest.raises(Exception, match="max_cpu_share"):
+        agent.poll(svc.cluster_ip, 80, "served", max_cpu_share=1.5)
+
+
 def test_sync_one_and_full(lab):
     dp, services = lab["dp"], list(lab["model"].services)  # all served (no dead ones)
     dp.full_sync(services)
@@ -164,6 +203,8 @@ def test_sync_one_and_full(lab):
     apply = [r for r in rows if r["metric"] == "sync_apply_s"]
     assert sorted(r["change"] for r in one) == ["add", "add", "delete", "delete", "update", "update"]
     assert len(apply) == 6
+    res = [r for r in rows if r["metric"] == "sync_resolution_s"]
+    assert len(res) == 6 and all(0 <= r["value"] <= o["value"] for r, o in zip(res, one, strict=True))
     for r in one:
         assert not r["timed_out"], r
         assert 0 < r["value"] < 2.0

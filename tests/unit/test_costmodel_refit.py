@@ -42,10 +42,12 @@ def test_the_50k_run_is_replayed_with_its_whole_load_phases():
 
 
 def test_uml_iptables_points_follow_the_measured_cost():
-    # the 50k run's UML iptables points cost about twice the old model: 168 s at 10,000 Services
-    # (sync_one 139 s, 21 changes), 381 s at 20,000 (sync_one 332 s)
-    sc = load_scenario("default", [parse_override("measure.sync.samples=21")])
-    for n, measured_one in ((10000, 139.0), (20000, 332.0)):
+    # with the sync poller paced to 15% of a CPU, the UML iptables one-change phase (18 changes)
+    # measured 61.9 s and 45.0 s at 10,000 Services (135.3 s unpaced, interleaved; before, the 50k
+    # run's 139 s for 21 changes was what the poller's contention cost) and 101.6 s at 20,000
+    over = ["measure.sync.samples=18", "measure.sync.adaptive=false"]
+    sc = load_scenario("default", [parse_override(o) for o in over])
+    for n, measured_one in ((10000, (61.9 + 45.0) / 2), (20000, 101.6)):
         ph = cm.base_phases(sc, cm.PointShape("lab", "uml", "iptables", n), validate=False, api_delta=0)
         assert ph["sync_one"] == pytest.approx(measured_one, rel=0.15)
 
@@ -83,3 +85,19 @@ def test_the_load_generator_start_is_charged_once_per_kernel_group():
         start = cm.KERNEL[("lab", kernel)].load_start
         assert start > 0 and loads[0] == pytest.approx(loads[1] + start)
         assert len(set(loads[1:])) == 1
+
+
+def test_an_unpaced_poller_is_projected_at_what_it_cost():
+    shape = cm.PointShape("lab", "uml", "iptables", 10000)
+    paced = load_scenario("default")
+    unpaced = load_scenario("default", [parse_override("measure.sync.poll_max_cpu_share=null")])
+    one = {
+        name: cm.base_phases(sc, shape, validate=False, api_delta=0)["sync_one"] / cm.sync_changes(sc)
+        for name, sc in (("paced", paced), ("unpaced", unpaced))
+    }
+    assert one["unpaced"] == pytest.approx(cm.UNPACED_SYNC_ONE[("lab", "uml", "iptables")](10000))
+    assert one["paced"] < one["unpaced"] / 2
+    host = cm.PointShape("lab", "host", "iptables", 10000)  # no unpaced figure: the same cost
+    assert cm.base_phases(paced, host, validate=False, api_delta=0) == cm.base_phases(
+        unpaced, host, validate=False, api_delta=0
+    )

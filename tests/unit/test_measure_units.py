@@ -12,7 +12,7 @@ from harness.measure import agent as agent_mod
 from harness.measure.connect import measure_connect
 from harness.measure.cpu import CpuSnapshot, cpu_rows, delta, snapshot
 from harness.measure.load import _rows, saturation
-from harness.measure.sync import SyncError, other_endpoints, positions
+from harness.measure.sync import SyncError, _control, other_endpoints, positions, resolution_s
 from harness.model import ModelSpec, build_model
 from harness.samples import PointContext
 
@@ -158,6 +158,52 @@ def test_agent_protocol_errors_keep_it_alive():
         with pytest.raises(agent_mod.AgentError, match="unknown command"):
             a.request({"cmd": "nope"})
         with pytest.raises(agent_mod.AgentError, match="interval"):
-            a.poll_start("127.0.0.1", 9, "served", interval=0.01)
+            a.poll_start("127.0.0.1", 9, "served", interval=2.0)
+        with pytest.raises(agent_mod.AgentError, match="max_cpu_share"):
+            a.poll_start("127.0.0.1", 9, "served", max_cpu_share=0)
         assert a.ping()["ok"]
     assert a.proc.returncode == 0
+
+
+def test_paced_start_keeps_the_beat_without_a_share():
+    ms = 1_000_000
+    assert agent_mod.paced_start(10 * ms, 10 * ms, ms, 5 * ms, None) == 11 * ms
+    # fell behind: restart the beat from now, no burst
+    assert agent_mod.paced_start(10 * ms, 25 * ms, ms, 0, None) == 26 * ms
+    # cheap attempts: the share does not bind
+    assert agent_mod.paced_start(10 * ms, 10 * ms, ms, ms / 100, 0.15) == 11 * ms
+
+
+def test_paced_start_bounds_the_pollers_cpu_share():
+    """A simulated poller whose attempts cost `cost` of CPU, with the agent's running estimate: its
+    spacing settles at cost / share (never below the interval, never above the cap) and its CPU
+    share over the run stays within the bound wherever the cap does not bind."""
+    ms = 1_000_000
+    for cost, share in ((ms * 17 // 10, 0.15), (ms // 10, 0.15), (5 * ms, 0.5), (20 * ms, 0.15)):
+        t, nxt, est, starts = 0, 0, 0.0, []
+        while t < 5000 * ms:
+            t = max(t, nxt)
+            starts.append(t)
+            t += cost  # the attempt's own work
+            est += agent_mod.COST_EWMA * (cost - est)
+            nxt = agent_mod.paced_start(nxt, t, ms, est, share)
+        gap = (starts[-1] - starts[-101]) / 100
+        want = min(max(ms, cost / share), agent_mod.MAX_PACED_NS)
+        assert gap == pytest.approx(want, rel=0.02), (cost, share)
+        if cost / share <= agent_mod.MAX_PACED_NS:
+            assert cost * len(starts) <= share * t * 1.02 or gap == pytest.approx(ms, rel=0.02)
+
+
+def test_resolution_is_the_window_the_state_arrived_in():
+    assert resolution_s(30, 25, 10) == 5e-9  # previous attempt after the change was asked
+    assert resolution_s(30, 5, 10) == 20e-9  # previous attempt before it: window from t0
+    assert resolution_s(30, None, 10) == 20e-9  # the first attempt saw it
+
+
+def test_gone_polls_get_a_control_service_that_stays():
+    model = build_model(ModelSpec(n_services=3))
+    a, b, c = model.services
+    assert _control([a, b, c], a, "gone") == (c.cluster_ip, c.ports[0].port)
+    assert _control([a, b, c], b, "gone") == (a.cluster_ip, a.ports[0].port)
+    assert _control([a, b, c], b, "served") is None
+    assert _control([a], a, "gone") is None

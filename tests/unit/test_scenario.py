@@ -53,6 +53,8 @@ def test_unknown_key_names_file_and_field(tmp_path):
         ("modes=[iptables,bogus]", "modes"),
         ("services.counts=[0]", "services"),
         ("measure.sync.poll_interval_ms=5", "measure.sync.poll_interval_ms"),
+        ("measure.sync.poll_max_cpu_share=0", "measure.sync.poll_max_cpu_share"),
+        ("measure.sync.poll_max_cpu_share=1.5", "measure.sync.poll_max_cpu_share"),
         ("kernel=qemu", "kernel"),
     ],
 )
@@ -82,3 +84,9 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and "repetitons" in p.stderr
+
+
+def test_sync_poller_is_paced_by_default_and_can_be_unpaced():
+    assert load_scenario("default").measure.sync.poll_max_cpu_share == 0.15
+    s = load_scenario("quick", [parse_override("measure.sync.poll_max_cpu_share=null")])
+    assert s.measure.sync.poll_max_cpu_share is None
