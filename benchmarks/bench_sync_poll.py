@@ -44,7 +44,7 @@ def cpu_busy() -> tuple[int, int]:
 
 
 def setting(spec: str) -> tuple[float, float | None]:
-    """"5" -> (5 ms, no pacing); "1@0.1" -> (1 ms, at most 10% of a CPU)."""
+    """ "5" -> (5 ms, no pacing); "1@0.1" -> (1 ms, at most 10% of a CPU)."""
     iv, _, share = spec.partition("@")
     return float(iv), float(share) if share else None
 
@@ -128,8 +128,15 @@ def measure(n: int, rounds: int, intervals: list[str], soak_s: float = 0.0) -> d
                     eip, eport = extra.cluster_ip, extra.ports[0].port
                     control = (last.cluster_ip, last.ports[0].port) if kind == "delete" else None
                     if iv > 0:
-                        agent.poll_start(eip, eport, expect, interval=iv / 1000, timeout=60,
-                                         max_cpu_share=share, control=control)
+                        agent.poll_start(
+                            eip,
+                            eport,
+                            expect,
+                            interval=iv / 1000,
+                            timeout=60,
+                            max_cpu_share=share,
+                            control=control,
+                        )
                     t0n = time.perf_counter_ns()
                     dp.apply(after, Change(kind, extra))
                     t1n = time.perf_counter_ns()
@@ -157,12 +164,18 @@ def measure(n: int, rounds: int, intervals: list[str], soak_s: float = 0.0) -> d
 
 
 def summary(out: dict) -> None:
-    print(f"N={out['n']} kernel={out['kernel']} full_sync {out['full_sync_s']:.2f} s, "
-          f"connect to the last Service p50 {out['connect_us_last_p50']:.0f} us")
+    print(
+        f"N={out['n']} kernel={out['kernel']} full_sync {out['full_sync_s']:.2f} s, "
+        f"connect to the last Service p50 {out['connect_us_last_p50']:.0f} us"
+    )
     for iv, s in out["poll_share"].items():
-        print(f"  poller {iv} ms, nothing changing: CPU busy {s['busy']:.0%} (agent {s['agent_cpu']:.0%}), "
-              f"{s['attempts']} attempts/s")
-    print(f"{'interval':>9} {'kind':>7} {'apply p50 s':>12} {'sync p50 s':>11} {'attempts':>9} {'res p50 ms':>10} n")
+        print(
+            f"  poller {iv} ms, nothing changing: CPU busy {s['busy']:.0%} (agent {s['agent_cpu']:.0%}), "
+            f"{s['attempts']} attempts/s"
+        )
+    print(
+        f"{'interval':>9} {'kind':>7} {'apply p50 s':>12} {'sync p50 s':>11} {'attempts':>9} {'res p50 ms':>10} n"
+    )
     keys = sorted({(r["interval_ms"], r["kind"]) for r in out["rows"]})
     for iv, kind in keys:
         rs = [r for r in out["rows"] if (r["interval_ms"], r["kind"]) == (iv, kind)]
@@ -170,30 +183,50 @@ def summary(out: dict) -> None:
         sy = [r["sync_s"] for r in rs if r.get("sync_s") is not None]
         at = [r["attempts"] for r in rs if "attempts" in r]
         rz = [r["res_s"] * 1000 for r in rs if "res_s" in r]
-        print(f"{iv:>9} {kind:>7} {ap:>12.3f} {statistics.median(sy) if sy else float('nan'):>11.3f} "
-              f"{statistics.median(at) if at else 0:>9.0f} {statistics.median(rz) if rz else float('nan'):>10.1f} "
-              f"{len(rs)}")
+        print(
+            f"{iv:>9} {kind:>7} {ap:>12.3f} {statistics.median(sy) if sy else float('nan'):>11.3f} "
+            f"{statistics.median(at) if at else 0:>9.0f} {statistics.median(rz) if rz else float('nan'):>10.1f} "
+            f"{len(rs)}"
+        )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--services", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--intervals", default="0,1,1@0.1,20",
-                    help="poll intervals in ms, 0 = no poller, I@S = I ms paced to a CPU share S")
-    ap.add_argument("--soak", type=float, default=0.0,
-                    help="then: applies alone before/after this many seconds of a 1 ms poller")
+    ap.add_argument(
+        "--intervals",
+        default="0,1,1@0.1,20",
+        help="poll intervals in ms, 0 = no poller, I@S = I ms paced to a CPU share S",
+    )
+    ap.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        help="then: applies alone before/after this many seconds of a 1 ms poller",
+    )
     ap.add_argument("--uml", action="store_true", help="run inside the kpbench UML guest")
     a = ap.parse_args()
     intervals = a.intervals.split(",")
     if a.uml:
         from harness.lab import uml
 
-        argv = [sys.executable, os.path.abspath(__file__), "--services", str(a.services),
-                "--rounds", str(a.rounds), "--intervals", a.intervals, "--soak", str(a.soak)]
+        argv = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--services",
+            str(a.services),
+            "--rounds",
+            str(a.rounds),
+            "--intervals",
+            a.intervals,
+            "--soak",
+            str(a.soak),
+        ]
         with tempfile.TemporaryDirectory(prefix="kpbench-bsp-") as d:
-            res = uml.run_guest(d, argv, on_line=lambda s: print(s, end="", flush=True), mem="2G",
-                                timeout=3600, name="bsp")
+            res = uml.run_guest(
+                d, argv, on_line=lambda s: print(s, end="", flush=True), mem="2G", timeout=3600, name="bsp"
+            )
         return res.status
     out = measure(a.services, a.rounds, intervals, a.soak)
     summary(out)

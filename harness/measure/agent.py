@@ -136,7 +136,12 @@ def _backend_match(body: bytes, names: frozenset) -> bool:
 
 
 def paced_start(
-    next_start: int, now: int, interval_ns: int, cost_ns: float, share: float | None, max_ns: int = MAX_PACED_NS
+    next_start: int,
+    now: int,
+    interval_ns: int,
+    cost_ns: float,
+    share: float | None,
+    max_ns: int = MAX_PACED_NS,
 ) -> int:
     """When the attempt after the one due at `next_start` starts (ns): one spacing later, never a
     burst to catch up (a late loop restarts the beat from `now`). The spacing is `interval_ns`; with
@@ -216,6 +221,7 @@ def _poll_loop(
             best_t0, best_done, detail = a.t0, now, why
 
     def _control_start() -> None:
+        assert control is not None  # called only when a control Service was given
         c = socket.socket(_AF, _ST)
         c.setsockopt(_SOL, _LINGER, _LINGER0)
         c.setblocking(False)

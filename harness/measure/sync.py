@@ -184,7 +184,11 @@ def measure_sync_one(
             else:
                 raise ValueError(f"unknown change kind {kind!r}")
             ip, port = _addr(svc)
-            pace = {"interval": interval, "max_cpu_share": max_cpu_share, "attempt_timeout": attempt_timeout}
+            pace: dict[str, Any] = {
+                "interval": interval,
+                "max_cpu_share": max_cpu_share,
+                "attempt_timeout": attempt_timeout,
+            }
 
             agent.poll_start(
                 ip, port, expect, timeout=timeout + 0.05, control=_control(after, svc, expect), **pace

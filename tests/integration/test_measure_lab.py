@@ -162,7 +162,9 @@ def test_poll_gone_needs_the_control_answered(lab):
     r = agent.poll(served.cluster_ip, 80, "gone", timeout=0.3, attempt_timeout=0.05, control=ctl)
     assert not r["satisfied"] and r["timed_out"]
     # a control that is never answered: silence is not taken for "gone"
-    r = agent.poll(dropped.cluster_ip, 80, "gone", timeout=0.3, attempt_timeout=0.05, control=(dropped.cluster_ip, 80))
+    r = agent.poll(
+        dropped.cluster_ip, 80, "gone", timeout=0.3, attempt_timeout=0.05, control=(dropped.cluster_ip, 80)
+    )
     assert not r["satisfied"]
 
 
@@ -174,7 +176,9 @@ def test_a_lost_syn_is_not_gone(lab):
             "--every", "100000", "--packet", "0", "-j", "DROP"]  # fmt: skip
     netns.run(lab["lab"].router, ["iptables", "-t", "raw", "-I", "PREROUTING", *rule])
     try:
-        r = agent.poll(svc.cluster_ip, 80, "gone", timeout=0.5, attempt_timeout=0.05, control=(other.cluster_ip, 80))
+        r = agent.poll(
+            svc.cluster_ip, 80, "gone", timeout=0.5, attempt_timeout=0.05, control=(other.cluster_ip, 80)
+        )
     finally:
         netns.run(lab["lab"].router, ["iptables", "-t", "raw", "-D", "PREROUTING", *rule])
     assert not r["satisfied"], r
