@@ -161,6 +161,9 @@ class ClusterSpec(_Strict):
     probe_count: int = Field(default=1, ge=1)
     backend_replicas: int = Field(default=0, ge=0)
     locust_workers: int = Field(default=2, ge=1)
+    # "always": kube-proxy --cleanup Jobs on every node at every mode switch and restore, not only
+    # between iptables and ipvs (whose leftovers the other mode does not remove)
+    cleanup: Literal["auto", "always"] = "auto"
     min_sync_period: str | None = "0s"
     sync_period: str | None = None
     metrics_bind_address: str | None = "0.0.0.0:10249"

@@ -109,7 +109,7 @@ def scrape_via_probe(api: Any, namespace: str, pod: str, port: int = 10249) -> d
         pod,
         namespace,
         container="probe",
-        command=["python", "-c", code],
+        command=["python3", "-c", code],
         stdin=False,
         stdout=True,
         stderr=True,

@@ -298,11 +298,14 @@ class KubeProxyController:
         text = kpc.dump(
             kpc.with_mode(base, mode, kpc.SyncSettings(**{**self.sync.__dict__, "ipvs_scheduler": scheduler}))
         )
+        cleanup = kpc.needs_cleanup(current_mode, mode) or (
+            self.state.cleanup_always and current_mode != mode
+        )
         self.log(
             f"kube-proxy: {current_mode} -> {mode}"
-            + (" (with kube-proxy --cleanup on every node)" if kpc.needs_cleanup(current_mode, mode) else "")
+            + (" (with kube-proxy --cleanup on every node)" if cleanup else "")
         )
-        return self.apply(text, mode, cleanup=kpc.needs_cleanup(current_mode, mode))
+        return self.apply(text, mode, cleanup=cleanup)
 
     def delete_run_objects(self, wait_s: float | None = None) -> None:
         """Delete every object and namespace labelled with the run; wait up to `wait_s` for the

@@ -64,7 +64,8 @@ class PointTarget(Protocol):
         """Connect-latency rows from the target's probe."""
 
     def load_namespace(self) -> str | None:
-        """The client namespace the load generator runs in (None: this target has no load phase)."""
+        """The client namespace the load generator runs in (None: no local load generator; a
+        target with its own has a `load(p, ctx, services, keepalive) -> LoadResult` method)."""
 
     def sync_one(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], status: dict) -> list[dict]:
         """Rows of the one-change syncs."""
@@ -192,22 +193,26 @@ class PointLoop:
             fh.flush()
 
             client_ns = t.load_namespace()
-            if ms.load.enabled and client_ns is not None:
+            own_load = getattr(t, "load", None)  # a target with its own load generator (the cluster's)
+            if ms.load.enabled and (client_ns is not None or own_load is not None):
                 L = ms.load
                 for keepalive in L.keepalive:
                     ka = str(keepalive).lower()
                     with self.phase(p, f"load keepalive={ka}", status, f"load_keepalive_{ka}_s"):
-                        res = load.measure_load(
-                            client_ns,
-                            ctx,
-                            services,
-                            users=L.users,
-                            rate=L.rate,
-                            duration=L.duration_s,
-                            keepalive=keepalive,
-                            timeout=L.timeout_s,
-                            seed=sc.seed * 1000 + p.rep,
-                        )
+                        if own_load is not None:
+                            res = own_load(p, ctx, services, keepalive)
+                        else:
+                            res = load.measure_load(
+                                client_ns,
+                                ctx,
+                                services,
+                                users=L.users,
+                                rate=L.rate,
+                                duration=L.duration_s,
+                                keepalive=keepalive,
+                                timeout=L.timeout_s,
+                                seed=sc.seed * 1000 + p.rep,
+                            )
                         out.extend(res.rows)
                         if res.saturated:
                             status["flags"].setdefault("saturated", {})[f"keepalive={ka}"] = {

@@ -158,7 +158,9 @@ class ClusterTarget:
         ns = namespace_for(run_id)
         path = restore_path(run.dir)
         cm = rest.get(CM_PATH)
-        state = save_initial(path, state_from_cluster(run_id, ns, conn, cm, rep.kube_proxy, rep.node_modes()))
+        found = state_from_cluster(run_id, ns, conn, cm, rep.kube_proxy, rep.node_modes())
+        found.cleanup_always = opts.cleanup == "always"
+        state = save_initial(path, found)
         waits = (
             self._waits(rest)
             if self._waits
@@ -230,6 +232,7 @@ class _Session:
     def __init__(
         self, target: ClusterTarget, run, rest: Rest, ctl: KubeProxyController, state, ns: str, sink
     ):
+        from harness.cluster.load import ClusterLoad
         from harness.cluster.objects import ObjectStore
 
         self.t, self.rundata, self.rest, self.ctl, self.state, self.ns, self.sink = (
@@ -255,13 +258,34 @@ class _Session:
         self.agents: dict[str, Any] = {}
         self.endpoints: list[tuple[str, str | None]] = []
         self.next_index = 0
+        self.loadgen = ClusterLoad(
+            rest,
+            ns,
+            state.run_id,
+            self.opts.image,
+            self.opts.locust_workers,
+            start_timeout_s=self.opts.ready_timeout_s,
+            log=target.out,
+        )
         self.probe: Any = None  # the point's probe agent, its kube-proxy metrics reader and first reading
         self.scrape: Callable[[], dict] | None = None
         self.before: dict | None = None
 
     def setup(self) -> None:
+        from harness.cluster.nodecheck import check_nodes
+
         opts, sc = self.opts, self.sc
         self.store.ensure_namespace()
+        # before kube-proxy is touched: every node's kernel has what the scenario's modes need
+        check_nodes(
+            self.rest,
+            self.ns,
+            self.state.run_id,
+            opts.image,
+            self.report.nodes,
+            sc.modes,
+            timeout_s=opts.ready_timeout_s,
+        )
         replicas = opts.backend_replicas_for(sc.model.endpoints)
         self.store.create_backend(opts.image, replicas)
         for node in opts.probe_nodes_for(self.report.nodes):
@@ -348,7 +372,20 @@ class _Session:
         return None
 
     def load_namespace(self) -> str | None:
-        return None  # no load generator on the cluster
+        return None  # no local client namespace: the load generator runs in the cluster (load)
+
+    def load(self, p, ctx: PointContext, svcs, keepalive: bool):
+        """One load phase: distributed locust (a master, `locust_workers` workers) in the cluster."""
+        L = self.sc.measure.load
+        return self.loadgen.run(
+            ctx,
+            [(s.cluster_ip, s.port) for s in svcs],
+            users=L.users,
+            rate=L.rate,
+            duration=L.duration_s,
+            timeout=L.timeout_s,
+            keepalive=keepalive,
+        )
 
     def point_failed(self, p, error: Exception) -> dict | None:
         return None

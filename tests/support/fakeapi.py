@@ -4,8 +4,9 @@ Plain HTTP on 127.0.0.1, generic REST over paths (create/get/list with labelSele
 patch/delete/deletecollection), plus just enough of the controllers for the cluster target's
 procedures: SelfSubjectAccessReview (allowed unless listed in `deny`), ClusterIP allocation,
 Jobs that succeed at once (and record the node they ran on), the kube-proxy DaemonSet rolling out
-at once, its pods disappearing while paused, and each node's /proxyMode (through the node-proxy
-path) answering the mode of the config.conf the DaemonSet last rolled out.
+at once, its pods disappearing while paused, each node's /proxyMode (through the node-proxy
+path) answering the mode of the config.conf the DaemonSet last rolled out, and node kernel check
+pods (harness.cluster.nodecheck) answering at once with the check run on this machine's kernel.
 
 Not a Kubernetes API server: no validation, no watch, no admission. It lets unit tests drive the
 real client code (kubeconfig loading, urllib3, the harness's REST layer) end to end.
@@ -283,6 +284,8 @@ class FakeCluster:
                     data["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
                 if path.endswith("/namespaces"):
                     data["status"] = {"phase": "Active"}
+                if path.endswith("/pods"):
+                    self._nodecheck(data)
                 return 201, self._put(p, data)
             if method in ("PUT", "PATCH"):
                 if path not in self.objects:
@@ -306,6 +309,28 @@ class FakeCluster:
                     return 200, {"kind": "Status", "status": "Success"}
                 return 404, {"kind": "Status", "reason": "NotFound", "code": 404}
         return 405, {"kind": "Status", "code": 405}
+
+    @staticmethod
+    def _nodecheck(pod: dict) -> bool:
+        """A node kernel check pod (harness.cluster.nodecheck) "runs" at once: the check itself runs
+        here, on this machine's kernel, and its answer becomes the terminated container's message."""
+        c = pod["spec"]["containers"][0]
+        cmd = c.get("command") or []
+        if cmd[:3] != ["python3", "-m", "harness.cluster.nodecheck"]:
+            return False
+        from harness.cluster.nodecheck import check
+
+        msg = json.dumps(check(cmd[3:]))
+        pod["status"] = {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {
+                    "name": c["name"],
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": msg}},
+                }
+            ],
+        }
+        return True
 
     @staticmethod
     def _is_collection(path: str) -> bool:

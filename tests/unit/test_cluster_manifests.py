@@ -75,7 +75,7 @@ def test_backend_and_services():
     assert d["spec"]["replicas"] == 3
     assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
     assert d["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
-        "python",
+        "python3",
         "-m",
         "harness.cluster.backend",
     ]

@@ -1,0 +1,213 @@
+"""One load phase on the cluster: locust in distributed mode, a master and W workers (Jobs in the
+run's namespace, harness/cluster/locustfile.py), against the ClusterIPs of the point's Services.
+
+Workers reach the master through its Service's ClusterIP (no cluster DNS needed). Each worker
+prints its raw requests when it quits; they are read back from the worker pods' logs and become
+the same rows as the lab's load phase: `request_us` per request (a failed one = the timeout, with
+timed_out), `load_target_rps`, `load_achieved_rps` (requests / duration), `load_requests`,
+`load_failures`. The phase's objects are deleted when it ends, so nothing of the load generator
+runs while kube-proxy's syncs are timed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+
+from harness.cluster import manifests
+from harness.cluster.kube import Rest, api_error
+from harness.measure.load import SATURATION_RATE, LoadError, LoadResult
+from harness.samples import PointContext
+
+DONE = ("Succeeded", "Failed")
+
+
+class ClusterLoad:
+    """Runs load phases in namespace `ns` with `workers` locust workers from `image`."""
+
+    def __init__(
+        self,
+        rest: Rest,
+        ns: str,
+        run_id: str,
+        image: str,
+        workers: int,
+        *,
+        start_timeout_s: float = 180.0,
+        log: Callable[[str], None] = lambda s: None,
+    ):
+        self.rest, self.ns, self.run_id, self.image, self.workers = rest, ns, run_id, image, workers
+        self.start_timeout_s, self.log = start_timeout_s, log
+        self.phases = 0
+
+    def run(
+        self,
+        ctx: PointContext,
+        targets: Sequence[tuple[str, int]],
+        *,
+        users: int,
+        rate: float,
+        duration: float,
+        timeout: float,
+        keepalive: bool,
+    ) -> LoadResult:
+        """One phase: create, wait for the master to finish, read the workers' records, delete."""
+        if not targets:
+            raise LoadError("no Services to load")
+        self.phases += 1
+        suffix = f"-{self.phases}"
+        kw = dict(
+            users=users,
+            rate=rate,
+            duration_s=duration,
+            keepalive=keepalive,
+            timeout_s=timeout,
+            targets=json.dumps([[ip, int(port)] for ip, port in targets]),
+            suffix=suffix,
+        )
+        cm, svc, _, _ = manifests.locust_manifests(self.ns, self.run_id, self.image, self.workers, **kw)
+        created: list[str] = []
+        try:
+            created.append(self._create("configmaps", cm))
+            created.append(self._create("services", svc))
+            master_ip = self.rest.get(created[-1])["spec"]["clusterIP"]
+            *_, master, worker = manifests.locust_manifests(
+                self.ns, self.run_id, self.image, self.workers, master_host=master_ip, **kw
+            )
+            created.append(self._create("jobs", master))
+            created.append(self._create("jobs", worker))
+            self._wait_master(master["metadata"]["name"], duration)
+            records, reported = self._worker_records(worker["metadata"]["name"])
+        finally:
+            for path in reversed(created):
+                self.rest.delete(path)
+        return result(ctx, records, reported, rate, duration, timeout, keepalive)
+
+    def _create(self, kind: str, body: dict) -> str:
+        group = "/apis/batch/v1" if kind == "jobs" else "/api/v1"
+        path = f"{group}/namespaces/{self.ns}/{kind}"
+        self.rest.create(path, body)
+        return f"{path}/{body['metadata']['name']}"
+
+    def _pods(self, job: str) -> list[dict]:
+        return self.rest.get(
+            f"/api/v1/namespaces/{self.ns}/pods", query={"labelSelector": f"job-name={job}"}
+        )["items"]
+
+    def _wait_master(self, job: str, duration: float) -> None:
+        deadline = time.monotonic() + self.start_timeout_s + duration + 60
+        while True:
+            pods = self._pods(job)
+            if pods and all((p.get("status") or {}).get("phase") in DONE for p in pods):
+                return
+            if time.monotonic() > deadline:
+                raise LoadError(f"locust master Job {job} did not finish: {_pod_states(pods)}")
+            time.sleep(1)
+
+    def _worker_records(self, job: str) -> tuple[list[list], int]:
+        """Every worker's requests (after its pod ended, waiting up to 60 s) -> (records, workers that
+        reported)."""
+        deadline = time.monotonic() + 60
+        pods = self._pods(job)
+        while not (pods and all((p.get("status") or {}).get("phase") in DONE for p in pods)):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1)
+            pods = self._pods(job)
+        records: list[list] = []
+        reported = 0
+        for p in pods:
+            name = p["metadata"]["name"]
+            try:
+                text = self.rest.get(f"/api/v1/namespaces/{self.ns}/pods/{name}/log", raw=True)
+            except Exception as e:  # noqa: BLE001 - a worker whose log cannot be read: said in the error below
+                self.log(f"locust worker {name}: log not readable ({api_error(e)})")
+                continue
+            recs, done = parse_worker_log(text)
+            records += recs
+            reported += done
+        if reported < self.workers:
+            raise LoadError(
+                f"{reported} of {self.workers} locust workers reported their requests ({_pod_states(pods)})"
+            )
+        return records, reported
+
+
+def parse_worker_log(text: str) -> tuple[list[list], int]:
+    """A locust worker's output (harness/cluster/locustfile.py) -> (its requests, 1 if it reported)."""
+    records: list[list] = []
+    reported = 0
+    for line in text.splitlines():
+        if not line.startswith('{"t": '):
+            continue
+        obj = json.loads(line)
+        if obj["t"] == "req":
+            records.append(obj["r"])
+        elif obj["t"] == "worker":
+            reported += 1
+    return records, reported
+
+
+def _pod_states(pods: list[dict]) -> str:
+    out = []
+    for p in pods:
+        st = p.get("status") or {}
+        why = ""
+        for c in st.get("containerStatuses") or []:
+            state = c.get("state") or {}
+            w = state.get("waiting") or state.get("terminated") or {}
+            why = w.get("reason", "") + (f" {w.get('message', '')[:120]}" if w.get("message") else "")
+        out.append(f"{p['metadata']['name']} {st.get('phase', '?')}{' ' + why if why else ''}")
+    return "; ".join(out) or "no pods"
+
+
+def result(
+    ctx: PointContext,
+    records: list[list],
+    workers: int,
+    rate: float,
+    duration: float,
+    timeout: float,
+    keepalive: bool,
+) -> LoadResult:
+    """One phase's rows from the workers' records: the lab's load rows, less what closed-loop
+    locust cannot tell (intended start times, hence lateness and corrected latency; client CPU)."""
+    rows = []
+    t_us = timeout * 1e6
+    failures = 0
+    for seq, (_start, ms, ok, err) in enumerate(sorted(records)):
+        if ok:
+            rows.append(ctx.row("request_us", ms * 1000.0, "us", seq=seq, keepalive=keepalive))
+        else:
+            failures += 1
+            rows.append(
+                ctx.row(
+                    "request_us",
+                    t_us,
+                    "us",
+                    seq=seq,
+                    keepalive=keepalive,
+                    timed_out=True,
+                    error=str(err)[:80],
+                )
+            )
+    achieved = len(records) / duration
+    summary = {
+        "target_rps": rate,
+        "achieved_rps": achieved,
+        "requests": len(records),
+        "failures": failures,
+        "workers": workers,
+    }
+    for metric, value, unit in (
+        ("load_target_rps", rate, "rps"),
+        ("load_achieved_rps", achieved, "rps"),
+        ("load_requests", len(records), "count"),
+        ("load_failures", failures, "count"),
+    ):
+        rows.append(ctx.row(metric, value, unit, keepalive=keepalive))
+    reasons = []
+    if achieved < SATURATION_RATE * rate:
+        reasons.append(f"achieved {achieved:.1f}/s < {SATURATION_RATE:.0%} of target {rate:.1f}/s")
+    return LoadResult(rows, bool(reasons), summary, reasons)
