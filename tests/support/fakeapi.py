@@ -101,7 +101,11 @@ def kubeadm_daemonset(image: str = "registry.k8s.io/kube-proxy:v1.34.2") -> dict
 
 
 def node(
-    name: str, kernel: str = "6.8.0-45-generic", ip: str = "192.0.2.10", control_plane: bool = False
+    name: str,
+    kernel: str = "6.8.0-45-generic",
+    ip: str = "192.0.2.10",
+    control_plane: bool = False,
+    ready: bool = True,
 ) -> dict:
     labels = {"kubernetes.io/hostname": name}
     if control_plane:
@@ -113,7 +117,7 @@ def node(
         "status": {
             "nodeInfo": {"kernelVersion": kernel, "kubeletVersion": "v1.34.2", "osImage": "Ubuntu 24.04 LTS"},
             "addresses": [{"type": "InternalIP", "address": ip}],
-            "conditions": [{"type": "Ready", "status": "True"}],
+            "conditions": [{"type": "Ready", "status": "True" if ready else "Unknown"}],
         },
     }
 
@@ -184,6 +188,7 @@ class FakeCluster:
         if not ds:
             return
         n = len(self.list("/api/v1/nodes"))
+        down = len(self.not_ready())  # their pods never become available
         paused = PAUSE_KEY in (ds["spec"]["template"]["spec"].get("nodeSelector") or {})
         want = 0 if paused else n
         gen = ds["metadata"].get("generation", 1)
@@ -191,8 +196,9 @@ class FakeCluster:
         ds["status"] = {
             "desiredNumberScheduled": want,
             "updatedNumberScheduled": want,
-            "numberAvailable": want,
+            "numberAvailable": max(0, want - down),
             "observedGeneration": gen,
+            **({"numberUnavailable": down} if want and down else {}),
         }
         cm = self.objects.get(CM)
         self.running_config = None if paused else (cm["data"].get(KP_KEY) if cm else None)
@@ -207,8 +213,18 @@ class FakeCluster:
             and _match((o.get("metadata") or {}).get("labels") or {}, selector)
         ]
 
+    def not_ready(self) -> list[str]:
+        return [
+            o["metadata"]["name"]
+            for o in self.list("/api/v1/nodes")
+            if not any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (o.get("status") or {}).get("conditions") or []
+            )
+        ]
+
     def node_mode(self, name: str) -> str | None:
-        if self.running_config is None:
+        if self.running_config is None or name in self.not_ready():
             return None
         doc = yaml.safe_load(self.running_config) or {}
         return doc.get("mode") or "iptables"

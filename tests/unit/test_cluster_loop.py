@@ -168,3 +168,22 @@ def test_distributed_locust_records_every_request(tmp_path):
     assert summary["load_requests"] == len(records) and summary["load_failures"] == 0
     assert summary["load_achieved_rps"] == pytest.approx(len(records) / 3.0)
     assert time.time() - max(s for s, _, _, _ in records) < 120  # start times are wall clock
+
+
+def test_a_node_whose_kubelet_died_does_not_hold_the_switch_or_the_restore(tmp_path):
+    """node-b NotReady (its kubelet is dead): its kube-proxy pod can neither be replaced nor become
+    available, and no Job runs there. The switch and the restore finish on the Ready nodes and
+    say which node was not rolled, instead of waiting for the rollout timeout."""
+    from tests.support.fakeapi import node
+
+    nodes = [node("node-a"), node("node-b", ip="192.0.2.11", ready=False)]
+    with FakeCluster(nodes=nodes) as fake:
+        assert fake.objects[DS]["status"]["numberAvailable"] == 1
+        _, _, state, path, ctl = _setup(fake, tmp_path)
+        modes = ctl.switch("iptables", "ipvs", scheduler="rr")
+        assert modes["node-a"] == "ipvs" and modes["node-b"].startswith("not rolled: node NotReady")
+        assert [n for n, _ in fake.jobs_ran] == ["node-a"]  # no cleanup Job where no kubelet runs it
+        restore_cluster(ctl, state, path, log=lambda s: None)
+        _assert_original(fake)
+        assert load_restore(path).status == "restored"
+        assert ctl.last_node_modes["node-b"].startswith("not rolled")
