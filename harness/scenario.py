@@ -164,7 +164,7 @@ class ClusterSpec(_Strict):
     # "always": kube-proxy --cleanup Jobs on every node at every mode switch and restore, not only
     # between iptables and ipvs (whose leftovers the other mode does not remove)
     cleanup: Literal["auto", "always"] = "auto"
-    min_sync_period: str | None = "0s"
+    min_sync_period: str | None = "1ms"  # 0s would be defaulted to 1s by kube-proxy
     sync_period: str | None = None
     metrics_bind_address: str | None = "0.0.0.0:10249"
     rollout_timeout_s: float = Field(default=600, gt=0)

@@ -32,7 +32,7 @@ class ClusterOptions:
     backend_replicas: int = 0  # 0 -> max(2, scenario endpoints)
     locust_workers: int = 2
     cleanup: str = "auto"  # "always": kube-proxy --cleanup Jobs at every switch, not only iptables <-> ipvs
-    min_sync_period: str | None = "0s"
+    min_sync_period: str | None = "1ms"  # 0s would be defaulted to 1s by kube-proxy
     sync_period: str | None = None
     metrics_bind_address: str | None = "0.0.0.0:10249"
     rollout_timeout_s: float = 600
