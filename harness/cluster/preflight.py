@@ -48,6 +48,8 @@ PERMISSIONS: tuple[tuple[str, str, str, str, str | None, str], ...] = (
     ("list", "", "pods", "", "run", ""),
     ("list", "", "pods", "", "kube-system", ""),
     ("create", "", "pods", "exec", "run", ""),
+    ("get", "", "pods", "log", "run", ""),  # the locust workers' raw requests
+    ("create", "", "configmaps", "", "run", ""),  # the locust targets
     ("list", "", "nodes", "", None, ""),
     ("get", "", "nodes", "proxy", None, ""),
 )

@@ -308,7 +308,8 @@ class _Session:
                 raise ClusterError(
                     f"backend/probe pods not ready after {self.opts.ready_timeout_s:.0f}s "
                     f"({len(self.endpoints)}/{replicas} backends, {len(probes)} probes): is image "
-                    f"{self.opts.image} pullable on the nodes? (docker build -t kpbench . and push)"
+                    f"{self.opts.image} pullable on the nodes? (docker build -t kpbench . and push; on the "
+                    "offline test cluster: make cluster-images, imported by kpbench cluster up)"
                 )
             time.sleep(2)
 
