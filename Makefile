@@ -30,7 +30,7 @@ BENCH_ARGS := $(SCENARIO) \
 
 UML_KERNEL_DEPS := linux-source-6.1 build-essential bc bison flex libssl-dev libelf-dev xz-utils
 
-.PHONY: setup apt bench lint test test-fast report publish notebook browser kube uml-kernel clean
+.PHONY: setup apt bench lint test test-fast report publish notebook browser kube cluster-apt cluster-bins uml-kernel clean
 
 setup: apt $(STAMP)
 
@@ -105,6 +105,20 @@ browser:
 
 kube:
 	PATH="$$PATH:/usr/local/go/bin" bash kube/build.sh $(KUBE_VERSION)
+
+# The offline test cluster's binaries (`kpbench cluster up`): `make kube`'s three plus kubelet,
+# kube-controller-manager, kube-scheduler and containerd v2, cached in ~/.cache/kpbench like them
+# (a cold build takes about CLUSTER_BUILD_MINUTES on 2 cores). runc and the CNI plugins are Debian's,
+# installed here rather than by `make setup`, which needs neither.
+CONTAINERD_VERSION ?= $(shell sed -n 's/^default_version=//p' kube/build_containerd.sh)
+CLUSTER_APT_PACKAGES := runc containernetworking-plugins
+
+cluster-apt:
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(CLUSTER_APT_PACKAGES)"
+
+cluster-bins: cluster-apt
+	PATH="$$PATH:/usr/local/go/bin" bash kube/build.sh --cluster $(KUBE_VERSION)
+	PATH="$$PATH:/usr/local/go/bin" bash kube/build_containerd.sh $(CONTAINERD_VERSION)
 
 clean:
 	@if [ -x $(KPBENCH) ]; then $(KPBENCH) clean; fi

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Build upstream etcd, kube-apiserver and kube-proxy from the official Go modules (kube/go.mod).
 #
-#   kube/build.sh [VERSION] [OUT_DIR]
+#   kube/build.sh [--cluster] [VERSION] [OUT_DIR]
 #
+# --cluster: also kubelet, kube-controller-manager and kube-scheduler (the test cluster's,
+#   `make cluster-bins`), all six into OUT_DIR whatever KUBE_BIN_DIR says (the test cluster uses
+#   only the cache). KUBE_TARGETS="kubelet ..." builds exactly the binaries it names.
 # VERSION (vX.Y.Z, optional): the Kubernetes release, v1.33.0 or later; default, and the only one
 #   with a committed go.sum, is the one kube/go.mod pins. A release older than v1.33 or one the
 #   Go module proxy does not serve is a one-line error (exit 2) listing the built and served ones. Another version gets a module generated under
@@ -31,6 +34,10 @@ if [[ -z "$GO" ]]; then
   else echo "kube/build.sh: no Go toolchain (set GO=/path/to/go)" >&2; exit 2
   fi
 fi
+
+all_targets=(etcd kube-apiserver kube-proxy kubelet kube-controller-manager kube-scheduler)
+cluster=""
+if [[ "${1:-}" == --cluster ]]; then cluster=1; shift; fi
 
 pinned="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/go.mod")"
 [[ -n "$pinned" ]] || { echo "kube/build.sh: k8s.io/kubernetes not required in kube/go.mod" >&2; exit 2; }
@@ -61,12 +68,14 @@ if [[ "$kube_version" != v1.* || "$minor" -lt 33 ]]; then
 fi
 out="${1:-$cache_root/kube/$kube_version/bin}"
 
-if [[ -n "${KUBE_BIN_DIR:-}" ]]; then
+if [[ -n "${KUBE_BIN_DIR:-}" && -z "$cluster" ]]; then
   if [[ -x "$KUBE_BIN_DIR/kube-apiserver" && -x "$KUBE_BIN_DIR/kube-proxy" ]]; then
     echo "kube/build.sh: using prebuilt binaries in KUBE_BIN_DIR=$KUBE_BIN_DIR"
-    [[ -x "$KUBE_BIN_DIR/etcd" ]] && exit 0
-    echo "kube/build.sh: KUBE_BIN_DIR has no etcd; building etcd into $out"
-    targets=(etcd)
+    targets=()
+    if [[ ! -x "$KUBE_BIN_DIR/etcd" ]]; then
+      echo "kube/build.sh: KUBE_BIN_DIR has no etcd; building etcd into $out"
+      targets=(etcd)
+    fi
   else
     echo "kube/build.sh: KUBE_BIN_DIR=$KUBE_BIN_DIR lacks kube-apiserver or kube-proxy" >&2
     exit 2
@@ -74,6 +83,15 @@ if [[ -n "${KUBE_BIN_DIR:-}" ]]; then
 else
   targets=(etcd kube-apiserver kube-proxy)
 fi
+if [[ -n "$cluster" ]]; then targets+=(kubelet kube-controller-manager kube-scheduler); fi
+if [[ -n "${KUBE_TARGETS:-}" ]]; then
+  read -r -a targets <<< "$KUBE_TARGETS"
+  for t in "${targets[@]}"; do
+    [[ " ${all_targets[*]} " == *" $t "* ]] ||
+      { echo "kube/build.sh: KUBE_TARGETS names $t; known: ${all_targets[*]}" >&2; exit 2; }
+  done
+fi
+[[ ${#targets[@]} -gt 0 ]] || exit 0
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 
@@ -101,12 +119,17 @@ if [[ "$kube_version" != "$pinned" ]]; then
   echo "kube/build.sh: $kube_version is not the pinned $pinned; generating $moddir"
   rm -rf "$moddir" && mkdir -p "$moddir"
   cp -r "$here/cmd" "$moddir/"
-  kmod="$(cd "$moddir" && "$GO" mod download -json "k8s.io/kubernetes@$kube_version" 2>/dev/null |
-          sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p' || true)"
+  kjson="$(cd "$moddir" && "$GO" mod download -json "k8s.io/kubernetes@$kube_version" 2>/dev/null || true)"
+  kmod="$(sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p' <<< "$kjson")"
   if [[ ! -f "$kmod" ]]; then
     rm -rf "$moddir"; rmdir "$out" "$(dirname "$out")" 2>/dev/null || true  # leave no empty release folder
     unbuildable "the Go module proxy does not serve k8s.io/kubernetes@$kube_version"
   fi
+  # that release's own main files where they differ between releases (kubelet's takes a context from v1.34)
+  ksrc="$(sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p' <<< "$kjson")"
+  for t in kubelet kube-controller-manager kube-scheduler; do
+    cp "$ksrc/cmd/$t/"*.go "$moddir/cmd/$t/main.go" && chmod u+w "$moddir/cmd/$t/main.go"
+  done
   staging_v="v0.${kube_version#v1.}"
   {
     echo "module kpbench/kube"

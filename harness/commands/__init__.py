@@ -8,6 +8,7 @@ Adding a subcommand: write harness/commands/<name>_cmd.py and add it to COMMANDS
 
 from harness.commands import (
     clean_cmd,
+    cluster_cmd,
     compare_cmd,
     doctor_cmd,
     render_cmd,
@@ -17,4 +18,4 @@ from harness.commands import (
     validate_cmd,
 )
 
-COMMANDS = (run_cmd, validate_cmd, render_cmd, doctor_cmd, clean_cmd, report_cmd, compare_cmd, restore_cmd)
+COMMANDS = (run_cmd, validate_cmd, render_cmd, doctor_cmd, clean_cmd, report_cmd, compare_cmd, restore_cmd, cluster_cmd)
