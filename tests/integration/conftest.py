@@ -29,10 +29,11 @@ def testcluster_skip_reason(kube_version: str) -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def testcluster():
-    """A 2-node offline test cluster (harness.testcluster) for the whole session: the one already up
-    is used and left up; otherwise one is brought up here and taken down at the end."""
+    """A 2-node offline test cluster (harness.testcluster) for a test module: the one already up is
+    used and left up; otherwise one is brought up here and taken down after the module (module
+    scope: test_testcluster_up.py brings its own up, and the names are machine-wide)."""
     from harness.targets.local_binaries import pinned_kube_version
 
     version = pinned_kube_version()
