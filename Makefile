@@ -30,7 +30,7 @@ BENCH_ARGS := $(SCENARIO) \
 
 UML_KERNEL_DEPS := linux-source-6.1 build-essential bc bison flex libssl-dev libelf-dev xz-utils
 
-.PHONY: setup apt bench lint test test-fast report publish notebook browser kube cluster-apt cluster-bins uml-kernel clean
+.PHONY: setup apt bench lint test test-fast report publish notebook browser kube cluster-apt cluster-bins cluster-images cluster cluster-down uml-kernel clean
 
 setup: apt $(STAMP)
 
@@ -119,6 +119,27 @@ cluster-apt:
 cluster-bins: cluster-apt
 	PATH="$$PATH:/usr/local/go/bin" bash kube/build.sh --cluster $(KUBE_VERSION)
 	PATH="$$PATH:/usr/local/go/bin" bash kube/build_containerd.sh $(CONTAINERD_VERSION)
+
+# The offline test cluster's images (harness/testcluster/images.py): pause, registry.k8s.io/kube-proxy
+# of KUBE_VERSION and the harness's own (./Dockerfile's equivalent), as OCI archives in
+# ~/.cache/kpbench/images for `ctr images import`; built from Debian packages and the built kube-proxy,
+# rebuilt only when what they are made of changes (cold ~5 min, warm: nothing to do).
+CLUSTER_IMAGE_PACKAGES := mmdebstrap umoci gcc libc6-dev
+
+cluster-images: setup kube
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(CLUSTER_IMAGE_PACKAGES)"
+	$(VENV)/bin/python -m harness.testcluster.images build --kube-version $(KUBE_VERSION)
+
+# The offline test cluster itself (`kpbench cluster up`, harness/testcluster): control plane and NODES
+# nodes on this machine, kube-proxy as kubeadm deploys it; prints the kubeconfig for
+# `kpbench run --target cluster --kubeconfig F --yes`. `make cluster-down` removes all of it.
+NODES ?= 2
+
+cluster: setup cluster-bins cluster-images
+	$(KPBENCH) cluster up --nodes $(NODES) --kube-version $(KUBE_VERSION)
+
+cluster-down: setup
+	$(KPBENCH) cluster down
 
 clean:
 	@if [ -x $(KPBENCH) ]; then $(KPBENCH) clean; fi

@@ -83,7 +83,7 @@ def up(
     UserError quoting the failing component's log lines."""
     from harness.targets.local_binaries import pinned_kube_version
     from harness.testcluster.artifacts import cluster_binaries
-    from harness.testcluster.images import PAUSE_IMAGE, ensure_images, kube_proxy_image
+    from harness.testcluster.images import ensure_images, kube_proxy_image, pause_image
 
     version = kube_version or pinned_kube_version()
     try:
@@ -100,7 +100,7 @@ def up(
         down(plan.dir, log=log)
     binaries = cluster_binaries(version)
     t0 = time.monotonic()
-    images = ensure_images(version)
+    images = ensure_images(version, log=log)
     timings = {"images_s": time.monotonic() - t0}
 
     plan.dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def up(
     )
     sf.save()
     try:
-        return _bring_up(plan, sf, binaries, images, PAUSE_IMAGE, kube_proxy_image(version), timings, log)
+        return _bring_up(plan, sf, binaries, images, pause_image(version), kube_proxy_image(version), timings, log)
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         log(
