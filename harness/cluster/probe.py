@@ -47,7 +47,7 @@ class RemoteAgent(AgentClient):
         self._buf = ""
         self._polling = False
         self.ws = stream(
-            client.CoreV1Api(api).connect_get_namespaced_pod_exec,
+            client.CoreV1Api(_own_client(api)).connect_get_namespaced_pod_exec,
             pod,
             namespace,
             container=container,
@@ -92,6 +92,15 @@ class RemoteAgent(AgentClient):
         self.ws.close()
 
 
+def _own_client(api: Any) -> Any:
+    """A client of its own for a websocket stream: kubernetes.stream swaps the client's call_api
+    while it connects, and a request another thread makes on that client meanwhile would go out
+    as a websocket too."""
+    from kubernetes import client
+
+    return client.ApiClient(configuration=api.configuration)
+
+
 def scrape_node(rest: Rest, node: str, port: int = 10249, timeout: float = 5.0) -> dict[str, float]:
     """kube-proxy's /metrics on `node` through the API server's node proxy."""
     text = rest.get(node_proxy_path(node, port, "metrics"), raw=True, timeout=(timeout, timeout))
@@ -105,7 +114,7 @@ def scrape_via_probe(api: Any, namespace: str, pod: str, port: int = 10249) -> d
 
     code = f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics',timeout=5).read().decode())"
     out = stream(
-        client.CoreV1Api(api).connect_get_namespaced_pod_exec,
+        client.CoreV1Api(_own_client(api)).connect_get_namespaced_pod_exec,
         pod,
         namespace,
         container="probe",
