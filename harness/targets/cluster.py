@@ -211,7 +211,14 @@ class ClusterTarget:
                         f"`kpbench restore {run.dir}`"
                     )
                     if failure is None:
-                        raise
+                        if not isinstance(e, Exception):
+                            raise
+                        # one line, exit status 2: what failed and the command that finishes it
+                        raise ClusterError(
+                            f"kube-proxy was not restored ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''}): finish it with "
+                            f"`kpbench restore {run.dir}`"
+                        ) from None
             if got and failure is None:
                 raise KeyboardInterrupt
 
