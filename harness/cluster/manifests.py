@@ -367,7 +367,9 @@ def locust_manifests(
                                 "--users",
                                 str(users),
                                 "--spawn-rate",
-                                str(users),
+                                # every user at once: a spawn spread over a second would count
+                                # against the achieved rate of a phase a few seconds long
+                                str(max(users, 100)),
                                 "--run-time",
                                 f"{int(duration_s)}s",
                                 "--only-summary",
