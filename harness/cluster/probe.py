@@ -127,10 +127,22 @@ def scrape_via_probe(api: Any, namespace: str, pod: str, port: int = 10249) -> d
     return parse_metrics(out)
 
 
+def ipv4_value(metrics: dict[str, float], name: str) -> float | None:
+    """The IPv4 series of `name`: a dual-stack kube-proxy labels it ip_family="IPv4" (the Services
+    here are IPv4), a single-stack one may not label it."""
+    for key in (f'{name}{{ip_family="IPv4"}}', name):
+        if key in metrics:
+            return metrics[key]
+    return None
+
+
 def sync_delta_us(before: dict[str, float], after: dict[str, float]) -> tuple[float, int] | None:
     """Mean kube-proxy sync duration (us) and sync count between two scrapes; None if no sync ran."""
-    s0, s1 = before.get(f"{SYNC_HISTOGRAM}_sum", 0.0), after.get(f"{SYNC_HISTOGRAM}_sum")
-    c0, c1 = before.get(f"{SYNC_HISTOGRAM}_count", 0.0), after.get(f"{SYNC_HISTOGRAM}_count")
+    s0, s1 = ipv4_value(before, f"{SYNC_HISTOGRAM}_sum") or 0.0, ipv4_value(after, f"{SYNC_HISTOGRAM}_sum")
+    c0, c1 = (
+        ipv4_value(before, f"{SYNC_HISTOGRAM}_count") or 0.0,
+        ipv4_value(after, f"{SYNC_HISTOGRAM}_count"),
+    )
     if s1 is None or c1 is None or c1 <= c0:
         return None
     return (s1 - s0) / (c1 - c0) * 1e6, int(c1 - c0)

@@ -187,3 +187,24 @@ def test_a_node_whose_kubelet_died_does_not_hold_the_switch_or_the_restore(tmp_p
         _assert_original(fake)
         assert load_restore(path).status == "restored"
         assert ctl.last_node_modes["node-b"].startswith("not rolled")
+
+
+def test_sync_delta_reads_the_ipv4_series_of_a_dual_stack_kube_proxy():
+    """kube-proxy (dual-stack by default) labels its sync histogram ip_family="IPv4"/"IPv6"."""
+    from harness.cluster.probe import sync_delta_us
+    from harness.k8s.metrics import parse_metrics
+
+    def scrape(s4, c4, s6, c6):
+        h = "kubeproxy_sync_proxy_rules_duration_seconds"
+        return parse_metrics(
+            f'{h}_sum{{ip_family="IPv4"}} {s4}\n{h}_count{{ip_family="IPv4"}} {c4}\n'
+            f'{h}_sum{{ip_family="IPv6"}} {s6}\n{h}_count{{ip_family="IPv6"}} {c6}\n'
+        )
+
+    us, n = sync_delta_us(scrape(1.0, 10, 5.0, 10), scrape(1.3, 13, 9.0, 20))
+    assert n == 3 and us == pytest.approx(0.1e6)
+    assert sync_delta_us(scrape(1.0, 10, 0, 0), scrape(1.0, 10, 2.0, 4)) is None  # no IPv4 sync
+    unlabelled = parse_metrics(
+        "kubeproxy_sync_proxy_rules_duration_seconds_sum 2\nkubeproxy_sync_proxy_rules_duration_seconds_count 4\n"
+    )
+    assert sync_delta_us({}, unlabelled) == (0.5e6, 4)
