@@ -352,7 +352,6 @@ def locust_manifests(
                 "spec": {
                     "restartPolicy": "Never",
                     "terminationGracePeriodSeconds": 5,
-                    "tolerations": TOLERATE_ALL,
                     "containers": [
                         {
                             "name": "master",
@@ -413,7 +412,6 @@ def locust_manifests(
                 "spec": {
                     "restartPolicy": "Never",
                     "terminationGracePeriodSeconds": 5,
-                    "tolerations": TOLERATE_ALL,
                     "topologySpreadConstraints": [
                         {
                             "maxSkew": 1,

@@ -32,7 +32,7 @@ from harness.cluster.kube import Connection, Rest, connect
 from harness.cluster.options import ClusterOptions, options_from
 from harness.cluster.preflight import PreflightReport, planned_changes, run_preflight
 from harness.cluster.restore import restore_cluster, restore_path, save_initial, state_from_cluster
-from harness.cluster.switch import CM_PATH, KubeProxyController, Waits
+from harness.cluster.switch import CM_PATH, ClusterRunError, KubeProxyController, Waits
 from harness.modes import mode as mode_spec
 from harness.pointloop.loop import PointLoop
 from harness.samples import PointContext, SampleWriter
@@ -262,6 +262,7 @@ class _Session:
             rest, ns, state.run_id, qps=self.opts.qps, burst=self.opts.burst, workers=self.opts.create_workers
         )
         self.mode: str | None = None  # None: kube-proxy still runs the original config (not ours yet)
+        self.not_rolled: list[str] = []  # nodes the last switch could not roll (NotReady)
         self.agents: dict[str, Any] = {}
         self.endpoints: list[tuple[str, str | None]] = []
         self.next_index = 0
@@ -407,11 +408,17 @@ class _Session:
         if p.mode != self.mode:
             t = time.monotonic()
             running = self.mode or self.state.original_mode
-            status["node_modes"] = self.ctl.switch(
+            status["node_modes"] = modes = self.ctl.switch(
                 running, p.mode, sc.ipvs.scheduler if mode_spec(p.mode).takes_scheduler else None
             )
             self.mode = p.mode
+            self.not_rolled = [n for n, m in modes.items() if m.startswith("not rolled")]
             status["phases"]["mode_switch_s"] = round(time.monotonic() - t, 2)
+        if self.not_rolled:  # a node whose kubelet is down still runs the previous mode
+            raise ClusterRunError(
+                f"kube-proxy on {', '.join(self.not_rolled)} did not switch to {p.mode} (node NotReady: "
+                "kubelet down); the point would measure a cluster running two modes"
+            )
         t = time.monotonic()
         self.ensure_services(p.n_services)
         status["phases"]["create_s"] = round(time.monotonic() - t, 2)
