@@ -102,7 +102,9 @@ class Waits:
             down = [n.name for n in list_nodes(self.rest) if not n.ready]
             ok = (
                 st.get("observedGeneration", 0) >= gen
-                and st.get("updatedNumberScheduled", 0) == want
+                # a NotReady node's old pod stays Terminating (no kubelet confirms it), so the
+                # DaemonSet cannot put an updated one there either
+                and st.get("updatedNumberScheduled", 0) >= want - len(down)
                 and st.get("numberAvailable", 0) >= want - len(down)
                 and (st.get("numberUnavailable") or 0) <= len(down)
             )

@@ -39,6 +39,7 @@ from harness.samples import PointContext, SampleWriter
 
 log = logging.getLogger("kpbench")
 KERNEL = "cluster"
+SWITCH_FAILED = "switch-failed"  # _Session.mode after a switch that raised: the next point switches again
 
 
 def _kernel_tuple(version: str) -> tuple[int, int]:
@@ -408,6 +409,10 @@ class _Session:
         if p.mode != self.mode:
             t = time.monotonic()
             running = self.mode or self.state.original_mode
+            if self.mode == SWITCH_FAILED:  # any mode the nodes may run: the one needing a cleanup first
+                maybe = self.state.modes_possibly_running
+                running = next((m for m in maybe if kpc.needs_cleanup(m, p.mode)), maybe[-1])
+            self.mode = SWITCH_FAILED  # until the switch returns
             status["node_modes"] = modes = self.ctl.switch(
                 running, p.mode, sc.ipvs.scheduler if mode_spec(p.mode).takes_scheduler else None
             )

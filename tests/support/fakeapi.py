@@ -188,14 +188,14 @@ class FakeCluster:
         if not ds:
             return
         n = len(self.list("/api/v1/nodes"))
-        down = len(self.not_ready())  # their pods never become available
+        down = len(self.not_ready())  # their old pods stay Terminating: no updated pod there, none available
         paused = PAUSE_KEY in (ds["spec"]["template"]["spec"].get("nodeSelector") or {})
         want = 0 if paused else n
         gen = ds["metadata"].get("generation", 1)
         ds["metadata"]["generation"] = gen
         ds["status"] = {
             "desiredNumberScheduled": want,
-            "updatedNumberScheduled": want,
+            "updatedNumberScheduled": max(0, want - down),
             "numberAvailable": max(0, want - down),
             "observedGeneration": gen,
             **({"numberUnavailable": down} if want and down else {}),
