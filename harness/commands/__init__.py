@@ -18,4 +18,14 @@ from harness.commands import (
     validate_cmd,
 )
 
-COMMANDS = (run_cmd, validate_cmd, render_cmd, doctor_cmd, clean_cmd, report_cmd, compare_cmd, restore_cmd, cluster_cmd)
+COMMANDS = (
+    run_cmd,
+    validate_cmd,
+    render_cmd,
+    doctor_cmd,
+    clean_cmd,
+    report_cmd,
+    compare_cmd,
+    restore_cmd,
+    cluster_cmd,
+)

@@ -8,6 +8,7 @@ down: removes everything the cluster started or left (also after a crash); idemp
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from harness.commands.privileges import require_root
@@ -28,6 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--dir", help="state directory (default ~/.cache/kpbench/testcluster)")
 
 
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -46,6 +51,7 @@ def run(args) -> int:
         done = lifecycle.down(directory, log=say)
         print("test cluster removed" if done else "no test cluster: nothing to remove")
         return 0
+    signal.signal(signal.SIGTERM, _terminate)  # a killed `up` removes what it started, as Ctrl-C does
     c = lifecycle.up(args.nodes, args.kube_version, directory=directory, log=say)
     t = c.timings
     say(

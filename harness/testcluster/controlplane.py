@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.lab import registry
+from harness.lab import netns as lab_netns, registry
 from harness.targets.local_binaries import Binaries
 from harness.targets.local_procs import LocalClusterError, Proc, http_get
 from harness.targets.localcluster import LocalCluster
@@ -82,6 +82,8 @@ class ControlPlane(LocalCluster):
         cluster whose starting command has exited. The state file records everything."""
 
     def _make_namespace(self) -> None:
+        if os.path.exists(f"{lab_netns.NETNS_DIR}/{self.netns}"):  # not ours: never recorded, never removed
+            raise LocalClusterError(f"namespace {self.netns} already exists: another test cluster is up")
         self.state.add("namespaces", self.netns)
         super()._make_namespace()
         registry.unregister("netns", self.netns)

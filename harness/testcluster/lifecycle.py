@@ -4,22 +4,24 @@ cluster's names), so `down` after a crash or Ctrl-C leaves nothing behind."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import UserError
 from harness.k8s.endpoint import ApiEndpoint, write_kubeconfig
-from harness.lab import registry
+from harness.lab import netns, registry
 from harness.lab.topology import namespace_pids
 from harness.testcluster import addons, network, node as nodemod, sysctls
-from harness.testcluster.plan import CGROUP_PARENT, HOST_LINK, ClusterPlan, default_dir, make_plan
+from harness.testcluster.plan import ClusterPlan, Names, current_instance, default_dir, make_plan
 from harness.testcluster.state import ClusterState, StateFile, load
 
 Log = Callable[[str], None]
@@ -28,6 +30,37 @@ READY_TIMEOUT = 180.0
 
 class ClusterUpError(UserError):
     """The test cluster could not be brought up; the message quotes the logs that say why."""
+
+
+class ClusterBusy(UserError):
+    """A test cluster is up, or another `cluster up/down` runs: names are machine-wide."""
+
+
+LOCK_FILE = registry.STATE_DIR / "testcluster.lock"
+
+
+@contextmanager
+def machine_lock(*, wait: bool, log: Log) -> Iterator[None]:
+    """One `cluster up` / `cluster down` at a time on this machine (flock on LOCK_FILE, which
+    holds the pid of the holder). Not waiting: ClusterBusy naming that pid."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if not wait:
+                raise ClusterBusy(
+                    f"another `kpbench cluster up/down` is running (pid {holder}): wait for it to finish"
+                ) from None
+            log(f"waiting for `kpbench cluster up/down` (pid {holder}) to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass
@@ -83,25 +116,45 @@ def up(
     UserError quoting the failing component's log lines."""
     from harness.targets.local_binaries import pinned_kube_version
     from harness.testcluster.artifacts import cluster_binaries
-    from harness.testcluster.images import ensure_images, kube_proxy_image, pause_image
+    from harness.testcluster.images import ensure_images
 
     version = kube_version or pinned_kube_version()
     try:
         plan = make_plan(nodes, version, directory)
     except ValueError as e:
         raise UserError(str(e)) from None
-    existing = load(plan.state_file)
-    if existing is not None and existing.state.phase == "up" and _procs_alive(existing.state):
-        raise UserError(
-            f"a test cluster is already up ({existing.state.kubeconfig}): `kpbench cluster down` first"
-        )
-    if existing is not None or network.existing_namespaces() or nodemod.cgroup_dirs():
-        log("removing the leftovers of an earlier test cluster")
-        down(plan.dir, log=log)
     binaries = cluster_binaries(version)
     t0 = time.monotonic()
-    images = ensure_images(version, log=log)
+    images = ensure_images(version, log=log)  # before the checks: a first build takes minutes
     timings = {"images_s": time.monotonic() - t0}
+    with machine_lock(wait=False, log=log):
+        _refuse_if_running(plan)
+        existing = load(plan.state_file)
+        if existing is not None or network.existing_namespaces(plan.names) or nodemod.cgroup_dirs(plan.names):
+            log("removing the leftovers of an earlier test cluster")
+            _down(plan.dir, log=log, names=plan.names)
+        return _up_locked(plan, binaries, images, timings, log)
+
+
+def _refuse_if_running(plan: ClusterPlan) -> None:
+    """ClusterBusy if a test cluster runs: names are machine-wide, so there is one at a time."""
+    existing = load(plan.state_file)
+    if existing is not None and existing.state.phase == "up" and _procs_alive(existing.state):
+        raise ClusterBusy(
+            f"a test cluster is already up ({existing.state.kubeconfig}): `kpbench cluster down` first"
+        )
+    busy = {ns: pids for ns, pids in namespace_pids(network.existing_namespaces(plan.names)).items() if pids}
+    if busy:
+        raise ClusterBusy(
+            f"a test cluster is running in namespaces {', '.join(sorted(busy))} (started with another --dir?): "
+            "`kpbench cluster down --dir DIR` first"
+        )
+
+
+def _up_locked(plan: ClusterPlan, binaries, images, timings: dict[str, float], log: Log) -> TestCluster:
+    from harness.testcluster.images import kube_proxy_image, pause_image
+
+    version = plan.kube_version
 
     plan.dir.mkdir(parents=True, exist_ok=True)
     os.chmod(plan.dir, 0o700)
@@ -109,14 +162,17 @@ def up(
         plan.state_file,
         ClusterState(
             kube_version=version,
+            instance=plan.names.instance,
             nodes=[n.name for n in plan.nodes],
             kubeconfig=str(plan.kubeconfig),
-            sysctls=sysctls.read(),
+            sysctls=_sysctls_as_found(plan.names),
         ),
     )
     sf.save()
     try:
-        return _bring_up(plan, sf, binaries, images, pause_image(version), kube_proxy_image(version), timings, log)
+        return _bring_up(
+            plan, sf, binaries, images, pause_image(version), kube_proxy_image(version), timings, log
+        )
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         log(
@@ -125,7 +181,7 @@ def up(
             else "bring-up failed: removing what was started"
         )
         _keep_logs(plan)
-        down(plan.dir, log=lambda s: None)
+        _down(plan.dir, log=lambda s: None, sweep=False, names=plan.names)
         if interrupted or not isinstance(e, (UserError, OSError)):
             raise
         raise ClusterUpError(f"kpbench cluster up failed: {e} (logs kept in {_logs_dir(plan)})") from None
@@ -135,7 +191,7 @@ def _bring_up(plan, sf, binaries, images, pause_image, proxy_image, timings, log
     from harness.testcluster.controlplane import ControlPlane, bind_nodes_role, node_user
 
     t = time.monotonic()
-    for path in (*nodemod.HOST_DIRS, nodemod.LIB_MODULES):
+    for path in (*nodemod.HOST_DIRS, nodemod.LIB_MODULES, str(plan.names.socket_dir)):
         _ensure_host_dir(path, sf)
     cp = ControlPlane(plan, binaries, sf)
     cp.start()
@@ -144,7 +200,7 @@ def _bring_up(plan, sf, binaries, images, pause_image, proxy_image, timings, log
         f"control plane up in {timings['controlplane_s']:.1f} s ({plan.server} in namespace {plan.api_netns})"
     )
 
-    sf.add("host_links", HOST_LINK)
+    sf.add("host_links", plan.names.host_link)
     network.attach_host(plan)
     rest = _api(plan, cp.pki["ca_crt"], cp.tokens["admin"])
     bind_nodes_role(rest)
@@ -165,9 +221,11 @@ def _bring_up(plan, sf, binaries, images, pause_image, proxy_image, timings, log
     t = time.monotonic()
     nodes: list[nodemod.Node] = []
     for n in plan.nodes:
+        if n.netns in network.existing_namespaces(plan.names):  # not ours: never recorded, never removed
+            raise ClusterBusy(f"namespace {n.netns} already exists: another test cluster is up")
         sf.add("namespaces", n.netns)
         network.create_node(plan, n)
-        sf.add("cgroups", CGROUP_PARENT)
+        sf.add("cgroups", plan.names.cgroup_parent)
         nd = nodemod.Node(plan, n, binaries, sf.add_proc)
         nd.prepare(
             pause_image=pause_image, ca_file=cp.pki["ca_crt"], kubeconfig=cp.kubeconfig(node_user(n.name))
@@ -272,13 +330,36 @@ def _keep_logs(plan: ClusterPlan) -> None:
             pass
 
 
+def _other_instances(names: Names) -> list[int]:
+    """Other test cluster instances with namespaces on this machine."""
+    found = set()
+    for n in netns.list_namespaces("kpbtc"):
+        tag = n.split("-", 1)[0].removeprefix("kpbtc")
+        if tag.isdigit() or tag == "":
+            found.add(int(tag or 0))
+    found.discard(names.instance)
+    return sorted(found)
+
+
+def _sysctls_as_found(names: Names) -> dict[str, str]:
+    """The kernel-wide sysctls before any test cluster changed them: now, or as a running
+    instance recorded them (its kubelets have changed them since)."""
+    found = sysctls.read()
+    for i in _other_instances(names):
+        other = load(default_dir(i) / "state.json")
+        if other is not None:
+            found.update({k: v for k, v in other.state.sysctls.items() if k in found})
+            break
+    return found
+
+
 def _procs_alive(state: ClusterState) -> bool:
     return any(registry.alive(p.pid, p.start) for p in state.procs)
 
 
-def _cgroup_pids() -> set[int]:
+def _cgroup_pids(names: Names) -> set[int]:
     pids: set[int] = set()
-    for top in nodemod.cgroup_dirs():
+    for top in nodemod.cgroup_dirs(names):
         for f in top.rglob("cgroup.procs"):
             try:
                 pids.update(int(x) for x in f.read_text().split())
@@ -298,40 +379,72 @@ def _kill(pids: set[int]) -> None:
 def down(directory: Path | None = None, *, log: Log = print) -> list[str]:
     """Remove the test cluster in `directory` (default: the default one) and everything it left:
     processes, namespaces, the root namespace's link, cgroups, containerd state, host dirs it
-    made; put back the sysctls it changed. Idempotent; returns one line per thing removed."""
+    made; put back the sysctls it changed. Idempotent; returns one line per thing removed.
+    Waits for a `cluster up` in progress to finish first."""
+    with machine_lock(wait=True, log=log):
+        return _down(directory, log=log)
+
+
+def _down(directory: Path | None, *, log: Log, sweep: bool = True, names: Names | None = None) -> list[str]:
+    """`down` under the lock. `sweep`: also what is found under the cluster's names but not in
+    the state file (a crash before it was written); False after a failed up, which removes only
+    what it recorded making."""
     d = Path(directory) if directory else default_dir()
     sf = load(d / "state.json")
-    st = sf.state if sf else ClusterState()
+    st = sf.state if sf else ClusterState(instance=names.instance if names else current_instance())
+    names = Names(st.instance)
     done: list[str] = []
 
     def note(msg: str) -> None:
         done.append(msg)
         log(msg)
 
-    namespaces = sorted(set(st.namespaces) | set(network.existing_namespaces()))
+    t0 = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        phases[name] = time.monotonic() - t0 - sum(phases.values())
+
+    namespaces = sorted(set(st.namespaces) | (set(network.existing_namespaces(names)) if sweep else set()))
     for _ in range(20):  # processes first: the mount namespaces and cgroups go with them
         ours = {p.pid for p in st.procs if registry.alive(p.pid, p.start)}
         ours |= {pid for pids in namespace_pids(namespaces).values() for pid in pids}
-        ours |= _cgroup_pids()
+        ours |= _cgroup_pids(names) if (sweep or st.cgroups) else set()
         ours.discard(os.getpid())
         if not ours:
             break
         _kill(ours)
         note(f"killed {len(ours)} process(es)")
         time.sleep(0.2)
-    for what in network.remove(namespaces, sorted(set(st.host_links) | {HOST_LINK})):
+    lap("processes")
+    for what in network.remove(
+        namespaces, sorted(set(st.host_links) | ({names.host_link} if sweep else set()))
+    ):
         note(f"removed {what}")
-    for top in nodemod.cgroup_dirs():
+    lap("network")
+    for top in nodemod.cgroup_dirs(names) if (sweep or st.cgroups) else []:
         if _rmdir_tree(top):
             note(f"removed cgroup {top}")
-    for line in sysctls.restore(st.sysctls):
-        note(f"sysctl {line}")
-    for m in _mounts_under([d, *map(Path, nodemod.HOST_DIRS)]):
-        subprocess.run(
-            ["umount", "-l", m], capture_output=True
-        )  # not expected: mounts live in the nodes' namespaces
+    lap("cgroups")
+    others = _other_instances(names)
+    if others and st.sysctls:  # kernel-wide values: the last test cluster down puts them back
+        note(f"sysctls left as they are: test cluster instance(s) {', '.join(map(str, others))} still run")
+    else:
+        for line in sysctls.restore(st.sysctls):
+            note(f"sysctl {line}")
+    for m in _mounts_under([d, *map(Path, nodemod.HOST_DIRS)]):  # not expected: mounts stay in the nodes'
+        subprocess.run(["umount", "-l", m], capture_output=True)
         note(f"unmounted {m}")
+    sockets = names.socket_dir
+    if sockets.exists() and (sweep or str(sockets) in st.created_paths):
+        shutil.rmtree(sockets, ignore_errors=True)  # the nodes' sockets: the directory is ours by name
+        note(f"removed {sockets}")
+    # another instance's nodes bind-mount over the same host dirs: removing one would detach
+    # their mounts, so those dirs stay while any other test cluster runs
     for p in reversed(st.created_paths):
+        if others and p != str(sockets):
+            note(f"left {p} (test cluster instance {others[0]} uses it)")
+            continue
         try:
             os.rmdir(p)
             note(f"removed {p}")
@@ -342,6 +455,13 @@ def down(directory: Path | None = None, *, log: Log = print) -> list[str]:
     if d.exists():
         shutil.rmtree(d, ignore_errors=True)
         note(f"removed {d}")
+    lap("files")
+    if done:
+        log(
+            f"down in {time.monotonic() - t0:.1f} s ("
+            + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+            + ")"
+        )
     return done
 
 
@@ -379,7 +499,7 @@ def status(directory: Path | None = None) -> list[str]:
     d = Path(directory) if directory else default_dir()
     sf = load(d / "state.json")
     if sf is None:
-        left = network.existing_namespaces()
+        left = network.existing_namespaces(Names(current_instance()))
         return [
             f"no test cluster in {d}"
             + (f" (leftover namespaces: {', '.join(left)}: `kpbench cluster down`)" if left else "")
@@ -394,4 +514,31 @@ def status(directory: Path | None = None) -> list[str]:
     ]
     if st.timings:
         out.append("bring-up: " + ", ".join(f"{k} {v:.1f}" for k, v in st.timings.items()))
+    if st.phase == "up" and alive:
+        out.append(_node_line(Path(st.kubeconfig)))
     return out
+
+
+def _node_line(kubeconfig: Path) -> str:
+    """ "nodes: name Ready, ..." from the API server (what went wrong, if it does not answer)."""
+    import base64
+    import json
+    import tempfile
+
+    try:
+        kc = json.loads(kubeconfig.read_text())
+        cluster, user = kc["clusters"][0]["cluster"], kc["users"][0]["user"]
+        with tempfile.NamedTemporaryFile(suffix=".crt") as ca:
+            ca.write(base64.b64decode(cluster["certificate-authority-data"]))
+            ca.flush()
+            from harness.k8s.rest import Rest
+
+            rest = Rest(ApiEndpoint(host=cluster["server"], ca_file=ca.name, token=user["token"]).client())
+            items = rest.get("/api/v1/nodes")["items"]
+    except Exception as e:  # noqa: BLE001 - a status line, not an error
+        return f"nodes: the API server did not answer ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    parts = []
+    for n in items:
+        ready = {c["type"]: c["status"] for c in n.get("status", {}).get("conditions", [])}.get("Ready")
+        parts.append(f"{n['metadata']['name']} {'Ready' if ready == 'True' else 'NotReady'}")
+    return "nodes: " + ", ".join(parts)

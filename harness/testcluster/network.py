@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 from harness.lab import netns
 from harness.lab.netns import LabError
 from harness.lab.topology import delete_namespaces
-from harness.testcluster.plan import HOST_LINK, HOST_PEER, PREFIX, ClusterPlan, NodePlan
+from harness.testcluster.plan import ClusterPlan, Names, NodePlan
 
 BRIDGE = "kapi0"  # LocalCluster's bridge in the API namespace
 NODE_IF = "eth0"
@@ -49,20 +49,21 @@ def _nsfd(name: str) -> int:
 
 def attach_host(plan: ClusterPlan) -> None:
     """The root namespace's veth `kpbtc-host` (plan.host_addr) with its peer on the API bridge."""
+    host_link, host_peer = plan.names.host_link, plan.names.host_peer
     fd = _nsfd(plan.api_netns)
     try:
         with IPRoute() as ipr:
-            ipr.link("add", ifname=HOST_LINK, kind="veth", peer={"ifname": HOST_PEER, "net_ns_fd": fd})
-            i = _idx(ipr, HOST_LINK)
+            ipr.link("add", ifname=host_link, kind="veth", peer={"ifname": host_peer, "net_ns_fd": fd})
+            i = _idx(ipr, host_link)
             ipr.addr("add", index=i, address=plan.host_addr, prefixlen=plan.prefixlen)
             ipr.link("set", index=i, state="up")
     except LabError:
         raise
     except Exception as e:  # noqa: BLE001 - netlink errors -> one line naming the link
-        raise LabError(f"creating {HOST_LINK} failed: {e}") from None
+        raise LabError(f"creating {host_link} failed: {e}") from None
     finally:
         os.close(fd)
-    netns.call_in(plan.api_netns, _enslave, HOST_PEER)
+    netns.call_in(plan.api_netns, _enslave, host_peer)
 
 
 def _enslave(ifname: str) -> None:
@@ -122,9 +123,9 @@ def _configure_node(plan: ClusterPlan, node: NodePlan) -> None:
         raise LabError(f"configuring {node.netns} failed: {e}") from None
 
 
-def existing_namespaces() -> list[str]:
-    """Every `kpbtc-` namespace on this machine (a crashed cluster's too)."""
-    return netns.list_namespaces(PREFIX)
+def existing_namespaces(names: Names) -> list[str]:
+    """Every namespace of that cluster instance on this machine (a crashed cluster's too)."""
+    return netns.list_namespaces(names.prefix)
 
 
 def remove(namespaces: list[str], host_links: list[str]) -> list[str]:

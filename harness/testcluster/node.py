@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness.lab import netns as lab_netns
 from harness.targets.local_procs import LocalClusterError, Proc, spawn
-from harness.testcluster.plan import CGROUP_PARENT, ClusterPlan, NodePlan
+from harness.testcluster.plan import ClusterPlan, Names, NodePlan
 
 # host path -> the node directory's subdirectory bind-mounted over it in the node's mount namespace
 HOST_DIRS: dict[str, str] = {
@@ -37,14 +37,16 @@ LIB_MODULES = "/lib/modules"
 KUBELET_HEALTHZ_PORT = 10248
 
 
-def cgroup_mounts(mountinfo: str | None = None) -> list[Path]:
-    """Mount points of the cgroup v1 hierarchies (cpu, memory, ..., name=systemd)."""
+def cgroup_mounts(mountinfo: str | None = None, *, v2: bool = False) -> list[Path]:
+    """Mount points of the cgroup v1 hierarchies (cpu, memory, ..., name=systemd); with `v2` also
+    the cgroup2 mount (hybrid here: runc creates each container's cgroup there too)."""
     if mountinfo is None:
         mountinfo = Path("/proc/self/mountinfo").read_text()
+    kinds = ("cgroup", "cgroup2") if v2 else ("cgroup",)
     out = []
     for line in mountinfo.splitlines():
         left, _, right = line.partition(" - ")
-        if right.split()[:1] == ["cgroup"]:
+        if right.split()[:1] and right.split()[0] in kinds:
             out.append(Path(left.split()[4]))
     return out
 
@@ -70,7 +72,7 @@ def render_containerd_config(node: NodePlan, *, pause_image: str, runc: Path, cn
     d = node.dir
     q = json.dumps  # a TOML basic string is a JSON string
     return f"""version = 3
-root = {q(str(d / "containerd" / "root"))}
+root = {q(str(containerd_root(node)))}
 state = {q(str(d / "containerd" / "state"))}
 
 [grpc]
@@ -156,8 +158,8 @@ def render_kubelet_config(node: NodePlan, *, ca_file: Path) -> dict:
         "failSwapOn": False,
         "protectKernelDefaults": False,
         "containerRuntimeEndpoint": f"unix://{node.containerd_socket}",
-        "podLogsDir": str(node.dir / "pod-logs"),
-        "volumePluginDir": str(node.dir / "volume-plugins"),
+        "podLogsDir": str(node.short_dir / "pod-logs"),
+        "volumePluginDir": str(node.short_dir / "volume-plugins"),
         "resolvConf": "/etc/resolv.conf",
         "clusterDomain": "cluster.local",
         "authentication": {
@@ -179,12 +181,19 @@ def render_kubelet_config(node: NodePlan, *, ca_file: Path) -> dict:
 
 
 def holder_script(node: NodePlan) -> str:
-    """The shell line the mount-namespace holder runs: bind the node's directories, then sleep."""
-    binds = [
-        f"mount --bind {shlex.quote(str(node.dir / sub))} {shlex.quote(host)}"
-        for host, sub in HOST_DIRS.items()
-    ]
-    return " && ".join([*binds, "exec sleep infinity"])
+    """The shell line the mount-namespace holder runs: a tmpfs for containerd's root, the node's
+    directories bound over the shared host paths and on its short path, then sleep."""
+    pairs = [(node.dir / sub, host) for host, sub in HOST_DIRS.items()] + [(node.dir, str(node.short_dir))]
+    binds = [f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}" for src, dst in pairs]
+    ram = f"mount -t tmpfs -o mode=0700 kpbtc-images {shlex.quote(str(containerd_root(node)))}"
+    return " && ".join([ram, *binds, "exec sleep infinity"])
+
+
+def containerd_root(node: NodePlan) -> Path:
+    """containerd's root (content store, unpacked images): a tmpfs in the node's mount namespace,
+    so the images vanish with the node; deleting them from this disk (mounted with online
+    discard) took over a minute per cluster."""
+    return node.dir / "containerd" / "root"
 
 
 class Node:
@@ -204,7 +213,7 @@ class Node:
         d = self.node.dir
         for sub in (
             *HOST_DIRS.values(),
-            "containerd",
+            "containerd/root",
             "cni/net.d",
             "cni/ipam",
             "kubelet",
@@ -214,6 +223,8 @@ class Node:
             "logs",
         ):
             (d / sub).mkdir(parents=True, exist_ok=True)
+        self.node.containerd_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.node.short_dir.mkdir(parents=True, exist_ok=True)
         (d / "containerd" / "config.toml").write_text(
             render_containerd_config(
                 self.node,
@@ -332,8 +343,8 @@ class Node:
             str(self.binaries.kubelet),
             f"--config={n.dir / 'kubelet-config.yaml'}",
             f"--kubeconfig={self.kubeconfig}",
-            f"--root-dir={n.dir / 'kubelet'}",
-            f"--cert-dir={n.dir / 'kubelet-certs'}",
+            f"--root-dir={n.short_dir / 'kubelet'}",  # paths as seen in the node's mount namespace
+            f"--cert-dir={n.short_dir / 'kubelet-certs'}",
             f"--hostname-override={n.name}",
             f"--node-ip={n.ip}",
             "--v=1",
@@ -348,6 +359,7 @@ class Node:
                 )
 
 
-def cgroup_dirs() -> list[Path]:
-    """The test cluster's cgroup directory in every v1 hierarchy that has one."""
-    return [m / CGROUP_PARENT for m in cgroup_mounts() if (m / CGROUP_PARENT).is_dir()]
+def cgroup_dirs(names: Names) -> list[Path]:
+    """The test cluster's cgroup directory in every hierarchy (v1 and v2) that has one."""
+    parent = names.cgroup_parent
+    return [m / parent for m in cgroup_mounts(v2=True) if (m / parent).is_dir()]

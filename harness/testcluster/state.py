@@ -26,6 +26,7 @@ class ClusterState(BaseModel):
 
     version: int = VERSION
     phase: str = "starting"  # starting -> up; down removes the file last
+    instance: int = 0  # plan.Names: which machine-wide names
     kube_version: str = ""
     nodes: list[str] = Field(default_factory=list)
     kubeconfig: str = ""

@@ -15,7 +15,7 @@ from harness.commands import COMMANDS
 from harness.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-EXPECTED = ["run", "validate", "render", "doctor", "clean", "report", "compare", "restore"]
+EXPECTED = ["run", "validate", "render", "doctor", "clean", "report", "compare", "restore", "cluster"]
 
 
 def test_every_subcommand_is_registered_once():

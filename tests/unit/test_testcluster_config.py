@@ -12,13 +12,13 @@ import yaml
 
 from harness.errors import UserError
 from harness.testcluster import addons, node as nodemod, sysctls
-from harness.testcluster.plan import CLUSTER_CIDR, PREFIX, make_plan
+from harness.testcluster.plan import CLUSTER_CIDR, INSTANCE_ENV, Names, current_instance, make_plan
 from harness.testcluster.state import ClusterState, StateFile, load
 
 
 def test_plan_addresses_do_not_overlap(tmp_path):
-    plan = make_plan(3, "v1.37.2", tmp_path)
-    assert [n.name for n in plan.nodes] == [f"{PREFIX}node1", f"{PREFIX}node2", f"{PREFIX}node3"]
+    plan = make_plan(3, "v1.37.2", tmp_path, instance=0)
+    assert [n.name for n in plan.nodes] == ["kpbtc-node1", "kpbtc-node2", "kpbtc-node3"]
     underlay = ipaddress.ip_network(plan.underlay_cidr)
     ips = {plan.api_addr, plan.host_addr, *(n.ip for n in plan.nodes)}
     assert len(ips) == 5 and all(ipaddress.ip_address(i) in underlay for i in ips)
@@ -30,7 +30,30 @@ def test_plan_addresses_do_not_overlap(tmp_path):
     assert plan.nodes[0].pod_gateway == str(cidrs[0].network_address + 1)
     assert len({n.dir for n in plan.nodes}) == 3 and all(n.dir.is_relative_to(tmp_path) for n in plan.nodes)
     # interface names: at most 15 characters
-    assert all(len(n) <= 15 for n in ("kpbtc-host", "kpbtc-up"))
+    assert all(len(n) <= 15 for n in (plan.names.host_link, plan.names.host_peer, Names(9).host_link))
+
+
+def test_instances_share_no_name(tmp_path, monkeypatch):
+    a, b = Names(0), Names(7)
+    assert not b.api_netns.startswith(a.prefix) and not a.api_netns.startswith(b.prefix)
+    for attr in (
+        "api_netns",
+        "host_link",
+        "host_peer",
+        "underlay_cidr",
+        "host_addr",
+        "cgroup_parent",
+        "socket_dir",
+    ):
+        assert getattr(a, attr) != getattr(b, attr), attr
+    assert not ipaddress.ip_network(a.underlay_cidr).overlaps(ipaddress.ip_network(b.underlay_cidr))
+    monkeypatch.setenv(INSTANCE_ENV, "7")
+    plan = make_plan(2, "v1.37.2", tmp_path)
+    assert plan.names == b and plan.nodes[0].name == "kpbtc7-node1" and plan.nodes[0].ip == "10.253.7.11"
+    assert plan.nodes[0].cgroup_root == "/kpbench-testcluster7/kpbtc7-node1"
+    monkeypatch.setenv(INSTANCE_ENV, "10")
+    with pytest.raises(ValueError, match=INSTANCE_ENV):
+        current_instance()
 
 
 @pytest.mark.parametrize("count", [0, 21])
@@ -56,7 +79,8 @@ def test_containerd_config_is_per_node_toml(tmp_path):
     assert a["version"] == 3
     for key in ("root", "state"):
         assert a[key] != b[key] and a[key].startswith(str(plan.nodes[0].dir))
-    assert a["grpc"]["address"] == str(plan.nodes[0].containerd_socket)
+    assert a["grpc"]["address"] == str(plan.nodes[0].containerd_socket) != b["grpc"]["address"]
+    assert len(a["ttrpc"]["address"]) < 100  # a unix socket path has at most 107 bytes
     rt = a["plugins"]["io.containerd.cri.v1.runtime"]
     assert rt["restrict_oom_score_adj"] is True and rt["netns_mounts_under_state_dir"] is True
     runc = rt["containerd"]["runtimes"]["runc"]["options"]
@@ -80,7 +104,9 @@ def test_kubelet_and_cni_config(tmp_path):
     assert k["cgroupRoot"] == f"/kpbench-testcluster/{n.name}"
     assert k["containerRuntimeEndpoint"] == f"unix://{n.containerd_socket}"
     assert k["authentication"]["anonymous"]["enabled"] is False and k["authorization"]["mode"] == "Webhook"
-    assert k["podLogsDir"].startswith(str(n.dir)) and k["address"] == n.ip
+    assert k["podLogsDir"].startswith(str(n.short_dir)) and k["address"] == n.ip
+    # kubelet's sockets under its root dir: at most 107 bytes, however deep the state directory
+    assert len(str(n.short_dir / "kubelet" / "pod-resources" / "4003767407")) < 100
     cni = nodemod.render_cni_config(n)
     ipam = cni["plugins"][0]["ipam"]
     assert ipam["ranges"][0][0] == {"subnet": n.pod_cidr, "gateway": n.pod_gateway}
@@ -92,6 +118,8 @@ def test_holder_binds_every_shared_host_path(tmp_path):
     script = nodemod.holder_script(n)
     for host, sub in nodemod.HOST_DIRS.items():
         assert f"mount --bind {n.dir / sub} {host}" in script
+    assert f"mount --bind {n.dir} {n.short_dir}" in script
+    assert script.startswith(f"mount -t tmpfs -o mode=0700 kpbtc-images {nodemod.containerd_root(n)} && ")
     assert script.endswith("exec sleep infinity")
 
 
@@ -103,6 +131,7 @@ def test_cgroup_mounts_are_the_v1_hierarchies():
         "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
     )
     assert nodemod.cgroup_mounts(info) == [Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/systemd")]
+    assert nodemod.cgroup_mounts(info, v2=True)[-1] == Path("/sys/fs/cgroup/unified")
 
 
 def _zip_present(version: str) -> bool:
