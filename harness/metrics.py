@@ -145,7 +145,8 @@ REGISTRY: tuple[Metric, ...] = (
         "sync_full_warm_s",
         "s",
         "rewriting all N Services over the live dataplane the way kube-proxy's first sync after a "
-        "restart does (`path=prober|quiet`: with / without the disruption prober running)",
+        "restart does (local target: that sync of the restarted kube-proxy, from its metrics; "
+        "`path=prober|quiet`: with / without the disruption prober running)",
         table=True,
         fit=True,
         split=("path",),

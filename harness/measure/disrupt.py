@@ -224,12 +224,13 @@ class Observed:
     sync_s: float
     saturated: list[str]
     attempts: int
+    call_s: float = 0.0  # the sync call's own length (sync_s: the sync's, when it reported its span)
 
 
 def measure_during(
     ns: str | None,
     targets: Sequence[tuple[str, int]],
-    sync: Callable[[], None],
+    sync: Callable[[], tuple[int, int] | None],
     ctx: PointContext,
     kind: str,
     *,
@@ -240,15 +241,18 @@ def measure_during(
     prepare: Callable[[], None] | None = None,
 ) -> Observed:
     """Probe `targets` for window_s, run `sync()`, probe window_s more -> rows tagged sync=kind.
-    `prepare` runs before the prober starts (not observed: e.g. emptying the dataplane)."""
+    The phases are split at the sync's own start and end when `sync()` returns them
+    (perf_counter_ns: e.g. kube-proxy's sync after the API call that asked for it), else at the
+    call's. `prepare` runs before the prober starts (not observed: e.g. emptying the dataplane)."""
     if prepare is not None:
         prepare()
     prober = Prober(ns, targets, rate=rate, keepalive=keepalive, timeout=timeout)
     try:
         time.sleep(window_s)
-        t0 = time.perf_counter_ns()
-        sync()
-        t1 = time.perf_counter_ns()
+        c0 = time.perf_counter_ns()
+        span = sync()
+        c1 = time.perf_counter_ns()
+        t0, t1 = span or (c0, c1)
         time.sleep(window_s)
         hi = time.perf_counter_ns()
         time.sleep(timeout)  # every attempt started before `hi` resolves (connects or times out)
@@ -257,4 +261,4 @@ def measure_during(
         raise
     rec = prober.stop()
     out = rows(rec, ctx, kind, t0, t1, prober.t_running_ns, hi, timeout)
-    return Observed(out, (t1 - t0) / 1e9, rec.saturation(), len(rec.attempts))
+    return Observed(out, (t1 - t0) / 1e9, rec.saturation(), len(rec.attempts), (c1 - c0) / 1e9)

@@ -242,10 +242,10 @@ class LabPoints:
     def disrupt(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], status: dict) -> list[dict]:
         """Rows of the disruption phase: the prober in the client namespace while node a's dataplane
         is rewritten (warm full sync) and changed (one change of each kind, undone after)."""
-        from harness.pointloop.disruption import measure_disruption
+        from harness.pointloop.disruption import LabSyncs, measure_disruption
 
         return measure_disruption(
-            self.use_mode(p.mode)["a"],
+            LabSyncs(self.use_mode(p.mode)["a"]),
             self.running_lab().client_ns,
             services,
             self.model,

@@ -418,11 +418,12 @@ class LocalPoints(LabPoints):
         self.proxies = {}
         self.proxy_mode = None
 
-    def proxy_cleanup(self) -> None:
-        """`kube-proxy --cleanup` in every node namespace (iptables, ipvs and nftables state)."""
+    def proxy_cleanup(self, nodes: Sequence[str] | None = None) -> None:
+        """`kube-proxy --cleanup` in every node namespace, or those of `nodes` (iptables, ipvs and
+        nftables state)."""
         assert self.env is not None, "start() first"
         lab, binaries, path = self.running_lab(), self.running_cluster().binaries, self.env["PATH"]
-        for n in self.model.spec.nodes:
+        for n in self.model.spec.nodes if nodes is None else nodes:
             lc.kube_proxy_cleanup(
                 lab.node_ns(n),
                 binaries.kube_proxy,
@@ -431,24 +432,29 @@ class LocalPoints(LabPoints):
             )
 
     def start_proxies(self, mode: str) -> None:
-        cluster, lab = self.running_cluster(), self.running_lab()
         for n in self.model.spec.nodes:
-            self.proxies[n] = cluster.start_kube_proxy(
-                lab.node_ns(n),
-                node_name(n),
-                mode,
-                wait_ready=0,
-                env=self.env,
-                binary=self.kube_proxy_binary(),
-                cluster_cidr=self.scenario.lab.pod_cidr,
-                sync_period=self.local.sync_period,
-                min_sync_period=self.local.min_sync_period,
-                ipvs_scheduler=self.scenario.ipvs.scheduler,
-                node_port_addresses=self.local.node_port_addresses or None,
-            )
+            self.start_proxy(n, mode)
         self.proxy_mode = mode
         self.proxy_release = self.settings.kube_version
         self.proxy_starts += 1
+
+    def start_proxy(self, n: str, mode: str) -> None:
+        """kube-proxy of `mode` on node `n` (not waited for; a running one is replaced, not stopped:
+        the disruption phase stops node a's itself and restarts it over its rules)."""
+        cluster, lab = self.running_cluster(), self.running_lab()
+        self.proxies[n] = cluster.start_kube_proxy(
+            lab.node_ns(n),
+            node_name(n),
+            mode,
+            wait_ready=0,
+            env=self.env,
+            binary=self.kube_proxy_binary(),
+            cluster_cidr=self.scenario.lab.pod_cidr,
+            sync_period=self.local.sync_period,
+            min_sync_period=self.local.min_sync_period,
+            ipvs_scheduler=self.scenario.ipvs.scheduler,
+            node_port_addresses=self.local.node_port_addresses or None,
+        )
 
     def kube_proxy_binary(self):
         """kube-proxy of the point's release (use_point): a version sweep restarts it per release,
@@ -670,6 +676,29 @@ class LocalPoints(LabPoints):
                 )
             )
         return rows + extra
+
+    def disrupt(self, p: JobPoint, ctx: PointContext, services, status: dict) -> list[dict]:
+        """The disruption phase (harness.pointloop.disruption) with real kube-proxy: node a's
+        restarted over its live rules (full), from empty (cold), and one change of each kind through
+        the API, phases from kube-proxy's own sync timestamps (harness.targets.local_disruption).
+        kube-proxy on node a is a new process afterwards: its kp_* rows count from that restart."""
+        from harness.pointloop.disruption import measure_disruption
+        from harness.targets.local_disruption import KubeProxySyncs
+
+        syncs = KubeProxySyncs(self, p.mode)
+        try:
+            return measure_disruption(
+                syncs,
+                self.running_lab().client_ns,
+                services,
+                self.model,
+                ctx,
+                self.scenario.measure.disruption,
+                status,
+            )
+        finally:
+            status.setdefault("disruption", {})["kube_proxy_syncs"] = syncs.record
+            self.proxy_starts += sum(len(syncs.record.get(k, [])) for k in ("full", "cold"))
 
     def end_point(self, p: JobPoint, ctx: PointContext, out: SampleWriter, status: dict) -> None:
         self.check_proxies()

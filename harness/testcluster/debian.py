@@ -78,3 +78,16 @@ def chroot(rootfs: Path, *argv: str) -> None:
     if p.returncode != 0:
         tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-15:])
         raise RuntimeError(f"chroot {rootfs} {' '.join(argv)} failed:\n{tail}")
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf that never reaches into a mounted file system: mmdebstrap killed mid-run (Ctrl-C
+    kills it 0.25 s after SIGINT) leaves /proc, /sys and /dev mounted in its rootfs, and those are
+    unmounted first (deepest first, lazily), then `rm --one-file-system` stays on the cache's."""
+    if not path.exists():
+        return
+    prefix = f"{path.resolve()}/"
+    mounts = [ln.split()[1] for ln in Path("/proc/mounts").read_text().splitlines()]
+    for m in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], capture_output=True)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], capture_output=True)

@@ -34,7 +34,7 @@ import sys
 import time
 import tomllib
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -50,7 +50,8 @@ GO_MOD_DOWNLOAD = CACHE_ROOT / "go" / "mod" / "cache" / "download"  # kube/build
 REPO = Path(__file__).resolve().parents[2]
 RECIPE_VERSION = 1  # part of every cache key: bump it when the way an image is built changes
 
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"  # kubeadm's PauseVersion in the default release (v1.37.2)
+# kubeadm's PauseVersion in the default release (v1.37.2), also containerd v2.4's default sandbox image
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"
 HARNESS_IMAGE = DEFAULT_IMAGE  # what the cluster target's pods run ("kpbench:latest")
 # The lab's iptables mode measures iptables-legacy by default (scenario iptables_backend), so the
 # kube-proxy image's `iptables` is legacy too: numbers from the cluster compare with the lab's.
@@ -66,6 +67,9 @@ HARNESS_ENV = (
 )
 HARNESS_SOURCES = ("pyproject.toml", "README.md", "harness")
 IMAGE_KINDS = ("pause", "kube-proxy", "harness")
+# superseded archives and layouts kept per image (the newest first) before the older are removed
+KEEP_ARCHIVES = 3
+KEEP_LAYOUTS = 2
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,7 @@ def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
 
 def _layout(name: str, key: str, build: Callable[[Path, Path], None]) -> Path:
     """A cached intermediate OCI layout (tag "img"): <images>/layouts/<name>-<key>, built by
-    `build(layout, workdir)` when missing; older layouts of the same name are removed."""
+    `build(layout, workdir)` when missing; the KEEP_LAYOUTS newest of the same name are kept."""
     final = IMAGES_DIR / "layouts" / f"{name}-{key}"
     if (final / "index.json").is_file():
         return final
@@ -209,21 +213,25 @@ def _layout(name: str, key: str, build: Callable[[Path, Path], None]) -> Path:
         oci.gc(layout)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(layout, final)
-    for old in final.parent.glob(f"{name}-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    for old in _stale(final.parent.glob(f"{name}-*"), KEEP_LAYOUTS):
+        shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _stale(paths: Iterable[Path], keep: int) -> list[Path]:
+    """All but the `keep` newest (several work trees share the cache, each with its own source)."""
+    return sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)[keep:]
 
 
 @contextlib.contextmanager
 def _workdir(name: str) -> Iterator[Path]:
     work = IMAGES_DIR / "tmp" / f"{name}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
+    debian.remove_tree(work)
     work.mkdir(parents=True)
     try:
         yield work
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        debian.remove_tree(work)
 
 
 def _base_key() -> str:
@@ -325,7 +333,8 @@ def build_kube_proxy(binary: Path, out: Path, name: str) -> None:
         oci.write_archive(layout, "img", name, out)
 
 
-def build_harness(out: Path, name: str) -> None:
+def build_harness(out: Path, name: str, digest: str) -> None:
+    """`digest`: the source_digest the archive's key holds (the copy must still match it)."""
     deps = deps_layout()
     with _workdir("harness") as work:
         src = work / "src"
@@ -333,6 +342,8 @@ def build_harness(out: Path, name: str) -> None:
             dest = src / f.relative_to(REPO)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dest)
+        if source_digest(src) != digest:
+            raise UserError("the harness source changed while its image was being built: run the build again")
         _run(
             [
                 sys.executable,
@@ -419,8 +430,11 @@ def plan(
             )
         elif kind == "harness":
             name = oci.normalize_reference(HARNESS_IMAGE)
-            key = cache_key({"deps": _deps_key(), "source": source_digest(), "name": name})
-            out.append((name, archive_path(name, key), partial(build_harness, archive_path(name, key), name)))
+            digest = source_digest()
+            key = cache_key({"deps": _deps_key(), "source": digest, "name": name})
+            out.append(
+                (name, archive_path(name, key), partial(build_harness, archive_path(name, key), name, digest))
+            )
         else:
             raise UserError(f"unknown image {kind!r}: choose from {', '.join(IMAGE_KINDS)}")
     return out
@@ -432,7 +446,7 @@ def _cache_lock() -> Iterator[None]:
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
     with (IMAGES_DIR / ".lock").open("w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        shutil.rmtree(IMAGES_DIR / "tmp", ignore_errors=True)
+        debian.remove_tree(IMAGES_DIR / "tmp")
         yield
 
 
@@ -444,6 +458,8 @@ def ensure_images(
     """The archives of the pause, kube-proxy and harness images for a release, building those not
     cached (as root: mmdebstrap and chroot need it)."""
     todo = plan(kube_version, kinds)
+    if all(path.is_file() for _, path, _ in todo):  # all cached: no need to wait for another build
+        return [ImageArchive(name, path) for name, path, _ in todo]
     out = []
     with _cache_lock():
         for name, path, build in todo:
@@ -458,9 +474,8 @@ def ensure_images(
             t = time.monotonic()
             build()
             seconds = time.monotonic() - t
-            for old in IMAGES_DIR.glob(f"{_slug(name)}-*.tar"):
-                if old != path:
-                    old.unlink()
+            for old in _stale(IMAGES_DIR.glob(f"{_slug(name)}-*.tar"), KEEP_ARCHIVES):
+                old.unlink()
             out.append(ImageArchive(name, path, built=True, seconds=round(seconds, 1)))
     return out
 

@@ -1,4 +1,5 @@
-"""The disruption phase on the host kernel's lab: small N, iptables and nftables.
+"""The disruption phase on the host kernel's lab: small N, iptables and nftables (and IPVS inside
+the UML guest, whose kernel has it).
 
 Runs the point loop on LabPoints with measure.disruption enabled and checks that the rows exist
 with their sync / phase tags, that failed attempts are kept as rows, and that nothing is left
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
 
 import pytest
 
-from harness.lab import netns
+from harness.lab import netns, uml
 from harness.pointloop.lab import LabPoints
 from harness.pointloop.loop import JobPoint, PointLoop
 from harness.pointloop.worker import Job
@@ -56,8 +59,10 @@ def _prober_pids() -> list[str]:
     return p.stdout.split()
 
 
-@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+@pytest.mark.parametrize("mode", ["iptables", "nftables", "ipvs"])
 def test_disruption_rows_on_the_host_lab(tmp_path, mode):
+    if mode == "ipvs" and not os.path.exists("/proc/net/ip_vs"):
+        pytest.skip("this kernel has no IPVS; runs inside the UML guest (test_ipvs_disruption_in_the_guest)")
     sc = _scenario(mode)
     point = JobPoint(point_id=f"{mode}-20-r0", kernel="host", mode=mode, n_services=20, rep=0)
     job = Job(
@@ -133,3 +138,18 @@ def test_unreachable_targets_are_kept_as_timeouts(tmp_path):
     conn = [r for r in obs.rows if r["metric"] == "disrupt_connect_us"]
     assert conn and all(r["timed_out"] and r["error"] in ("refused", "pending") for r in conn)
     assert len([r for r in obs.rows if r["metric"] == "disrupt_failed"]) >= len(conn) - 1
+
+
+@pytest.mark.uml
+@pytest.mark.skipif(not uml.available()[0], reason="no UML guest available (install user-mode-linux)")
+def test_ipvs_disruption_in_the_guest(tmp_path):
+    """IPVS's warm full sync (kube-proxy's first sync keeps what is there) and the other kinds,
+    the test above run inside the UML guest."""
+    lines: list[str] = []
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "--color=no"]
+    cmd += ["tests/integration/test_disruption_lab.py", "-k", "host_lab and ipvs"]
+    res = uml.run_guest(tmp_path, cmd, on_line=lines.append, mem="2G", timeout=900, name="ipvs-disrupt")
+    out = "".join(lines)
+    assert res.status == 0, out[-3000:] + res.stderr_tail[-2000:]
+    summary = out.strip().splitlines()[-1]
+    assert re.search(r"\b1 passed", summary) and "skipped" not in summary, summary

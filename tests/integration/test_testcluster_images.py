@@ -55,21 +55,33 @@ def ctr(tmp_path_factory):
     top = tmp_path_factory.mktemp("containerd")
     sock = top / "containerd.sock"
     cgroup_parent = f"kpbench-images-test-{os.getpid()}"
+    # CRI on (it marks imported images managed), NRI off (its socket is a fixed host path); the
+    # daemon in a network namespace of its own, where CRI's stream server listens
     (top / "config.toml").write_text(
         f"""version = 2
 root = "{top}/root"
 state = "{top}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"]
+disabled_plugins = ["io.containerd.nri.v1.nri"]
 [grpc]
   address = "{sock}"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{top}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{images.PAUSE_IMAGE}"
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{top}/cni-bin"
+    conf_dir = "{top}/cni-conf"
 """
     )
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     log = (top / "containerd.log").open("w")
     proc = subprocess.Popen(
-        [str(bin_dir / "containerd"), "--config", str(top / "config.toml")], stdout=log, stderr=log, env=env
+        ["unshare", "--net", str(bin_dir / "containerd"), "--config", str(top / "config.toml")],
+        stdout=log,
+        stderr=log,
+        env=env,
     )
     ctr_bin = str(bin_dir / "ctr")
 
@@ -131,6 +143,14 @@ def test_every_archive_imports_under_its_name(archives, ctr):
     assert "docker.io/library/kpbench:latest" in listed  # what the pods' "kpbench:latest" resolves to
     for name in archives:
         ctr("images", "check", f"name=={name}")
+    # CRI saw each import (its ImageCreate event) and made the image its own
+    for _ in range(50):
+        rows = [ln.split() for ln in ctr("images", "ls").stdout.splitlines()[1:]]
+        managed = {r[0] for r in rows if "io.cri-containerd.image=managed" in r[-1]}
+        if set(archives) <= managed:
+            break
+        time.sleep(0.2)
+    assert set(archives) <= managed, ctr("images", "ls").stdout
 
 
 def test_pause_runs_as_65535_and_stops_on_sigterm(archives, ctr):
@@ -159,7 +179,9 @@ def test_kube_proxy_image_runs_the_release_with_iptables_legacy(archives, ctr):
     assert VERSION in out.stdout, out.stdout
     out = ctr.run_in(name, "kpb-ipt", "iptables", "--version")
     assert "(legacy)" in out.stdout, out.stdout
-    out = ctr.run_in(name, "kpb-tools", "sh", "-c", "command -v nft ipset conntrack ip modprobe")
+    out = ctr.run_in(
+        name, "kpb-tools", "sh", "-c", "for t in nft ipset conntrack ip modprobe; do command -v $t; done"
+    )
     assert len(out.stdout.split()) == 5, out.stdout
 
 
@@ -170,5 +192,28 @@ def test_harness_image_imports_what_its_pods_run(archives, ctr):
     out = ctr.run_in(name, "kpb-harness", "python", "-c", code)
     assert out.stdout.strip().startswith("/opt/"), out.stdout
     tools = "locust ipvsadm ipset nft iptables-legacy-save conntrack ps ip"
-    out = ctr.run_in(name, "kpb-tools", "sh", "-c", f"ls {LOCUSTFILE} && command -v {tools}")
+    out = ctr.run_in(
+        name, "kpb-tools", "sh", "-c", f"ls {LOCUSTFILE} && for t in {tools}; do command -v $t; done"
+    )
     assert len(out.stdout.split()) == 1 + len(tools.split()), out.stdout
+
+
+def test_a_work_dir_with_a_leftover_mount_is_removed_without_entering_it(tmp_path):
+    """What a killed mmdebstrap leaves (a file system mounted inside its rootfs) is unmounted, and
+    what that file system holds is not deleted through the mount."""
+    from harness.testcluster import debian
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("host file")
+    work = tmp_path / "work"
+    (work / "rootfs" / "dev").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(outside), str(work / "rootfs" / "dev")], check=True)
+    try:
+        debian.remove_tree(work)
+    finally:
+        if str(work) in Path("/proc/mounts").read_text():
+            subprocess.run(["umount", "-l", str(work / "rootfs" / "dev")], check=False)
+    assert not work.exists()
+    assert (outside / "keep").read_text() == "host file"
+    assert str(work) not in Path("/proc/mounts").read_text()

@@ -74,6 +74,7 @@ LAYERS: dict[str, list[str]] = {
         "harness.targets.local",
         "harness.targets.local_binaries",
         "harness.targets.local_dataplane",
+        "harness.targets.local_disruption",
         "harness.targets.local_kubeproxy",
         "harness.targets.local_pki",
         "harness.targets.local_procs",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -172,3 +173,30 @@ def test_archive_holds_one_image_named_for_containerd(tmp_path):
     assert not (tmp_path / "img.tar.tmp").exists()
     with pytest.raises(KeyError):
         oci.manifest_descriptor(layout, "other")
+
+
+def test_ensure_images_builds_only_what_is_missing_and_keeps_the_newest(monkeypatch, tmp_path):
+    monkeypatch.setattr(images, "IMAGES_DIR", tmp_path)
+    monkeypatch.setattr(images.os, "geteuid", lambda: 0)
+    name = "registry.k8s.io/kube-proxy:v1.37.2"
+    built: list[str] = []
+    for i, key in enumerate(["old1", "old2", "old3"]):
+        old = images.archive_path(name, key)
+        old.write_bytes(b"x")
+        os.utime(old, (1000 + i, 1000 + i))
+
+    def plan(version, kinds):
+        path = images.archive_path(name, "new")
+        return [(name, path, lambda: (built.append(name), path.write_bytes(b"image")))]
+
+    monkeypatch.setattr(images, "plan", plan)
+    [a] = images.ensure_images("v1.37.2")
+    assert a.built and a.path.read_bytes() == b"image" and built == [name]
+    # the new archive and the two newest before it stay (other work trees may still use them)
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == [
+        "kube-proxy_v1.37.2-new.tar",
+        "kube-proxy_v1.37.2-old2.tar",
+        "kube-proxy_v1.37.2-old3.tar",
+    ]
+    [again] = images.ensure_images("v1.37.2")
+    assert not again.built and again.path == a.path and built == [name]

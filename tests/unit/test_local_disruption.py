@@ -1,0 +1,48 @@
+"""The local target's disruption syncs: kube-proxy's metrics read into sync states and spans."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from harness.k8s.metrics import parse_metrics
+from harness.targets.local_disruption import SyncState, span_of, sync_state
+
+METRICS = """\
+# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram
+kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family="IPv4",le="+Inf"} 3
+kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family="IPv4"} 0.5
+kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} 3
+kubeproxy_sync_proxy_rules_duration_seconds_sum{ip_family="IPv6"} 0.1
+kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv6"} 7
+kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family="IPv4"} 1
+kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"} 1.7e9
+kubeproxy_sync_proxy_rules_service_changes_total 4
+kubeproxy_sync_proxy_rules_endpoint_changes_total 6
+kubeproxy_sync_proxy_rules_service_changes_pending 0
+kubeproxy_sync_proxy_rules_endpoint_changes_pending 2
+"""
+
+
+def test_sync_state_reads_the_ipv4_proxier():
+    st = sync_state(parse_metrics(METRICS))
+    assert st == SyncState(last_ts=1.7e9, count=3, seconds=0.5, full=1, changes=10, pending=2)
+
+
+def test_a_mode_without_the_full_partial_split_counts_every_sync_as_full():
+    text = "\n".join(line for line in METRICS.splitlines() if "sync_full" not in line)
+    assert sync_state(parse_metrics(text)).full == 3
+
+
+def test_span_is_the_syncs_seen_ending_at_the_last_timestamp():
+    now = time.time()
+    before = SyncState(now - 10, count=2, seconds=1.0, full=1, changes=0, pending=0)
+    after = SyncState(now - 1.0, count=4, seconds=1.25, full=1, changes=2, pending=0)
+    t0 = time.perf_counter_ns() - 5_000_000_000
+    start, end = span_of(before, after, t0)
+    assert (end - start) / 1e9 == pytest.approx(0.25, abs=1e-3)
+    assert abs((time.perf_counter_ns() - end) / 1e9 - 1.0) < 0.05
+    # never before the call that caused the syncs
+    start2, end2 = span_of(before, after, end - 100_000_000)
+    assert start2 == end - 100_000_000 and abs(end2 - end) < 1_000_000  # the clocks' offset, read again
