@@ -35,39 +35,47 @@ def testcluster_skip_reason(kube_version: str) -> str | None:
     return None
 
 
+TESTCLUSTER_INSTANCE = 8  # its own names and addresses, beside a developer's cluster (instance 0)
+
+
 @pytest.fixture(scope="module")
 def testcluster():
-    """A 2-node offline test cluster (harness.testcluster) for a test module: the one already up is
-    used and left up; otherwise one is brought up here and taken down after the module (module
-    scope: test_testcluster_up.py brings its own up, and the names are machine-wide)."""
+    """A 2-node offline test cluster (harness.testcluster) of its own instance for a test module:
+    brought up here and taken down after the module (an instance already up, left by an
+    interrupted session, is used and left up)."""
     from harness.targets.local_binaries import pinned_kube_version
 
     version = pinned_kube_version()
-    if os.geteuid() == 0:
+    with pytest.MonkeyPatch.context() as mp:
+        if os.geteuid() == 0:
+            try:
+                from harness.testcluster.plan import INSTANCE_ENV, make_plan
+                from harness.testcluster.state import load
+            except ImportError:
+                INSTANCE_ENV, found = None, None
+            else:
+                mp.setenv(INSTANCE_ENV, str(TESTCLUSTER_INSTANCE))
+                found = load(make_plan(2, version).state_file)
+            if found is not None and found.state.phase == "up":
+                yield SimpleNamespace(
+                    kubeconfig=found.state.kubeconfig,
+                    nodes=list(found.state.nodes),
+                    brought_up=False,
+                    timings={},
+                )
+                return
+        reason = testcluster_skip_reason(version)
+        if reason:
+            pytest.skip(reason)
+        import harness.testcluster as tc
+
+        cluster = tc.up(2, version, log=lambda s: None)
         try:
-            from harness.testcluster.plan import make_plan
-            from harness.testcluster.state import load
-
-            found = load(make_plan(2, version).state_file)
-        except ImportError:
-            found = None
-        if found is not None and found.state.phase == "up":
             yield SimpleNamespace(
-                kubeconfig=found.state.kubeconfig, nodes=list(found.state.nodes), brought_up=False, timings={}
+                kubeconfig=str(cluster.kubeconfig),
+                nodes=list(cluster.nodes),
+                brought_up=True,
+                timings=cluster.timings,
             )
-            return
-    reason = testcluster_skip_reason(version)
-    if reason:
-        pytest.skip(reason)
-    import harness.testcluster as tc
-
-    cluster = tc.up(2, version, log=lambda s: None)
-    try:
-        yield SimpleNamespace(
-            kubeconfig=str(cluster.kubeconfig),
-            nodes=list(cluster.nodes),
-            brought_up=True,
-            timings=cluster.timings,
-        )
-    finally:
-        tc.down(log=lambda s: None)
+        finally:
+            tc.down(log=lambda s: None)
