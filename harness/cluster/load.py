@@ -1,7 +1,8 @@
 """One load phase on the cluster: locust in distributed mode, a master and W workers (Jobs in the
 run's namespace, harness/cluster/locustfile.py), against the ClusterIPs of the point's Services.
 
-Workers reach the master through its Service's ClusterIP (no cluster DNS needed). Each worker
+Workers reach the master at its pod's IP (no cluster DNS, and no wait for kube-proxy to program
+one more Service). Each worker
 prints its raw requests when it quits; they are read back from the worker pods' logs and become
 the same rows as the lab's load phase: `request_us` per request (a failed one = the timeout, with
 timed_out), `load_target_rps`, `load_achieved_rps` (requests started within `duration` of the
@@ -70,16 +71,17 @@ class ClusterLoad:
             targets=json.dumps([[ip, int(port)] for ip, port in targets]),
             suffix=suffix,
         )
-        cm, svc, _, _ = manifests.locust_manifests(self.ns, self.run_id, self.image, self.workers, **kw)
+        cm, _, master, _ = manifests.locust_manifests(self.ns, self.run_id, self.image, self.workers, **kw)
         created: list[str] = []
         try:
             created.append(self._create("configmaps", cm))
-            created.append(self._create("services", svc))
-            master_ip = self.rest.get(created[-1])["spec"]["clusterIP"]
-            *_, master, worker = manifests.locust_manifests(
+            created.append(self._create("jobs", master))
+            # the workers dial the master's pod IP: its Service's ClusterIP would wait for kube-proxy
+            # to program one more Service, which at 10,000 Services outlasted the workers' patience
+            master_ip = self._master_ip(master["metadata"]["name"])
+            *_, worker = manifests.locust_manifests(
                 self.ns, self.run_id, self.image, self.workers, master_host=master_ip, **kw
             )
-            created.append(self._create("jobs", master))
             created.append(self._create("jobs", worker))
             self._wait_master(master["metadata"]["name"], duration)
             records, reported = self._worker_records(worker["metadata"]["name"])
@@ -98,6 +100,17 @@ class ClusterLoad:
         return self.rest.get(
             f"/api/v1/namespaces/{self.ns}/pods", query={"labelSelector": f"job-name={job}"}
         )["items"]
+
+    def _master_ip(self, job: str) -> str:
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            pods = self._pods(job)
+            ip = next((p["status"]["podIP"] for p in pods if (p.get("status") or {}).get("podIP")), None)
+            if ip:
+                return ip
+            if time.monotonic() > deadline:
+                raise LoadError(f"locust master Job {job} has no running pod: {_pod_states(pods)}")
+            time.sleep(0.5)
 
     def _wait_master(self, job: str, duration: float) -> None:
         deadline = time.monotonic() + self.start_timeout_s + duration + 60
@@ -121,6 +134,7 @@ class ClusterLoad:
             pods = self._pods(job)
         records: list[list] = []
         reported = 0
+        tails: list[str] = []
         for p in pods:
             name = p["metadata"]["name"]
             try:
@@ -131,9 +145,12 @@ class ClusterLoad:
             recs, done = parse_worker_log(text)
             records += recs
             reported += done
+            if not done:
+                tails.append(f"{name}: {' | '.join(text.strip().splitlines()[-3:])[-300:]}")
         if reported < self.workers:
             raise LoadError(
                 f"{reported} of {self.workers} locust workers reported their requests ({_pod_states(pods)})"
+                + (f"; log tails: {'; '.join(tails)}" if tails else "")
             )
         return records, reported
 
