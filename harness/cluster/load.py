@@ -76,8 +76,8 @@ class ClusterLoad:
         try:
             created.append(self._create("configmaps", cm))
             created.append(self._create("jobs", master))
-            # the workers dial the master's pod IP: its Service's ClusterIP would wait for kube-proxy
-            # to program one more Service, which at 10,000 Services outlasted the workers' patience
+            # the workers dial the master's pod IP: the load generator's own connection does not
+            # depend on kube-proxy (the system under test) programming one more Service
             master_ip = self._master_ip(master["metadata"]["name"])
             *_, worker = manifests.locust_manifests(
                 self.ns, self.run_id, self.image, self.workers, master_host=master_ip, **kw

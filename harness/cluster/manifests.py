@@ -17,6 +17,9 @@ BACKEND_PORT = 8080
 SERVICE_PORT = 80
 LOCUST_MASTER_PORT = 5557
 MAX_ENDPOINTS_PER_SLICE = 100  # what the EndpointSlice controller uses by default
+# no docker-link env vars per Service of the namespace: with the run's thousands of Services they
+# overflow a container's exec (E2BIG, "argument list too long": cleanup Jobs and locust at 10,000)
+NO_SERVICE_LINKS = False
 TOLERATE_ALL = [{"operator": "Exists"}]  # run on control-plane and tainted nodes too, as kube-proxy does
 
 
@@ -68,6 +71,7 @@ def backend_deployment(ns: str, run_id: str, image: str, replicas: int) -> dict[
             "template": {
                 "metadata": {"labels": labels(run_id, "backend")},
                 "spec": {
+                    "enableServiceLinks": NO_SERVICE_LINKS,
                     "containers": [
                         {
                             "name": "backend",
@@ -203,6 +207,7 @@ def cleanup_job(
                     "hostNetwork": True,
                     "restartPolicy": "Never",
                     "priorityClassName": "system-node-critical",
+                    "enableServiceLinks": NO_SERVICE_LINKS,
                     "containers": [
                         {
                             "name": "cleanup",
@@ -242,6 +247,7 @@ def probe_pod(ns: str, run_id: str, node: str, image: str) -> dict[str, Any]:
             "dnsPolicy": "ClusterFirstWithHostNet",
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
+            "enableServiceLinks": NO_SERVICE_LINKS,
             "containers": [
                 {
                     "name": "probe",
@@ -283,6 +289,7 @@ def node_check_pod(ns: str, run_id: str, node: str, image: str, features: Sequen
             "hostNetwork": True,
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
+            "enableServiceLinks": NO_SERVICE_LINKS,
             "containers": [
                 {
                     "name": "nodecheck",
@@ -352,6 +359,7 @@ def locust_manifests(
                 "spec": {
                     "restartPolicy": "Never",
                     "terminationGracePeriodSeconds": 5,
+                    "enableServiceLinks": NO_SERVICE_LINKS,
                     "containers": [
                         {
                             "name": "master",
@@ -425,6 +433,7 @@ def locust_manifests(
                             },
                         }
                     ],
+                    "enableServiceLinks": NO_SERVICE_LINKS,
                     "containers": [
                         {
                             "name": "worker",

@@ -209,3 +209,24 @@ def test_sync_delta_reads_the_ipv4_series_of_a_dual_stack_kube_proxy():
         "kubeproxy_sync_proxy_rules_duration_seconds_sum 2\nkubeproxy_sync_proxy_rules_duration_seconds_count 4\n"
     )
     assert sync_delta_us({}, unlabelled) == (0.5e6, 4)
+
+
+def test_no_pod_gets_an_env_var_per_service():
+    """Every pod the run creates has enableServiceLinks false: its namespace holds the run's
+    Services, and 10,000 Services' docker-link variables made exec fail with E2BIG
+    ("argument list too long") in the cleanup Jobs and the locust workers."""
+    from harness.cluster import manifests as m
+
+    ns, run = "kpbench-x", "x"
+    specs = [
+        m.backend_deployment(ns, run, "img", 2)["spec"]["template"]["spec"],
+        m.cleanup_job(ns, run, "n1", "kp")["spec"]["template"]["spec"],
+        m.probe_pod(ns, run, "n1", "img")["spec"],
+        m.node_check_pod(ns, run, "n1", "img", ["ipvs"])["spec"],
+        *(
+            o["spec"]["template"]["spec"]
+            for o in m.locust_manifests(ns, run, "img", 2, users=2, rate=1, duration_s=1)
+            if o["kind"] == "Job"
+        ),
+    ]
+    assert len(specs) == 6 and all(s["enableServiceLinks"] is False for s in specs)
