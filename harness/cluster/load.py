@@ -223,13 +223,12 @@ def result(
         "failures": failures,
         "workers": workers,
     }
-    for metric, value, unit in (
-        ("load_target_rps", rate, "rps"),
-        ("load_achieved_rps", achieved, "rps"),
-        ("load_requests", len(records), "count"),
-        ("load_failures", failures, "count"),
-    ):
-        rows.append(ctx.row(metric, value, unit, keepalive=keepalive))
+    rows += [
+        ctx.row("load_target_rps", rate, "rps", keepalive=keepalive),
+        ctx.row("load_achieved_rps", achieved, "rps", keepalive=keepalive),
+        ctx.row("load_requests", len(records), "count", keepalive=keepalive),
+        ctx.row("load_failures", failures, "count", keepalive=keepalive),
+    ]
     reasons = []
     if achieved < SATURATION_RATE * rate:
         reasons.append(f"achieved {achieved:.1f}/s < {SATURATION_RATE:.0%} of target {rate:.1f}/s")
