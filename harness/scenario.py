@@ -177,7 +177,10 @@ class ClusterSpec(_Strict):
     probe_count: int = Field(default=1, ge=1)
     backend_replicas: int = Field(default=0, ge=0)
     locust_workers: int = Field(default=2, ge=1)
-    min_sync_period: str | None = "0s"
+    # "always": kube-proxy --cleanup Jobs on every node at every mode switch and restore, not only
+    # between iptables and ipvs (whose leftovers the other mode does not remove)
+    cleanup: Literal["auto", "always"] = "auto"
+    min_sync_period: str | None = "1ms"  # 0s would be defaulted to 1s by kube-proxy
     sync_period: str | None = None
     metrics_bind_address: str | None = "0.0.0.0:10249"
     rollout_timeout_s: float = Field(default=600, gt=0)

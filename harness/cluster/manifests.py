@@ -6,6 +6,7 @@ namespace, and is therefore deleted with it ("everything deleted by label at the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,9 @@ BACKEND_PORT = 8080
 SERVICE_PORT = 80
 LOCUST_MASTER_PORT = 5557
 MAX_ENDPOINTS_PER_SLICE = 100  # what the EndpointSlice controller uses by default
+# no docker-link env vars per Service of the namespace: with the run's thousands of Services they
+# overflow a container's exec (E2BIG, "argument list too long": cleanup Jobs and locust at 10,000)
+NO_SERVICE_LINKS = False
 TOLERATE_ALL = [{"operator": "Exists"}]  # run on control-plane and tainted nodes too, as kube-proxy does
 
 
@@ -67,13 +71,14 @@ def backend_deployment(ns: str, run_id: str, image: str, replicas: int) -> dict[
             "template": {
                 "metadata": {"labels": labels(run_id, "backend")},
                 "spec": {
+                    "enableServiceLinks": NO_SERVICE_LINKS,
                     "containers": [
                         {
                             "name": "backend",
                             "image": image,
                             "imagePullPolicy": "IfNotPresent",
                             "command": [
-                                "python",
+                                "python3",
                                 "-m",
                                 "harness.cluster.backend",
                                 "--port",
@@ -202,6 +207,7 @@ def cleanup_job(
                     "hostNetwork": True,
                     "restartPolicy": "Never",
                     "priorityClassName": "system-node-critical",
+                    "enableServiceLinks": NO_SERVICE_LINKS,
                     "containers": [
                         {
                             "name": "cleanup",
@@ -241,18 +247,19 @@ def probe_pod(ns: str, run_id: str, node: str, image: str) -> dict[str, Any]:
             "dnsPolicy": "ClusterFirstWithHostNet",
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
+            "enableServiceLinks": NO_SERVICE_LINKS,
             "containers": [
                 {
                     "name": "probe",
                     "image": image,
                     "imagePullPolicy": "IfNotPresent",
                     "command": [
-                        "python",
+                        "python3",
                         "-c",
                         "import harness.measure.agent, time\nwhile True: time.sleep(3600)",
                     ],
                     "env": [
-                        {"name": "KPBENCH_AGENT", "value": "python -m harness.measure.agent"},
+                        {"name": "KPBENCH_AGENT", "value": "python3 -m harness.measure.agent"},
                         _env_field("NODE_NAME", "spec.nodeName"),
                     ],
                     "securityContext": {"privileged": True},
@@ -264,8 +271,41 @@ def probe_pod(ns: str, run_id: str, node: str, image: str) -> dict[str, Any]:
     }
 
 
-AGENT_COMMAND = ["python", "-u", "-m", "harness.measure.agent"]
-LOCUSTFILE = "/opt/kpbench/harness/cluster/locustfile.py"  # the Dockerfile copies the repository there
+def node_check_pod(ns: str, run_id: str, node: str, image: str, features: Sequence[str]) -> dict[str, Any]:
+    """`python3 -m harness.cluster.nodecheck FEATURE...` on one node (host network and privileged,
+    as kube-proxy runs): its answer is the container's termination message."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _meta(
+            f"kpbench-nodecheck-{_dns(node)}"[:63].rstrip("-"),
+            ns,
+            run_id,
+            "nodecheck",
+            **{"kpbench.io/node": _lv(node)},
+        ),
+        "spec": {
+            **_node_pinned_spec(node),
+            "hostNetwork": True,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "enableServiceLinks": NO_SERVICE_LINKS,
+            "containers": [
+                {
+                    "name": "nodecheck",
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python3", "-m", "harness.cluster.nodecheck", *features],
+                    "securityContext": {"privileged": True},
+                }
+            ],
+        },
+    }
+
+
+# python3: the Dockerfile's image and the offline Debian-built one both have it (not always `python`)
+AGENT_COMMAND = ["python3", "-u", "-m", "harness.measure.agent"]
+LOCUST_COMMAND = ["python3", "-m", "harness.cluster.locust_main"]  # locust -f harness/cluster/locustfile.py
 
 
 def locust_manifests(
@@ -279,29 +319,39 @@ def locust_manifests(
     duration_s: float,
     targets_file: str = "/etc/kpbench/targets.json",
     keepalive: bool = False,
+    timeout_s: float = 2.0,
+    targets: str = "[]",
+    suffix: str = "",
+    master_host: str | None = None,
 ) -> list[dict[str, Any]]:
     """Locust in distributed mode: one master (headless, --expect-workers W) and W workers.
 
-    The targets (ClusterIP:port list) are handed over in a ConfigMap mounted at `targets_file`; the
-    locustfile is harness/measure/locustfile_cluster.py inside the image. Master and workers are Jobs
-    so that they finish with the run; the master's Service is how workers find it.
+    The targets (JSON [[ClusterIP, port], ...]) are handed over in a ConfigMap mounted at
+    `targets_file`; the locustfile is harness/cluster/locustfile.py inside the image. Master and
+    workers are Jobs so that they finish with the phase; the master's Service is how workers find
+    it: by DNS name, or `master_host` (its ClusterIP, on clusters without cluster DNS). `suffix`
+    names one load phase's objects apart from another's.
     """
     if workers < 1:
         raise ValueError("locust distributed mode needs at least one worker")
-    sel_master = labels(run_id, "locust-master")
+    name = f"kpbench-locust-master{suffix}"
+    cm_name = f"kpbench-locust-targets{suffix}"
+    sel_master = labels(
+        run_id, "locust-master", **({"kpbench.io/phase": suffix.strip("-")} if suffix else {})
+    )
     common_env = [
         {"name": "KPBENCH_TARGETS", "value": targets_file},
         {"name": "KPBENCH_USERS", "value": str(users)},
         {"name": "KPBENCH_KEEPALIVE", "value": "1" if keepalive else "0"},
         {"name": "KPBENCH_RATE", "value": str(rate)},
+        {"name": "KPBENCH_TIMEOUT", "value": str(timeout_s)},
     ]
-    tvol = [{"name": "targets", "configMap": {"name": "kpbench-locust-targets"}}]
-    tmount = [{"name": "targets", "mountPath": "/etc/kpbench", "readOnly": True}]
-    locustfile = LOCUSTFILE
+    tvol = [{"name": "targets", "configMap": {"name": cm_name}}]
+    tmount = [{"name": "targets", "mountPath": os.path.dirname(targets_file), "readOnly": True}]
     master = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta("kpbench-locust-master", ns, run_id, "locust-master"),
+        "metadata": _meta(name, ns, run_id, "locust-master"),
         "spec": {
             "backoffLimit": 0,
             "template": {
@@ -309,15 +359,14 @@ def locust_manifests(
                 "spec": {
                     "restartPolicy": "Never",
                     "terminationGracePeriodSeconds": 5,
+                    "enableServiceLinks": NO_SERVICE_LINKS,
                     "containers": [
                         {
                             "name": "master",
                             "image": image,
                             "imagePullPolicy": "IfNotPresent",
                             "command": [
-                                "locust",
-                                "-f",
-                                locustfile,
+                                *LOCUST_COMMAND,
                                 "--master",
                                 "--headless",
                                 "--expect-workers",
@@ -325,12 +374,11 @@ def locust_manifests(
                                 "--users",
                                 str(users),
                                 "--spawn-rate",
-                                str(users),
+                                # every user at once: a spawn spread over a second would count
+                                # against the achieved rate of a phase a few seconds long
+                                str(max(users, 100)),
                                 "--run-time",
                                 f"{int(duration_s)}s",
-                                "--csv",
-                                "/tmp/kpbench-locust",
-                                "--csv-full-history",
                                 "--only-summary",
                             ],
                             "ports": [
@@ -349,25 +397,26 @@ def locust_manifests(
     master_svc = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta("kpbench-locust-master", ns, run_id, "locust-master"),
+        "metadata": _meta(name, ns, run_id, "locust-master"),
         "spec": {
-            "selector": {LABEL_RUN: run_label_value(run_id), LABEL_ROLE: "locust-master"},
+            "selector": sel_master,
             "ports": [
                 {"name": "comm", "port": LOCUST_MASTER_PORT},
                 {"name": "comm-plus-1", "port": LOCUST_MASTER_PORT + 1},
             ],
         },
     }
+    worker_labels = labels(run_id, "locust-worker")
     worker = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta("kpbench-locust-worker", ns, run_id, "locust-worker"),
+        "metadata": _meta(f"kpbench-locust-worker{suffix}", ns, run_id, "locust-worker"),
         "spec": {
             "parallelism": workers,
             "completions": workers,
             "backoffLimit": 0,
             "template": {
-                "metadata": {"labels": labels(run_id, "locust-worker")},
+                "metadata": {"labels": worker_labels},
                 "spec": {
                     "restartPolicy": "Never",
                     "terminationGracePeriodSeconds": 5,
@@ -384,18 +433,17 @@ def locust_manifests(
                             },
                         }
                     ],
+                    "enableServiceLinks": NO_SERVICE_LINKS,
                     "containers": [
                         {
                             "name": "worker",
                             "image": image,
                             "imagePullPolicy": "IfNotPresent",
                             "command": [
-                                "locust",
-                                "-f",
-                                locustfile,
+                                *LOCUST_COMMAND,
                                 "--worker",
                                 "--master-host",
-                                f"kpbench-locust-master.{ns}.svc",
+                                master_host or f"{name}.{ns}.svc",
                                 "--master-port",
                                 str(LOCUST_MASTER_PORT),
                             ],
@@ -411,8 +459,8 @@ def locust_manifests(
     targets_cm = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta("kpbench-locust-targets", ns, run_id, "locust-targets"),
-        "data": {"targets.json": "[]"},
+        "metadata": _meta(cm_name, ns, run_id, "locust-targets"),
+        "data": {os.path.basename(targets_file): targets},
     }
     return [targets_cm, master_svc, master, worker]
 

@@ -31,7 +31,8 @@ class ClusterOptions:
     probe_count: int = 1
     backend_replicas: int = 0  # 0 -> max(2, scenario endpoints)
     locust_workers: int = 2
-    min_sync_period: str | None = "0s"
+    cleanup: str = "auto"  # "always": kube-proxy --cleanup Jobs at every switch, not only iptables <-> ipvs
+    min_sync_period: str | None = "1ms"  # 0s would be defaulted to 1s by kube-proxy
     sync_period: str | None = None
     metrics_bind_address: str | None = "0.0.0.0:10249"
     rollout_timeout_s: float = 600
@@ -48,6 +49,8 @@ class ClusterOptions:
             raise ClusterError(
                 f"cluster options qps={self.qps}, burst={self.burst}: need qps > 0 and burst >= 1"
             )
+        if self.cleanup not in ("auto", "always"):
+            raise ClusterError(f"cluster option cleanup={self.cleanup!r}: expected auto or always")
         if self.locust_workers < 1:
             raise ClusterError("cluster option locust_workers must be >= 1")
 

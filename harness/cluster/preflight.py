@@ -48,6 +48,8 @@ PERMISSIONS: tuple[tuple[str, str, str, str, str | None, str], ...] = (
     ("list", "", "pods", "", "run", ""),
     ("list", "", "pods", "", "kube-system", ""),
     ("create", "", "pods", "exec", "run", ""),
+    ("get", "", "pods", "log", "run", ""),  # the locust workers' raw requests
+    ("create", "", "configmaps", "", "run", ""),  # the locust targets
     ("list", "", "nodes", "", None, ""),
     ("get", "", "nodes", "proxy", None, ""),
 )
@@ -364,13 +366,28 @@ def planned_changes(report: PreflightReport, modes: list[str], counts: list[int]
         f"{len(report.nodes)} nodes {len(switches)} times (points are interleaved by mode; the last "
         f"restart puts the original back)"
     )
-    if any(kpc.needs_cleanup(a, b) for a, b in switches):
+    always = getattr(opts, "cleanup", "auto") == "always"
+    if always or any(kpc.needs_cleanup(a, b) for a, b in switches):
         lines.append(
-            f"between iptables and ipvs: take kube-proxy off every node (DaemonSet nodeSelector "
+            f"{'at every mode switch' if always else 'between iptables and ipvs'}: take kube-proxy off every node (DaemonSet nodeSelector "
             f"{PAUSE_KEY}), run `kube-proxy --cleanup` as a privileged Job on each node (this flushes "
             f"EVERY IPVS virtual server and kube-proxy's iptables/nftables state; Services are not "
             f"served until kube-proxy is back), then bring it back"
         )
+    from harness.cluster.nodecheck import features_to_check
+
+    need = features_to_check(list(dict.fromkeys(modes)))
+    if need:
+        lines.insert(
+            0,
+            f"first, before kube-proxy is touched: a pod on every node checks the kernel has "
+            f"{', '.join(need)} ({', '.join(m for ms in need.values() for m in ms)} mode); a node without "
+            "refuses the run",
+        )
+    lines.append(
+        f"per point with load enabled: locust in distributed mode (a master and {opts.locust_workers} "
+        "workers as Jobs, deleted after each load phase) against the Services' ClusterIPs"
+    )
     lines.append(
         f"at the end, also on failure or Ctrl-C: put {KP_KEY} back exactly as found (mode {found}), "
         f"restart kube-proxy, delete everything labelled kpbench.io/run=<run id>; the original is saved "

@@ -47,7 +47,7 @@ class RemoteAgent(AgentClient):
         self._buf = ""
         self._polling = False
         self.ws = stream(
-            client.CoreV1Api(api).connect_get_namespaced_pod_exec,
+            client.CoreV1Api(_own_client(api)).connect_get_namespaced_pod_exec,
             pod,
             namespace,
             container=container,
@@ -92,6 +92,15 @@ class RemoteAgent(AgentClient):
         self.ws.close()
 
 
+def _own_client(api: Any) -> Any:
+    """A client of its own for a websocket stream: kubernetes.stream swaps the client's call_api
+    while it connects, and a request another thread makes on that client meanwhile would go out
+    as a websocket too."""
+    from kubernetes import client
+
+    return client.ApiClient(configuration=api.configuration)
+
+
 def scrape_node(rest: Rest, node: str, port: int = 10249, timeout: float = 5.0) -> dict[str, float]:
     """kube-proxy's /metrics on `node` through the API server's node proxy."""
     text = rest.get(node_proxy_path(node, port, "metrics"), raw=True, timeout=(timeout, timeout))
@@ -105,11 +114,11 @@ def scrape_via_probe(api: Any, namespace: str, pod: str, port: int = 10249) -> d
 
     code = f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics',timeout=5).read().decode())"
     out = stream(
-        client.CoreV1Api(api).connect_get_namespaced_pod_exec,
+        client.CoreV1Api(_own_client(api)).connect_get_namespaced_pod_exec,
         pod,
         namespace,
         container="probe",
-        command=["python", "-c", code],
+        command=["python3", "-c", code],
         stdin=False,
         stdout=True,
         stderr=True,
@@ -118,10 +127,22 @@ def scrape_via_probe(api: Any, namespace: str, pod: str, port: int = 10249) -> d
     return parse_metrics(out)
 
 
+def ipv4_value(metrics: dict[str, float], name: str) -> float | None:
+    """The IPv4 series of `name`: a dual-stack kube-proxy labels it ip_family="IPv4" (the Services
+    here are IPv4), a single-stack one may not label it."""
+    for key in (f'{name}{{ip_family="IPv4"}}', name):
+        if key in metrics:
+            return metrics[key]
+    return None
+
+
 def sync_delta_us(before: dict[str, float], after: dict[str, float]) -> tuple[float, int] | None:
     """Mean kube-proxy sync duration (us) and sync count between two scrapes; None if no sync ran."""
-    s0, s1 = before.get(f"{SYNC_HISTOGRAM}_sum", 0.0), after.get(f"{SYNC_HISTOGRAM}_sum")
-    c0, c1 = before.get(f"{SYNC_HISTOGRAM}_count", 0.0), after.get(f"{SYNC_HISTOGRAM}_count")
+    s0, s1 = ipv4_value(before, f"{SYNC_HISTOGRAM}_sum") or 0.0, ipv4_value(after, f"{SYNC_HISTOGRAM}_sum")
+    c0, c1 = (
+        ipv4_value(before, f"{SYNC_HISTOGRAM}_count") or 0.0,
+        ipv4_value(after, f"{SYNC_HISTOGRAM}_count"),
+    )
     if s1 is None or c1 is None or c1 <= c0:
         return None
     return (s1 - s0) / (c1 - c0) * 1e6, int(c1 - c0)

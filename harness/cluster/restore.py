@@ -45,6 +45,7 @@ class RestoreState:
     daemonset: dict  # {"nodeSelector": {...}, "image": ..., "binary": ...}
     node_modes: dict = field(default_factory=dict)  # node -> /proxyMode found (when readable)
     modes_possibly_running: list = field(default_factory=list)
+    cleanup_always: bool = False  # cluster option cleanup=always: --cleanup Jobs at every switch
     status: str = "saved"  # saved | changed | restoring | restored | restore-failed
     saved_at: str = ""
     history: list = field(default_factory=list)
@@ -191,7 +192,9 @@ def restore_cluster(
                 f"restore: putting kube-proxy back to {state.original_mode} (ConfigMap changed: {diff['configmap']}, "
                 f"paused: {diff['paused']}, modes that may run: {', '.join(state.modes_possibly_running)})"
             )
-            cleanup = any(kpc.needs_cleanup(m, state.original_mode) for m in diff["dirty_modes"])
+            cleanup = any(kpc.needs_cleanup(m, state.original_mode) for m in diff["dirty_modes"]) or (
+                state.cleanup_always and bool(diff["dirty_modes"])
+            )
             ctl.apply(state.original_text, state.original_mode, cleanup=cleanup, original=True)
             state.modes_possibly_running = [state.original_mode]
             state.note("kube-proxy restored", mode=state.original_mode)

@@ -81,27 +81,43 @@ class Waits:
             items = self.rest.get(f"/api/v1/namespaces/{KP_NAMESPACE}/pods", query={"labelSelector": sel})[
                 "items"
             ]
+            # a NotReady node's pod cannot go (no kubelet to stop it): not waited for
+            down = {n.name for n in list_nodes(self.rest) if not n.ready}
+            items = [p for p in items if (p.get("spec") or {}).get("nodeName") not in down]
             return not items, f"{len(items)} kube-proxy pods left"
 
         self._until("kube-proxy pods to stop", self.rollout_timeout_s, check)
 
-    def rollout(self) -> None:
+    def rollout(self) -> list[str]:
+        """Until every kube-proxy pod runs the new template; -> the nodes left out because they are
+        NotReady (a dead kubelet: its pod can neither be replaced nor become available, and the
+        kube-proxy still running there keeps its previous mode until the kubelet is back)."""
+        down: list[str] = []
+
         def check():
+            nonlocal down
             ds = self.rest.get(DS_PATH)
             st, gen = ds.get("status") or {}, (ds.get("metadata") or {}).get("generation", 0)
             want = st.get("desiredNumberScheduled", 0)
+            down = [n.name for n in list_nodes(self.rest) if not n.ready]
             ok = (
                 st.get("observedGeneration", 0) >= gen
-                and st.get("updatedNumberScheduled", 0) == want
-                and st.get("numberAvailable", 0) == want
-                and not st.get("numberUnavailable")
+                # a NotReady node's old pod stays Terminating (no kubelet confirms it), so the
+                # DaemonSet cannot put an updated one there either
+                and st.get("updatedNumberScheduled", 0) >= want - len(down)
+                and st.get("numberAvailable", 0) >= want - len(down)
+                and (st.get("numberUnavailable") or 0) <= len(down)
             )
             return (
                 ok,
-                f"{st.get('updatedNumberScheduled', 0)}/{want} updated, {st.get('numberAvailable', 0)} available",
+                f"{st.get('updatedNumberScheduled', 0)}/{want} updated, {st.get('numberAvailable', 0)} available"
+                + (f", NotReady: {', '.join(down)}" if down else ""),
             )
 
         self._until("the kube-proxy rollout", self.rollout_timeout_s, check)
+        if down:
+            self.log(f"kube-proxy rollout done on every Ready node; NotReady, not rolled: {', '.join(down)}")
+        return down
 
     def jobs_done(self, namespace: str, names: list[str]) -> None:
         def check():
@@ -277,16 +293,22 @@ class KubeProxyController:
         if cleanup:
             self.pause()
             self.waits.pods_gone(self.ds_selector())
-            nodes = [n.name for n in list_nodes(self.rest)]
+            nodes = [n.name for n in list_nodes(self.rest) if n.ready]  # a Job cannot run without a kubelet
             self._save("cleanup", nodes=len(nodes))
             self.run_cleanup(nodes)
         self._save("writing config.conf", mode=mode, original=original)
         self.write_config(text, original=original)
         self.unpause_and_restart()
-        self.waits.rollout()
-        nodes = [n.name for n in list_nodes(self.rest)]
+        down = self.waits.rollout() or []
+        nodes = [n.name for n in list_nodes(self.rest) if n.name not in down]
         verify = not kpc.metrics_on_loopback(doc)
         self.last_node_modes = self.waits.node_modes(nodes, mode, kpc.metrics_port(doc), verify=verify)
+        self.last_node_modes.update(
+            {
+                n: "not rolled: node NotReady (its kube-proxy keeps the previous mode until the kubelet is back)"
+                for n in down
+            }
+        )
         if not original:
             self.state.modes_possibly_running = [mode]
         self._save("mode running", mode=mode, nodes=self.last_node_modes)
@@ -298,11 +320,14 @@ class KubeProxyController:
         text = kpc.dump(
             kpc.with_mode(base, mode, kpc.SyncSettings(**{**self.sync.__dict__, "ipvs_scheduler": scheduler}))
         )
+        cleanup = kpc.needs_cleanup(current_mode, mode) or (
+            self.state.cleanup_always and current_mode != mode
+        )
         self.log(
             f"kube-proxy: {current_mode} -> {mode}"
-            + (" (with kube-proxy --cleanup on every node)" if kpc.needs_cleanup(current_mode, mode) else "")
+            + (" (with kube-proxy --cleanup on every node)" if cleanup else "")
         )
-        return self.apply(text, mode, cleanup=kpc.needs_cleanup(current_mode, mode))
+        return self.apply(text, mode, cleanup=cleanup)
 
     def delete_run_objects(self, wait_s: float | None = None) -> None:
         """Delete every object and namespace labelled with the run; wait up to `wait_s` for the

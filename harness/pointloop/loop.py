@@ -64,7 +64,8 @@ class PointTarget(Protocol):
         """Connect-latency rows from the target's probe."""
 
     def load_namespace(self) -> str | None:
-        """The client namespace the load generator runs in (None: this target has no load phase)."""
+        """The client namespace the load generator runs in (None: no local load generator; a
+        target with its own has a `load(p, ctx, services, keepalive) -> LoadResult` method)."""
 
     def sync_one(self, p: JobPoint, ctx: PointContext, services: Sequence[Any], status: dict) -> list[dict]:
         """Rows of the one-change syncs."""
@@ -210,6 +211,28 @@ class PointLoop:
                     **{k: v for k, v in res.summary.items() if isinstance(v, (int, float, str))},
                 }
 
+    def run_own_load(
+        self,
+        p: JobPoint,
+        ctx: PointContext,
+        services: Sequence[Any],
+        own_load: Any,
+        out: SampleWriter,
+        status: dict,
+    ) -> None:
+        """The load phases of a target that generates its own load (the cluster's distributed
+        locust): one `load` phase, one call per keepalive variant, saturation flagged the same way."""
+        with self.phase(p, "load", status, "load_s"):
+            results = [(ka, own_load(p, ctx, services, ka)) for ka in self.scenario.measure.load.keepalive]
+        for keepalive, res in results:
+            out.extend(res.rows)
+            if res.saturated:
+                ka = str(keepalive).lower()
+                status["flags"].setdefault("saturated", {})[f"keepalive={ka}"] = {
+                    "reasons": res.reasons,
+                    **{k: v for k, v in res.summary.items() if isinstance(v, (int, float, str))},
+                }
+
     def run_point(self, p: JobPoint) -> dict:
         """The measurement sequence of one point -> its status."""
         t, sc, ms = self.target, self.scenario, self.scenario.measure
@@ -244,8 +267,12 @@ class PointLoop:
             fh.flush()
 
             client_ns = t.load_namespace()
-            if ms.load.enabled and client_ns is not None and ms.load.keepalive:
-                self.run_load(p, ctx, services, client_ns, out, status)
+            own_load = getattr(t, "load", None)  # a target with its own load generator (the cluster's)
+            if ms.load.enabled and ms.load.keepalive:
+                if own_load is not None:
+                    self.run_own_load(p, ctx, services, own_load, out, status)
+                elif client_ns is not None:
+                    self.run_load(p, ctx, services, client_ns, out, status)
             self.run_disruption(p, ctx, services, out, status)
             fh.flush()
             # last: the changes are not undone (each would cost another apply), so the state after

@@ -32,13 +32,14 @@ from harness.cluster.kube import Connection, Rest, connect
 from harness.cluster.options import ClusterOptions, options_from
 from harness.cluster.preflight import PreflightReport, planned_changes, run_preflight
 from harness.cluster.restore import restore_cluster, restore_path, save_initial, state_from_cluster
-from harness.cluster.switch import CM_PATH, KubeProxyController, Waits
+from harness.cluster.switch import CM_PATH, ClusterRunError, KubeProxyController, Waits
 from harness.modes import mode as mode_spec
 from harness.pointloop.loop import PointLoop
 from harness.samples import PointContext, SampleWriter
 
 log = logging.getLogger("kpbench")
 KERNEL = "cluster"
+SWITCH_FAILED = "switch-failed"  # _Session.mode after a switch that raised: the next point switches again
 
 
 def _kernel_tuple(version: str) -> tuple[int, int]:
@@ -158,7 +159,9 @@ class ClusterTarget:
         ns = namespace_for(run_id)
         path = restore_path(run.dir)
         cm = rest.get(CM_PATH)
-        state = save_initial(path, state_from_cluster(run_id, ns, conn, cm, rep.kube_proxy, rep.node_modes()))
+        found = state_from_cluster(run_id, ns, conn, cm, rep.kube_proxy, rep.node_modes())
+        found.cleanup_always = opts.cleanup == "always"
+        state = save_initial(path, found)
         waits = (
             self._waits(rest)
             if self._waits
@@ -209,7 +212,14 @@ class ClusterTarget:
                         f"`kpbench restore {run.dir}`"
                     )
                     if failure is None:
-                        raise
+                        if not isinstance(e, Exception):
+                            raise
+                        # one line, exit status 2: what failed and the command that finishes it
+                        raise ClusterError(
+                            f"kube-proxy was not restored ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''}): finish it with "
+                            f"`kpbench restore {run.dir}`"
+                        ) from None
             if got and failure is None:
                 raise KeyboardInterrupt
 
@@ -230,6 +240,7 @@ class _Session:
     def __init__(
         self, target: ClusterTarget, run, rest: Rest, ctl: KubeProxyController, state, ns: str, sink
     ):
+        from harness.cluster.load import ClusterLoad
         from harness.cluster.objects import ObjectStore
 
         self.t, self.rundata, self.rest, self.ctl, self.state, self.ns, self.sink = (
@@ -252,16 +263,38 @@ class _Session:
             rest, ns, state.run_id, qps=self.opts.qps, burst=self.opts.burst, workers=self.opts.create_workers
         )
         self.mode: str | None = None  # None: kube-proxy still runs the original config (not ours yet)
+        self.not_rolled: list[str] = []  # nodes the last switch could not roll (NotReady)
         self.agents: dict[str, Any] = {}
         self.endpoints: list[tuple[str, str | None]] = []
         self.next_index = 0
+        self.loadgen = ClusterLoad(
+            rest,
+            ns,
+            state.run_id,
+            self.opts.image,
+            self.opts.locust_workers,
+            start_timeout_s=self.opts.ready_timeout_s,
+            log=target.out,
+        )
         self.probe: Any = None  # the point's probe agent, its kube-proxy metrics reader and first reading
         self.scrape: Callable[[], dict] | None = None
         self.before: dict | None = None
 
     def setup(self) -> None:
+        from harness.cluster.nodecheck import check_nodes
+
         opts, sc = self.opts, self.sc
         self.store.ensure_namespace()
+        # before kube-proxy is touched: every node's kernel has what the scenario's modes need
+        check_nodes(
+            self.rest,
+            self.ns,
+            self.state.run_id,
+            opts.image,
+            self.report.nodes,
+            sc.modes,
+            timeout_s=opts.ready_timeout_s,
+        )
         replicas = opts.backend_replicas_for(sc.model.endpoints)
         self.store.create_backend(opts.image, replicas)
         for node in opts.probe_nodes_for(self.report.nodes):
@@ -284,7 +317,8 @@ class _Session:
                 raise ClusterError(
                     f"backend/probe pods not ready after {self.opts.ready_timeout_s:.0f}s "
                     f"({len(self.endpoints)}/{replicas} backends, {len(probes)} probes): is image "
-                    f"{self.opts.image} pullable on the nodes? (docker build -t kpbench . and push)"
+                    f"{self.opts.image} pullable on the nodes? (docker build -t kpbench . and push; on the "
+                    "offline test cluster: make cluster-images, imported by kpbench cluster up)"
                 )
             time.sleep(2)
 
@@ -348,7 +382,20 @@ class _Session:
         return None
 
     def load_namespace(self) -> str | None:
-        return None  # no load generator on the cluster
+        return None  # no local client namespace: the load generator runs in the cluster (load)
+
+    def load(self, p, ctx: PointContext, svcs, keepalive: bool):
+        """One load phase: distributed locust (a master, `locust_workers` workers) in the cluster."""
+        L = self.sc.measure.load
+        return self.loadgen.run(
+            ctx,
+            [(s.cluster_ip, s.port) for s in svcs],
+            users=L.users,
+            rate=L.rate,
+            duration=L.duration_s,
+            timeout=L.timeout_s,
+            keepalive=keepalive,
+        )
 
     def point_failed(self, p, error: Exception) -> dict | None:
         return None
@@ -362,11 +409,21 @@ class _Session:
         if p.mode != self.mode:
             t = time.monotonic()
             running = self.mode or self.state.original_mode
-            status["node_modes"] = self.ctl.switch(
+            if self.mode == SWITCH_FAILED:  # any mode the nodes may run: the one needing a cleanup first
+                maybe = self.state.modes_possibly_running
+                running = next((m for m in maybe if kpc.needs_cleanup(m, p.mode)), maybe[-1])
+            self.mode = SWITCH_FAILED  # until the switch returns
+            status["node_modes"] = modes = self.ctl.switch(
                 running, p.mode, sc.ipvs.scheduler if mode_spec(p.mode).takes_scheduler else None
             )
             self.mode = p.mode
+            self.not_rolled = [n for n, m in modes.items() if m.startswith("not rolled")]
             status["phases"]["mode_switch_s"] = round(time.monotonic() - t, 2)
+        if self.not_rolled:  # a node whose kubelet is down still runs the previous mode
+            raise ClusterRunError(
+                f"kube-proxy on {', '.join(self.not_rolled)} did not switch to {p.mode} (node NotReady: "
+                "kubelet down); the point would measure a cluster running two modes"
+            )
         t = time.monotonic()
         self.ensure_services(p.n_services)
         status["phases"]["create_s"] = round(time.monotonic() - t, 2)

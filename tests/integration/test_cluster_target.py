@@ -378,3 +378,38 @@ def test_target_run_restores_on_failure(cluster, kubeadm, tmp_path):
     cm, st = cluster.in_api(run)
     assert cm["data"][KP_KEY] == KUBEADM_CONFIG and ANN_MODIFIED not in cm["metadata"]["annotations"]
     assert st.status == "restored" and [h["event"] for h in st.history][-1] == "restored"
+
+
+def test_load_phase_and_node_check_manifests_pass_the_api(cluster, kubeadm):
+    """The load phase's objects (targets ConfigMap, master Service, master and worker Jobs with the
+    master's ClusterIP) and the node kernel check pod pass the real API's validation and PodSecurity
+    admission, and go by label."""
+    run_id = f"it-load-{int(time.time())}"
+    ns = namespace_for(run_id)
+
+    def run():
+        rest = Rest(_admin(cluster).api)
+        store = ObjectStore(rest, ns, run_id)
+        store.ensure_namespace()
+        rest.create(f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "default"}})
+        kw = dict(users=4, rate=40, duration_s=3, targets='[["10.96.0.10", 80]]', suffix="-1")
+        cm, svc, _, _ = m.locust_manifests(ns, run_id, "kpbench:latest", 2, **kw)
+        rest.create(f"/api/v1/namespaces/{ns}/configmaps", cm)
+        ip = rest.create(f"/api/v1/namespaces/{ns}/services", svc)["spec"]["clusterIP"]
+        *_, master, worker = m.locust_manifests(ns, run_id, "kpbench:latest", 2, master_host=ip, **kw)
+        for job in (master, worker):
+            rest.create(f"/apis/batch/v1/namespaces/{ns}/jobs", job)
+        got = rest.get(f"/apis/batch/v1/namespaces/{ns}/jobs/kpbench-locust-worker-1")
+        wc = got["spec"]["template"]["spec"]["containers"][0]["command"]
+        rest.create(
+            f"/api/v1/namespaces/{ns}/pods", m.node_check_pod(ns, run_id, NODE_B, "kpbench:latest", ["ipvs"])
+        )
+        before = store.remaining()
+        store.delete_by_label()
+        rest.delete(f"/api/v1/namespaces/{ns}")
+        return wc, ip, before, store.remaining()
+
+    wc, ip, before, after = cluster.in_api(run)
+    assert wc[wc.index("--master-host") + 1] == ip
+    assert before == {"configmaps": 1, "services": 1, "jobs": 2, "pods": 1}
+    assert after == {}

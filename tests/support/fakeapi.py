@@ -4,8 +4,9 @@ Plain HTTP on 127.0.0.1, generic REST over paths (create/get/list with labelSele
 patch/delete/deletecollection), plus just enough of the controllers for the cluster target's
 procedures: SelfSubjectAccessReview (allowed unless listed in `deny`), ClusterIP allocation,
 Jobs that succeed at once (and record the node they ran on), the kube-proxy DaemonSet rolling out
-at once, its pods disappearing while paused, and each node's /proxyMode (through the node-proxy
-path) answering the mode of the config.conf the DaemonSet last rolled out.
+at once, its pods disappearing while paused, each node's /proxyMode (through the node-proxy
+path) answering the mode of the config.conf the DaemonSet last rolled out, and node kernel check
+pods (harness.cluster.nodecheck) answering at once with the check run on this machine's kernel.
 
 Not a Kubernetes API server: no validation, no watch, no admission. It lets unit tests drive the
 real client code (kubeconfig loading, urllib3, the harness's REST layer) end to end.
@@ -100,7 +101,11 @@ def kubeadm_daemonset(image: str = "registry.k8s.io/kube-proxy:v1.34.2") -> dict
 
 
 def node(
-    name: str, kernel: str = "6.8.0-45-generic", ip: str = "192.0.2.10", control_plane: bool = False
+    name: str,
+    kernel: str = "6.8.0-45-generic",
+    ip: str = "192.0.2.10",
+    control_plane: bool = False,
+    ready: bool = True,
 ) -> dict:
     labels = {"kubernetes.io/hostname": name}
     if control_plane:
@@ -112,7 +117,7 @@ def node(
         "status": {
             "nodeInfo": {"kernelVersion": kernel, "kubeletVersion": "v1.34.2", "osImage": "Ubuntu 24.04 LTS"},
             "addresses": [{"type": "InternalIP", "address": ip}],
-            "conditions": [{"type": "Ready", "status": "True"}],
+            "conditions": [{"type": "Ready", "status": "True" if ready else "Unknown"}],
         },
     }
 
@@ -183,15 +188,17 @@ class FakeCluster:
         if not ds:
             return
         n = len(self.list("/api/v1/nodes"))
+        down = len(self.not_ready())  # their old pods stay Terminating: no updated pod there, none available
         paused = PAUSE_KEY in (ds["spec"]["template"]["spec"].get("nodeSelector") or {})
         want = 0 if paused else n
         gen = ds["metadata"].get("generation", 1)
         ds["metadata"]["generation"] = gen
         ds["status"] = {
             "desiredNumberScheduled": want,
-            "updatedNumberScheduled": want,
-            "numberAvailable": want,
+            "updatedNumberScheduled": max(0, want - down),
+            "numberAvailable": max(0, want - down),
             "observedGeneration": gen,
+            **({"numberUnavailable": down} if want and down else {}),
         }
         cm = self.objects.get(CM)
         self.running_config = None if paused else (cm["data"].get(KP_KEY) if cm else None)
@@ -206,8 +213,18 @@ class FakeCluster:
             and _match((o.get("metadata") or {}).get("labels") or {}, selector)
         ]
 
+    def not_ready(self) -> list[str]:
+        return [
+            o["metadata"]["name"]
+            for o in self.list("/api/v1/nodes")
+            if not any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (o.get("status") or {}).get("conditions") or []
+            )
+        ]
+
     def node_mode(self, name: str) -> str | None:
-        if self.running_config is None:
+        if self.running_config is None or name in self.not_ready():
             return None
         doc = yaml.safe_load(self.running_config) or {}
         return doc.get("mode") or "iptables"
@@ -283,6 +300,8 @@ class FakeCluster:
                     data["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
                 if path.endswith("/namespaces"):
                     data["status"] = {"phase": "Active"}
+                if path.endswith("/pods"):
+                    self._nodecheck(data)
                 return 201, self._put(p, data)
             if method in ("PUT", "PATCH"):
                 if path not in self.objects:
@@ -306,6 +325,28 @@ class FakeCluster:
                     return 200, {"kind": "Status", "status": "Success"}
                 return 404, {"kind": "Status", "reason": "NotFound", "code": 404}
         return 405, {"kind": "Status", "code": 405}
+
+    @staticmethod
+    def _nodecheck(pod: dict) -> bool:
+        """A node kernel check pod (harness.cluster.nodecheck) "runs" at once: the check itself runs
+        here, on this machine's kernel, and its answer becomes the terminated container's message."""
+        c = pod["spec"]["containers"][0]
+        cmd = c.get("command") or []
+        if cmd[:3] != ["python3", "-m", "harness.cluster.nodecheck"]:
+            return False
+        from harness.cluster.nodecheck import check
+
+        msg = json.dumps(check(cmd[3:]))
+        pod["status"] = {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {
+                    "name": c["name"],
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": msg}},
+                }
+            ],
+        }
+        return True
 
     @staticmethod
     def _is_collection(path: str) -> bool:

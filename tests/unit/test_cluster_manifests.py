@@ -75,7 +75,7 @@ def test_backend_and_services():
     assert d["spec"]["replicas"] == 3
     assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
     assert d["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
-        "python",
+        "python3",
         "-m",
         "harness.cluster.backend",
     ]
@@ -128,7 +128,7 @@ def test_kubeadm_config_mode_and_patch():
     assert kpc.configured_mode(doc) == "iptables" and kpc.raw_mode(doc) == ""
     new = kpc.with_mode(doc, "ipvs", kpc.SyncSettings(ipvs_scheduler="wrr"))
     assert (
-        new["mode"] == "ipvs" and new["ipvs"]["minSyncPeriod"] == "0s" and new["ipvs"]["scheduler"] == "wrr"
+        new["mode"] == "ipvs" and new["ipvs"]["minSyncPeriod"] == "1ms" and new["ipvs"]["scheduler"] == "wrr"
     )
     assert new["metricsBindAddress"] == "0.0.0.0:10249" and not kpc.metrics_on_loopback(new)
     assert kpc.metrics_on_loopback(doc)  # kubeadm's "" means 127.0.0.1:10249

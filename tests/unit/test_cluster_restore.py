@@ -104,7 +104,7 @@ def test_switch_with_cleanup_and_restore(tmp_path):
         modes = ctl.switch("iptables", "ipvs", scheduler="rr")
         assert modes == {"node-a": "ipvs", "node-b": "ipvs"}
         doc = kpc.parse(fake.cm_config())
-        assert doc["mode"] == "ipvs" and doc["ipvs"]["minSyncPeriod"] == "0s"
+        assert doc["mode"] == "ipvs" and doc["ipvs"]["minSyncPeriod"] == "1ms"
         assert doc["metricsBindAddress"] == "0.0.0.0:10249"
         assert fake.objects[CM]["metadata"]["annotations"][ANN_MODIFIED] == RUN
         assert fake.objects[CM]["data"]["kubeconfig.conf"] == state.configmap["data"]["kubeconfig.conf"]

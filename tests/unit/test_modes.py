@@ -78,7 +78,7 @@ def test_every_registered_mode_renders_and_configures(name):
     assert cfg["mode"] == name
     assert set(MODES) <= set(cfg)  # every registered mode's section is written
     doc = kpc.with_mode({"kind": kpc.KIND}, name, kpc.SyncSettings(ipvs_scheduler="wrr"))
-    assert doc["mode"] == name and doc[name]["minSyncPeriod"] == "0s"
+    assert doc["mode"] == name and doc[name]["minSyncPeriod"] == "1ms"
     assert ("scheduler" in doc[name]) == modes.mode(name).takes_scheduler
     assert kpc.configured_mode({"mode": name}) == name
     assert Scenario(modes=[name]).modes == [name]
