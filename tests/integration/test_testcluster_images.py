@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from harness import releases
-from harness.cluster.manifests import LOCUSTFILE
 from harness.errors import UserError
 from harness.targets.local_binaries import CACHE_ROOT
 from harness.testcluster import images
@@ -188,12 +187,17 @@ def test_kube_proxy_image_runs_the_release_with_iptables_legacy(archives, ctr):
 def test_harness_image_imports_what_its_pods_run(archives, ctr):
     name = "docker.io/library/kpbench:latest"
     ctr("images", "import", str(archives[name].path))
-    code = "import harness.measure.agent, harness.cluster.backend, locust, harness; print(harness.__file__)"
+    code = (
+        "import harness.measure.agent, harness.cluster.backend, harness.cluster.locust_main, locust, harness;"
+        " print(harness.__file__)"
+    )
     out = ctr.run_in(name, "kpb-harness", "python", "-c", code)
     assert out.stdout.strip().startswith("/opt/"), out.stdout
+    # the locustfile harness.cluster.locust_main hands to locust, where the image installs the source
+    locustfile = "/opt/kpbench/harness/cluster/locustfile.py"
     tools = "locust ipvsadm ipset nft iptables-legacy-save conntrack ps ip"
     out = ctr.run_in(
-        name, "kpb-tools", "sh", "-c", f"ls {LOCUSTFILE} && for t in {tools}; do command -v $t; done"
+        name, "kpb-tools", "sh", "-c", f"ls {locustfile} && for t in {tools}; do command -v $t; done"
     )
     assert len(out.stdout.split()) == 1 + len(tools.split()), out.stdout
 
