@@ -24,16 +24,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-# outside the work tree, so a fresh clone (CI) on the same machine reuses a build
-cache_root="${KPBENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kpbench}"
-
-GO="${GO:-}"
-if [[ -z "$GO" ]]; then
-  if command -v go >/dev/null 2>&1; then GO="$(command -v go)"
-  elif [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go
-  else echo "kube/build.sh: no Go toolchain (set GO=/path/to/go)" >&2; exit 2
-  fi
-fi
+me=kube/build.sh
+# shellcheck source=kube/lib.sh
+. "$here/lib.sh"
+find_go
 
 all_targets=(etcd kube-apiserver kube-proxy kubelet kube-controller-manager kube-scheduler)
 cluster=""
@@ -95,22 +89,10 @@ fi
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 
-todo=()
-for t in "${targets[@]}"; do
-  if [[ -x "$out/$t" && -z "${KUBE_REBUILD:-}" ]]; then
-    echo "kube/build.sh: $out/$t present, skipped"
-  else
-    todo+=("$t")
-  fi
-done
+missing_binaries "$out" "${KUBE_REBUILD:-}" "${targets[@]}"
 [[ ${#todo[@]} -gt 0 ]] || exit 0
 
-export GOPATH="${KUBE_GOPATH:-$cache_root/go}"
-export GOMODCACHE="$GOPATH/mod"
-export GOCACHE="$GOPATH/build"
-export GOFLAGS="${GOFLAGS:--mod=mod -buildvcs=false}"
-export CGO_ENABLED=0
-export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+go_build_env "-mod=mod -buildvcs=false"
 
 moddir="$here"
 if [[ "$kube_version" != "$pinned" ]]; then

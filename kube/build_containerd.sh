@@ -20,14 +20,10 @@ default_version=v2.4.2
 module=github.com/containerd/containerd/v2
 binaries=(containerd containerd-shim-runc-v2 ctr)
 
-cache_root="${KPBENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kpbench}"
-GO="${GO:-}"
-if [[ -z "$GO" ]]; then
-  if command -v go >/dev/null 2>&1; then GO="$(command -v go)"
-  elif [[ -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go
-  else echo "kube/build_containerd.sh: no Go toolchain (set GO=/path/to/go)" >&2; exit 2
-  fi
-fi
+me=kube/build_containerd.sh
+# shellcheck source=kube/lib.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+find_go
 
 version="${1:-$default_version}"
 if [[ ! "$version" =~ ^v?2\.[0-9]+\.[0-9]+$ ]]; then
@@ -37,22 +33,11 @@ fi
 version="v${version#v}"
 out="${2:-$cache_root/containerd/$version/bin}"
 
-todo=()
-for t in "${binaries[@]}"; do
-  if [[ -x "$out/$t" && -z "${CONTAINERD_REBUILD:-}" ]]; then
-    echo "kube/build_containerd.sh: $out/$t present, skipped"
-  else
-    todo+=("$t")
-  fi
-done
+missing_binaries "$out" "${CONTAINERD_REBUILD:-}" "${binaries[@]}"
 [[ ${#todo[@]} -gt 0 ]] || exit 0
 
-export GOPATH="${KUBE_GOPATH:-$cache_root/go}"
-export GOMODCACHE="$GOPATH/mod"
-export GOCACHE="$GOPATH/build"
-export GOFLAGS="-buildvcs=false"
-export CGO_ENABLED=0
-export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+go_build_env -buildvcs=false
+export GOFLAGS=-buildvcs=false  # `go install x@version` takes no -mod flag from the environment
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
