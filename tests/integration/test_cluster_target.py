@@ -13,8 +13,6 @@ Needs root and `make kube` binaries; skipped with the reason otherwise. Marker: 
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 import time
 from types import SimpleNamespace
 
@@ -38,6 +36,7 @@ from harness.cluster.restore import load, restore_cluster, restore_path, save_in
 from harness.cluster.switch import CM_PATH, DS_PATH, KubeProxyController, Waits
 from harness.scenario import load_scenario
 from tests.support.fakeapi import KUBEADM_CONFIG, kubeadm_configmap, kubeadm_daemonset
+from tests.support.skips import kube_skip_reason
 
 pytestmark = [pytest.mark.kube]
 
@@ -45,24 +44,7 @@ NODE_KP = "node-kp"  # runs a real kube-proxy
 NODE_B = "node-b"  # a Node object only
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces for the local API server)"
-    for tool in ("ip", "openssl", "iptables-save"):
-        if not shutil.which(tool):
-            return f"{tool} not installed"
-    try:
-        from harness.targets import localcluster as lc
-    except ImportError as e:
-        return f"harness.targets.localcluster not importable: {e}"
-    try:
-        lc.find_binaries()
-    except lc.LocalClusterError as e:
-        return f"local API server binaries absent ({e})"
-    return None
-
-
-_reason = _skip_reason()
+_reason = kube_skip_reason(("ip", "openssl", "iptables-save"), "network namespaces for the local API server")
 if _reason:
     pytestmark.append(pytest.mark.skip(reason=_reason))
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import ssl
 import subprocess
@@ -20,26 +19,14 @@ import pytest
 from harness.lab import netns
 from harness.model import ModelSpec, build_model
 from harness.targets import localcluster as lc
+from tests.support.skips import kube_skip_reason
 
 pytestmark = [pytest.mark.kube, pytest.mark.kernel]
 
 N_SERVICES = 40
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    for tool in ("ip", "iptables-save", "nft", "openssl", "ss"):
-        if not shutil.which(tool):
-            return f"{tool} not installed"
-    try:
-        lc.find_binaries()
-    except lc.LocalClusterError as e:
-        return f"kube binaries not built: {e}"
-    return None
-
-
-_reason = _skip_reason()
+_reason = kube_skip_reason(("ip", "iptables-save", "nft", "openssl", "ss"), "network namespaces")
 if _reason:
     pytestmark.append(pytest.mark.skip(reason=_reason))
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,24 +15,12 @@ import pytest
 
 from harness.lab import netns
 from harness.targets import localcluster as lc
+from tests.support.skips import kube_skip_reason
 
 pytestmark = [pytest.mark.kube, pytest.mark.kernel, pytest.mark.slow]
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, kube-proxy)"
-    for tool in ("ip", "nginx", "nft", "iptables-legacy-save"):
-        if not shutil.which(tool):
-            return f"{tool} not installed (make setup)"
-    try:
-        lc.find_binaries()
-    except lc.LocalClusterError as e:
-        return f"kube binaries not built (make kube): {e}"
-    return None
-
-
-_reason = _skip_reason()
+_reason = kube_skip_reason(("ip", "nginx", "nft", "iptables-legacy-save"), "network namespaces, kube-proxy")
 if _reason:
     pytestmark.append(pytest.mark.skip(reason=_reason))
 
