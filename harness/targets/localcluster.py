@@ -36,7 +36,6 @@ import ssl
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from harness.k8s.objects import (
     service_body,
 )
 from harness.lab import netns as lab_netns, registry
+from harness.polling import wait_until
 from harness.targets.local_binaries import (
     CACHE_ROOT,
     REPO,
@@ -386,21 +386,20 @@ class LocalCluster:
         if self.etcd_unsafe_no_fsync and major_minor >= (3, 5):
             argv.append("--unsafe-no-fsync")  # throwaway data: fsync would only measure the disk
         self.etcd = self._spawn("etcd", argv)
-        deadline = time.monotonic() + 30
-        while True:
+
+        def alive() -> None:
+            assert self.etcd is not None
             if not self.etcd.alive():
                 raise LocalClusterError(
                     f"etcd exited with {self.etcd.popen.returncode}:\n{self.etcd.failure()}"
                 )
-            try:
-                status, body = http_get(self.netns, "127.0.0.1", ETCD_PORT, "/health", timeout=2)
-                if status == 200 and b'"health":"true"' in body:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise LocalClusterError(f"etcd not healthy after 30 s:\n{self.etcd.failure()}")
-            time.sleep(0.2)
+
+        def healthy() -> bool:
+            status, body = http_get(self.netns, "127.0.0.1", ETCD_PORT, "/health", timeout=2)
+            return status == 200 and b'"health":"true"' in body
+
+        if not wait_until(healthy, 30, 0.2, alive=alive):
+            raise LocalClusterError(f"etcd not healthy after 30 s:\n{self.etcd.failure()}")
 
     def _start_apiserver(self) -> None:
         assert self.workdir
@@ -446,10 +445,10 @@ class LocalCluster:
         """Poll https://<host>:6443/readyz from the API namespace until it answers 200 (returns
         None) or `timeout` passes (returns the last answer or error); `alive()` first, each round."""
         tls = ssl.create_default_context(cafile=str(self.pki["ca_crt"]))
-        deadline, last = time.monotonic() + timeout, ""
-        while True:
-            if alive:
-                alive()
+        last = ""
+
+        def ready() -> bool:
+            nonlocal last
             try:
                 status, body = http_get(
                     self.netns,
@@ -460,14 +459,13 @@ class LocalCluster:
                     token=self.tokens["admin"],
                     timeout=attempt_timeout,
                 )
-                if status == 200:
-                    return None
-                last = f"/readyz {status}: {body.decode(errors='replace')[-600:]}"
             except OSError as e:
                 last = f"/readyz: {e}"
-            if time.monotonic() > deadline:
-                return last
-            time.sleep(0.25)
+                return False
+            last = f"/readyz {status}: {body.decode(errors='replace')[-600:]}"
+            return status == 200
+
+        return None if wait_until(ready, timeout, 0.25, alive=alive) else last
 
     def _spawn(self, name: str, argv: Sequence[str], netns: str | None = None) -> Proc:
         assert self.workdir

@@ -15,12 +15,12 @@ import secrets
 import ssl
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.lab import netns as lab_netns, registry
+from harness.polling import wait_until
 from harness.targets.local_binaries import Binaries
 from harness.targets.local_procs import LocalClusterError, Proc, http_get
 from harness.targets.localcluster import LocalCluster
@@ -151,21 +151,19 @@ class ControlPlane(LocalCluster):
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
         for proc, port in ((self.kcm, KCM_PORT), (self.scheduler, SCHEDULER_PORT)):
-            deadline = time.monotonic() + 60
-            while True:
+
+            def healthy(port: int = port) -> bool:
+                status, _ = http_get(self.netns, "127.0.0.1", port, "/healthz", tls=insecure, timeout=2)
+                return status == 200
+
+            def alive(proc: Proc = proc) -> None:
                 if not proc.alive():
                     raise LocalClusterError(
                         f"{proc.name} exited with {proc.popen.returncode}:\n{proc.failure()}"
                     )
-                try:
-                    status, _ = http_get(self.netns, "127.0.0.1", port, "/healthz", tls=insecure, timeout=2)
-                    if status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise LocalClusterError(f"{proc.name} not healthy after 60 s:\n{proc.failure()}")
-                time.sleep(0.3)
+
+            if not wait_until(healthy, 60, 0.3, alive=alive):
+                raise LocalClusterError(f"{proc.name} not healthy after 60 s:\n{proc.failure()}")
 
     def check_alive(self) -> None:
         for p in (self.etcd, self.apiserver, self.kcm, self.scheduler):

@@ -18,10 +18,10 @@ import json
 import os
 import shlex
 import subprocess
-import time
 from pathlib import Path
 
 from harness.lab import netns as lab_netns
+from harness.polling import wait_until
 from harness.targets.local_procs import LocalClusterError, Proc, spawn
 from harness.testcluster.plan import ClusterPlan, Names, NodePlan
 
@@ -274,20 +274,20 @@ class Node:
             holder_script(self.node),
         ]
         self.holder = self._spawn("mount-holder", argv)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def alive() -> None:
+            assert self.holder is not None
             if not self.holder.alive():
                 raise LocalClusterError(
                     f"{self.node.name}: the mount namespace holder exited:\n{self.holder.log_tail(10)}"
                 )
-            try:
-                if Path(f"/proc/{self.holder.popen.pid}/cmdline").read_bytes().startswith(b"sleep"):
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise LocalClusterError(f"{self.node.name}: the mount namespace holder did not start")
-            time.sleep(0.05)
+
+        def started() -> bool:
+            assert self.holder is not None
+            return Path(f"/proc/{self.holder.popen.pid}/cmdline").read_bytes().startswith(b"sleep")
+
+        if not wait_until(started, 10, 0.05, alive=alive):
+            raise LocalClusterError(f"{self.node.name}: the mount namespace holder did not start")
 
     def start_containerd(self, timeout: float = 60.0) -> None:
         b = self.binaries
@@ -296,20 +296,22 @@ class Node:
         self.containerd = self._spawn(
             "containerd", [*self._enter(), str(b.containerd), "--config", str(cfg)], env
         )
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def alive() -> None:
+            assert self.containerd is not None
             if not self.containerd.alive():
                 raise LocalClusterError(
                     f"{self.node.name}: containerd exited with {self.containerd.popen.returncode}:\n"
                     f"{self.containerd.failure()}"
                 )
-            if self.node.containerd_socket.exists() and self.ctr(["version"], check=False).returncode == 0:
-                return
-            if time.monotonic() > deadline:
-                raise LocalClusterError(
-                    f"{self.node.name}: containerd not answering after {timeout:.0f} s:\n{self.containerd.failure()}"
-                )
-            time.sleep(0.2)
+
+        def answering() -> bool:
+            return self.node.containerd_socket.exists() and self.ctr(["version"], check=False).returncode == 0
+
+        if not wait_until(answering, timeout, 0.2, alive=alive):
+            raise LocalClusterError(
+                f"{self.node.name}: containerd not answering after {timeout:.0f} s:\n{self.containerd.failure()}"
+            )
 
     def ctr(
         self, args: list[str], *, check: bool = True, timeout: float = 600
