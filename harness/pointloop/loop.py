@@ -201,15 +201,9 @@ class PointLoop:
                 generator=self.loadgen,
             )
         for keepalive, res in zip(L.keepalive, results, strict=True):
-            out.extend(res.rows)
+            _record_load(keepalive, res, out, status)
             if adaptive:
                 status.setdefault("adaptive", {}).update(load.adaptive_summary(res))
-            if res.saturated:
-                ka = str(keepalive).lower()
-                status["flags"].setdefault("saturated", {})[f"keepalive={ka}"] = {
-                    "reasons": res.reasons,
-                    **{k: v for k, v in res.summary.items() if isinstance(v, (int, float, str))},
-                }
 
     def run_own_load(
         self,
@@ -225,13 +219,7 @@ class PointLoop:
         with self.phase(p, "load", status, "load_s"):
             results = [(ka, own_load(p, ctx, services, ka)) for ka in self.scenario.measure.load.keepalive]
         for keepalive, res in results:
-            out.extend(res.rows)
-            if res.saturated:
-                ka = str(keepalive).lower()
-                status["flags"].setdefault("saturated", {})[f"keepalive={ka}"] = {
-                    "reasons": res.reasons,
-                    **{k: v for k, v in res.summary.items() if isinstance(v, (int, float, str))},
-                }
+            _record_load(keepalive, res, out, status)
 
     def run_point(self, p: JobPoint) -> dict:
         """The measurement sequence of one point -> its status."""
@@ -283,3 +271,13 @@ class PointLoop:
             t.end_point(p, ctx, out, status)
             status["samples"] = out.count
         return status
+
+
+def _record_load(keepalive: bool, res: Any, out: SampleWriter, status: dict) -> None:
+    """One load phase's rows, and its saturation flag (the reasons and the summary's scalars)."""
+    out.extend(res.rows)
+    if res.saturated:
+        status["flags"].setdefault("saturated", {})[f"keepalive={str(keepalive).lower()}"] = {
+            "reasons": res.reasons,
+            **{k: v for k, v in res.summary.items() if isinstance(v, (int, float, str))},
+        }

@@ -237,3 +237,31 @@ def test_fixed_load_phases_ask_for_no_minimum(tmp_path, monkeypatch):
     assert FakeGenerator.made[0].requests[0][1]["min_duration"] is None
     st = json.loads((tmp_path / "points" / "host-iptables-10-r1.json").read_text())
     assert not any(k.startswith("request_") for k in st.get("adaptive", {}))
+
+
+def test_a_saturated_load_phase_keeps_its_rows_and_is_flagged_per_keepalive_variant():
+    from types import SimpleNamespace
+
+    from harness.pointloop.loop import _record_load
+
+    class Out:
+        def __init__(self):
+            self.rows = []
+
+        def extend(self, rows):
+            self.rows.extend(rows)
+
+    out, status = Out(), {"flags": {}}
+    ok = SimpleNamespace(rows=[{"v": 1}], saturated=False, reasons=[], summary={})
+    sat = SimpleNamespace(
+        rows=[{"v": 2}, {"v": 3}],
+        saturated=True,
+        reasons=["achieved 310/s of 500/s"],
+        summary={"achieved_rps": 310.0, "per_user": {"a": 1}},
+    )
+    _record_load(True, ok, out, status)
+    _record_load(False, sat, out, status)
+    assert [r["v"] for r in out.rows] == [1, 2, 3]
+    assert status["flags"] == {
+        "saturated": {"keepalive=false": {"reasons": ["achieved 310/s of 500/s"], "achieved_rps": 310.0}}
+    }
