@@ -224,29 +224,37 @@ def quantile_tables(df: pd.DataFrame) -> list[dict]:
     return out
 
 
+def _compared(r) -> list:
+    """A comparison row's metric, tags, both medians, ratio and difference with their 95% CIs,
+    and verdict, each quantity in the metric's unit at one scale."""
+    u = metrics.unit(r["metric"])
+    pre = _scale([r["median_a"], r["median_b"]], u)
+    return [
+        r["metric"],
+        _tags(r),
+        _q(r["median_a"], u, pre),
+        _q(r["median_b"], u, pre),
+        f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
+        f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
+        r["verdict"],
+    ]
+
+
 def mode_comparison_table(df: pd.DataFrame, baseline: str = "iptables") -> dict:
     """Each mode against `baseline` at each kernel's largest count, decided by analysis.decision_rule();
     comparisons with too few samples are named once in `not_enough`."""
     c = analysis.compare_modes(df, baseline, metrics=_present(df, compare=True), n_services=-1, n_boot=500)
     rows, thin = [], []
     for _, r in c.iterrows():
-        u = metrics.unit(r["metric"])
         if not r["enough"]:
             thin.append((str(r["kernel"]), str(r["mode"]), str(r["metric"])))
             continue
-        pre = _scale([r["median_a"], r["median_b"]], u)
         rows.append(
             [
                 r["kernel"],
                 f"{r['mode']} vs {r['baseline']}{_variant(r, df)}",
                 int(r["n_services"]),
-                r["metric"],
-                _tags(r),
-                _q(r["median_a"], u, pre),
-                _q(r["median_b"], u, pre),
-                f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
-                f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
-                r["verdict"],
+                *_compared(r),
             ]
         )
     t = _table(
@@ -330,11 +338,9 @@ def version_comparison_table(df: pd.DataFrame) -> dict | None:
     c = analysis.compare_releases(df, rels[0], metrics=_present(df, compare=True), n_services=-1, n_boot=500)
     rows, thin = [], []
     for _, r in c.iterrows():
-        u = metrics.unit(r["metric"])
         if not r["enough"]:
             thin.append((str(r["kernel"]), f"{r['mode']} {r['kube_proxy_version']}", str(r["metric"])))
             continue
-        pre = _scale([r["median_a"], r["median_b"]], u)
         rows.append(
             [
                 r["kernel"],
@@ -342,13 +348,7 @@ def version_comparison_table(df: pd.DataFrame) -> dict | None:
                 f"{r['kube_proxy_version']} vs {r['baseline']}",
                 int(r["endpoints"]),
                 int(r["n_services"]),
-                r["metric"],
-                _tags(r),
-                _q(r["median_a"], u, pre),
-                _q(r["median_b"], u, pre),
-                f"{fmt(r['ratio'])} [{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
-                f"{_q(r['diff'], u, sign=True)} [{_q(r['diff_lo'], u, sign=True)}, {_q(r['diff_hi'], u, sign=True)}]",
-                r["verdict"],
+                *_compared(r),
             ]
         )
     t = _table(
