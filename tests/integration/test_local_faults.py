@@ -26,12 +26,13 @@ import yaml
 
 from harness.lab import netns, uml
 from harness.targets import localcluster as lc
-from tests.integration.test_local_target import _our_processes, _skip_reason
+from tests.integration.test_local_target import _our_processes
+from tests.support.skips import kube_skip_reason
 
 pytestmark = [pytest.mark.kube, pytest.mark.kernel, pytest.mark.slow]
 
 
-_reason = _skip_reason()
+_reason = kube_skip_reason(("ip", "nginx", "nft", "iptables-legacy-save"), "network namespaces, kube-proxy")
 if _reason:
     pytestmark.append(pytest.mark.skip(reason=_reason))
 

@@ -16,11 +16,14 @@ import pytest
 
 from harness.lab import netns, uml
 from harness.targets import localcluster as lc
-from tests.integration.test_local_target import _our_processes, _points, _skip_reason
+from tests.integration.test_local_target import _our_processes, _points
+from tests.support.skips import kube_skip_reason
 
 pytestmark = [pytest.mark.kube, pytest.mark.kernel, pytest.mark.slow, pytest.mark.uml]
 
-_reason = _skip_reason() or (None if uml.available()[0] else f"no UML guest: {uml.available()[1]}")
+_reason = kube_skip_reason(
+    ("ip", "nginx", "nft", "iptables-legacy-save"), "network namespaces, kube-proxy"
+) or (None if uml.available()[0] else f"no UML guest: {uml.available()[1]}")
 if _reason:
     pytestmark.append(pytest.mark.skip(reason=_reason))
 

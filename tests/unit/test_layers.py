@@ -25,6 +25,7 @@ LAYERS: dict[str, list[str]] = {
         "harness.metrics",
         "harness.errors",
         "harness.jsonfile",
+        "harness.polling",
         "harness.releases",
         "harness.units",
     ],
