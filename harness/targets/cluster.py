@@ -397,6 +397,13 @@ class _Session:
             keepalive=keepalive,
         )
 
+    def disrupt(self, p, ctx: PointContext, svcs, status: dict) -> list[dict]:
+        """The disruption phase (measure.disruption): a prober in a pod on the probed node while its
+        kube-proxy restarts and Services change (harness.targets.cluster_disruption)."""
+        from harness.targets.cluster_disruption import disrupt
+
+        return disrupt(self, p, ctx, svcs, status)
+
     def point_failed(self, p, error: Exception) -> dict | None:
         return None
 
