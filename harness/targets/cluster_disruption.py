@@ -105,6 +105,7 @@ class ClusterSyncs:
         self.record: dict[str, list[dict[str, Any]]] = {}
         self.restarts: list[dict[str, Any]] = []
         self.clocks: list[dict[str, Any]] = []
+        self.probers: list[RemoteProber] = []
         self.added: dict[str, str] = {}  # model name of an added Service -> its name in the API
         self.saved: dict[str, Any] = {}  # what a change replaced, for its undo
         st = ProberStream(session.conn.api, session.ns, client_pod, "client")
@@ -121,8 +122,19 @@ class ClusterSyncs:
             s.conn.api, s.ns, self.client_pod, targets, rate=rate, keepalive=keepalive, timeout=timeout
         )
         self.clock = p.clock
-        self.clocks.append({"at": "prober", **p.clock.as_dict()})
+        self.probers.append(p)
         return p
+
+    def clock_record(self) -> list[dict[str, Any]]:
+        """The clock maps: the first, then per prober at its start and (`after_*`) once stopped."""
+        out = list(self.clocks)
+        for p in self.probers:
+            c = {"at": "prober", **p.clock.as_dict()}
+            if p.clock_after is not None:
+                c["after_offset_ns"] = p.clock_after.offset_ns
+                c["after_uncertainty_us"] = p.clock_after.as_dict()["uncertainty_us"]
+            out.append(c)
+        return out
 
     # -- metrics ------------------------------------------------------------------------------
     def scrape(self) -> dict[str, float]:
@@ -344,7 +356,7 @@ def disrupt(session: _Session, p, ctx: PointContext, svcs: Sequence[Any], status
         info.setdefault("kinds", {}).update(skipped)
         info["kube_proxy_syncs"] = syncs.record
         info["restarts"] = syncs.restarts
-        info["clocks"] = syncs.clocks
+        info["clocks"] = syncs.clock_record()
         info["client"] = "pod network, node " + node
         if syncs.restarts:
             try:
