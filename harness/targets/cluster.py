@@ -122,6 +122,10 @@ class ClusterTarget:
         order = [mode for _, _, mode in scenario.sweep()]  # one kernel per mode: the points' modes
         for line in planned_changes(rep, order, scenario.counts(), opts):
             self.out(f"  - {line}")
+        if scenario.measure.disruption.enabled:
+            from harness.targets.cluster_disruption import planned_disruption
+
+            self.out(f"  - {planned_disruption(scenario.measure.disruption, probe_nodes)}")
         self.out(f"  probe nodes: {', '.join(probe_nodes)}")
         if not self.yes:
             raise ClusterError(

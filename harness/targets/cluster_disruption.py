@@ -309,6 +309,24 @@ class ClusterSyncs:
         self._apply(change, None)
 
 
+def planned_disruption(spec, probe_nodes: Sequence[str]) -> str:
+    """What the disruption phase changes, for the preflight's list."""
+    node = probe_nodes[0] if probe_nodes else "the probe node"
+    parts = [
+        f"per point (measure.disruption): a pod-network client pod on {node} probing {spec.rate:g} new connections/s"
+    ]
+    if "full" in spec.kinds:
+        n = 3 if spec.baseline else 2
+        parts.append(
+            f"kube-proxy's DaemonSet pod on {node} deleted {n} times (its rules stay and serve; the "
+            "DaemonSet's new pod rewrites them)"
+        )
+    changes = [k for k in ("add", "update", "delete") if k in spec.kinds]
+    if changes:
+        parts.append(f"one Service {' / '.join(changes)} through the API, each undone")
+    return "; ".join(parts)
+
+
 def ensure_client_pod(session: _Session, node: str) -> str:
     """The disruption client pod on `node` (created once per run), Running -> its name."""
     s = session

@@ -106,3 +106,26 @@ def test_measure_during_places_the_phases_in_the_probers_clock():
     phases = [r["phase"] for r in obs.rows if r["metric"] == "disrupt_connect_us"]
     assert phases == ["before", "during", "after"]
     assert [r["phase"] for r in obs.rows if r["metric"] == "disrupt_failed"] == ["during"]
+
+
+def test_the_preflight_lists_what_the_disruption_phase_changes(tmp_path):
+    """Without --yes nothing changes, and the list says the probed node's kube-proxy pod is deleted."""
+    from harness.cluster import ClusterError
+    from harness.scenario import load_scenario
+    from harness.targets.cluster import ClusterTarget
+    from tests.support.fakeapi import FakeCluster
+
+    ov = [(["target"], "cluster"), (["services"], {"counts": [10]})]
+    ov += [
+        (["measure", "disruption", "enabled"], True),
+        (["measure", "disruption", "kinds"], ["full", "add"]),
+    ]
+    with FakeCluster() as fake:
+        lines: list[str] = []
+        t = ClusterTarget(fake.kubeconfig(tmp_path / "kc.yaml"), None, False, out=lines.append)
+        with pytest.raises(ClusterError):
+            t.preflight(load_scenario("quick", ov))
+    (line,) = [x for x in lines if "measure.disruption" in x]
+    assert (
+        "DaemonSet pod on" in line and "deleted 3 times" in line and "one Service add through the API" in line
+    )
