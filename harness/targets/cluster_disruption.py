@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from harness.cluster import ClusterError, manifests
+from harness.cluster import ClusterError, kubeproxy_config as kpc, manifests
 from harness.cluster.disrupt_probe import ClockMap, ProberStream, RemoteProber
+from harness.cluster.probe import scrape_node
 from harness.cluster.switch import DS_PATH
 from harness.dataplane.base import Change
 from harness.model import Endpoint, Model, ModelSpec, Pod, Service, ServicePort, _AddressPermutation
@@ -99,8 +100,13 @@ class ClusterSyncs:
 
     node_ns = ""  # no namespace of ours: cold (its conntrack cleanup) is not reproduced
 
-    def __init__(self, session: _Session, node: str, client_pod: str):
+    def __init__(self, session: _Session, node: str, client_pod: str, mode: str):
         self.s, self.node, self.client_pod = session, node, client_pod
+        self.port: int | None = kpc.metrics_port(kpc.with_mode({}, mode, session.opts.sync()))
+        try:
+            scrape_node(session.rest, node, self.port)
+        except Exception:  # noqa: BLE001 - the node proxy cannot reach it: the point's scraper
+            self.port = None
         self.selector = session.opts.endpoints_via == "selector"
         self.record: dict[str, list[dict[str, Any]]] = {}
         self.restarts: list[dict[str, Any]] = []
@@ -138,6 +144,12 @@ class ClusterSyncs:
 
     # -- metrics ------------------------------------------------------------------------------
     def scrape(self) -> dict[str, float]:
+        """The probed node's kube-proxy metrics: through the API server's node proxy when that
+        reaches it (a refused port then means a kube-proxy between two processes: asked again,
+        without the point's fallback, an exec into the probe pod per try, loading the node while
+        its sync is timed), else the point's own scraper."""
+        if self.port is not None:
+            return scrape_node(self.s.rest, self.node, self.port)
         assert self.s.scrape is not None, "program() set the scraper"
         return self.s.scrape()
 
@@ -366,7 +378,7 @@ def disrupt(session: _Session, p, ctx: PointContext, svcs: Sequence[Any], status
             + (" (endpoints_via=selector)" if s.opts.endpoints_via == "selector" else "")
         }
         spec = spec.model_copy(update={"kinds": [k for k in spec.kinds if k != "update"]})
-    syncs = ClusterSyncs(s, node, ensure_client_pod(s, node))
+    syncs = ClusterSyncs(s, node, ensure_client_pod(s, node), p.mode)
     try:
         rows = measure_disruption(syncs, "", services, model, ctx, spec, status)
     finally:
@@ -376,6 +388,7 @@ def disrupt(session: _Session, p, ctx: PointContext, svcs: Sequence[Any], status
         info["restarts"] = syncs.restarts
         info["clocks"] = syncs.clock_record()
         info["client"] = "pod network, node " + node
+        info["metrics_via"] = "node proxy" if syncs.port is not None else "the point's scraper"
         if syncs.restarts:
             try:
                 s.before = s.scrape()  # the restarted kube-proxy's counters start again
