@@ -271,6 +271,42 @@ def probe_pod(ns: str, run_id: str, node: str, image: str) -> dict[str, Any]:
     }
 
 
+def disrupt_client_pod(ns: str, run_id: str, node: str, image: str) -> dict[str, Any]:
+    """The disruption phase's client on one node: a pod-network pod (its Service traffic enters the
+    node through PREROUTING, as an ordinary client pod's does; not privileged). The prober
+    (`python3 -m harness.measure.disrupt_prober`) is started in it through pods/exec."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _meta(
+            f"kpbench-disrupt-{_dns(node)}"[:63].rstrip("-"),
+            ns,
+            run_id,
+            "disrupt-client",
+            **{"kpbench.io/node": _lv(node)},
+        ),
+        "spec": {
+            **_node_pinned_spec(node),
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "enableServiceLinks": NO_SERVICE_LINKS,
+            "containers": [
+                {
+                    "name": "client",
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": [
+                        "python3",
+                        "-c",
+                        "import harness.measure.disrupt_prober, time\nwhile True: time.sleep(3600)",
+                    ],
+                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+                }
+            ],
+        },
+    }
+
+
 def node_check_pod(ns: str, run_id: str, node: str, image: str, features: Sequence[str]) -> dict[str, Any]:
     """`python3 -m harness.cluster.nodecheck FEATURE...` on one node (host network and privileged,
     as kube-proxy runs): its answer is the container's termination message."""

@@ -239,14 +239,18 @@ def measure_during(
     window_s: float,
     timeout: float,
     prepare: Callable[[], None] | None = None,
+    start_prober: Callable[..., Any] | None = None,
 ) -> Observed:
     """Probe `targets` for window_s, run `sync()`, probe window_s more -> rows tagged sync=kind.
     The phases are split at the sync's own start and end when `sync()` returns them
     (perf_counter_ns: e.g. kube-proxy's sync after the API call that asked for it), else at the
-    call's. `prepare` runs before the prober starts (not observed: e.g. emptying the dataplane)."""
+    call's. `prepare` runs before the prober starts (not observed: e.g. emptying the dataplane).
+    `start_prober(ns, targets, rate=, keepalive=, timeout=)` makes the prober (default `Prober`);
+    one in another kernel has `offset_ns` (its clock - ours), by which our times map into its."""
     if prepare is not None:
         prepare()
-    prober = Prober(ns, targets, rate=rate, keepalive=keepalive, timeout=timeout)
+    prober = (start_prober or Prober)(ns, targets, rate=rate, keepalive=keepalive, timeout=timeout)
+    off = getattr(prober, "offset_ns", 0)
     try:
         time.sleep(window_s)
         c0 = time.perf_counter_ns()
@@ -260,5 +264,5 @@ def measure_during(
         prober.close()
         raise
     rec = prober.stop()
-    out = rows(rec, ctx, kind, t0, t1, prober.t_running_ns, hi, timeout)
+    out = rows(rec, ctx, kind, t0 + off, t1 + off, prober.t_running_ns, hi + off, timeout)
     return Observed(out, (t1 - t0) / 1e9, rec.saturation(), len(rec.attempts), (c1 - c0) / 1e9)

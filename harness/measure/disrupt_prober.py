@@ -3,12 +3,17 @@
 Started as ``ip netns exec NS <python> -m harness.measure.disrupt_prober``. Standard library only
 (it may run inside a UML guest). Protocol on stdin/stdout, JSON lines:
 
+0. optionally, before the config and after the records: ``{"cmd": "clock"}`` lines, each answered
+   at once with ``{"ok": true, "event": "clock", "t_ns": ..., "wall_ns": ...}`` (this process's
+   perf_counter_ns and time_ns read back to back): a caller on another machine maps its clock
+   into the prober's from these (harness.cluster.disrupt_probe);
 1. the caller writes one config line ``{"targets": [[ip, port], ...], "rate": per second,
    "keepalive": connections, "timeout": s, "request_interval": s}``;
 2. the prober answers ``{"ok": true, "event": "running", "t_ns": ...}`` once it probes;
-3. the caller writes ``stop`` (any line); the prober answers with every record and exits:
+3. the caller writes ``stop`` (any line); the prober answers with every record:
    ``{"ok": true, "event": "done", "attempts": [[t_ns, us, err, late_us], ...],
-   "requests": [[t_ns, us, err], ...], "t_first_ns", "t_last_ns"}``.
+   "requests": [[t_ns, us, err], ...], "t_first_ns", "t_last_ns"}``, answers clock lines (0.)
+   and exits at the end of its input.
 
 New connections: one non-blocking connect every 1/rate s on an open-loop schedule, round-robin
 over `targets` (SO_LINGER 0: the close sends RST, no TIME_WAIT pile-up). A slot that comes due
@@ -17,7 +22,8 @@ start, us) is recorded so the caller can flag the point saturated. ``err`` is ""
 "reset", "unreachable", "timeout" (not connected within `timeout`; ``us`` is then the elapsed
 time). Keepalive connections: `keepalive` sockets each send ``GET /`` every `request_interval`;
 a request that fails is recorded with its reason and the socket reconnects.
-Timestamps are ``time.perf_counter_ns()`` (CLOCK_MONOTONIC, comparable with the caller's).
+Timestamps are ``time.perf_counter_ns()`` (CLOCK_MONOTONIC: the caller's own clock when both run
+in one kernel; a caller in another uses the clock lines).
 """
 
 from __future__ import annotations
@@ -221,8 +227,22 @@ def main() -> int:
         out.write(json.dumps(obj, separators=(",", ":")) + "\n")
         out.flush()
 
-    cfg = json.loads(sys.stdin.readline())
+    def clock() -> None:
+        wall = time.time_ns()
+        send({"ok": True, "event": "clock", "t_ns": _pc(), "wall_ns": wall})
+
+    while True:
+        line = sys.stdin.readline()
+        if not line:  # the input ended before a config: nothing to probe
+            return 0
+        cfg = json.loads(line)
+        if cfg.get("cmd") != "clock":
+            break
+        clock()
     send(run(cfg, sys.stdin.fileno(), send))
+    for line in sys.stdin:  # the stop line, then clock lines until the input ends
+        if '"clock"' in line:
+            clock()
     return 0
 
 

@@ -42,12 +42,15 @@ class Syncs(Protocol):
     target: kube-proxy syncs after the API call returns, or after its own start)."""
 
     node_ns: str  # node a's namespace, where the client's Service traffic is NATed
+    # optional: `start_prober(ns, targets, rate=, keepalive=, timeout=)`, a prober of the target's
+    # own (harness.measure.disrupt.measure_during); without it the prober runs in namespace `ns`
 
     def warm(self, services: Sequence[Service]) -> Span:
         """Write the whole ruleset again over the live one (NotImplementedError: not reproduced)."""
 
     def cold_prepare(self) -> None:
-        """Empty the dataplane (before the prober starts, not observed)."""
+        """Empty the dataplane (before the prober starts, not observed; NotImplementedError: the
+        cold kind is not reproduced on this target)."""
 
     def cold(self, services: Sequence[Service]) -> Span:
         """Program `services` from empty."""
@@ -176,7 +179,6 @@ def measure_disruption(
     summary in status["disruption"]."""
     services = list(services)
     n = len(services)
-    timeout = spec.timeout_ms / 1000
     rows: list[dict[str, Any]] = []
     info: dict[str, Any] = {
         "rate": spec.rate,
@@ -208,63 +210,15 @@ def measure_disruption(
         info["skipped"] = "no Service to probe"
         return rows
     saturated: dict[str, list[str]] = {}
+    start_prober = getattr(syncs, "start_prober", None)
     for kind in spec.kinds:
-        if kind == "full":
-            try:
-                syncs.warm(services)  # the first warm rewrite is not timed: the same state after it
-            except NotImplementedError as e:
-                info["kinds"]["full"] = {"skipped": str(e)}
-                continue
-            base_s = None
-            if spec.baseline:
-                t0 = time.perf_counter_ns()
-                span = syncs.warm(services)
-                t0, t1 = span or (t0, time.perf_counter_ns())
-                base_s = (t1 - t0) / 1e9
-                rows.append(ctx.row("sync_full_warm_s", base_s, "s", path="quiet"))
-            obs = disrupt.measure_during(
-                ns,
-                targets,
-                functools.partial(syncs.warm, services),
-                ctx,
-                "full",
-                rate=spec.rate,
-                keepalive=spec.keepalive_conns,
-                window_s=spec.window_s,
-                timeout=timeout,
-            )
-            rows.append(ctx.row("sync_full_warm_s", obs.sync_s, "s", path="prober"))
-            if base_s:
-                info["prober_slowdown"] = round(obs.sync_s / base_s, 3)
-        elif kind == "cold":  # from empty: the probed Services exist only once the sync is done
-            obs = disrupt.measure_during(
-                ns,
-                targets,
-                functools.partial(syncs.cold, services),
-                ctx,
-                kind,
-                rate=spec.rate,
-                keepalive=spec.keepalive_conns,
-                window_s=spec.window_s,
-                timeout=timeout,
-                prepare=syncs.cold_prepare,
-            )
-        else:
-            if kind not in changed:
-                continue
-            change, undo, after = changed[kind]
-            obs = disrupt.measure_during(
-                ns,
-                targets,
-                functools.partial(syncs.change, after, change),
-                ctx,
-                kind,
-                rate=spec.rate,
-                keepalive=spec.keepalive_conns,
-                window_s=spec.window_s,
-                timeout=timeout,
-            )
-            syncs.undo(services, undo)
+        try:
+            obs = _observe(syncs, kind, ns, targets, services, changed, ctx, spec, info, rows, start_prober)
+        except NotImplementedError as e:  # a sync the target cannot reproduce: said, not measured
+            info["kinds"][kind] = {"skipped": str(e)}
+            continue
+        if obs is None:
+            continue
         if kind == "cold":
             forget_conntrack(syncs.node_ns, targets)
         rows.extend(obs.rows)
@@ -280,3 +234,76 @@ def measure_disruption(
     if saturated:
         status["flags"].setdefault("saturated", {})["disruption"] = saturated
     return rows
+
+
+def _observe(
+    syncs: Syncs,
+    kind: str,
+    ns: str,
+    targets: list[tuple[str, int]],
+    services: list[Service],
+    changed: dict[str, tuple[Change, Change, list[Service]]],
+    ctx: PointContext,
+    spec: DisruptionSpec,
+    info: dict[str, Any],
+    rows: list[dict[str, Any]],
+    start_prober: Any,
+) -> disrupt.Observed | None:
+    """One sync kind observed by the prober (None: nothing to observe)."""
+    timeout = spec.timeout_ms / 1000
+    if kind == "full":
+        syncs.warm(services)  # the first warm rewrite is not timed: the same state after it
+        base_s = None
+        if spec.baseline:
+            t0 = time.perf_counter_ns()
+            span = syncs.warm(services)
+            t0, t1 = span or (t0, time.perf_counter_ns())
+            base_s = (t1 - t0) / 1e9
+            rows.append(ctx.row("sync_full_warm_s", base_s, "s", path="quiet"))
+        obs = disrupt.measure_during(
+            ns,
+            targets,
+            functools.partial(syncs.warm, services),
+            ctx,
+            "full",
+            rate=spec.rate,
+            keepalive=spec.keepalive_conns,
+            window_s=spec.window_s,
+            timeout=timeout,
+            start_prober=start_prober,
+        )
+        rows.append(ctx.row("sync_full_warm_s", obs.sync_s, "s", path="prober"))
+        if base_s:
+            info["prober_slowdown"] = round(obs.sync_s / base_s, 3)
+    elif kind == "cold":  # from empty: the probed Services exist only once the sync is done
+        obs = disrupt.measure_during(
+            ns,
+            targets,
+            functools.partial(syncs.cold, services),
+            ctx,
+            kind,
+            rate=spec.rate,
+            keepalive=spec.keepalive_conns,
+            window_s=spec.window_s,
+            timeout=timeout,
+            prepare=syncs.cold_prepare,
+            start_prober=start_prober,
+        )
+    else:
+        if kind not in changed:
+            return None
+        change, undo, after = changed[kind]
+        obs = disrupt.measure_during(
+            ns,
+            targets,
+            functools.partial(syncs.change, after, change),
+            ctx,
+            kind,
+            rate=spec.rate,
+            keepalive=spec.keepalive_conns,
+            window_s=spec.window_s,
+            timeout=timeout,
+            start_prober=start_prober,
+        )
+        syncs.undo(services, undo)
+    return obs

@@ -122,6 +122,10 @@ class ClusterTarget:
         order = [mode for _, _, mode in scenario.sweep()]  # one kernel per mode: the points' modes
         for line in planned_changes(rep, order, scenario.counts(), opts):
             self.out(f"  - {line}")
+        if scenario.measure.disruption.enabled:
+            from harness.targets.cluster_disruption import planned_disruption
+
+            self.out(f"  - {planned_disruption(scenario.measure.disruption, probe_nodes)}")
         self.out(f"  probe nodes: {', '.join(probe_nodes)}")
         if not self.yes:
             raise ClusterError(
@@ -396,6 +400,13 @@ class _Session:
             timeout=L.timeout_s,
             keepalive=keepalive,
         )
+
+    def disrupt(self, p, ctx: PointContext, svcs, status: dict) -> list[dict]:
+        """The disruption phase (measure.disruption): a prober in a pod on the probed node while its
+        kube-proxy restarts and Services change (harness.targets.cluster_disruption)."""
+        from harness.targets.cluster_disruption import disrupt
+
+        return disrupt(self, p, ctx, svcs, status)
 
     def point_failed(self, p, error: Exception) -> dict | None:
         return None

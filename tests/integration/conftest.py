@@ -35,7 +35,9 @@ def testcluster_skip_reason(kube_version: str) -> str | None:
     return None
 
 
-TESTCLUSTER_INSTANCE = 8  # its own names and addresses, beside a developer's cluster (instance 0)
+# its own names and addresses, beside a developer's cluster (instance 0); KPBENCH_TEST_INSTANCE
+# gives parallel sessions one each
+TESTCLUSTER_INSTANCE = int(os.environ.get("KPBENCH_TEST_INSTANCE", "8"))
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,7 @@ LAYERS: dict[str, list[str]] = {
     "targets": [
         "harness.targets",
         "harness.targets.cluster",
+        "harness.targets.cluster_disruption",
         "harness.targets.lab",
         "harness.targets.local",
         "harness.targets.local_binaries",
@@ -91,6 +92,7 @@ LAYERS: dict[str, list[str]] = {
         "harness.k8s.rest",
         "harness.cluster",
         "harness.cluster.backend",
+        "harness.cluster.disrupt_probe",
         "harness.cluster.kube",
         "harness.cluster.kubeproxy_config",
         "harness.cluster.load",
