@@ -113,7 +113,7 @@ class ClusterSyncs:
         self.clocks: list[dict[str, Any]] = []
         self.probers: list[RemoteProber] = []
         self.added: dict[str, str] = {}  # model name of an added Service -> its name in the API
-        self.saved: dict[str, Any] = {}  # what a change replaced, for its undo
+        self.saved: dict[tuple[str, str], Any] = {}  # what a change replaced, for its undo
         st = ProberStream(session.conn.api, session.ns, client_pod, "client")
         try:
             self.clock = st.clock()
