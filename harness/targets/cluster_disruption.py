@@ -391,6 +391,7 @@ def disrupt(session: _Session, p, ctx: PointContext, svcs: Sequence[Any], status
         info["metrics_via"] = "node proxy" if syncs.port is not None else "the point's scraper"
         if syncs.restarts:
             try:
+                assert s.scrape is not None, "program() set the scraper"
                 s.before = s.scrape()  # the restarted kube-proxy's counters start again
             except Exception:  # noqa: BLE001 - no program_us for this point then, and end_point says why
                 s.before = None
