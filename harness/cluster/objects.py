@@ -260,7 +260,8 @@ class ObjectStore:
         return {}
 
 
-DELETE_TIMEOUT = (5, 90)  # (connect, read): a deletecollection runs up to the API server's request timeout (60 s)
+# (connect, read) seconds: a deletecollection runs up to the API server's request timeout (60 s)
+DELETE_TIMEOUT = (5, 90)
 LIST_PAGE = 1000
 META_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
 
