@@ -230,8 +230,9 @@ class ObjectStore:
         sleep: Callable[[float], None] = time.sleep,
     ) -> dict[str, int]:
         """Wait until no labelled object is left, asking again (deletecollection) while some are;
-        a progress line every `every_s`. Bounded: gives up after `stall_s` without one object
-        going, or `cap_s` in all; -> what is left ({} when all went)."""
+        a progress line at most every `every_s` (between the calls: one runs up to the API
+        server's request timeout). Bounded: gives up after `stall_s` without one object going, or
+        `cap_s` in all; -> what is left ({} when all went)."""
         t0 = clock()
         left = self.remaining()
         best, best_t, said = _total(left), t0, t0
