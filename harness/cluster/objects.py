@@ -9,6 +9,7 @@ bulk create, its retry policy and its stats are harness.k8s.objects', shared wit
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from harness.cluster import LABEL_ROLE, LABEL_RUN, manifests, run_label_value
 from harness.cluster.kube import Rest, is_status
 from harness.k8s.objects import SERVICES, SLICES, CreateStats, bulk_create, post_object
 from harness.k8s.ratelimit import TokenBucket
-from harness.k8s.rest import request
+from harness.k8s.rest import request, send
 
 
 @dataclass
@@ -142,52 +143,136 @@ class ObjectStore:
 
     # -- deletion by label ---------------------------------------------------------------------
     COLLECTIONS = (
-        "/api/v1/namespaces/{ns}/services",
         "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+        "/api/v1/namespaces/{ns}/services",
         "/apis/apps/v1/namespaces/{ns}/deployments",
         "/apis/batch/v1/namespaces/{ns}/jobs",
         "/api/v1/namespaces/{ns}/pods",
         "/api/v1/namespaces/{ns}/configmaps",
     )
 
-    def _labelled(self) -> list[tuple[str, str, list[dict]]]:
-        """(path, kind, items labelled with the run) per collection the API serves."""
-        out = []
-        for tmpl in self.COLLECTIONS:
-            path = tmpl.format(ns=self.ns)
-            try:
-                items = self.rest.get(path, query={"labelSelector": self.selector})["items"]
-            except Exception as e:
-                if is_status(e, 404):
-                    continue
-                raise
-            out.append((path, path.rsplit("/", 1)[1], items))
-        return out
+    def _paths(self) -> list[str]:
+        return [tmpl.format(ns=self.ns) for tmpl in self.COLLECTIONS]
 
-    def delete_by_label(self) -> dict[str, int]:
-        """Delete every object labelled with the run in its namespace, kind by kind; -> counts."""
-        counts: dict[str, int] = {}
-        for path, kind, items in self._labelled():
-            counts[kind] = len(items)
-            if not items:
-                continue
-            try:
-                self.rest.delete(path, query={"labelSelector": self.selector})
-            except Exception as e:
-                if not is_status(e, 405):  # no deletecollection for this kind: one by one
-                    raise
-                for it in items:
-                    self.rest.delete(f"{path}/{it['metadata']['name']}")
-        return counts
+    def delete_by_label(self) -> dict[str, str]:
+        """One deletecollection per kind for everything labelled with the run (no list first: at
+        10,000 Services the list alone outlasted the read timeout); -> kind: outcome ("deleted",
+        "pending" when the call ran out of time and the API server is still deleting, "one by one"
+        where the API serves no deletecollection, "not served")."""
+        return {path.rsplit("/", 1)[1]: self._delete_collection(path) for path in self._paths()}
+
+    def _delete_collection(self, path: str) -> str:
+        from urllib3.exceptions import HTTPError
+
+        try:
+            self.rest.delete(path, query={"labelSelector": self.selector}, timeout=DELETE_TIMEOUT)
+        except Exception as e:
+            if is_status(e, 404):
+                return "not served"
+            if is_status(e, 405):  # no deletecollection for this kind: one by one
+                for name in self._names(path):
+                    self.rest.delete(f"{path}/{name}")
+                return "one by one"
+            if is_status(e, 429, 500, 503, 504) or isinstance(e, HTTPError | OSError):
+                # the API server's request timeout (60 s by default) cut a long deletecollection:
+                # what it deleted stays deleted; wait_deleted asks again for the rest
+                return "pending"
+            raise
+        return "deleted"
+
+    def _list_meta(self, path: str) -> list[dict] | None:
+        """Every labelled object's metadata at `path`, in pages (PartialObjectMetadata: names,
+        labels, deletionTimestamp, not the 10,000 bodies); None: the API does not serve it."""
+        out: list[dict] = []
+        cont = None
+        while True:
+            r = send(
+                self.rest.api,
+                "GET",
+                path,
+                query={"labelSelector": self.selector, "limit": LIST_PAGE, "continue": cont},
+                accept=META_LIST,
+                timeout=self.rest.timeout,
+            )
+            if r.status == 404:
+                return None
+            if not 200 <= r.status <= 299:
+                from kubernetes.client.rest import ApiException
+
+                raise ApiException(status=r.status, reason=r.reason, body=r.data.decode("utf-8", "replace"))
+            page = json.loads(r.data) if r.data else {}
+            out += [i.get("metadata") or {} for i in page.get("items") or []]
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                return out
+
+    def _names(self, path: str) -> list[str]:
+        return [m["name"] for m in self._list_meta(path) or []]
 
     def remaining(self) -> dict[str, int]:
+        """kind: how many labelled objects are left that are not already being deleted."""
         out = {}
-        for _path, kind, items in self._labelled():
+        for path in self._paths():
             # pods/jobs being deleted still list until their finalizers run
-            live = [i for i in items if not (i.get("metadata") or {}).get("deletionTimestamp")]
+            live = [m for m in self._list_meta(path) or [] if not m.get("deletionTimestamp")]
             if live:
-                out[kind] = len(live)
+                out[path.rsplit("/", 1)[1]] = len(live)
         return out
+
+    def wait_deleted(
+        self,
+        log: Callable[[str], None],
+        *,
+        stall_s: float = 120,
+        cap_s: float = 1800,
+        every_s: float = 10,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> dict[str, int]:
+        """Wait until no labelled object is left, asking again (deletecollection) while some are;
+        a progress line at most every `every_s` (between the calls: one runs up to the API
+        server's request timeout). Bounded: gives up after `stall_s` without one object going, or
+        `cap_s` in all; -> what is left ({} when all went)."""
+        t0 = clock()
+        left = self.remaining()
+        best, best_t, said = _total(left), t0, t0
+        start_total = best
+        while left:
+            now = clock()
+            if now - best_t >= stall_s or now - t0 >= cap_s:
+                log(
+                    f"deleting the run's objects in {self.ns}: {_describe(left)} still there after "
+                    f"{now - t0:.0f}s ({'no progress for ' + format(now - best_t, '.0f') + 's' if now - best_t >= stall_s else 'time cap'})"
+                )
+                return left
+            if now - said >= every_s:
+                log(
+                    f"deleting the run's objects in {self.ns}: {_describe(left)} left "
+                    f"({start_total - _total(left)} gone in {now - t0:.0f}s)"
+                )
+                said = now
+            for path in self._paths():
+                if path.rsplit("/", 1)[1] in left:
+                    self._delete_collection(path)
+            sleep(1)
+            left = self.remaining()
+            if _total(left) < best:
+                best, best_t = _total(left), clock()
+        return {}
+
+
+# (connect, read) seconds: a deletecollection runs up to the API server's request timeout (60 s)
+DELETE_TIMEOUT = (5, 90)
+LIST_PAGE = 1000
+META_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
+
+
+def _total(left: dict[str, int]) -> int:
+    return sum(left.values())
+
+
+def _describe(left: dict[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(left.items()))
 
 
 def role_selector(run_id: str, role: str) -> str:

@@ -65,7 +65,9 @@ class ClusterOptions:
     def backend_replicas_for(self, endpoints: int | None) -> int:
         if self.backend_replicas:
             return self.backend_replicas
-        return max(2, endpoints or 0)
+        # one pod more than a Service's endpoints: the one-change sync's update moves a Service's
+        # endpoints to a pod it did not use (its answers tell the new rules are in)
+        return max(2, (endpoints or 0) + 1)
 
     def probe_nodes_for(self, nodes) -> list[str]:
         names = [n.name for n in nodes]

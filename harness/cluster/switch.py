@@ -342,9 +342,13 @@ class KubeProxyController:
 
         for it in items:
             ns = it["metadata"]["name"]
-            # objects first, by label: kube-proxy drops their rules at once, and nothing depends on
-            # the namespace controller (which a bare API server does not run)
-            ObjectStore(self.rest, ns, self.state.run_id).delete_by_label()
+            # objects first, by label (one deletecollection per kind): kube-proxy drops their rules
+            # at once, and nothing depends on the namespace controller (which a bare API server
+            # does not run); the wait is bounded and says how far it got
+            store = ObjectStore(self.rest, ns, self.state.run_id)
+            store.delete_by_label()
+            if wait_s > 0:
+                store.wait_deleted(self.log, stall_s=max(wait_s, 30))
             self.rest.delete(f"/api/v1/namespaces/{ns}")
         deadline = time.monotonic() + wait_s
         while items:

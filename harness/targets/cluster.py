@@ -513,12 +513,116 @@ class _Session:
         return rows
 
     def sync_one(self, p, ctx: PointContext, svcs, status: dict) -> list[dict]:
-        """Rule-present latency: one added Service, from the create request to the first connect."""
+        """One-change syncs of the scenario's kinds (add, update, delete; harness.measure.sync's
+        meanings), timed by the probe pod's poller, each change undone so that N stays the same.
+        As on the other targets `samples` is per point, spread over the kinds, and with `adaptive`
+        a cap: rounds in spread order until every kind's median CI is within +-5%."""
+        from harness.measure.adaptive import spread_order, sync_stop_rule
+
         s = self.sc.measure.sync
-        return [
-            self._sync_add(self.probe, ctx, j, s.timeout_s)
-            for j in range(s.samples if "add" in s.kinds else 0)
-        ]
+        kinds = [k for k in s.kinds if k == "add" or svcs]
+        if "update" in kinds and not self._can_update():
+            kinds.remove("update")
+            status["flags"]["sync_update"] = (
+                "no update measured: it moves a Service's EndpointSlice to a backend pod the "
+                "Service did not use (cluster option endpoints_via=slices and a backend pod more "
+                "than model.endpoints)"
+            )
+        if not kinds:
+            return []
+        per_kind = -(-s.samples // len(kinds))
+        stop = sync_stop_rule(per_kind) if s.adaptive else None
+        measure = {"add": self._sync_add, "update": self._sync_update, "delete": self._sync_delete}
+        rows = []
+        for j in spread_order(per_kind) if stop is not None else range(per_kind):
+            if stop is not None and stop.done():
+                break
+            for kind in kinds:
+                row = measure[kind](self.probe, ctx, j, s.timeout_s, per_kind)
+                rows.append(row)
+                if stop is not None:
+                    stop.add(f"sync_one_s change={kind}", row["value"])
+        if stop is not None:
+            status.setdefault("adaptive", {}).update(stop.summary())
+        return rows
+
+    def _can_update(self) -> bool:
+        return self.opts.endpoints_via == "slices" and len(self.endpoints) > max(1, self.sc.model.endpoints)
+
+    def _service_endpoints(self, name: str) -> list[tuple[str, str | None]]:
+        """The backend pods a Service of the run uses (ObjectStore.create_services' choice)."""
+        k, i = len(self.endpoints), int(name.rsplit("-", 1)[1])
+        return [self.endpoints[(i + m) % k] for m in range(max(1, self.sc.model.endpoints))]
+
+    def _set_slices(self, name: str, eps: list[tuple[str, str | None]]) -> None:
+        """The Service's EndpointSlices now hold `eps` (a merge patch per slice: one request for up
+        to 100 endpoints, so kube-proxy never sees the Service without endpoints)."""
+        base = f"/apis/discovery.k8s.io/v1/namespaces/{self.ns}/endpointslices"
+        for sl in manifests.endpoint_slices(self.ns, self.state.run_id, name, eps):
+            self.rest.merge_patch(f"{base}/{sl['metadata']['name']}", {"endpoints": sl["endpoints"]})
+
+    def _sync_update(self, agent, ctx: PointContext, j: int, timeout_s: float, per_kind: int) -> dict:
+        """One updated Service: its endpoints move to backend pods it did not use; done when a GET
+        through its ClusterIP is answered by one of them. Undone after (and waited for)."""
+        from harness.measure.sync import PHASE, positions
+
+        svcs = self.store.services
+        svc = svcs[positions(len(svcs), per_kind, PHASE["update"])[j]]
+        old = self._service_endpoints(svc.name)
+        pool = [e for e in self.endpoints if e not in old]
+        start = j % len(pool)
+        new = (pool[start:] + pool[:start])[: min(len(old), len(pool))]
+        expect = "backend:" + ",".join(f"{ip}:{manifests.BACKEND_PORT}" for ip, _ in new)
+        t_poll = agent.poll_start(svc.cluster_ip, svc.port, expect, timeout=timeout_s, **self._pace())
+        try:
+            self._set_slices(svc.name, new)
+        finally:
+            res = agent.poll_result()
+        self._set_slices(svc.name, old)
+        back = "backend:" + ",".join(f"{ip}:{manifests.BACKEND_PORT}" for ip, _ in old)
+        self._wait_for(svc, back, timeout_s, f"after undoing the update of {svc.name}")
+        return _sync_row(ctx, res, t_poll, timeout_s, j, "update")
+
+    def _sync_delete(self, agent, ctx: PointContext, j: int, timeout_s: float, per_kind: int) -> dict:
+        """One deleted Service: done when its ClusterIP is no longer served (refused, unreachable,
+        or unanswered while a Service that stays is answered). Undone after: the Service made
+        again under its name (a new ClusterIP; its EndpointSlices stayed), waited until served."""
+        from harness.cluster.objects import CreatedService
+        from harness.measure.sync import PHASE, positions
+
+        svcs = self.store.services
+        idx = positions(len(svcs), per_kind, PHASE["delete"])[j]
+        svc = svcs[idx]
+        others = [s for s in (svcs[0], svcs[-1]) if s.name != svc.name]
+        control = _addr(others[0]) if others else None
+        path = f"/api/v1/namespaces/{self.ns}/services"
+        t_poll = agent.poll_start(
+            svc.cluster_ip, svc.port, "gone", timeout=timeout_s, control=control, **self._pace()
+        )
+        try:
+            self.rest.delete(f"{path}/{svc.name}")
+        finally:
+            res = agent.poll_result()
+        made = self.store._create(
+            path,
+            manifests.service(
+                self.ns, self.state.run_id, svc.name, selector=self.opts.endpoints_via == "selector"
+            ),
+        )
+        svcs[idx] = again = CreatedService(svc.name, made["spec"]["clusterIP"], svc.port)
+        self._wait_for(again, "served", timeout_s, f"after undoing the delete of {svc.name}")
+        return _sync_row(ctx, res, t_poll, timeout_s, j, "delete")
+
+    def _pace(self) -> dict:
+        """The poller's pacing (measure.sync): an attempt every poll_interval_ms, at most
+        poll_max_cpu_share of a CPU, so the probe does not take the CPU kube-proxy syncs on."""
+        s = self.sc.measure.sync
+        return {"interval": s.poll_interval_ms / 1000, "max_cpu_share": s.poll_max_cpu_share}
+
+    def _wait_for(self, svc, expect: str, timeout_s: float, what: str) -> None:
+        res = self.probe.poll(svc.cluster_ip, svc.port, expect, timeout=max(timeout_s, 10.0), **self._pace())
+        if not res.get("satisfied"):
+            raise ClusterRunError(f"{what}: '{expect}' not seen within {max(timeout_s, 10.0):.0f}s")
 
     def end_point(self, p, ctx: PointContext, out: SampleWriter, status: dict) -> None:
         """kube-proxy's own sync time between the two scrapes (program_us)."""
@@ -533,7 +637,7 @@ class _Session:
         except Exception as e:  # noqa: BLE001 - recorded in the point's flags: the point keeps its other samples
             status["flags"]["metrics"] = f"kube-proxy metrics not scraped: {e}"[:200]
 
-    def _sync_add(self, agent, ctx: PointContext, j: int, timeout_s: float) -> dict:
+    def _sync_add(self, agent, ctx: PointContext, j: int, timeout_s: float, per_kind: int = 1) -> dict:
         """One added Service: created without endpoints (not served), the probe starts polling its
         ClusterIP, then its endpoints are added (EndpointSlice, or the selector). The value is the
         probe's own clock from polling start to the first successful connect: it includes the
@@ -548,7 +652,7 @@ class _Session:
             manifests.service(self.ns, self.state.run_id, name, selector=False),
         )
         ip = svc["spec"]["clusterIP"]
-        t_poll = agent.poll_start(ip, manifests.SERVICE_PORT, "served", timeout=timeout_s)
+        t_poll = agent.poll_start(ip, manifests.SERVICE_PORT, "served", timeout=timeout_s, **self._pace())
         try:
             if self.opts.endpoints_via == "selector":
                 self.rest.merge_patch(
@@ -563,11 +667,15 @@ class _Session:
         finally:
             res = agent.poll_result()
             self.store.delete_services([name])
-        if not res.get("satisfied"):
-            return ctx.row(
-                "sync_one_s", timeout_s, "s", seq=j, timed_out=True, change="add", path="clusterip"
-            )
-        return ctx.row("sync_one_s", (res["t_ns"] - t_poll) / 1e9, "s", seq=j, change="add", path="clusterip")
+        return _sync_row(ctx, res, t_poll, timeout_s, j, "add")
+
+
+def _sync_row(ctx: PointContext, res: dict, t_poll: int, timeout_s: float, j: int, change: str) -> dict:
+    """A sync_one_s row: the probe's own clock from polling start to the first attempt that saw the
+    change; a change not seen within `timeout_s` is a row of `timeout_s`, timed_out."""
+    if not res.get("satisfied"):
+        return ctx.row("sync_one_s", timeout_s, "s", seq=j, timed_out=True, change=change, path="clusterip")
+    return ctx.row("sync_one_s", (res["t_ns"] - t_poll) / 1e9, "s", seq=j, change=change, path="clusterip")
 
 
 def _addr(s) -> tuple[str, int]:

@@ -132,6 +132,8 @@ def test_rows_of_every_measurement(runs):
         assert (m.metric == "connect_direct_us").sum() == 50
         sync = m[m.metric == "sync_one_s"]
         assert len(sync) == 3 and not sync.timed_out.any() and (sync.value > 0).all()
+        # one change of each kind (3 samples per point spread over add, update, delete)
+        assert sorted(sync.change) == ["add", "delete", "update"], sorted(sync.change)
         assert (m[m.metric == "program_us"].value > 0).all() and (m.metric == "program_us").any()
         # distributed locust: both keepalive phases, raw requests from both workers (fewer than two
         # reporting fails the point), none failed
