@@ -343,13 +343,16 @@ def run_preflight(conn: Connection, *, server_version: str = "", read_modes: boo
     )
 
 
-def planned_changes(report: PreflightReport, modes: list[str], counts: list[int], opts: Any) -> list[str]:
-    """What the run will do to the cluster, in the order it happens, for the --yes prompt."""
+def planned_changes(
+    report: PreflightReport, modes: list[str], counts: list[int], opts: Any, endpoints: int | None = None
+) -> list[str]:
+    """What the run will do to the cluster, in the order it happens, for the --yes prompt
+    (`endpoints`: the scenario's endpoints per Service, which sets the backend pods)."""
     kp = report.kube_proxy
     found = kp.mode
     lines = [
         f"create namespace kpbench-<run id> (label kpbench.io/run=<run id>) with a backend Deployment "
-        f"({opts.backend_replicas_for(None)} pods, image {opts.image}), a privileged host-network probe pod "
+        f"({opts.backend_replicas_for(endpoints)} pods, image {opts.image}), a privileged host-network probe pod "
         f"on {', '.join(opts.probe_nodes_for(report.nodes))}, and up to {max(counts)} Services "
         f"({'selector-less, with EndpointSlices' if opts.endpoints_via == 'slices' else 'with selectors'}) "
         f"created at {opts.qps:g}/s, burst {opts.burst}"

@@ -8,8 +8,9 @@ prints what the run will change; without --yes it stops there (exit 2, nothing c
    pod on each selected node;
 3. per point: switches kube-proxy's mode when needed (harness.cluster.switch), grows or shrinks the
    Service set to N at the configured QPS/burst, then measures from the probe: connect latency
-   (connect_us / connect_direct_us as on the lab), rule-present latency of one added Service
-   (sync_one_s change=add) and kube-proxy's own sync time from its metrics (program_us);
+   (connect_us / connect_direct_us as on the lab), rule-present latency of one change (sync_one_s
+   change=add / update / delete, each undone), kube-proxy's own sync time from its metrics
+   (program_us) and, with measure.disruption on, the disruption phase (cluster_disruption);
 4. always (also on failure and Ctrl-C, with Ctrl-C deferred while it runs) restores kube-proxy
    to the original config.conf and mode and deletes everything labelled with the run.
 
@@ -120,7 +121,7 @@ class ClusterTarget:
             self.out(line)
         self.out("the run will:")
         order = [mode for _, _, mode in scenario.sweep()]  # one kernel per mode: the points' modes
-        for line in planned_changes(rep, order, scenario.counts(), opts):
+        for line in planned_changes(rep, order, scenario.counts(), opts, scenario.model.endpoints):
             self.out(f"  - {line}")
         if scenario.measure.disruption.enabled:
             from harness.targets.cluster_disruption import planned_disruption
