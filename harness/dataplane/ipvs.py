@@ -105,7 +105,6 @@ class IpvsDataplane:
         self._ipvs_sock: socket.socket | None = None
         self._rt_sock: socket.socket | None = None
         self._tpl: _Templates | None = None
-        self._ifidx: int | None = None  # kube-ipvs0's index, read once per device (cleanup deletes it)
 
     # ------------------------------------------------------------- model -> objects
     def virtual_servers(self, svc: Service) -> list[tuple[str, str, int, list[tuple[str, int]]]]:
@@ -362,15 +361,9 @@ class IpvsDataplane:
             yield m
 
     def _ifindex(self, create: bool) -> int:
-        """kube-ipvs0's interface index (created if `create`; 0 if absent and not created). Read
-        once per device and kept: a `cat` in the namespace costs a fork and an exec, ~0.1 s in the
-        UML guest, and apply() (timed) needs the index on every change."""
-        if self._ifidx is not None:
-            return self._ifidx
         p = run(self.ns, ["cat", f"/sys/class/net/{IFNAME}/ifindex"], check=False)
         if p.returncode == 0:
-            self._ifidx = int(p.stdout)
-            return self._ifidx
+            return int(p.stdout)
         if not create:
             return 0
         # one `ip -batch` (netlink underneath): cheaper than importing pyroute2's IPRoute in UML
@@ -385,8 +378,7 @@ class IpvsDataplane:
                 f"cannot create dummy {IFNAME} in {self.ns}: {p.stderr.strip()} "
                 "(the host kernel has no dummy device: run ipvs mode in the UML guest)"
             )
-        self._ifidx = int(run(self.ns, ["cat", f"/sys/class/net/{IFNAME}/ifindex"]).stdout)
-        return self._ifidx
+        return int(run(self.ns, ["cat", f"/sys/class/net/{IFNAME}/ifindex"]).stdout)
 
     # ------------------------------------------------------------- protocol
     def full_sync(self, services: Sequence[Service]) -> None:
@@ -553,7 +545,6 @@ class IpvsDataplane:
             )  # IPVS_CMD_FLUSH
             ipvs.run([msg], "flush IPVS")
         run(self.ns, ["ip", "link", "del", IFNAME], check=False)
-        self._ifidx = None
         from harness.dataplane.iptables import IptablesDataplane
 
         IptablesDataplane(self.ns, DataplaneSettings(iptables_backend="legacy")).cleanup()
