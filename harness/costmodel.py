@@ -149,12 +149,23 @@ MODE = {
     # the old figures under-projected ~2x. One change since the poller is paced to 15% of a CPU
     # (measure.sync.poll_max_cpu_share; it had taken ~90% of the guest's one CPU at 10k and slowed
     # the apply it timed ~2x): 18-change phase 61.9 / 45.0 s paced against 135.3 s unpaced at 10k,
-    # runs interleaved on a loaded machine (umlsync, benchmarks/bench_sync_poll.py); 101.6 s at 20k
-    ("lab", "uml", "iptables"): ModeCosts(Poly(1.0, 0.0007), Poly(0.5, 0.00025), _IPT),
+    # runs interleaved on a loaded machine (umlsync, benchmarks/bench_sync_poll.py); 101.6 s at 20k.
+    # Refitted (s13, 2026-12-05) to the paced phases of the guest's iptables points: per change
+    # (phase / 18) 0.42 / 1.25 / 2.67 / 3.40 s at 1k / 2k / 5k / 10k (UML group of the default sweep
+    # on the base code, run 20261205T054146Z-367c0a, load average 1.4-4), 0.43 / 0.54 / 1.46 / 3.23 s
+    # (20261205T053714Z-a1073e, load 3-6), 1.08 / 1.05 / 1.78 / 4.13 s (20261205T051334Z-5f6caa,
+    # load 13-19), 2.86 s at 10k alone (20261205T050958Z-c4379b), 3.44 / 2.50 s (umlsync), 5.6 s
+    # at 20k; make bench SERVICES=10000 on a quiet machine had 6.4 s at 10k (116 s): the phase is
+    # the sum of the applies (iptables-legacy-restore --noflush of the whole table, 1.5-6.7 s each
+    # at 10k in the guest, render 0.02 s), the model follows the medians
+    ("lab", "uml", "iptables"): ModeCosts(Poly(1.0, 0.0007), Poly(0.3, 0.0003), _IPT),
     # ipvs full 7.2 / 7.5 / 9.9 / 14.6 s; sync_one phase 13-19 s (stop 9); the 50k run: the sync_full
     # phase 3.8 / 7.9 / 6.2 / 31 / 61 / 197 s at 1k .. 50k (node a alone 1.1 / 1.9 / 1.2 / 7.0 /
-    # 14.5 / 63 s: faster than linear in this guest), one change 0.25-0.58 s
-    ("lab", "uml", "ipvs"): ModeCosts(Poly(0.3, 0.00245, 3e-8), Poly(0.38, 0.000004), _IPVS_UML),
+    # 14.5 / 63 s: faster than linear in this guest), one change 0.25-0.58 s; with the paced
+    # poller (s13, run 20261205T054146Z-367c0a, load average 1.4-4) the phase per change 0.38 /
+    # 0.37 / 0.40 / 0.27 s at 1k / 2k / 5k / 10k (0.41-0.50 s at 2k / 10k at load 12-17: one
+    # `ipset restore`, one iptables-legacy-restore of the small ipvs ruleset and one `cat` per change)
+    ("lab", "uml", "ipvs"): ModeCosts(Poly(0.3, 0.00245, 3e-8), Poly(0.33, 0.000004), _IPVS_UML),
     # nftables full 13.9 / 23 / 79 / ~340 s, 20k node a alone 617 s; sync_one phase 23 / 27 / 28 / 30 s
     ("lab", "uml", "nftables"): ModeCosts(Poly(10.0, 0.0, 3.3e-6), Poly(1.05, 0.000038), _NFT),
     # local (real kube-proxy v1.34.12), host (stop 10, runs 20261201T101010Z-0cf45c and
@@ -197,6 +208,12 @@ _NFT_FAMILY = {
 # term. The UML guest assumed ~3x slower, as its iptables' linear coefficient is (0.0007 vs
 # 0.00022): not measured for this family.
 NFT_V137_LINEAR = {"host": 0.00021, "uml": 0.0006}
+# v1.37, one endpoint, one change in the UML guest (the base figure above is v1.34's, whose add
+# names a new anonymous set by scanning every set of the table): with the paced poller the phase
+# per change was 0.26 / 0.39 s at 2k / 10k (s13, run 20261205T054706Z-4efd72, `--kernel uml
+# --modes nftables`, load average ~1.5), against 1.13 / 1.43 s projected before. The host's
+# figure (Poly(0.14, 0.000004)) already comes from v1.37 (the 50k run).
+NFT_V137_SYNC_ONE = {("lab", "uml"): Poly(0.2, 0.000019)}
 _NFT_V137_ONE = (
     "nftables, a plain `dnat` per single-endpoint Service, no anonymous set (v1.37, "
     "kubernetes/kubernetes#140723): full sync linear in N"
@@ -204,7 +221,7 @@ _NFT_V137_ONE = (
 
 
 def release_costs(
-    base: ModeCosts, mode: str, release: str, endpoints: int, kernel: str = "host"
+    base: ModeCosts, mode: str, release: str, endpoints: int, kernel: str = "host", target: str = "lab"
 ) -> ModeCosts:
     """`base` (figures taken with v1.34.12) adjusted to the ruleset family `mode` programs in
     `release` with `endpoints` per Service (only nftables' families differ in cost)."""
@@ -215,9 +232,9 @@ def release_costs(
     fam = releases.family(mode, release)
     if fam == "v1.37" and endpoints <= 1:
         sf = base.sync_full
-        return ModeCosts(
-            Poly(sf.a, sf.b + NFT_V137_LINEAR[kernel_kind(kernel)]), base.sync_one, _NFT_V137_ONE
-        )
+        kind = kernel_kind(kernel)
+        one = NFT_V137_SYNC_ONE.get((cost_target(target), kind), base.sync_one)
+        return ModeCosts(Poly(sf.a, sf.b + NFT_V137_LINEAR[kind]), one, _NFT_V137_ONE)
     f = NFT_FAMILY_QUADRATIC.get(fam, 1.0)
     sf = base.sync_full
     return ModeCosts(Poly(sf.a, sf.b, sf.c * f), base.sync_one, _NFT_FAMILY.get(fam, base.ruleset))
@@ -230,7 +247,7 @@ def mode_costs(target: str, kernel: str, mode: str, release: str = "", endpoints
     key = (cost_target(target), kernel_kind(kernel))
     hit = MODE.get((*key, mode))
     if hit is not None:
-        return release_costs(hit, mode, release, endpoints, kernel)
+        return release_costs(hit, mode, release, endpoints, kernel, target)
     base = MODE[(*key, "iptables")]
     return ModeCosts(
         base.sync_full, base.sync_one, f"{mode}: no measured cost figures yet, projected as iptables"
