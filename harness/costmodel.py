@@ -157,15 +157,20 @@ MODE = {
     # load 13-19), 2.86 s at 10k alone (20261205T050958Z-c4379b), 3.44 / 2.50 s (umlsync), 5.6 s
     # at 20k; make bench SERVICES=10000 on a quiet machine had 6.4 s at 10k (116 s): the phase is
     # the sum of the applies (iptables-legacy-restore --noflush of the whole table, 1.5-6.7 s each
-    # at 10k in the guest, render 0.02 s), the model follows the medians
-    ("lab", "uml", "iptables"): ModeCosts(Poly(1.0, 0.0007), Poly(0.3, 0.0003), _IPT),
+    # at 10k in the guest, render 0.02 s). Refitted again to `make bench SERVICES=50000` on a quiet
+    # machine (run 20261205T060722Z-385b4c, the points inside the whole sweep, which cost more than
+    # the points alone above): one change 0.81 / 1.23 / 2.97 / 5.63 / 11.0 / 31.7 s and the sync_full
+    # phase 1.4 / 2.6 / 5.8 / 9.0 / 16.7 / 51.2 s at 1k / 2k / 5k / 10k / 20k / 50k
+    ("lab", "uml", "iptables"): ModeCosts(Poly(0.5, 0.001), Poly(0.3, 0.0006), _IPT),
     # ipvs full 7.2 / 7.5 / 9.9 / 14.6 s; sync_one phase 13-19 s (stop 9); the 50k run: the sync_full
     # phase 3.8 / 7.9 / 6.2 / 31 / 61 / 197 s at 1k .. 50k (node a alone 1.1 / 1.9 / 1.2 / 7.0 /
     # 14.5 / 63 s: faster than linear in this guest), one change 0.25-0.58 s; with the paced
     # poller (s13, run 20261205T054146Z-367c0a, load average 1.4-4) the phase per change 0.38 /
     # 0.37 / 0.40 / 0.27 s at 1k / 2k / 5k / 10k (0.41-0.50 s at 2k / 10k at load 12-17: one
-    # `ipset restore`, one iptables-legacy-restore of the small ipvs ruleset and one `cat` per change)
-    ("lab", "uml", "ipvs"): ModeCosts(Poly(0.3, 0.00245, 3e-8), Poly(0.33, 0.000004), _IPVS_UML),
+    # `ipset restore`, one iptables-legacy-restore of the small ipvs ruleset and one `cat` per change);
+    # the sync_full phase in `make bench SERVICES=50000` (run 20261205T060722Z-385b4c, quiet) 4.8 /
+    # 7.9 / 17.2 / 33.2 / 66.8 / 240.7 s at 1k .. 50k
+    ("lab", "uml", "ipvs"): ModeCosts(Poly(0.3, 0.00245, 4.5e-8), Poly(0.33, 0.000004), _IPVS_UML),
     # nftables full 13.9 / 23 / 79 / ~340 s, 20k node a alone 617 s; sync_one phase 23 / 27 / 28 / 30 s
     ("lab", "uml", "nftables"): ModeCosts(Poly(10.0, 0.0, 3.3e-6), Poly(1.05, 0.000038), _NFT),
     # local (real kube-proxy v1.34.12), host (stop 10, runs 20261201T101010Z-0cf45c and

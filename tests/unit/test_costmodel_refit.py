@@ -42,15 +42,14 @@ def test_the_50k_run_is_replayed_with_its_whole_load_phases():
 
 
 def test_uml_iptables_points_follow_the_measured_cost():
-    # with the sync poller paced to 15% of a CPU, the UML iptables one-change phase (18 changes)
-    # measured 61.9 s and 45.0 s at 10,000 Services (135.3 s unpaced, interleaved; before, the 50k
-    # run's 139 s for 21 changes was what the poller's contention cost) and 101.6 s at 20,000;
-    # since then 51.5 s (the point alone), 58.2, 61.3 and 74.4 s (the UML group of the default
-    # sweep at load averages 3-6, 1.4-4 and 13-19) at 10,000
+    # the guest's iptables one-change phase (18 changes, poller paced to 15% of a CPU) as
+    # `make bench` measures it on a quiet machine, inside the whole sweep: 116 s at 10,000
+    # (SERVICES=10000, run 20261205T031409Z-ce51ae), 101.4 / 198.2 / 570.5 s at 10,000 / 20,000 /
+    # 50,000 (SERVICES=50000, run 20261205T060722Z-385b4c). The same points run alone or in a
+    # 1k-10k UML group cost less (45-74 s at 10,000): the model follows the run it projects.
     over = ["measure.sync.samples=18", "measure.sync.adaptive=false"]
     sc = load_scenario("default", [parse_override(o) for o in over])
-    at_10k = (61.9, 45.0, 51.5, 58.2, 61.3, 74.4)
-    for n, measured_one in ((10000, sum(at_10k) / len(at_10k)), (20000, 101.6)):
+    for n, measured_one in ((10000, (116 + 101.4) / 2), (20000, 198.2), (50000, 570.5)):
         ph = cm.base_phases(sc, cm.PointShape("lab", "uml", "iptables", n), validate=False, api_delta=0)
         assert ph["sync_one"] == pytest.approx(measured_one, rel=0.15)
 
@@ -99,7 +98,9 @@ def test_an_unpaced_poller_is_projected_at_what_it_cost():
         for name, sc in (("paced", paced), ("unpaced", unpaced))
     }
     assert one["unpaced"] == pytest.approx(cm.UNPACED_SYNC_ONE[("lab", "uml", "iptables")](10000))
-    assert one["paced"] < one["unpaced"] / 2
+    # interleaved runs of the point alone: 61.9 / 45.0 s paced against 135.3 s unpaced; inside the
+    # whole sweep the paced figure is what the sweep measured, still below the unpaced one
+    assert one["paced"] < one["unpaced"]
     host = cm.PointShape("lab", "host", "iptables", 10000)  # no unpaced figure: the same cost
     assert cm.base_phases(paced, host, validate=False, api_delta=0) == cm.base_phases(
         unpaced, host, validate=False, api_delta=0
