@@ -37,7 +37,7 @@ from harness.dataplane.base import Change
 from harness.model import Endpoint, Model, ModelSpec, Pod, Service, ServicePort, _AddressPermutation
 from harness.pointloop.disruption import Span, measure_disruption
 from harness.samples import PointContext
-from harness.targets.local_disruption import POLL_S, SETTLE_S, SyncState, sync_state
+from harness.targets.local_disruption import POLL_S, SETTLE_S, SyncState, note_syncs, sync_state
 
 if TYPE_CHECKING:
     from harness.targets.cluster import _Session
@@ -172,15 +172,6 @@ class ClusterSyncs:
                 )
             time.sleep(POLL_S)
 
-    def _note(self, kind: str, before: SyncState, after: SyncState, span: tuple[int, int]) -> None:
-        self.record.setdefault(kind, []).append(
-            {
-                "syncs": int(after.count - before.count),
-                "full_syncs": int(after.full - before.full),
-                "sync_s": round((span[1] - span[0]) / 1e9, 6),
-            }
-        )
-
     # -- full syncs ---------------------------------------------------------------------------
     def _kube_proxy_pod(self) -> str:
         ds = self.s.rest.get(DS_PATH)
@@ -211,7 +202,7 @@ class ClusterSyncs:
         )
         done = time.perf_counter_ns()
         span = span_ns(zero, st, t, self.clock)
-        self._note("full", zero, st, span)
+        note_syncs(self.record, "full", zero, st, span)
         self.restarts.append({"pod": pod, "restart_s": round((done - t) / 1e9, 3)})
         return span
 
@@ -311,7 +302,7 @@ class ClusterSyncs:
             st = nxt
         span = span_ns(before, st, t0, self.clock)
         if kind is not None:
-            self._note(kind, before, st, span)
+            note_syncs(self.record, kind, before, st, span)
         return span
 
     def change(self, services: Sequence[Service], change: Change) -> Span:

@@ -56,6 +56,19 @@ class SyncState:
     pending: float  # changes received and not yet taken by a sync
 
 
+def note_syncs(
+    record: dict[str, list[dict]], kind: str, before: SyncState, after: SyncState, span: tuple[int, int]
+) -> None:
+    """Append to record[kind] the syncs kube-proxy made between `before` and `after` and the span's length."""
+    record.setdefault(kind, []).append(
+        {
+            "syncs": int(after.count - before.count),
+            "full_syncs": int(after.full - before.full),
+            "sync_s": round((span[1] - span[0]) / 1e9, 6),
+        }
+    )
+
+
 def sync_state(m: dict[str, float]) -> SyncState:
     """SyncState of one /metrics scrape (harness.k8s.metrics keys `name{labels}`)."""
 
@@ -123,22 +136,13 @@ class KubeProxySyncs:
                 )
             time.sleep(POLL_S)
 
-    def _note(self, kind: str, before: SyncState, after: SyncState, span: tuple[int, int]) -> None:
-        self.record.setdefault(kind, []).append(
-            {
-                "syncs": int(after.count - before.count),
-                "full_syncs": int(after.full - before.full),
-                "sync_s": round((span[1] - span[0]) / 1e9, 6),
-            }
-        )
-
     # -- full syncs ---------------------------------------------------------------------------
     def _first_sync(self, kind: str, t_start_ns: int) -> tuple[int, int]:
         """Wait for the first full sync of a kube-proxy started at t_start_ns -> its span."""
         zero = SyncState(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         st = self._wait(lambda s: s.full >= 1 and s.last_ts > 0, "a first full sync")
         span = span_of(zero, st, t_start_ns)
-        self._note(kind, zero, st, span)
+        note_syncs(self.record, kind, zero, st, span)
         return span
 
     def _restart(self, cleanup: bool) -> None:
@@ -196,7 +200,7 @@ class KubeProxySyncs:
             st = nxt
         span = span_of(before, st, t0)
         if kind is not None:
-            self._note(kind, before, st, span)
+            note_syncs(self.record, kind, before, st, span)
         return span
 
     def change(self, services: Sequence[Service], change: Change) -> Span:
