@@ -294,15 +294,17 @@ class PointShape:
     n: int
     release: str = ""  # the kube-proxy release (its ruleset family's cost)
     endpoints: int = 1
+    sync_per_kind: int | None = None  # the point's own one-change cap per kind (None: the scenario's)
 
 
-def sync_changes(scenario) -> int:
-    """Expected one-change syncs of a point: the cap per kind, or with adaptive sampling the
-    floor plus half the way to the cap (the refiner corrects it with what the run spends)."""
+def sync_changes(scenario, per_kind: int | None = None) -> int:
+    """Expected one-change syncs of a point: the cap per kind (the scenario's, or the point's own
+    `per_kind`), or with adaptive sampling the floor plus half the way to the cap (the refiner
+    corrects it with what the run spends)."""
     from harness.measure.adaptive import sync_stop_rule
 
     s = scenario.measure.sync
-    cap = -(-s.samples // len(s.kinds))
+    cap = per_kind or -(-s.samples // len(s.kinds))
     if getattr(s, "adaptive", False):
         rule = sync_stop_rule(cap)
         cap = min(cap, -(-(rule.floor + cap) // 2))
@@ -346,7 +348,7 @@ def base_phases(
             if m.load.enabled and m.load.keepalive
             else 0.0
         ),
-        "sync_one": sync_changes(scenario) * min(one(n), m.sync.timeout_s),
+        "sync_one": sync_changes(scenario, shape.sync_per_kind) * min(one(n), m.sync.timeout_s),
         "other": kc.other + disruption_cost(scenario, mc, n),
     }
     return out

@@ -161,17 +161,18 @@ class Plan:
                     lines.append(
                         f"    ruleset ({which}): {cm.ruleset(self.target, k, mode, sc.iptables_backend, r, e)}"
                     )
+        lines += self.sync_cap_notes()
         lines.append(
             f"  {'kernel':<10} {'mode':<9} {'release':<9} {'eps':>3} {'services':>8} {'rep':>3} "
-            f"{'full sync':>9} {'point':>8}  fits"
+            f"{'full sync':>9} {'changes':>7} {'point':>8}  fits"
         )
         for pp in self.points:
             p = pp.point
             lines.append(
                 f"  {p.kernel:<10} {p.mode:<9} {pp.shape.release:<9} {pp.shape.endpoints:>3} "
                 f"{p.n_services:>8} {p.rep:>3} "
-                f"{fmt_short(pp.projected['sync_full']):>9} {fmt_short(pp.total):>8}  "
-                f"{'yes' if pp.fits else 'OVER BUDGET'}"
+                f"{fmt_short(pp.projected['sync_full']):>9} {self.per_kind(pp):>5}/k "
+                f"{fmt_short(pp.total):>8}  {'yes' if pp.fits else 'OVER BUDGET'}"
             )
         lines.append(
             f"  projected: {fmt_duration(self.projected_total)} for {len(self.included)} points"
@@ -191,6 +192,36 @@ class Plan:
             if run_dir is not None:
                 lines.append(f"    or all of them afterwards: kpbench run --resume {run_dir} --budget none")
         return "\n".join(lines)
+
+    def per_kind(self, pp: PlannedPoint) -> int:
+        """The point's cap of one-change syncs per kind."""
+        s = self.scenario.measure.sync
+        return pp.shape.sync_per_kind or -(-s.samples // len(s.kinds))
+
+    def sync_cap_notes(self) -> list[str]:
+        """Plan lines on one-change syncs: bridge points' smaller cap, and points whose projected
+        one change reaches measure.sync.timeout_s (their samples would be censored there)."""
+        s = self.scenario.measure.sync
+        out = []
+        capped = sorted({pp.shape.sync_per_kind for pp in self.points if pp.shape.sync_per_kind})
+        if capped:
+            k = ", ".join(map(str, capped))
+            out.append(
+                f"  bridge points take {k} one-change sync(s) per kind (measure.sync.bridge_samples "
+                f"{s.bridge_samples}), not {-(-s.samples // len(s.kinds))}: they compare modes within "
+                f"their kernel; below 6 per kind their medians have no 95% CI"
+            )
+        for pp in self.included:
+            one = cm.mode_costs(
+                self.target, pp.point.kernel, pp.point.mode, pp.shape.release, pp.shape.endpoints
+            ).sync_one(pp.point.n_services)
+            if one >= s.timeout_s:
+                out.append(
+                    f"  {pp.point.point_id}: one change is projected at {fmt_short(one)}, at or above "
+                    f"measure.sync.timeout_s {s.timeout_s:g} s: its samples would be censored there; "
+                    f"raise it (--set measure.sync.timeout_s=...)"
+                )
+        return out
 
     def real_kube_proxy_note(self) -> str | None:
         """For a lab plan: what real kube-proxy (the local target) is projected to cost for the cells
@@ -222,6 +253,7 @@ class Plan:
                     "projected": {k: round(v, 2) for k, v in pp.projected.items()},
                     "projected_s": round(pp.total, 1),
                     "fits": pp.fits,
+                    "sync_per_kind": self.per_kind(pp),
                     "kube_proxy_version": pp.shape.release,
                     "endpoints": pp.shape.endpoints,
                     "ruleset": cm.ruleset(
@@ -293,7 +325,9 @@ def project(
         release = getattr(p, "kube_proxy_version", "") or scenario.kube_proxy_version
         eps = getattr(p, "endpoints", None)
         eps = max(scenario.endpoint_counts()) if eps is None else eps
-        shape = cm.PointShape(target, p.kernel, p.mode, p.n_services, release, eps)
+        shape = cm.PointShape(
+            target, p.kernel, p.mode, p.n_services, release, eps, getattr(p, "sync_per_kind", None)
+        )
         validate = scenario.validate_first and (p.kernel, p.mode, release) not in validated
         phases = cm.base_phases(
             scenario,

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from harness import metadata as md, plan as plan_mod
+from harness import costmodel as cm, metadata as md, plan as plan_mod
 from harness.scenario import Scenario, ScenarioError, load_scenario
 
 RESULTS_DIR = md.REPO / "results"
@@ -39,6 +39,9 @@ class Point:
     order: int
     kube_proxy_version: str = ""  # the release this point's kube-proxy (lab: its ruleset family) is
     endpoints: int | None = None  # endpoints per Service (None: the scenario's single count)
+    # one-change syncs per kind when below the scenario's cap: a bridge point (measure.sync.
+    # bridge_samples) or a point the plan trimmed to fit the budget (None: the scenario's)
+    sync_per_kind: int | None = None
 
 
 def point_id(
@@ -65,6 +68,8 @@ def plan_points(scenario: Scenario, kernel_plan: dict[str, list[str]]) -> list[P
     releases = scenario.releases()
     eps = scenario.endpoint_counts()
     combos = [(m, r, e) for m in modes for r in releases for e in eps]
+    bridge = plan_mod.bridge_cells(scenario, kernel_plan)
+    bridge_cap = bridge_sync_per_kind(scenario)
     for n in scenario.counts():
         for rep in range(1, scenario.repetitions + 1):
             shift = (rep - 1) % len(combos)
@@ -73,8 +78,19 @@ def plan_points(scenario: Scenario, kernel_plan: dict[str, list[str]]) -> list[P
                     pid = point_id(
                         kernel, mode, n, rep, rel if len(releases) > 1 else None, e if len(eps) > 1 else None
                     )
-                    points.append(Point(pid, kernel, mode, n, rep, len(points), rel, e))
+                    cap = bridge_cap if (mode, cm.kernel_kind(kernel)) in bridge else None
+                    points.append(Point(pid, kernel, mode, n, rep, len(points), rel, e, cap))
     return points
+
+
+def bridge_sync_per_kind(scenario: Scenario) -> int | None:
+    """One-change syncs per kind of a bridge point (measure.sync.bridge_samples spread over the
+    kinds), or None where that is not below the scenario's own cap."""
+    s = scenario.measure.sync
+    if s.bridge_samples is None:
+        return None
+    cap = -(-s.bridge_samples // len(s.kinds))
+    return cap if cap < -(-s.samples // len(s.kinds)) else None
 
 
 def new_run_dir(base: Path | None = None) -> Path:
@@ -199,8 +215,6 @@ def _record_plan(
     earlier: dict | None = None,
 ) -> None:
     """metadata["plan"]: the budget, what was projected and what was measured, per point and phase."""
-    from harness import costmodel as cm
-
     meta = plan.to_meta(run.dir)
     tot_p = {ph: 0.0 for ph in cm.PHASES}
     tot_a = {ph: 0.0 for ph in cm.PHASES}

@@ -99,6 +99,13 @@ class ConnectSpec(_Strict):
 
 class SyncSpec(_Strict):
     samples: int = Field(default=21, ge=1)
+    bridge_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="the cap of a bridge point (iptables measured on a second kernel only to "
+        "compare modes within each kernel; null: `samples`): it is spread over the kinds like "
+        "`samples`, and below the report's floor of 6 per kind its medians have no 95% CI",
+    )
     kinds: list[Literal["add", "update", "delete"]] = ["add", "update", "delete"]
     poll_interval_ms: float = Field(default=1.0, gt=0, le=1.0)
     poll_max_cpu_share: float | None = Field(

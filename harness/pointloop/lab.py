@@ -222,7 +222,8 @@ class LabPoints:
 
         s = self.scenario.measure.sync
         kinds = tuple(s.kinds)
-        per_kind = -(-s.samples // len(kinds))  # scenario gives samples per point, spread over kinds
+        # scenario gives samples per point, spread over kinds; a bridge or trimmed point its own cap
+        per_kind = p.sync_per_kind or -(-s.samples // len(kinds))
         stop = sync_stop_rule(per_kind) if s.adaptive else None
         rows = sync.measure_sync_one(
             self.running_agent(),

@@ -73,6 +73,16 @@ def test_quick_scenario_all_modes_end_to_end(tmp_path):
             "cpu_system_s",
         ):
             assert (sub["metric"] == metric).any(), (mode, metric)
+    # one-change syncs per kind: the scenario's 2, and 1 at the bridge (iptables in the guest
+    # beside the host, measure.sync.bridge_samples 3) where the plan splits iptables over kernels
+    one = df[df["metric"] == "sync_one_s"]
+    per_kind = one.groupby(["point_id", "change"], observed=True).size()
+    bridge = {pt["point_id"] for pt in meta["points"] if pt.get("sync_per_kind")}
+    iptables_kernels = set(df[df["mode"] == "iptables"]["kernel"].astype(str).str.split("-").str[0])
+    assert bool(bridge) == (iptables_kernels == {"host", "uml"}), (bridge, iptables_kernels)
+    for (pid, change), n in per_kind.items():
+        assert n == (1 if pid in bridge else 2), (pid, change, n)
+    assert all(pid.startswith("uml-iptables-") for pid in bridge), bridge
     # every row names the kernel it was measured on; ipvs only where IPVS exists
     assert df["kernel"].astype(str).str.match(r"^(host|uml)-").all()
     assert set(df[df["mode"] == "ipvs"]["kernel"].astype(str).str.split("-").str[0]) <= {"uml", "host"}

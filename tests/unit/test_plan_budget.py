@@ -482,3 +482,45 @@ def test_a_budget_serves_the_bridge_between_kernels_last():
     assert "uml-iptables-50000-r1" in over
     assert not any(p.point.mode != "iptables" or p.point.kernel != "uml" for p in plan.over_budget), over
     assert plan.projected_total <= budget
+
+
+def test_bridge_points_take_the_bridge_cap_of_one_change_syncs():
+    """measure.sync.bridge_samples caps only the bridge's points (iptables in the guest beside the
+    host), spread over the kinds; the plan projects, shows and records that cap."""
+    spread = {"iptables": ["host", "uml"], "ipvs": ["uml"], "nftables": ["host"]}
+    sc = load_scenario("default", [(["services"], {"max": 10000, "min": 1000})])
+    assert (sc.measure.sync.samples, sc.measure.sync.bridge_samples) == (18, 9)
+    pts = runner.plan_points(sc, spread)
+    caps = {p.point_id: p.sync_per_kind for p in pts}
+    assert all(caps[i] == 3 for i in caps if i.startswith("uml-iptables-")), caps
+    assert all(caps[i] is None for i in caps if not i.startswith("uml-iptables-")), caps
+    plan = pl.build_plan(sc, "lab", spread, pts, "none")
+    by_id = {pp.point.point_id: pp for pp in plan.points}
+    bridge, ipvs = by_id["uml-iptables-10000-r1"], by_id["uml-ipvs-10000-r1"]
+    one = cm.mode_costs("lab", "uml", "iptables").sync_one(10000)
+    assert bridge.projected["sync_one"] == pytest.approx(9 * one)
+    assert ipvs.projected["sync_one"] > 0 and plan.per_kind(ipvs) == 6 and plan.per_kind(bridge) == 3
+    text = plan.render()
+    assert "bridge points take 3 one-change sync(s) per kind" in text
+    assert plan.to_meta()["points"]["uml-iptables-10000-r1"]["sync_per_kind"] == 3
+    # without bridge_samples (or with one no smaller than samples) every point takes the scenario's
+    for value in ("null", "18", "30"):
+        sc2 = load_scenario("default", [parse_override(f"measure.sync.bridge_samples={value}")])
+        assert all(p.sync_per_kind is None for p in runner.plan_points(sc2, spread))
+
+
+def test_the_plan_says_when_a_projected_one_change_reaches_the_sync_timeout():
+    spread = {"iptables": ["host", "uml"], "ipvs": ["uml"], "nftables": ["host"]}
+    sc = load_scenario(
+        "default",
+        [(["services"], {"max": 50000, "min": 1000}), parse_override("measure.sync.timeout_s=20")],
+    )
+    text = pl.build_plan(sc, "lab", spread, runner.plan_points(sc, spread), "none").render()
+    assert "uml-iptables-50000-r1: one change is projected at" in text
+    assert "measure.sync.timeout_s 20 s" in text
+    assert "host-iptables-50000-r1: one change" not in text
+    ok = load_scenario("default", [(["services"], {"max": 50000, "min": 1000})])  # timeout 90 s
+    assert (
+        "one change is projected"
+        not in pl.build_plan(ok, "lab", spread, runner.plan_points(ok, spread), "none").render()
+    )
