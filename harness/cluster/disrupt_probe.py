@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.cluster.probe import _own_client
+from harness.cluster.probe import exec_stream
 from harness.measure.disrupt import ProberError, Records
 
 PROBER_COMMAND = ["python3", "-u", "-m", "harness.measure.disrupt_prober"]
@@ -68,22 +68,8 @@ class ProberStream:
     """harness.measure.disrupt_prober in a pod, over one pods/exec websocket (JSON lines)."""
 
     def __init__(self, api: Any, namespace: str, pod: str, container: str, *, timeout: float = 60.0):
-        from kubernetes import client
-        from kubernetes.stream import stream
-
         self.pod, self.timeout, self._buf = pod, timeout, ""
-        self.ws = stream(
-            client.CoreV1Api(_own_client(api)).connect_get_namespaced_pod_exec,
-            pod,
-            namespace,
-            container=container,
-            command=PROBER_COMMAND,
-            stdin=True,
-            stdout=True,
-            stderr=True,
-            tty=False,
-            _preload_content=False,
-        )
+        self.ws = exec_stream(api, namespace, pod, container, PROBER_COMMAND)
 
     def send(self, line: str) -> None:
         if not self.ws.is_open():

@@ -225,6 +225,19 @@ def cleanup_job(
     }
 
 
+def _idle_container(name: str, image: str, module: str, **extra: Any) -> dict[str, Any]:
+    """A container that imports `module` (so a pod whose image lacks it fails at its start) and then
+    only keeps its pod alive: the harness starts `module` in it through pods/exec. `extra`: the
+    container's other fields (env, securityContext, resources...)."""
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-c", f"import {module}, time\nwhile True: time.sleep(3600)"],
+        **extra,
+    }
+
+
 def probe_pod(ns: str, run_id: str, node: str, image: str) -> dict[str, Any]:
     """The probe on one node: host network and privileged (it reads iptables / nft / ipvsadm state and
     measures from the node's own network stack). The harness's agent is started in it through
@@ -249,22 +262,17 @@ def probe_pod(ns: str, run_id: str, node: str, image: str) -> dict[str, Any]:
             "terminationGracePeriodSeconds": 1,
             "enableServiceLinks": NO_SERVICE_LINKS,
             "containers": [
-                {
-                    "name": "probe",
-                    "image": image,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": [
-                        "python3",
-                        "-c",
-                        "import harness.measure.agent, time\nwhile True: time.sleep(3600)",
-                    ],
-                    "env": [
+                _idle_container(
+                    "probe",
+                    image,
+                    "harness.measure.agent",
+                    env=[
                         {"name": "KPBENCH_AGENT", "value": "python3 -m harness.measure.agent"},
                         _env_field("NODE_NAME", "spec.nodeName"),
                     ],
-                    "securityContext": {"privileged": True},
-                    "volumeMounts": mounts,
-                }
+                    securityContext={"privileged": True},
+                    volumeMounts=mounts,
+                )
             ],
             "volumes": vols,
         },
@@ -291,17 +299,12 @@ def disrupt_client_pod(ns: str, run_id: str, node: str, image: str) -> dict[str,
             "terminationGracePeriodSeconds": 1,
             "enableServiceLinks": NO_SERVICE_LINKS,
             "containers": [
-                {
-                    "name": "client",
-                    "image": image,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": [
-                        "python3",
-                        "-c",
-                        "import harness.measure.disrupt_prober, time\nwhile True: time.sleep(3600)",
-                    ],
-                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
-                }
+                _idle_container(
+                    "client",
+                    image,
+                    "harness.measure.disrupt_prober",
+                    resources={"requests": {"cpu": "10m", "memory": "32Mi"}},
+                )
             ],
         },
     }

@@ -40,24 +40,10 @@ class RemoteAgent(AgentClient):
     def __init__(
         self, api: Any, namespace: str, pod: str, container: str = "probe", *, start_timeout: float = 60.0
     ):
-        from kubernetes import client
-        from kubernetes.stream import stream
-
         self.pod = pod
         self._buf = ""
         self._polling = False
-        self.ws = stream(
-            client.CoreV1Api(_own_client(api)).connect_get_namespaced_pod_exec,
-            pod,
-            namespace,
-            container=container,
-            command=AGENT_COMMAND,
-            stdin=True,
-            stdout=True,
-            stderr=True,
-            tty=False,
-            _preload_content=False,
-        )
+        self.ws = exec_stream(api, namespace, pod, container, AGENT_COMMAND)
         self.start_timeout = start_timeout
         self.pid = self.request({"cmd": "ping"}, timeout=start_timeout)["pid"]
 
@@ -90,6 +76,26 @@ class RemoteAgent(AgentClient):
         except (RemoteAgentError, WebSocketException, OSError):  # the agent or its stream is gone already
             pass
         self.ws.close()
+
+
+def exec_stream(api: Any, namespace: str, pod: str, container: str, command: list[str]) -> Any:
+    """An open pods/exec websocket running `command` in `pod`'s `container`, its stdin, stdout and
+    stderr attached (no tty): read and write it line by line."""
+    from kubernetes import client
+    from kubernetes.stream import stream
+
+    return stream(
+        client.CoreV1Api(_own_client(api)).connect_get_namespaced_pod_exec,
+        pod,
+        namespace,
+        container=container,
+        command=command,
+        stdin=True,
+        stdout=True,
+        stderr=True,
+        tty=False,
+        _preload_content=False,
+    )
 
 
 def _own_client(api: Any) -> Any:

@@ -250,7 +250,17 @@ def _observe(
     start_prober: Any,
 ) -> disrupt.Observed | None:
     """One sync kind observed by the prober (None: nothing to observe)."""
-    timeout = spec.timeout_ms / 1000
+    measure = functools.partial(
+        disrupt.measure_during,
+        ns,
+        targets,
+        ctx=ctx,
+        rate=spec.rate,
+        keepalive=spec.keepalive_conns,
+        window_s=spec.window_s,
+        timeout=spec.timeout_ms / 1000,
+        start_prober=start_prober,
+    )
     if kind == "full":
         syncs.warm(services)  # the first warm rewrite is not timed: the same state after it
         base_s = None
@@ -260,50 +270,16 @@ def _observe(
             t0, t1 = span or (t0, time.perf_counter_ns())
             base_s = (t1 - t0) / 1e9
             rows.append(ctx.row("sync_full_warm_s", base_s, "s", path="quiet"))
-        obs = disrupt.measure_during(
-            ns,
-            targets,
-            functools.partial(syncs.warm, services),
-            ctx,
-            "full",
-            rate=spec.rate,
-            keepalive=spec.keepalive_conns,
-            window_s=spec.window_s,
-            timeout=timeout,
-            start_prober=start_prober,
-        )
+        obs = measure(functools.partial(syncs.warm, services), kind="full")
         rows.append(ctx.row("sync_full_warm_s", obs.sync_s, "s", path="prober"))
         if base_s:
             info["prober_slowdown"] = round(obs.sync_s / base_s, 3)
     elif kind == "cold":  # from empty: the probed Services exist only once the sync is done
-        obs = disrupt.measure_during(
-            ns,
-            targets,
-            functools.partial(syncs.cold, services),
-            ctx,
-            kind,
-            rate=spec.rate,
-            keepalive=spec.keepalive_conns,
-            window_s=spec.window_s,
-            timeout=timeout,
-            prepare=syncs.cold_prepare,
-            start_prober=start_prober,
-        )
+        obs = measure(functools.partial(syncs.cold, services), kind=kind, prepare=syncs.cold_prepare)
     else:
         if kind not in changed:
             return None
         change, undo, after = changed[kind]
-        obs = disrupt.measure_during(
-            ns,
-            targets,
-            functools.partial(syncs.change, after, change),
-            ctx,
-            kind,
-            rate=spec.rate,
-            keepalive=spec.keepalive_conns,
-            window_s=spec.window_s,
-            timeout=timeout,
-            start_prober=start_prober,
-        )
+        obs = measure(functools.partial(syncs.change, after, change), kind=kind)
         syncs.undo(services, undo)
     return obs

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness.targets import localcluster as lc
+from tests.support.disruption import assert_phases_follow_sync
 from tests.support.skips import kube_skip_reason
 
 pytestmark = [pytest.mark.kube, pytest.mark.kernel, pytest.mark.slow]
@@ -102,16 +103,7 @@ def test_phases_are_kube_proxys_syncs(run_dir, mode):
     assert set(sync_rows) == KINDS
     for kind, r in sync_rows.items():
         assert r["value"] == pytest.approx(info["kinds"][kind]["sync_s"] * 1e6, rel=1e-3, abs=2)
-        start, end = r["seq"], r["seq"] + r["value"]  # us since probing began
-        for x in rows:  # each attempt's phase is its start against kube-proxy's sync (+-1 us rounding)
-            if x["metric"] != "disrupt_connect_us" or x["sync"] != kind:
-                continue
-            if x["seq"] < start - 1:
-                assert x["phase"] == "before", (kind, x["seq"], start)
-            elif start + 1 < x["seq"] < end - 1:
-                assert x["phase"] == "during", (kind, x["seq"], start, end)
-            elif x["seq"] > end + 1:
-                assert x["phase"] == "after", (kind, x["seq"], end)
+        assert_phases_follow_sync(rows, r)  # each attempt's phase is its start against the sync
 
 
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
