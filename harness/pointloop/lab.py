@@ -8,6 +8,7 @@ with kube-proxy doing the programming.
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import time
@@ -79,6 +80,12 @@ class LabPoints:
             label=self.kernel,
             release=platform.release(),
             machine=platform.machine(),
+            # a UML guest's host CPU (harness.lab.uml.host_cpu); absent on the host kernel
+            **(
+                {"host_cpu": os.environ["KPBENCH_UML_HOST_CPU"]}
+                if "KPBENCH_UML_HOST_CPU" in os.environ
+                else {}
+            ),
         )
         emit("log", message=f"{self.kernel}: building the lab ({len(self.model.pods)} pods, 2 nodes)")
         t0 = time.monotonic()

@@ -60,6 +60,38 @@ def test_interrupt_kills_the_whole_guest(tmp_path):
     _ours_gone(g)
 
 
+def _cpus_allowed(pid: int) -> str:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no Cpus_allowed_list for {pid}")
+
+
+def test_guest_and_its_processes_stay_on_one_host_cpu(tmp_path):
+    """Every host process of the guest (the kernel and each guest process it runs under ptrace)
+    is pinned to host_cpu(); with cpu="none" they may use any CPU this process may."""
+    from harness.lab.cleanup import _group_members
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("one CPU: nothing to pin")
+    for cpu, want in (("auto", str(allowed[-1])), ("none", None)):
+        g = uml.Guest(tmp_path, "echo cpu=$KPBENCH_UML_HOST_CPU; sleep 600", mem="256M", timeout=180, cpu=cpu)
+        with g:
+            out = g.lines()  # kept: closing the generator would end the guest
+            assert next(line for line in out if line.startswith("cpu=")) == f"cpu={want or 'none'}"
+            assert g.proc is not None and g.proc.poll() is None
+            members = _group_members(g.proc.pid)
+            assert len(members) > 2, members  # the kernel, its helpers and the guest's processes
+            lists = {_cpus_allowed(pid) for pid in members if os.path.exists(f"/proc/{pid}")}
+            if want is not None:
+                assert lists == {want}, lists
+            else:
+                assert lists == {_cpus_allowed(os.getpid())}, lists
+            g.kill()
+        _ours_gone(g)
+
+
 def test_timeout_kills_the_guest(tmp_path):
     g = uml.Guest(tmp_path, "sleep 600", mem="256M", timeout=4)
     with pytest.raises(LabError, match="timed out"):
