@@ -79,7 +79,7 @@ class KernelCosts:
 
 # kernel costs. host lab: canned run tests/canned/run-real-host (wall 36.2 s, 4 points 34.9 s;
 # connect 0.08 s for 500 probes; validate 0.22-0.33 s); make bench SERVICES=50000 (run
-# 20261204T235306Z-45f075, docs/example-50k, one locust process per variant): load 21.1-21.6 s per
+# 20261204T235306Z-45f075, one locust process per variant): load 21.1-21.6 s per
 # point for two 10 s variants, so ~1.2 s per point beyond the phases, ~0.4 s of it the process
 # start; validate 0.3 s per mode (host) and ~2.2 s (UML), "other" (outside the timed phases) ~0.
 # uml lab: stop 9 run 20261201T073300Z-e5cab4 (boot 1.5-2.3 s, `import locust` 3.4 s, lab up 2-4 s);
@@ -91,8 +91,11 @@ KERNEL = {
     ("lab", "host"): KernelCosts(
         setup=1.5, connect_probe=0.0002, load_overhead=0.4, validate=0.3, other=0.05, load_start=0.4
     ),
+    # the pinned 50k run above: setup (boot, lab) ~7.3 s, validate 0.6 / 1.9 s (iptables / ipvs),
+    # connect 30 s over 12 points of <= 3,100 probes, load 6.2 s per point of two adaptive 3 s
+    # phases (7.5 s for the first: `import locust`)
     ("lab", "uml"): KernelCosts(
-        setup=15.0, connect_probe=0.0012, load_overhead=1.0, validate=2.5, other=0.2, load_start=4.5
+        setup=7.5, connect_probe=0.0008, load_overhead=0.0, validate=1.3, other=0.05, load_start=1.3
     ),
     ("local", "host"): KernelCosts(
         setup=15.0, connect_probe=0.0002, load_overhead=0.6, validate=5.0, other=5.0, load_start=0.4
@@ -128,8 +131,8 @@ _NFT = (
 )
 
 MODE = {
-    # lab, host 6.18, refitted to the phases of make bench SERVICES=50000 (run 20261204T235306Z-45f075,
-    # docs/example-50k; quiet 2-core machine): the sync_full phase (cleanup, node a timed, node b,
+    # lab, host 6.18, refitted to the phases of make bench SERVICES=50000 (run 20261204T235306Z-45f075;
+    # quiet 2-core machine): the sync_full phase (cleanup, node a timed, node b,
     # read-back) 0.15 / 0.26 / 0.66 / 1.45 / 2.87 / 11.2 s at 1k / 2k / 5k / 10k / 20k / 50k; one
     # change (phase / 21) 0.19 / 0.20 / 0.27 / 0.41 / 0.94 / 2.21 s (the model before: 6 s and 1.37 s
     # at 50k, the source of most of the run's -57% / -33% full / one-change under-projection)
@@ -139,39 +142,20 @@ MODE = {
     # nft -f per node: 0.24 s at 1k, 3.2 s at 5k (lab vs real table), 31 s at 10k (stop 9); one
     # change (v1.37, the 50k run) 0.14 / 0.16 / 0.16 / 0.17 / 0.21 / 0.36 s at 1k .. 50k
     ("lab", "host", "nftables"): ModeCosts(Poly(0.1, 0.0001, 4e-7), Poly(0.14, 0.000004), _NFT),
-    # lab, kpbench UML 6.1 (stop 9, run 20261201T073300Z-e5cab4, both nodes, 21 changes per point):
-    # iptables full 2.3 / 2.9 / 3.0 / 4.7 s at 1k / 2k / 5k / 10k, restore of 50k 11.6 s per node;
-    # sync_one phase 28 / 45 / 99 / 179 s (stop 9); bench13 run 20261204T232003Z-7ad059 (make bench
-    # SERVICES=10000): 21 / 21 / 49 / 82 s at 1k / 2k / 5k / 10k; the 50k run (quiet machine): one
-    # change 0.87 / 1.38 / 3.28 / 6.63 / 15.8 s at 1k / 2k / 5k / 10k / 20k (iptables-legacy-restore
-    # --noflush reads and rewrites the whole table: 7.7 s at 10k where a full sync from empty takes
-    # 0.94 s), the sync_full phase 1.5 / 2.2 / 4.3 / 3.2 / 16.3 s: refitted to the 50k run, which
-    # the old figures under-projected ~2x. One change since the poller is paced to 15% of a CPU
-    # (measure.sync.poll_max_cpu_share; it had taken ~90% of the guest's one CPU at 10k and slowed
-    # the apply it timed ~2x): 18-change phase 61.9 / 45.0 s paced against 135.3 s unpaced at 10k,
-    # runs interleaved on a loaded machine (umlsync, benchmarks/bench_sync_poll.py); 101.6 s at 20k.
-    # Refitted (s13, 2026-12-05) to the paced phases of the guest's iptables points: per change
-    # (phase / 18) 0.42 / 1.25 / 2.67 / 3.40 s at 1k / 2k / 5k / 10k (UML group of the default sweep
-    # on the base code, run 20261205T054146Z-367c0a, load average 1.4-4), 0.43 / 0.54 / 1.46 / 3.23 s
-    # (20261205T053714Z-a1073e, load 3-6), 1.08 / 1.05 / 1.78 / 4.13 s (20261205T051334Z-5f6caa,
-    # load 13-19), 2.86 s at 10k alone (20261205T050958Z-c4379b), 3.44 / 2.50 s (umlsync), 5.6 s
-    # at 20k; make bench SERVICES=10000 on a quiet machine had 6.4 s at 10k (116 s): the phase is
-    # the sum of the applies (iptables-legacy-restore --noflush of the whole table, 1.5-6.7 s each
-    # at 10k in the guest, render 0.02 s). Refitted again to `make bench SERVICES=50000` on a quiet
-    # machine (run 20261205T060722Z-385b4c, the points inside the whole sweep, which cost more than
-    # the points alone above): one change 0.81 / 1.23 / 2.97 / 5.63 / 11.0 / 31.7 s and the sync_full
-    # phase 1.4 / 2.6 / 5.8 / 9.0 / 16.7 / 51.2 s at 1k / 2k / 5k / 10k / 20k / 50k
-    ("lab", "uml", "iptables"): ModeCosts(Poly(0.5, 0.001), Poly(0.3, 0.0006), _IPT),
-    # ipvs full 7.2 / 7.5 / 9.9 / 14.6 s; sync_one phase 13-19 s (stop 9); the 50k run: the sync_full
-    # phase 3.8 / 7.9 / 6.2 / 31 / 61 / 197 s at 1k .. 50k (node a alone 1.1 / 1.9 / 1.2 / 7.0 /
-    # 14.5 / 63 s: faster than linear in this guest), one change 0.25-0.58 s; with the paced
-    # poller (s13, run 20261205T054146Z-367c0a, load average 1.4-4) the phase per change 0.38 /
-    # 0.37 / 0.40 / 0.27 s at 1k / 2k / 5k / 10k (0.41-0.50 s at 2k / 10k at load 12-17: one
-    # `ipset restore`, one iptables-legacy-restore of the small ipvs ruleset and one `cat` per change);
-    # the sync_full phase in `make bench SERVICES=50000` (run 20261205T060722Z-385b4c, quiet) 4.8 /
-    # 7.9 / 17.2 / 33.2 / 66.8 / 240.7 s at 1k .. 50k
-    ("lab", "uml", "ipvs"): ModeCosts(Poly(0.3, 0.00245, 4.5e-8), Poly(0.33, 0.000004), _IPVS_UML),
+    # lab, kpbench UML 6.1, the guest pinned to one host CPU (harness.lab.uml.host_cpu; before
+    # that, UML's ptrace round trips woke the idle second CPU and every figure here was 2-3x
+    # higher on a quiet machine). Fitted to `kpbench run default --services 50000 --budget none
+    # --set measure.sync.bridge_samples=null` on a quiet machine (run 20261205T082702Z-013c2a,
+    # every point ok, 14m59s): iptables one change (phase / 18; iptables-legacy-restore --noflush
+    # reads and rewrites the whole table) 0.37 / 0.53 / 1.03 / 2.23 / 4.26 / 9.40 s and the
+    # sync_full phase 0.5 / 1.3 / 1.9 / 3.2 / 6.1 / 17.6 s at 1k / 2k / 5k / 10k / 20k / 50k
+    ("lab", "uml", "iptables"): ModeCosts(Poly(0.3, 0.00034), Poly(0.3, 0.00019), _IPT),
+    # ipvs in the same run: the sync_full phase 1.6 / 3.2 / 5.3 / 10.1 / 25.2 / 107.5 s (faster
+    # than linear in this guest), one change (one `ipset restore` and one iptables-legacy-restore
+    # of the small ipvs ruleset around the netlink calls) 0.27 / 0.26 / 0.27 / 0.29 / 0.28 / 0.34 s
+    ("lab", "uml", "ipvs"): ModeCosts(Poly(0.5, 0.0009, 2.5e-8), Poly(0.26, 0.0000015), _IPVS_UML),
     # nftables full 13.9 / 23 / 79 / ~340 s, 20k node a alone 617 s; sync_one phase 23 / 27 / 28 / 30 s
+    # (stop 9, before the guest was pinned to one CPU: likely 2-3x high now, not re-measured)
     ("lab", "uml", "nftables"): ModeCosts(Poly(10.0, 0.0, 3.3e-6), Poly(1.05, 0.000038), _NFT),
     # local (real kube-proxy v1.34.12), host (stop 10, runs 20261201T101010Z-0cf45c and
     # 20261201T103756Z-553d07): sync_full_s 0.69 / 1.83 / 3.4 / 7.2 s at 1k / 5k / 10k / 20k; the
@@ -312,7 +296,8 @@ def sync_changes(scenario, per_kind: int | None = None) -> int:
 
 
 # one change with the sync poller unpaced (measure.sync.poll_max_cpu_share null: an attempt every
-# 1 ms whatever it costs), where that differs: the 50k run's UML iptables figures above
+# 1 ms whatever it costs), where that differs: a 50k run's UML iptables figures before the guest
+# was pinned to one CPU (not re-measured since)
 UNPACED_SYNC_ONE = {("lab", "uml", "iptables"): Poly(0.2, 0.0007)}
 
 
