@@ -100,6 +100,18 @@ def resolution_s(t_served_ns: int, t_prev_ns: int | None, t0_ns: int) -> float:
     return (t_served_ns - max(t0_ns, t_prev_ns if t_prev_ns is not None else t0_ns)) / 1e9
 
 
+def served_time(res: dict, t0: int) -> tuple[int, int | None]:
+    """(t_served, t_prev) of a poll result against the change asked for at t0. An attempt that
+    started before t0 but completed after it (the change landed within one attempt, as a netlink
+    IPVS change does) straddled the change: the new state came after t0 and by that attempt's
+    completion, which is then t_served (an upper bound, with resolution from t0). Only an attempt
+    that also completed before t0 shows the new state held before the change."""
+    t, done = res.get("t_ns"), res.get("t_done_ns")
+    if t is not None and t < t0 and done is not None and done >= t0:
+        return done, None
+    return t, res.get("t_prev_ns")
+
+
 def _control(services: Sequence[Service], changed: Service, expect: str) -> tuple[str, int] | None:
     """For a "gone" poll: a Service of `services` other than `changed` (it stays served)."""
     if expect != "gone":
@@ -199,12 +211,13 @@ def measure_sync_one(
                 t_apply = time.perf_counter_ns()
             finally:
                 res = agent.poll_result()
-            if res["satisfied"] and res["t_ns"] < t0:
+            t_served, t_prev = served_time(res, t0)
+            if res["satisfied"] and t_served < t0:
                 raise SyncError(
                     f"{kind} {svc.name} ({ip}:{port}): '{expect}' held before the change "
-                    f"was applied ({(t0 - res['t_ns']) / 1e6:.3f} ms early): {res['detail']}"
+                    f"was applied (seen {(t0 - t_served) / 1e6:.3f} ms early): {res['detail']}"
                 )
-            lat = (res["t_ns"] - t0) / 1e9 if res["satisfied"] else timeout
+            lat = (t_served - t0) / 1e9 if res["satisfied"] else timeout
             timed_out = (not res["satisfied"]) or lat > timeout
             if timed_out:
                 lat = timeout
@@ -226,7 +239,7 @@ def measure_sync_one(
                 rows.append(
                     ctx.row(
                         "sync_resolution_s",
-                        resolution_s(res["t_ns"], res.get("t_prev_ns"), t0),
+                        resolution_s(t_served, t_prev, t0),
                         "s",
                         seq=j,
                         change=kind,

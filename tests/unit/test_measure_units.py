@@ -12,7 +12,14 @@ from harness.measure import agent as agent_mod
 from harness.measure.connect import measure_connect
 from harness.measure.cpu import CpuSnapshot, cpu_rows, delta, snapshot
 from harness.measure.load import _rows, saturation
-from harness.measure.sync import SyncError, _control, other_endpoints, positions, resolution_s
+from harness.measure.sync import (
+    SyncError,
+    _control,
+    other_endpoints,
+    positions,
+    resolution_s,
+    served_time,
+)
 from harness.model import ModelSpec, build_model
 from harness.samples import PointContext
 
@@ -198,6 +205,17 @@ def test_resolution_is_the_window_the_state_arrived_in():
     assert resolution_s(30, 25, 10) == 5e-9  # previous attempt after the change was asked
     assert resolution_s(30, 5, 10) == 20e-9  # previous attempt before it: window from t0
     assert resolution_s(30, None, 10) == 20e-9  # the first attempt saw it
+
+
+def test_an_attempt_straddling_the_change_is_timed_by_its_completion():
+    # started at 8, completed at 12, change asked at 10: the state came in (10, 12]
+    assert served_time({"t_ns": 8, "t_done_ns": 12, "t_prev_ns": 5}, 10) == (12, None)
+    assert resolution_s(*served_time({"t_ns": 8, "t_done_ns": 12, "t_prev_ns": 5}, 10), 10) == 2e-9
+    # started and completed before the change: it held before (the caller's SyncError)
+    assert served_time({"t_ns": 8, "t_done_ns": 9, "t_prev_ns": 5}, 10) == (8, 5)
+    # started after the change: its start, as before
+    assert served_time({"t_ns": 30, "t_done_ns": 31, "t_prev_ns": 25}, 10) == (30, 25)
+    assert served_time({"t_ns": None, "t_done_ns": None}, 10) == (None, None)
 
 
 def test_gone_polls_get_a_control_service_that_stays():
