@@ -101,14 +101,14 @@ def resolution_s(t_served_ns: int, t_prev_ns: int | None, t0_ns: int) -> float:
 
 
 def served_time(res: dict, t0: int) -> tuple[int, int | None]:
-    """(t_served, t_prev) of a poll result against the change asked for at t0. An attempt that
-    started before t0 but completed after it (the change landed within one attempt, as a netlink
-    IPVS change does) straddled the change: the new state came after t0 and by that attempt's
-    completion, which is then t_served (an upper bound, with resolution from t0). Only an attempt
-    that also completed before t0 shows the new state held before the change."""
-    t, done = res.get("t_ns"), res.get("t_done_ns")
-    if t is not None and t < t0 and done is not None and done >= t0:
-        return done, None
+    """(t_served, t_prev) of a satisfied poll result against the change asked for at t0. An
+    attempt that started before t0 but completed after it (the change landed within one attempt,
+    as a netlink IPVS change does) straddled the change: the new state came after t0 and by that
+    attempt's completion, which is then t_served (an upper bound, with resolution from t0). Only
+    an attempt that also completed before t0 shows the new state held before the change."""
+    t, done = int(res["t_ns"]), res.get("t_done_ns")
+    if t < t0 and done is not None and done >= t0:
+        return int(done), None
     return t, res.get("t_prev_ns")
 
 
@@ -211,7 +211,7 @@ def measure_sync_one(
                 t_apply = time.perf_counter_ns()
             finally:
                 res = agent.poll_result()
-            t_served, t_prev = served_time(res, t0)
+            t_served, t_prev = served_time(res, t0) if res["satisfied"] else (t0, None)
             if res["satisfied"] and t_served < t0:
                 raise SyncError(
                     f"{kind} {svc.name} ({ip}:{port}): '{expect}' held before the change "
