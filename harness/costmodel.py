@@ -151,9 +151,11 @@ MODE = {
     # sync_full phase 0.5 / 1.3 / 1.9 / 3.2 / 6.1 / 17.6 s at 1k / 2k / 5k / 10k / 20k / 50k
     ("lab", "uml", "iptables"): ModeCosts(Poly(0.3, 0.00034), Poly(0.3, 0.00019), _IPT),
     # ipvs in the same run: the sync_full phase 1.6 / 3.2 / 5.3 / 10.1 / 25.2 / 107.5 s (faster
-    # than linear in this guest), one change (one `ipset restore` and one iptables-legacy-restore
-    # of the small ipvs ruleset around the netlink calls) 0.27 / 0.26 / 0.27 / 0.29 / 0.28 / 0.34 s
-    ("lab", "uml", "ipvs"): ModeCosts(Poly(0.5, 0.0009, 2.5e-8), Poly(0.26, 0.0000015), _IPVS_UML),
+    # than linear in this guest); one change (one `ipset restore` and one iptables-legacy-restore
+    # of the small ipvs ruleset after the netlink calls) 0.14 / 0.13 / 0.14 / 0.16 s at 1k / 2k /
+    # 5k / 10k once the apply no longer forked a `cat` of kube-ipvs0's index (run
+    # 20261205T085047Z-481664, `--modes ipvs`; with the fork 0.27-0.34 s up to 50k)
+    ("lab", "uml", "ipvs"): ModeCosts(Poly(0.5, 0.0009, 2.5e-8), Poly(0.13, 0.000003), _IPVS_UML),
     # nftables full 13.9 / 23 / 79 / ~340 s, 20k node a alone 617 s; sync_one phase 23 / 27 / 28 / 30 s
     # (stop 9, before the guest was pinned to one CPU: likely 2-3x high now, not re-measured)
     ("lab", "uml", "nftables"): ModeCosts(Poly(10.0, 0.0, 3.3e-6), Poly(1.05, 0.000038), _NFT),

@@ -45,18 +45,22 @@ def test_the_50k_run_is_replayed_with_its_recorded_scenario():
 def test_uml_points_follow_the_measured_cost():
     # the guest pinned to one host CPU, the 18-change phase and the sync_full phase of `kpbench run
     # default --services 50000 --budget none` on a quiet machine (run 20261205T082702Z-013c2a)
+    # (IPVS's one-change phase: 2.5 / 2.9 s at 1k / 10k once its apply forked no `cat`, run
+    # 20261205T085047Z-481664)
     sc = load_scenario("default", [parse_override("measure.sync.adaptive=false")])
     measured = {
         ("iptables", 10000): (40.1, 3.2),
         ("iptables", 20000): (76.6, 6.1),
         ("iptables", 50000): (169.2, 17.6),
-        ("ipvs", 10000): (5.2, 10.1),
-        ("ipvs", 20000): (5.1, 25.2),
-        ("ipvs", 50000): (6.1, 107.5),
+        ("ipvs", 1000): (2.5, 1.6),
+        ("ipvs", 10000): (2.9, 10.1),
+        ("ipvs", 20000): (None, 25.2),
+        ("ipvs", 50000): (None, 107.5),
     }
     for (mode, n), (one, full) in measured.items():
         ph = cm.base_phases(sc, cm.PointShape("lab", "uml", mode, n), validate=False, api_delta=0)
-        assert ph["sync_one"] == pytest.approx(one, rel=0.15), (mode, n)
+        if one is not None:
+            assert ph["sync_one"] == pytest.approx(one, rel=0.15), (mode, n)
         assert ph["sync_full"] == pytest.approx(full, rel=0.2), (mode, n)
 
 
