@@ -148,7 +148,9 @@ MODE = {
     # --set measure.sync.bridge_samples=null` on a quiet machine (run 20261205T082702Z-013c2a,
     # every point ok, 14m59s): iptables one change (phase / 18; iptables-legacy-restore --noflush
     # reads and rewrites the whole table) 0.37 / 0.53 / 1.03 / 2.23 / 4.26 / 9.40 s and the
-    # sync_full phase 0.5 / 1.3 / 1.9 / 3.2 / 6.1 / 17.6 s at 1k / 2k / 5k / 10k / 20k / 50k
+    # sync_full phase 0.5 / 1.3 / 1.9 / 3.2 / 6.1 / 17.6 s at 1k / 2k / 5k / 10k / 20k / 50k.
+    # Checked on the next run, `make bench SERVICES=50000` (20261205T085713Z-695f5c,
+    # docs/example-50k): projected 909 s against 876 s measured
     ("lab", "uml", "iptables"): ModeCosts(Poly(0.3, 0.00034), Poly(0.3, 0.00019), _IPT),
     # ipvs in the same run: the sync_full phase 1.6 / 3.2 / 5.3 / 10.1 / 25.2 / 107.5 s (faster
     # than linear in this guest); one change (one `ipset restore` and one iptables-legacy-restore
