@@ -100,8 +100,10 @@ KERNEL = {
     ("local", "host"): KernelCosts(
         setup=15.0, connect_probe=0.0002, load_overhead=0.6, validate=5.0, other=5.0, load_start=0.4
     ),
+    # local uml: the pinned local-ipvs-quick run above (setup 8.1 s, load 7.2 / 6.0 s per point of
+    # two 3 s phases, other ~0.1 s); validate is stop 10's (unpinned, not re-measured)
     ("local", "uml"): KernelCosts(
-        setup=45.0, connect_probe=0.0012, load_overhead=1.0, validate=60.0, other=30.0, load_start=4.5
+        setup=8.0, connect_probe=0.0008, load_overhead=0.0, validate=60.0, other=1.0, load_start=1.2
     ),
 }
 
@@ -122,8 +124,8 @@ _IPVS_UML = (
     "faster than linear in N in this guest (measured)"
 )
 _IPVS_FORK = (
-    "IPVS + ipsets, kube-proxy forks one `ipset add` per entry (~0.2 s per fork in UML): "
-    "full sync linear in N, ~0.55 s per Service"
+    "IPVS + ipsets, kube-proxy forks one `ipset add` per entry (tens of ms per fork in UML): "
+    "full sync linear in N, ~0.15 s per Service"
 )
 _NFT = (
     "nftables, one anonymous `numgen ... vmap` set per Service: full sync QUADRATIC in N (the kernel "
@@ -170,9 +172,11 @@ MODE = {
     # minus changes and load) ~156 / 507 s; one change 0.43 / 2.8 / 8.6 / >=30 s
     ("local", "host", "nftables"): ModeCosts(Poly(1.0, 0.003, 1.0e-6), Poly(0.1, 0.0004, 5e-8), _NFT),
     ("local", "host", "ipvs"): ModeCosts(Poly(3.0, 0.003), Poly(0.1, 0.0001), _IPVS),
-    # local UML (stop 10, run 20261201T095914Z-c8f38a): ipvs full 67 / 175 s at 100 / 300 Services
-    # (one `ipset add` fork per entry, ~0.2 s per fork in UML), one change 16 / 30 s
-    ("local", "uml", "ipvs"): ModeCosts(Poly(13.0, 0.54), Poly(9.0, 0.07), _IPVS_FORK),
+    # local UML, the guest pinned to one host CPU (`kpbench run local-ipvs-quick --services 100,300
+    # --set validate=false`, run 20261205T091304Z-96b265, quiet): the sync_full phase 19.0 / 49.1 s
+    # at 100 / 300 Services (one `ipset add` fork per entry), one change 3.1 / 3.7 s (unpinned,
+    # stop 10: full sync 67 / 175 s, one change 16 / 30 s)
+    ("local", "uml", "ipvs"): ModeCosts(Poly(4.0, 0.15), Poly(2.8, 0.003), _IPVS_FORK),
     # not measured: the lab's UML costs plus kube-proxy's forks (~1 s per sync in UML)
     ("local", "uml", "iptables"): ModeCosts(Poly(8.0, 0.001), Poly(1.5, 0.0017), _IPT),
     ("local", "uml", "nftables"): ModeCosts(Poly(15.0, 0.0, 5e-6), Poly(2.0, 0.0001), _NFT),

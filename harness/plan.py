@@ -240,7 +240,7 @@ class Plan:
             f"real kube-proxy (--target local) for the {len(host)} host-kernel points is projected at "
             f"{fmt_duration(cost)} (Services + EndpointSlices through the API server, kube-proxy's own "
             f"syncs); IPVS has no real-kube-proxy option within a budget (one `ipset add` fork per "
-            f"entry, ~0.2 s each in the UML guest)"
+            f"entry: ~0.15 s per Service in the UML guest)"
         )
 
     def to_meta(self, run_dir=None) -> dict:

@@ -75,12 +75,12 @@ class LocalTarget(LabTarget):
         self._plan = {m: [KERNELS[k] for k in ks] for m, ks in plan.items()}
         n = max(scenario.counts())
         if KERNELS["uml"] in self._plan.get("ipvs", []) and n > UML_IPVS_WARN:
-            # measured here: full sync 67 s at 100 Services, 175 s at 300; one change 16 s / 30 s
+            # measured (pinned guest): full sync 19 s at 100 Services, 49 s at 300; one change 3-4 s
+            hours = n * (0.15 + 0.003 * scenario.measure.sync.samples) / 3600
             print(
                 f"kpbench: warning: ipvs runs kube-proxy in the UML guest, where its per-entry `ipset add` "
-                f"forks make a full sync cost ~0.55 s per Service and one change ~0.07 s per Service: "
-                f"{n} Services take about {n * (0.55 + 0.07 * scenario.measure.sync.samples) / 3600:.1f} h per "
-                f"ipvs point (--modes iptables,nftables or --target lab to avoid)",
+                f"forks make a full sync cost ~0.15 s per Service: {n} Services take about {hours:.1f} h "
+                f"per ipvs point (--modes iptables,nftables or --target lab to avoid)",
                 file=sys.stderr,
             )
 
