@@ -387,6 +387,9 @@ def compare_samples(
         "enough": False,
         "verdict": "no significant difference",
     }
+    if len(xa) and len(xb):  # the medians are stated even when too few to decide on
+        ma, mb = float(np.median(xa)), float(np.median(xb))
+        out.update(median_a=ma, median_b=mb, ratio=mb / ma if ma else math.nan, diff=mb - ma)
     if len(xa) < MIN_COMPARE_SAMPLES or len(xb) < MIN_COMPARE_SAMPLES:
         out["verdict"] = NOT_ENOUGH
         return out

@@ -54,15 +54,23 @@ def _what(m: metrics.Metric) -> str:
     return f"{m.headline} (`{m.name}`{', ' + tags if tags else ''})"
 
 
+def too_few_sentence(at: str, m: metrics.Metric, b: str, a: str, r: dict) -> str:
+    """A comparison the decision rule cannot make (too few samples on a side): the medians measured,
+    if both sides have any, and why nothing is decided."""
+    need = f"({r['n_b']} and {r['n_a']} samples; the rule needs {analysis.MIN_COMPARE_SAMPLES})"
+    if r["n_a"] and r["n_b"] and np.isfinite(r["median_a"]) and np.isfinite(r["median_b"]):
+        ratio = f" (ratio {r['ratio']:.2f})" if np.isfinite(r["ratio"]) else ""
+        q = lambda v: units.quantity(v, m.unit)  # noqa: E731
+        return f"{at}: {b} {q(r['median_b'])}, {a} {q(r['median_a'])}{ratio}; not enough repetitions to decide {need}."
+    return f"{at}: {b} and {a} could not be compared, not enough repetitions {need}."
+
+
 def compare_sentence(n: int, m: metrics.Metric, mode: str, base: str, r: dict, level: float = 0.95) -> str:
     """One comparison in words, e.g. "At 50,000 Services a new connection through iptables costs
     1.9x ipvs's (+410 us, 95% CI +380 us to +440 us)"."""
     at = f"At {units.count(n)} Services {m.headline}"
     if not r.get("enough"):
-        return (
-            f"{at}: {mode} and {base} could not be compared, not enough repetitions "
-            f"({r['n_b']} and {r['n_a']} samples)."
-        )
+        return too_few_sentence(at, m, mode, base, r)
     ratio = r["ratio"]
     ci = f"{level:.0%} CI"
     if not r["significant"]:
@@ -98,10 +106,7 @@ def release_sentence(
     at = f"At {units.count(n)} Services{endpoints}, {mode}: {m.headline}"
     ci = f"{level:.0%} CI"
     if not r.get("enough"):
-        return (
-            f"{at}: {release} and {base} could not be compared, not enough repetitions "
-            f"({r['n_b']} and {r['n_a']} samples)."
-        )
+        return too_few_sentence(at, m, release, base, r)
     if not r["significant"]:
         return (
             f"{at} is the same with {release} and {base} within noise (ratio {r['ratio']:.2f}, "

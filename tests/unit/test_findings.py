@@ -49,6 +49,21 @@ def test_one_rule_decides_and_agrees_with_its_ci():
     assert "excludes 1" in analysis.decision_rule()
     one = analysis.compare_samples([1.0], [2.0, 3.0])
     assert one["verdict"] == analysis.NOT_ENOUGH and not one["enough"]
+    # too few to decide on, but the medians are stated (and never a CI)
+    assert (one["median_a"], one["median_b"], one["ratio"]) == (1.0, 2.5, 2.5)
+    assert np.isnan(one["ci_lo"]) and not one["significant"]
+    full = metrics.get("sync_full_s")
+    said = findings.compare_sentence(
+        50000, full, "nftables", "iptables", analysis.compare_samples([11.8], [17.4])
+    )
+    assert said == (
+        "At 50,000 Services a full sync: nftables 17.4 s, iptables 11.8 s (ratio 1.47); not enough "
+        "repetitions to decide (1 and 1 samples; the rule needs 2)."
+    )
+    none = findings.compare_sentence(
+        50000, full, "nftables", "iptables", analysis.compare_samples([], [17.4])
+    )
+    assert "could not be compared, not enough repetitions (1 and 0 samples" in none
 
 
 def test_findings_are_sentences_from_the_data():
