@@ -296,7 +296,7 @@ def sync_changes(scenario, per_kind: int | None = None) -> int:
     from harness.measure.adaptive import sync_stop_rule
 
     s = scenario.measure.sync
-    cap = per_kind or -(-s.samples // len(s.kinds))
+    cap = s.per_kind(per_kind)
     if getattr(s, "adaptive", False):
         rule = sync_stop_rule(cap)
         cap = min(cap, -(-(rule.floor + cap) // 2))

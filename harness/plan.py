@@ -195,8 +195,7 @@ class Plan:
 
     def per_kind(self, pp: PlannedPoint) -> int:
         """The point's cap of one-change syncs per kind."""
-        s = self.scenario.measure.sync
-        return pp.shape.sync_per_kind or -(-s.samples // len(s.kinds))
+        return self.scenario.measure.sync.per_kind(pp.shape.sync_per_kind)
 
     def sync_cap_notes(self) -> list[str]:
         """Plan lines on one-change syncs: bridge points' smaller cap, and points whose projected
@@ -208,7 +207,7 @@ class Plan:
             k = ", ".join(map(str, capped))
             out.append(
                 f"  bridge points take {k} one-change sync(s) per kind (measure.sync.bridge_samples "
-                f"{s.bridge_samples}), not {-(-s.samples // len(s.kinds))}: they compare modes within "
+                f"{s.bridge_samples}), not {s.per_kind()}: they compare modes within "
                 f"their kernel; below 6 per kind their medians have no 95% CI"
             )
         for pp in self.included:

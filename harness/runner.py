@@ -39,8 +39,7 @@ class Point:
     order: int
     kube_proxy_version: str = ""  # the release this point's kube-proxy (lab: its ruleset family) is
     endpoints: int | None = None  # endpoints per Service (None: the scenario's single count)
-    # one-change syncs per kind when below the scenario's cap: a bridge point (measure.sync.
-    # bridge_samples) or a point the plan trimmed to fit the budget (None: the scenario's)
+    # one-change syncs per kind of a bridge point (measure.sync.bridge_samples; None: the scenario's)
     sync_per_kind: int | None = None
 
 
@@ -69,7 +68,7 @@ def plan_points(scenario: Scenario, kernel_plan: dict[str, list[str]]) -> list[P
     eps = scenario.endpoint_counts()
     combos = [(m, r, e) for m in modes for r in releases for e in eps]
     bridge = plan_mod.bridge_cells(scenario, kernel_plan)
-    bridge_cap = bridge_sync_per_kind(scenario)
+    bridge_cap = scenario.measure.sync.bridge_per_kind()
     for n in scenario.counts():
         for rep in range(1, scenario.repetitions + 1):
             shift = (rep - 1) % len(combos)
@@ -81,16 +80,6 @@ def plan_points(scenario: Scenario, kernel_plan: dict[str, list[str]]) -> list[P
                     cap = bridge_cap if (mode, cm.kernel_kind(kernel)) in bridge else None
                     points.append(Point(pid, kernel, mode, n, rep, len(points), rel, e, cap))
     return points
-
-
-def bridge_sync_per_kind(scenario: Scenario) -> int | None:
-    """One-change syncs per kind of a bridge point (measure.sync.bridge_samples spread over the
-    kinds), or None where that is not below the scenario's own cap."""
-    s = scenario.measure.sync
-    if s.bridge_samples is None:
-        return None
-    cap = -(-s.bridge_samples // len(s.kinds))
-    return cap if cap < -(-s.samples // len(s.kinds)) else None
 
 
 def new_run_dir(base: Path | None = None) -> Path:

@@ -123,6 +123,19 @@ class SyncSpec(_Strict):
         "each kind's median is within +-5% (never below the report's floor)",
     )
 
+    def per_kind(self, point_cap: int | None = None, kinds: int | None = None) -> int:
+        """One-change syncs per kind: `samples` (per point) spread over the kinds measured (`kinds`:
+        how many, default all), or a point's own cap where it has one (a bridge point's)."""
+        return point_cap or -(-self.samples // (kinds or len(self.kinds)))
+
+    def bridge_per_kind(self) -> int | None:
+        """A bridge point's cap per kind (`bridge_samples` spread over the kinds), or None where
+        that is not below per_kind()."""
+        if self.bridge_samples is None:
+            return None
+        cap = -(-self.bridge_samples // len(self.kinds))
+        return cap if cap < self.per_kind() else None
+
 
 class LoadSpec(_Strict):
     enabled: bool = True

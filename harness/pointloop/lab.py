@@ -229,8 +229,7 @@ class LabPoints:
 
         s = self.scenario.measure.sync
         kinds = tuple(s.kinds)
-        # scenario gives samples per point, spread over kinds; a bridge or trimmed point its own cap
-        per_kind = p.sync_per_kind or -(-s.samples // len(kinds))
+        per_kind = s.per_kind(p.sync_per_kind)
         stop = sync_stop_rule(per_kind) if s.adaptive else None
         rows = sync.measure_sync_one(
             self.running_agent(),

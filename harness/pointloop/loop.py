@@ -39,7 +39,7 @@ class JobPoint:
     order: int = 0
     kube_proxy_version: str = ""  # a version sweep: the point's release ("": the scenario's)
     endpoints: int | None = None  # a sweep over endpoints per Service: the point's count
-    sync_per_kind: int | None = None  # one-change syncs per kind, below the scenario's cap (None: its)
+    sync_per_kind: int | None = None  # a bridge point's one-change syncs per kind (None: the scenario's)
 
 
 class PointTarget(Protocol):

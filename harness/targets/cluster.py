@@ -531,7 +531,7 @@ class _Session:
             )
         if not kinds:
             return []
-        per_kind = getattr(p, "sync_per_kind", None) or -(-s.samples // len(kinds))
+        per_kind = s.per_kind(getattr(p, "sync_per_kind", None), len(kinds))
         stop = sync_stop_rule(per_kind) if s.adaptive else None
         measure = {"add": self._sync_add, "update": self._sync_update, "delete": self._sync_delete}
         rows = []
