@@ -37,7 +37,7 @@ from harness.dataplane.base import Change
 from harness.model import Endpoint, Model, ModelSpec, Pod, Service, ServicePort, _AddressPermutation
 from harness.pointloop.disruption import Span, measure_disruption
 from harness.samples import PointContext
-from harness.targets.local_disruption import POLL_S, SETTLE_S, SyncState, note_syncs, sync_state
+from harness.targets.local_disruption import POLL_S, SyncState, note_syncs, settled, sync_state
 
 if TYPE_CHECKING:
     from harness.targets.cluster import _Session
@@ -293,13 +293,7 @@ class ClusterSyncs:
 
         timeout = self.s.sc.measure.sync.timeout_s
         _m, st = self._wait(consumed, f"a sync with the {change.kind}", timeout)
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < SETTLE_S:  # later syncs of the same change
-            time.sleep(POLL_S)
-            _m, nxt = self._wait(consumed, f"the {change.kind} consumed", timeout)
-            if nxt.count != st.count:
-                quiet_since = time.monotonic()
-            st = nxt
+        st = settled(st, lambda: self._wait(consumed, f"the {change.kind} consumed", timeout)[1])
         span = span_ns(before, st, t0, self.clock)
         if kind is not None:
             note_syncs(self.record, kind, before, st, span)

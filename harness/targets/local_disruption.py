@@ -89,6 +89,19 @@ def sync_state(m: dict[str, float]) -> SyncState:
     )
 
 
+def settled(first: SyncState, next_state: Callable[[], SyncState]) -> SyncState:
+    """The sync state once no further sync completed for SETTLE_S after `first` (a change may be
+    consumed over several syncs), polling next_state() every POLL_S."""
+    st, quiet_since = first, time.monotonic()
+    while time.monotonic() - quiet_since < SETTLE_S:
+        time.sleep(POLL_S)
+        nxt = next_state()
+        if nxt.count != st.count:
+            quiet_since = time.monotonic()
+        st = nxt
+    return st
+
+
 def span_of(before: SyncState, after: SyncState, not_before_ns: int) -> tuple[int, int]:
     """The syncs finished between two states as one span (perf_counter_ns): from the end of the
     last minus their summed duration (never before `not_before_ns`: the call that caused them)
@@ -191,13 +204,7 @@ class KubeProxySyncs:
             return s.count > before.count and s.changes > before.changes and s.pending == 0
 
         st = self._wait(lambda s: consumed(s) and self._visible(change), f"a sync with the {change.kind}")
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < SETTLE_S:  # later syncs of the same change
-            time.sleep(POLL_S)
-            nxt = self._wait(consumed, f"the {change.kind} consumed")
-            if nxt.count != st.count:
-                quiet_since = time.monotonic()
-            st = nxt
+        st = settled(st, lambda: self._wait(consumed, f"the {change.kind} consumed"))
         span = span_of(before, st, t0)
         if kind is not None:
             note_syncs(self.record, kind, before, st, span)

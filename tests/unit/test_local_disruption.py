@@ -7,6 +7,7 @@ import time
 import pytest
 
 from harness.k8s.metrics import parse_metrics
+from harness.targets import local_disruption as ld
 from harness.targets.local_disruption import SyncState, span_of, sync_state
 
 METRICS = """\
@@ -46,3 +47,17 @@ def test_span_is_the_syncs_seen_ending_at_the_last_timestamp():
     # never before the call that caused the syncs
     start2, end2 = span_of(before, after, end - 100_000_000)
     assert start2 == end - 100_000_000 and abs(end2 - end) < 1_000_000  # the clocks' offset, read again
+
+
+def test_settled_waits_out_later_syncs_of_the_same_change():
+    def state(count):
+        return SyncState(last_ts=float(count), count=count, seconds=0.1, full=1, changes=5, pending=0)
+
+    first = state(3)
+    seen = iter([state(3), state(4), state(4)] + [state(5)] + [state(5)] * 1000)
+    t0 = time.monotonic()
+    st = ld.settled(first, lambda: next(seen))
+    assert st.count == 5  # the syncs that followed the first are waited for
+    # quiet for SETTLE_S after the last new sync (the 5th state), at one poll per POLL_S
+    assert time.monotonic() - t0 >= ld.SETTLE_S + 3 * ld.POLL_S
+    assert ld.settled(state(7), lambda: state(7)).count == 7  # none follows: SETTLE_S, unchanged
