@@ -8,7 +8,6 @@ behind (namespaces, prober processes).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -21,6 +20,7 @@ from harness.pointloop.lab import LabPoints
 from harness.pointloop.loop import JobPoint, PointLoop
 from harness.pointloop.worker import Job
 from harness.scenario import Scenario
+from tests.support.disruption import point_files
 
 pytestmark = [
     pytest.mark.kernel,
@@ -87,9 +87,8 @@ def test_disruption_rows_on_the_host_lab(tmp_path, mode):
     assert not [n for n in netns.list_namespaces() if n.startswith(f"kpb-{tag}-")]
     assert set(_prober_pids()) <= before
 
-    status = json.loads((tmp_path / "points" / f"{point.point_id}.json").read_text())
+    status, rows = point_files(tmp_path, point.point_id)
     assert status["status"] == "ok", status.get("error")
-    rows = [json.loads(line) for line in (tmp_path / "points" / f"{point.point_id}.jsonl").open()]
     conn = [r for r in rows if r["metric"] == "disrupt_connect_us"]
     assert {r["sync"] for r in conn} == KINDS
     assert {r["phase"] for r in conn} == {"before", "during", "after"} or {r["phase"] for r in conn} >= {

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness.targets import localcluster as lc
-from tests.support.disruption import assert_phases_follow_sync
+from tests.support.disruption import assert_phases_follow_sync, point_files
 from tests.support.skips import kube_skip_reason
 
 pytestmark = [pytest.mark.kube, pytest.mark.kernel, pytest.mark.slow]
@@ -58,10 +58,7 @@ def run_dir(tmp_path_factory):
 
 
 def _point(run_dir: Path, mode: str) -> tuple[dict, list[dict]]:
-    pid = f"local-{mode}-{N}-r1"
-    status = json.loads((run_dir / "points" / f"{pid}.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "points" / f"{pid}.jsonl").open()]
-    return status, rows
+    return point_files(run_dir, f"local-{mode}-{N}-r1")
 
 
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])

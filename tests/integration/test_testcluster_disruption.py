@@ -14,7 +14,6 @@ left as found. No wall-clock thresholds. Needs root, `make cluster-bins` and `ma
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from harness.cluster.kube import Rest, connect
-from tests.support.disruption import assert_phases_follow_sync
+from tests.support.disruption import assert_phases_follow_sync, point_files
 
 pytestmark = [pytest.mark.kube, pytest.mark.kernel, pytest.mark.slow]
 
@@ -77,10 +76,7 @@ def run(testcluster, tmp_path_factory):
 
 
 def _point(run_dir: Path, mode: str) -> tuple[dict, list[dict]]:
-    pid = f"cluster-{mode}-{N}-r1"
-    status = json.loads((run_dir / "points" / f"{pid}.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "points" / f"{pid}.jsonl").open()]
-    return status, rows
+    return point_files(run_dir, f"cluster-{mode}-{N}-r1")
 
 
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])

@@ -1,8 +1,18 @@
-"""Assertions shared by the disruption phase's integration tests (local and cluster targets)."""
+"""What the disruption phase's integration tests share (lab, local and cluster targets)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
+
+
+def point_files(run_dir: Path, point_id: str) -> tuple[dict, list[dict]]:
+    """A measured point as its worker wrote it: the status (points/ID.json) and its rows (ID.jsonl)."""
+    points = Path(run_dir) / "points"
+    status = json.loads((points / f"{point_id}.json").read_text())
+    rows = [json.loads(line) for line in (points / f"{point_id}.jsonl").open()]
+    return status, rows
 
 
 def assert_phases_follow_sync(rows: Iterable[dict], sync_row: dict) -> None:
