@@ -39,6 +39,18 @@ def _meta(name: str, namespace: str | None, run_id: str, role: str, **extra: str
     return m
 
 
+def _node_pod_meta(kind: str, namespace: str, run_id: str, role: str, node: str) -> dict[str, Any]:
+    """A per-node pod's metadata: named kpbench-KIND-NODE (63 characters at most), labelled with
+    its node."""
+    return _meta(
+        f"kpbench-{kind}-{_dns(node)}"[:63].rstrip("-"),
+        namespace,
+        run_id,
+        role,
+        **{"kpbench.io/node": _lv(node)},
+    )
+
+
 def namespace(name: str, run_id: str) -> dict[str, Any]:
     """The run's namespace. Pod Security admission must allow the privileged probe / cleanup pods."""
     meta = _meta(name, None, run_id, "namespace")
@@ -247,13 +259,7 @@ def probe_pod(ns: str, run_id: str, node: str, image: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _meta(
-            f"kpbench-probe-{_dns(node)}"[:63].rstrip("-"),
-            ns,
-            run_id,
-            "probe",
-            **{"kpbench.io/node": _lv(node)},
-        ),
+        "metadata": _node_pod_meta("probe", ns, run_id, "probe", node),
         "spec": {
             **_node_pinned_spec(node),
             "hostNetwork": True,
@@ -286,13 +292,7 @@ def disrupt_client_pod(ns: str, run_id: str, node: str, image: str) -> dict[str,
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _meta(
-            f"kpbench-disrupt-{_dns(node)}"[:63].rstrip("-"),
-            ns,
-            run_id,
-            "disrupt-client",
-            **{"kpbench.io/node": _lv(node)},
-        ),
+        "metadata": _node_pod_meta("disrupt", ns, run_id, "disrupt-client", node),
         "spec": {
             **_node_pinned_spec(node),
             "restartPolicy": "Never",
@@ -316,13 +316,7 @@ def node_check_pod(ns: str, run_id: str, node: str, image: str, features: Sequen
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _meta(
-            f"kpbench-nodecheck-{_dns(node)}"[:63].rstrip("-"),
-            ns,
-            run_id,
-            "nodecheck",
-            **{"kpbench.io/node": _lv(node)},
-        ),
+        "metadata": _node_pod_meta("nodecheck", ns, run_id, "nodecheck", node),
         "spec": {
             **_node_pinned_spec(node),
             "hostNetwork": True,
