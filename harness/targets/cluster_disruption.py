@@ -289,7 +289,7 @@ class ClusterSyncs:
         self._call(change, undo=kind is None)
 
         def consumed(m: dict[str, float], s: SyncState) -> bool:
-            return s.count > before.count and s.changes > before.changes and s.pending == 0
+            return s.consumed_since(before)
 
         timeout = self.s.sc.measure.sync.timeout_s
         _m, st = self._wait(consumed, f"a sync with the {change.kind}", timeout)

@@ -55,6 +55,10 @@ class SyncState:
     changes: float  # Service + EndpointSlice changes received
     pending: float  # changes received and not yet taken by a sync
 
+    def consumed_since(self, before: SyncState) -> bool:
+        """A sync finished since `before` and took changes received since then, none left pending."""
+        return self.count > before.count and self.changes > before.changes and self.pending == 0
+
 
 def note_syncs(
     record: dict[str, list[dict]], kind: str, before: SyncState, after: SyncState, span: tuple[int, int]
@@ -201,7 +205,7 @@ class KubeProxySyncs:
             raise ValueError(f"unknown change kind {change.kind!r}")
 
         def consumed(s: SyncState) -> bool:
-            return s.count > before.count and s.changes > before.changes and s.pending == 0
+            return s.consumed_since(before)
 
         st = self._wait(lambda s: consumed(s) and self._visible(change), f"a sync with the {change.kind}")
         st = settled(st, lambda: self._wait(consumed, f"the {change.kind} consumed"))

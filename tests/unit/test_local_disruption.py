@@ -61,3 +61,12 @@ def test_settled_waits_out_later_syncs_of_the_same_change():
     # quiet for SETTLE_S after the last new sync (the 5th state), at one poll per POLL_S
     assert time.monotonic() - t0 >= ld.SETTLE_S + 3 * ld.POLL_S
     assert ld.settled(state(7), lambda: state(7)).count == 7  # none follows: SETTLE_S, unchanged
+
+
+def test_a_change_is_consumed_by_a_later_sync_that_took_it_and_left_none_pending():
+    before = SyncState(last_ts=1.0, count=3, seconds=0.3, full=1, changes=5, pending=0)
+    took = SyncState(last_ts=2.0, count=4, seconds=0.4, full=1, changes=6, pending=0)
+    assert took.consumed_since(before)
+    assert not before.consumed_since(before)  # no sync since
+    assert not SyncState(2.0, 4, 0.4, 1, 6, pending=1).consumed_since(before)  # one still pending
+    assert not SyncState(2.0, 4, 0.4, 1, 5, pending=0).consumed_since(before)  # a sync, no change received
